@@ -1,0 +1,25 @@
+"""The `roost` command: the composition root that wires real sockets, files and keys."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="roost")
+def cli() -> None:
+    """Roost: trusted hubs, clockless trust rollover, remote reach, protected messages."""
+
+
+def _register() -> None:
+    # Each command group lives in its own module; the list below is the whole CLI.
+    from roost.cli.demo import demo
+
+    cli.add_command(demo)
+
+
+def main() -> None:
+    _register()
+    cli()
