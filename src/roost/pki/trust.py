@@ -1,0 +1,210 @@
+"""The two-slot trust store: the client's authentication and CA-information update unit.
+
+Pure, ordered state transitions (seed claims 4–6, PROTOCOL.md section 2, and the fixes of
+python-tuf's `TrustedMetadataSet`): every change returns a new `TrustState` or raises, so a
+failed step leaves the caller's state untouched. Persistence is separate (`save`/`load`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography import x509
+
+from roost.errors import RemoteProtocolError, StateError, VerificationError
+from roost.pki.cainfo import CAInfo, accept_successor, decode_cainfo
+from roost.pki.verify import VerifiedNode, verify_node, verify_server_name
+
+__all__ = [
+    "BUILD_TIME",
+    "MAX_CATCH_UP",
+    "Slot",
+    "TrustState",
+    "atomic_write",
+    "load_state",
+    "save_state",
+]
+
+# The floor a fresh install starts from: no certificate that expired before this release
+# can ever be accepted, even by a device that has never seen a clock (Matter's LKGT rule).
+BUILD_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+# A device that fell behind walks at most this many generations in one catch-up.
+MAX_CATCH_UP = 16
+STATE_FILE = "trust-store.json"
+_STATE_FORMAT = 1
+
+
+class Slot(enum.Enum):
+    CURRENT = "current"
+    PREPARED = "prepared"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustState:
+    """Current and prepared CA information, and the forward-only time floor."""
+
+    current: CAInfo
+    prepared: CAInfo | None
+    time_floor: dt.datetime
+
+    @classmethod
+    def provision(cls, first: CAInfo, build_time: dt.datetime = BUILD_TIME) -> TrustState:
+        """The seed's default state: the CA information installed at provisioning."""
+        return cls(first, None, max(build_time, first.issued_at_time))
+
+    @property
+    def newest(self) -> CAInfo:
+        return self.prepared or self.current
+
+    @property
+    def anchors(self) -> list[x509.Certificate]:
+        """Both trust generations, current first (TLS contexts load all of them)."""
+        infos = [self.current] + ([self.prepared] if self.prepared else [])
+        return [i.ca_certificate for i in infos]
+
+    def _raise_floor(self, at: dt.datetime) -> TrustState:
+        return self if at <= self.time_floor else replace(self, time_floor=at)
+
+    def accept(self, candidate: CAInfo) -> TrustState:
+        """Store the successor of the newest slot, or raise VerificationError.
+
+        A normal successor fills the prepared slot; when a prepared slot is already full the
+        window slides (current := prepared), which is how a device behind catches up. A
+        successor flagged REVOKES_PREVIOUS is promoted at once and everything older dropped
+        (seed steps S509–S511).
+        """
+        accept_successor(self.newest, candidate)
+        floor = max(self.time_floor, candidate.issued_at_time)
+        if candidate.revokes_previous:
+            return TrustState(candidate, None, floor)
+        if self.prepared is None:
+            return TrustState(self.current, candidate, floor)
+        return TrustState(self.prepared, candidate, floor)
+
+    def promote(self) -> TrustState:
+        """Prepared becomes current (a server verified under prepared only; claims 4–6)."""
+        if self.prepared is None:
+            raise StateError("nothing prepared to promote", reason="no-prepared")
+        return TrustState(self.prepared, None, self.time_floor)
+
+    def verify_node(
+        self, leaf: x509.Certificate, expected_identifier: str | None = None
+    ) -> tuple[VerifiedNode, Slot, TrustState]:
+        """Authenticate a hub or device: current first, then prepared (promoting on success).
+
+        Returns the verified node, the slot that verified, and the state to keep (with the
+        floor raised to the leaf's notBefore). Raises VerificationError when neither slot does.
+        """
+        errors: list[VerificationError] = []
+        for slot, info in self._slots():
+            try:
+                node = verify_node(
+                    leaf, [info.ca_certificate], self.time_floor, expected_identifier
+                )
+            except VerificationError as exc:
+                errors.append(exc)
+                continue
+            state = self.promote() if slot is Slot.PREPARED else self
+            return node, slot, state._raise_floor(leaf.not_valid_before_utc)
+        raise _first_meaningful(errors)
+
+    def verify_server(self, leaf: x509.Certificate, host: str) -> Slot:
+        """Authenticate a download server or broker under either slot (no promotion)."""
+        errors: list[VerificationError] = []
+        for slot, info in self._slots():
+            try:
+                verify_server_name(leaf, [info.ca_certificate], self.time_floor, host)
+            except VerificationError as exc:
+                errors.append(exc)
+                continue
+            return slot
+        raise _first_meaningful(errors)
+
+    def _slots(self) -> list[tuple[Slot, CAInfo]]:
+        slots = [(Slot.CURRENT, self.current)]
+        if self.prepared is not None:
+            slots.append((Slot.PREPARED, self.prepared))
+        return slots
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "current": self.current.generation,
+            "prepared": self.prepared.generation if self.prepared else None,
+            "time_floor": self.time_floor.isoformat(),
+        }
+
+
+def _first_meaningful(errors: Sequence[VerificationError]) -> VerificationError:
+    # An identifier mismatch says more than "does not chain"; report it when present.
+    for exc in errors:
+        if exc.reason == "wrong-id":
+            return exc
+    return errors[0] if errors else VerificationError("no trusted generation", reason="chain")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write temp, fsync, rename, fsync the directory (PROTOCOL.md section 2, persistence)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def save_state(directory: Path, state: TrustState) -> None:
+    """Persist both slots and the floor in one atomically replaced file."""
+    doc = {
+        "format": _STATE_FORMAT,
+        "current": _b64(state.current.raw),
+        "prepared": _b64(state.prepared.raw) if state.prepared else None,
+        "time_floor": state.time_floor.isoformat(),
+    }
+    atomic_write(directory / STATE_FILE, json.dumps(doc, indent=2).encode("utf-8"))
+
+
+def load_state(directory: Path) -> TrustState:
+    """Load and re-check a persisted store; StateError when missing or inconsistent."""
+    path = directory / STATE_FILE
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise StateError(f"no trust store at {directory}", reason="missing") from exc
+    except (OSError, ValueError) as exc:
+        raise StateError(f"trust store at {directory} is unreadable", reason="corrupt") from exc
+    try:
+        if doc.get("format") != _STATE_FORMAT:
+            raise StateError("unknown trust store format", reason="corrupt")
+        current = decode_cainfo(base64.b64decode(doc["current"], validate=True))
+        prepared_b64 = doc.get("prepared")
+        prepared = (
+            decode_cainfo(base64.b64decode(prepared_b64, validate=True)) if prepared_b64 else None
+        )
+        floor = dt.datetime.fromisoformat(doc["time_floor"])
+        if prepared is not None:
+            # The pair was accepted as a chain; a file edited by hand must not bypass that.
+            accept_successor(current, prepared)
+    except (KeyError, TypeError, ValueError, RemoteProtocolError, VerificationError) as exc:
+        raise StateError(f"trust store at {directory} is corrupt: {exc}", reason="corrupt") from exc
+    if floor.tzinfo is None:
+        raise StateError("trust store floor has no time zone", reason="corrupt")
+    return TrustState(current, prepared, floor)

@@ -1,0 +1,201 @@
+"""Fetching CA information and keeping the two-slot store current (PROTOCOL.md section 2).
+
+The updater only fetches bytes and persists them atomically; every trust decision is made
+by `TrustState.accept` (STYLE.md, "Trust changes"). When to fetch is a pure schedule:
+periodic polls with jitter, plus a fetch when a peer fails verification, rate-limited by a
+doubling back-off so a stream of bad certificates cannot turn into a stream of fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from roost.errors import RemoteProtocolError, RoostError, TransportError, VerificationError
+from roost.pki.cainfo import MAX_CAINFO_SIZE, decode_cainfo
+from roost.pki.tls import client_context, peer_certificate
+from roost.pki.trust import MAX_CATCH_UP, TrustState, load_state, save_state
+
+__all__ = [
+    "FetchOutcome",
+    "Fetcher",
+    "HttpsFetcher",
+    "TrustUpdater",
+    "UpdateConfig",
+    "UpdateSchedule",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    poll_interval: float = 6 * 3600.0
+    poll_jitter: float = 0.2
+    failure_backoff_initial: float = 60.0
+    failure_backoff_max: float = 3600.0
+    fetch_timeout: float = 10.0
+    max_size: int = MAX_CAINFO_SIZE
+    max_catch_up: int = MAX_CATCH_UP
+
+
+class FetchOutcome(enum.Enum):
+    STORED = "stored"
+    NOT_PUBLISHED = "not-published"
+
+
+@dataclass
+class UpdateSchedule:
+    """When to poll and when a failure may trigger a fetch; `now` is monotonic seconds."""
+
+    config: UpdateConfig
+    rng: random.Random = field(default_factory=random.Random)
+    next_poll: float = 0.0
+    _next_failure_fetch: float = 0.0
+    _backoff: float = 0.0
+
+    def schedule_poll(self, now: float) -> float:
+        spread = self.config.poll_interval * self.config.poll_jitter
+        self.next_poll = now + self.config.poll_interval + self.rng.uniform(-spread, spread)
+        return self.next_poll
+
+    def poll_due(self, now: float) -> bool:
+        return now >= self.next_poll
+
+    def failure_fetch_allowed(self, now: float) -> bool:
+        return now >= self._next_failure_fetch
+
+    def failure_fetched(self, now: float, found_new: bool) -> None:
+        """Back off after a failure-triggered fetch that found nothing; reset when it did."""
+        if found_new:
+            self._backoff = 0.0
+            self._next_failure_fetch = now
+            return
+        initial, cap = self.config.failure_backoff_initial, self.config.failure_backoff_max
+        self._backoff = min(cap, self._backoff * 2 if self._backoff else initial)
+        self._next_failure_fetch = now + self._backoff * self.rng.uniform(0.8, 1.2)
+
+
+Fetcher = Callable[[str, TrustState], Awaitable[bytes | None]]
+
+
+class HttpsFetcher:
+    """GET over HTTPS; the server must chain to either slot; body capped before reading."""
+
+    def __init__(self, config: UpdateConfig = UpdateConfig()) -> None:
+        self.config = config
+
+    async def __call__(self, url: str, state: TrustState) -> bytes | None:
+        host = urlsplit(url).hostname or ""
+        ctx = client_context(state.anchors)
+        timeout = aiohttp.ClientTimeout(total=self.config.fetch_timeout)
+        connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
+        try:
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+                session.get(url, allow_redirects=False) as response,
+            ):
+                transport = response.connection.transport if response.connection else None
+                ssl_object = transport.get_extra_info("ssl_object") if transport else None
+                state.verify_server(peer_certificate(ssl_object), host)
+                if response.status == 404:
+                    return None
+                if response.status != 200:
+                    raise TransportError(f"download server answered {response.status}")
+                if (response.content_length or 0) > self.config.max_size:
+                    raise RemoteProtocolError("CA information too large", reason="oversized")
+                body = await response.content.read(self.config.max_size + 1)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise VerificationError(
+                "download server certificate chains to no trusted generation", reason="chain"
+            ) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TransportError(f"fetching {url} failed: {exc}", reason="fetch") from exc
+        if len(body) > self.config.max_size:
+            raise RemoteProtocolError("CA information too large", reason="oversized")
+        return body
+
+
+class TrustUpdater:
+    """Owns a persisted trust store: fetch, accept, persist, and count what was rejected."""
+
+    def __init__(
+        self,
+        directory: Path,
+        fetcher: Fetcher | None = None,
+        config: UpdateConfig = UpdateConfig(),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self.fetcher: Fetcher = fetcher or HttpsFetcher(config)
+        self.schedule = UpdateSchedule(config, rng or random.Random())
+        self.state = load_state(directory)
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self._lock = asyncio.Lock()
+
+    def commit(self, state: TrustState) -> None:
+        """Persist a new state (promotion, raised floor) and make it the one in use."""
+        if state != self.state:
+            save_state(self.directory, state)
+            self.state = state
+
+    async def update_once(self) -> FetchOutcome:
+        """Fetch the successor of the newest slot once; raise on anything wrong."""
+        async with self._lock:
+            url = self.state.newest.body.next_url
+            try:
+                data = await self.fetcher(url, self.state)
+                if data is None:
+                    return FetchOutcome.NOT_PUBLISHED
+                candidate = decode_cainfo(data, self.config.max_size)
+                new_state = self.state.accept(candidate)
+            except RoostError as exc:
+                self.rejected[exc.reason] += 1
+                raise
+            self.commit(new_state)
+            return FetchOutcome.STORED
+
+    async def catch_up(self, satisfied: Callable[[TrustState], bool]) -> bool:
+        """Walk forward up to `max_catch_up` generations until `satisfied(state)` holds.
+
+        Used when a peer fails under both slots: a device several generations behind
+        slides its window until the peer verifies or nothing newer is published.
+        """
+        for _ in range(self.config.max_catch_up):
+            if satisfied(self.state):
+                return True
+            if await self.update_once() is FetchOutcome.NOT_PUBLISHED:
+                break
+        return satisfied(self.state)
+
+    async def on_verification_failure(
+        self, now: float, satisfied: Callable[[TrustState], bool]
+    ) -> bool:
+        """A peer failed verification: fetch (unless backing off) and report if it now passes."""
+        if not self.schedule.failure_fetch_allowed(now):
+            self.rejected["backoff"] += 1
+            return False
+        before = self.state
+        try:
+            ok = await self.catch_up(satisfied)
+        except RoostError:
+            ok = False
+        self.schedule.failure_fetched(now, found_new=self.state != before)
+        return ok
+
+    async def poll(self, now: float) -> FetchOutcome | None:
+        """The periodic poll: fetch when due, then schedule the next one with jitter."""
+        if not self.schedule.poll_due(now):
+            return None
+        self.schedule.schedule_poll(now)
+        try:
+            return await self.update_once()
+        except RoostError:
+            return None
