@@ -15,8 +15,12 @@ def cli() -> None:
 
 def _register() -> None:
     # Each command group lives in its own module; the list below is the whole CLI.
+    from roost.cli.ca import ca
     from roost.cli.demo import demo
+    from roost.cli.trust import trust
 
+    cli.add_command(ca)
+    cli.add_command(trust)
     cli.add_command(demo)
 
 

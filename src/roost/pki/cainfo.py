@@ -23,6 +23,7 @@ from roost.wire import Reader, Writer, check_size
 __all__ = [
     "MAGIC",
     "MAX_CAINFO_SIZE",
+    "MEDIA_TYPE",
     "CAInfo",
     "CAInfoBody",
     "Flags",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 MAGIC = b"RCAI"
+# Section 2, "Publication": the media type of a published generation.
+MEDIA_TYPE = "application/vnd.roost.ca-info"
 VERSION = 1
 MAX_CAINFO_SIZE = 16 * 1024
 _ED25519_KEY = 32

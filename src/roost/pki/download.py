@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from roost.pki.authority import Authority
+from roost.pki.cainfo import MEDIA_TYPE
 from roost.pki.tls import server_context
 
 __all__ = ["MEDIA_TYPE", "DownloadServer", "download_tls_context"]
-
-MEDIA_TYPE = "application/vnd.roost.ca-info"
 
 
 def download_tls_context(authority: Authority, generation: int | None = None) -> ssl.SSLContext:

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import aiohttp
+from urllib.parse import SplitResult, urlsplit
 
 from roost.errors import RemoteProtocolError, RoostError, TransportError, VerificationError
-from roost.pki.cainfo import MAX_CAINFO_SIZE, decode_cainfo
+from roost.pki.cainfo import MAX_CAINFO_SIZE, MEDIA_TYPE, decode_cainfo
 from roost.pki.tls import client_context, peer_certificate
 from roost.pki.trust import MAX_CATCH_UP, TrustState, load_state, save_state
 
@@ -86,40 +86,93 @@ Fetcher = Callable[[str, TrustState], Awaitable[bytes | None]]
 
 
 class HttpsFetcher:
-    """GET over HTTPS; the server must chain to either slot; body capped before reading."""
+    """One HTTPS/1.1 GET on its own connection, with the checks section 2 asks for.
+
+    A plain stream client rather than aiohttp's: the server certificate must be checked
+    against the trust store *before* the request is sent (aiohttp releases the connection,
+    and with it the certificate, as soon as a small body is read), and the body must be
+    capped before it is buffered.
+    """
+
+    _MAX_HEADER = 8 * 1024
 
     def __init__(self, config: UpdateConfig = UpdateConfig()) -> None:
         self.config = config
 
     async def __call__(self, url: str, state: TrustState) -> bytes | None:
-        host = urlsplit(url).hostname or ""
-        ctx = client_context(state.anchors)
-        timeout = aiohttp.ClientTimeout(total=self.config.fetch_timeout)
-        connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise RemoteProtocolError(f"{url!r} is not an https URL", reason="bad-url")
         try:
-            async with (
-                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                session.get(url, allow_redirects=False) as response,
-            ):
-                transport = response.connection.transport if response.connection else None
-                ssl_object = transport.get_extra_info("ssl_object") if transport else None
-                state.verify_server(peer_certificate(ssl_object), host)
-                if response.status == 404:
-                    return None
-                if response.status != 200:
-                    raise TransportError(f"download server answered {response.status}")
-                if (response.content_length or 0) > self.config.max_size:
-                    raise RemoteProtocolError("CA information too large", reason="oversized")
-                body = await response.content.read(self.config.max_size + 1)
-        except aiohttp.ClientConnectorCertificateError as exc:
+            return await asyncio.wait_for(
+                self._get(parts.hostname, parts.port or 443, parts, state),
+                self.config.fetch_timeout,
+            )
+        except ssl.SSLCertVerificationError as exc:
             raise VerificationError(
                 "download server certificate chains to no trusted generation", reason="chain"
             ) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"fetching {url} failed: {exc}", reason="fetch") from exc
-        if len(body) > self.config.max_size:
-            raise RemoteProtocolError("CA information too large", reason="oversized")
-        return body
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            raise TransportError(f"fetching {url} failed: {exc!r}", reason="fetch") from exc
+
+    async def _get(
+        self, host: str, port: int, parts: SplitResult, state: TrustState
+    ) -> bytes | None:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=client_context(state.anchors), server_hostname=host
+        )
+        try:
+            state.verify_server(peer_certificate(writer.get_extra_info("ssl_object")), host)
+            target = parts.path or "/"
+            writer.write(
+                f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Accept: {MEDIA_TYPE}\r\nConnection: close\r\n\r\n".encode("ascii")
+            )
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            if len(head) > self._MAX_HEADER:
+                raise RemoteProtocolError("response header too large", reason="oversized")
+            status, length = _parse_head(head)
+            if status == 404:
+                return None
+            if status != 200:
+                raise TransportError(f"download server answered {status}", reason="status")
+            if length is not None and length > self.config.max_size:
+                raise RemoteProtocolError("CA information too large", reason="oversized")
+            body = await reader.read(self.config.max_size + 1)
+            while len(body) <= self.config.max_size:
+                more = await reader.read(self.config.max_size + 1 - len(body))
+                if not more:
+                    break
+                body += more
+            if len(body) > self.config.max_size:
+                raise RemoteProtocolError("CA information too large", reason="oversized")
+            if length is not None and len(body) != length:
+                raise TransportError("response body truncated", reason="truncated")
+            return body
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
+
+def _parse_head(head: bytes) -> tuple[int, int | None]:
+    """Status code and Content-Length of an HTTP/1.1 response head."""
+    try:
+        lines = head.decode("latin-1").split("\r\n")
+        version, code, *_ = lines[0].split(" ", 2)
+        if not version.startswith("HTTP/1."):
+            raise ValueError(version)
+        length: int | None = None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+            if name.strip().lower() == "transfer-encoding":
+                raise ValueError("chunked responses are not expected")
+        return int(code), length
+    except ValueError as exc:
+        raise RemoteProtocolError("malformed HTTP response", reason="bad-http") from exc
 
 
 class TrustUpdater:
