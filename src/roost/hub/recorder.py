@@ -33,7 +33,7 @@ from pathlib import Path
 
 from roost.errors import StateError
 
-__all__ = ["IncomingFrame", "Recorder", "StoredFrame"]
+__all__ = ["IncomingFrame", "Recorder", "StoredFrame", "device_dir_name"]
 
 _SCHEMA_VERSION = 1
 _INDEX_NAME = "index.sqlite3"
