@@ -25,6 +25,8 @@ class Node:
 class TestCA:
     """A CA generation with a fixed validity window starting at EPOCH."""
 
+    __test__ = False  # a helper, not a pytest test class
+
     generation: int = 1
     years: int = 20
     key: ec.EllipticCurvePrivateKey = field(default_factory=generate_key)

@@ -20,7 +20,7 @@ from cryptography import x509
 
 from roost.errors import RemoteProtocolError, StateError, VerificationError
 from roost.pki.cainfo import CAInfo, accept_successor, decode_cainfo
-from roost.pki.verify import VerifiedNode, verify_node, verify_server_name
+from roost.pki.verify import VerifiedNode, verify_node
 
 __all__ = [
     "BUILD_TIME",
@@ -113,18 +113,6 @@ class TrustState:
                 continue
             state = self.promote() if slot is Slot.PREPARED else self
             return node, slot, state._raise_floor(leaf.not_valid_before_utc)
-        raise _first_meaningful(errors)
-
-    def verify_server(self, leaf: x509.Certificate, host: str) -> Slot:
-        """Authenticate a download server or broker under either slot (no promotion)."""
-        errors: list[VerificationError] = []
-        for slot, info in self._slots():
-            try:
-                verify_server_name(leaf, [info.ca_certificate], self.time_floor, host)
-            except VerificationError as exc:
-                errors.append(exc)
-                continue
-            return slot
         raise _first_meaningful(errors)
 
     def _slots(self) -> list[tuple[Slot, CAInfo]]:

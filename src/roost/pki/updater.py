@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import enum
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
+
+from cryptography import x509
 
 from roost.errors import RemoteProtocolError, RoostError, TransportError, VerificationError
 from roost.pki.cainfo import MAX_CAINFO_SIZE, MEDIA_TYPE, decode_cainfo
 from roost.pki.tls import client_context, peer_certificate
 from roost.pki.trust import MAX_CATCH_UP, TrustState, load_state, save_state
+from roost.pki.verify import verify_server_name
 
 __all__ = [
     "FetchOutcome",
@@ -82,7 +86,8 @@ class UpdateSchedule:
         self._next_failure_fetch = now + self._backoff * self.rng.uniform(0.8, 1.2)
 
 
-Fetcher = Callable[[str, TrustState], Awaitable[bytes | None]]
+# (url, transport anchors, time floor) -> body, or None when not published yet.
+Fetcher = Callable[[str, Sequence[x509.Certificate], dt.datetime], Awaitable[bytes | None]]
 
 
 class HttpsFetcher:
@@ -99,13 +104,15 @@ class HttpsFetcher:
     def __init__(self, config: UpdateConfig = UpdateConfig()) -> None:
         self.config = config
 
-    async def __call__(self, url: str, state: TrustState) -> bytes | None:
+    async def __call__(
+        self, url: str, anchors: Sequence[x509.Certificate], time_floor: dt.datetime
+    ) -> bytes | None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise RemoteProtocolError(f"{url!r} is not an https URL", reason="bad-url")
         try:
             return await asyncio.wait_for(
-                self._get(parts.hostname, parts.port or 443, parts, state),
+                self._get(parts.hostname, parts.port or 443, parts, anchors, time_floor),
                 self.config.fetch_timeout,
             )
         except ssl.SSLCertVerificationError as exc:
@@ -116,13 +123,19 @@ class HttpsFetcher:
             raise TransportError(f"fetching {url} failed: {exc!r}", reason="fetch") from exc
 
     async def _get(
-        self, host: str, port: int, parts: SplitResult, state: TrustState
+        self,
+        host: str,
+        port: int,
+        parts: SplitResult,
+        anchors: Sequence[x509.Certificate],
+        time_floor: dt.datetime,
     ) -> bytes | None:
         reader, writer = await asyncio.open_connection(
-            host, port, ssl=client_context(state.anchors), server_hostname=host
+            host, port, ssl=client_context(anchors), server_hostname=host
         )
         try:
-            state.verify_server(peer_certificate(writer.get_extra_info("ssl_object")), host)
+            leaf = peer_certificate(writer.get_extra_info("ssl_object"))
+            verify_server_name(leaf, anchors, time_floor, host)
             target = parts.path or "/"
             writer.write(
                 f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
@@ -199,12 +212,18 @@ class TrustUpdater:
             save_state(self.directory, state)
             self.state = state
 
-    async def update_once(self) -> FetchOutcome:
-        """Fetch the successor of the newest slot once; raise on anything wrong."""
+    async def update_once(self, bridge: Sequence[x509.Certificate] = ()) -> FetchOutcome:
+        """Fetch the successor of the newest slot once; raise on anything wrong.
+
+        `bridge` holds CA certificates of generations this walk has just slid past: the
+        download server may still present a certificate from one of them, and its TLS
+        channel carries no authenticity anyway (section 2: the signatures do).
+        """
         async with self._lock:
             url = self.state.newest.body.next_url
             try:
-                data = await self.fetcher(url, self.state)
+                anchors = [*self.state.anchors, *bridge]
+                data = await self.fetcher(url, anchors, self.state.time_floor)
                 if data is None:
                     return FetchOutcome.NOT_PUBLISHED
                 candidate = decode_cainfo(data, self.config.max_size)
@@ -221,11 +240,18 @@ class TrustUpdater:
         Used when a peer fails under both slots: a device several generations behind
         slides its window until the peer verifies or nothing newer is published.
         """
+        bridge: list[x509.Certificate] = []
         for _ in range(self.config.max_catch_up):
             if satisfied(self.state):
                 return True
-            if await self.update_once() is FetchOutcome.NOT_PUBLISHED:
+            before = self.state
+            if await self.update_once(bridge) is FetchOutcome.NOT_PUBLISHED:
                 break
+            if self.state.current.revokes_previous and self.state.current != before.current:
+                # Everything older is compromised: it bridges nothing any more.
+                bridge.clear()
+            elif self.state.current != before.current:
+                bridge.append(before.current.ca_certificate)
         return satisfied(self.state)
 
     async def on_verification_failure(
@@ -243,12 +269,16 @@ class TrustUpdater:
         self.schedule.failure_fetched(now, found_new=self.state != before)
         return ok
 
-    async def poll(self, now: float) -> FetchOutcome | None:
-        """The periodic poll: fetch when due, then schedule the next one with jitter."""
+    async def poll(self, now: float) -> bool | None:
+        """The periodic poll: when due, walk to the newest published generation.
+
+        Returns None when no poll was due, else whether anything new was stored; the next
+        poll is scheduled with jitter either way. Errors are counted, not raised.
+        """
         if not self.schedule.poll_due(now):
             return None
         self.schedule.schedule_poll(now)
-        try:
-            return await self.update_once()
-        except RoostError:
-            return None
+        before = self.state
+        with contextlib.suppress(RoostError):
+            await self.catch_up(lambda _state: False)
+        return self.state != before
