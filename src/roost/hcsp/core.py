@@ -1,0 +1,584 @@
+"""The plug-and-play announce core shared by hubs and devices (PROTOCOL.md section 3).
+
+A pure state machine in the shape of aioquic's connection (STYLE.md): the daemon feeds it
+datagrams with ``receive_datagram(data, source, now, wall_ms)``, sends what
+``datagrams_to_send(now, wall_ms)`` returns, calls ``handle_timer`` at ``get_timer()``, and
+drains ``next_event()``. ``now`` is monotonic seconds, ``wall_ms`` is Unix milliseconds; the
+core never reads a clock, a socket or a file.
+
+A hub passes ``own`` and announces itself at start-up (seed step S40) and every
+``advert_interval``; a device passes ``own=None`` and only keeps its verified table of live
+hubs for failover. Both run the same receive order and the same election, so every node on
+the LAN reaches the same winner (section 3, "Election").
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import ipaddress
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from roost.errors import LocalProtocolError, RemoteProtocolError, RoostError, VerificationError
+from roost.hcsp.announce import (
+    MAX_DATAGRAM,
+    SignedAnnouncement,
+    check_preamble,
+    decode_announcement,
+    encode_announcement,
+    verify_announcement_signature,
+)
+from roost.hcsp.documents import (
+    MAX_CLIENTS,
+    HubAddress,
+    Subscribe,
+    decode_document,
+    encode_document,
+)
+from roost.hcsp.election import Candidate, elect, rank_of
+from roost.hcsp.events import HcspEvent, HubDown, HubUp, HubUpdated, LiveHub, WinnerChanged
+from roost.hcsp.ratelimit import SourceRateLimiter
+from roost.pki.certs import identifier_of, load_certificate
+
+__all__ = [
+    "AnnounceConfig",
+    "AnnounceCore",
+    "AnnounceCounters",
+    "CertificateVerifier",
+    "OwnHub",
+    "serial_greater",
+]
+
+# The injected trust check: chain the certificate to a trusted CA generation and return
+# the node identifier it proves, or raise VerificationError (section 1).
+CertificateVerifier = Callable[[x509.Certificate], str]
+
+_SERIAL_HALF = 1 << 63
+_SERIAL_MOD = 1 << 64
+
+
+def serial_greater(a: int, b: int) -> bool:
+    """RFC 1982 serial-number order on u64: True when ``a`` comes after ``b``.
+
+    Sequence numbers are Unix milliseconds (section 3), so wrap-around is centuries away;
+    serial order keeps the comparison well defined anyway, as keepalived's auth_hmac does.
+    """
+    difference = (a - b) % _SERIAL_MOD
+    return 0 < difference < _SERIAL_HALF
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceConfig:
+    """Every bound and timer of the announce core (STYLE.md: one frozen config)."""
+
+    advert_interval: float = 1.0
+    # A hub is gone after this many silent intervals plus the skew below (section 3).
+    down_after_intervals: int = 3
+    # Skew added to the down timer: this many seconds per hub ranked above the observer,
+    # capped; devices (no own hub) use the cap. See docs/hcsp.md.
+    skew_per_position: float = 0.1
+    max_skew: float = 0.5
+    freshness_window_ms: int = 10_000
+    hold_down: float = 3.0
+    rate_per_second: float = 20.0
+    rate_burst: float = 40.0
+    max_datagram: int = MAX_DATAGRAM
+    max_hubs: int = 64
+    max_sources: int = 1024
+    certificate_cache_size: int = 256
+    certificate_cache_ttl: float = 60.0
+    # (hub identifier, host) pairs: a hub that advertises ``host`` although its datagrams
+    # come from elsewhere (NAT, several interfaces), which this receiver chooses to trust.
+    trusted_advertised_addresses: frozenset[tuple[str, str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        positive = {
+            "advert_interval": self.advert_interval,
+            "down_after_intervals": self.down_after_intervals,
+            "freshness_window_ms": self.freshness_window_ms,
+            "rate_per_second": self.rate_per_second,
+            "max_hubs": self.max_hubs,
+            "max_sources": self.max_sources,
+            "certificate_cache_size": self.certificate_cache_size,
+            "certificate_cache_ttl": self.certificate_cache_ttl,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.rate_burst < 1 or self.hold_down < 0 or self.skew_per_position < 0:
+            raise ValueError("rate_burst >= 1, hold_down >= 0 and skew >= 0 are required")
+        if not 0 <= self.max_skew < self.advert_interval:
+            raise ValueError("max_skew must be below one advert interval")
+        if not 64 <= self.max_datagram <= 0xFFFF:
+            raise ValueError("max_datagram must fit a UDP datagram")
+
+    @property
+    def departed_retention(self) -> float:
+        """How long a gone hub's replay mark is kept: any datagram it sent before it went
+        silent has left the freshness window by then, so it cannot be replayed."""
+        return 2 * self.freshness_window_ms / 1000 + self.advert_interval
+
+
+@dataclass(frozen=True, slots=True)
+class OwnHub:
+    """The local hub: what it announces and the key it signs with."""
+
+    address: HubAddress
+    features: tuple[str, ...]
+    max_clients: int
+    private_key: ec.EllipticCurvePrivateKey = field(repr=False)
+    certificate_der: bytes = field(repr=False)
+
+    @property
+    def identifier(self) -> str:
+        return self.address.identifier
+
+
+@dataclass(slots=True)
+class AnnounceCounters:
+    """Metrics: accepted announcements, own echoes, and rejections by reason (preamble)."""
+
+    accepted: int = 0
+    own_echoes: int = 0
+    sent: int = 0
+    certificate_cache_hits: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+class _Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    OWN_ECHO = "own-echo"
+
+
+class _HubState:
+    """Mutable table entry; ``live`` is False while only the replay mark is retained."""
+
+    __slots__ = (
+        "connected",
+        "endpoint",
+        "features",
+        "first_heard",
+        "highest_seq",
+        "identifier",
+        "last_seen",
+        "live",
+        "max_clients",
+        "rank",
+    )
+
+    def __init__(self, document: Subscribe, now: float) -> None:
+        self.identifier = document.sender.identifier
+        self.first_heard = now
+        self.live = True
+        self.highest_seq = document.seq
+        self.last_seen = now
+        self.endpoint = document.sender.endpoint
+        self.features = document.features
+        self.connected = document.connected
+        self.max_clients = document.max_clients
+        self.rank = rank_of(document.features, document.max_clients, self.identifier)
+
+    def update(self, document: Subscribe, now: float) -> bool:
+        """Advance to a newer verified announcement; True when anything visible changed."""
+        before = (self.endpoint, self.features, self.connected, self.max_clients)
+        self.highest_seq = document.seq
+        self.last_seen = now
+        self.endpoint = document.sender.endpoint
+        self.features = document.features
+        self.connected = document.connected
+        self.max_clients = document.max_clients
+        self.rank = rank_of(document.features, document.max_clients, self.identifier)
+        return before != (self.endpoint, self.features, self.connected, self.max_clients)
+
+    def snapshot(self) -> LiveHub:
+        return LiveHub(
+            identifier=self.identifier,
+            endpoint=self.endpoint,
+            features=self.features,
+            connected=self.connected,
+            max_clients=self.max_clients,
+            rank=self.rank,
+            first_heard=self.first_heard,
+            last_seen=self.last_seen,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedCertificate:
+    identifier: str
+    public_key: ec.EllipticCurvePublicKey
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _RejectedCertificate:
+    reason: str
+    expires_at: float
+
+
+def _normalise_host(host: str) -> str:
+    """A socket's source host in the canonical text ``Endpoint`` uses.
+
+    Dual-stack sockets report IPv4 peers as ``::ffff:a.b.c.d``; those compare as IPv4.
+    """
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class AnnounceCore:
+    """Announce, verify, keep the live-hub table and elect (section 3); pure, no I/O."""
+
+    def __init__(
+        self,
+        config: AnnounceConfig,
+        own: OwnHub | None,
+        verify_hub_certificate: CertificateVerifier,
+    ) -> None:
+        self._config = config
+        self._own = own
+        self._verify_hub_certificate = verify_hub_certificate
+        self._hubs: dict[str, _HubState] = {}
+        self._limiter = SourceRateLimiter(
+            config.rate_per_second, config.rate_burst, config.max_sources
+        )
+        self._certificates: OrderedDict[bytes, _VerifiedCertificate | _RejectedCertificate] = (
+            OrderedDict()
+        )
+        self._events: deque[HcspEvent] = deque()
+        self._winner: LiveHub | None = None
+        self._now: float | None = None
+        self._own_first_heard: float | None = None
+        self._own_connected = 0
+        self._own_max = own.max_clients if own else 0
+        self._last_seq = -1
+        self._next_advert_at: float | None = None
+        self.counters = AnnounceCounters()
+        if own is not None:
+            self._check_own(own)
+
+    # --- public API -------------------------------------------------------------------
+
+    def receive_datagram(
+        self, data: bytes, source: tuple[str, int], now: float, wall_ms: int
+    ) -> None:
+        """Process one received datagram; rejections are counted, never raised."""
+        self._advance(now)
+        try:
+            outcome = self._accept(data, _normalise_host(source[0]), now, wall_ms)
+        except RoostError as exc:
+            self.counters.rejected[exc.reason] += 1
+            return
+        if outcome is _Outcome.OWN_ECHO:
+            self.counters.own_echoes += 1
+            return
+        self.counters.accepted += 1
+        self._reelect(now)
+
+    def next_event(self) -> HcspEvent | None:
+        """The oldest undelivered event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self, now: float, wall_ms: int) -> list[bytes]:
+        """Our signed announcement when one is due (start-up, then every interval)."""
+        self._advance(now)
+        own = self._own
+        if own is None or (self._next_advert_at is not None and now < self._next_advert_at):
+            return []
+        # Section 3: seq is wall-clock milliseconds, yet strictly increasing even when the
+        # clock repeats or steps back, so a restart never reuses a value and peers never
+        # see our own sequence as a replay.
+        seq = max(wall_ms, self._last_seq + 1)
+        self._last_seq = seq
+        datagram = self._encode_own(own, seq, wall_ms)
+        # Schedule from ``now`` rather than the previous deadline so a stalled loop sends
+        # one announcement, not a burst of catch-up ones.
+        self._next_advert_at = now + self._config.advert_interval
+        self.counters.sent += 1
+        return [datagram]
+
+    def get_timer(self) -> float | None:
+        """The next moment ``handle_timer`` (or ``datagrams_to_send``) has work, or None."""
+        deadlines: list[float] = []
+        if self._own is not None:
+            # Before the first announcement the start-up one is due at once (seed S40).
+            due = self._next_advert_at if self._next_advert_at is not None else self._now
+            deadlines.append(due if due is not None else 0.0)
+        timeout = self._down_timeout()
+        ripening: list[float] = []
+        for state in self._hubs.values():
+            if state.live:
+                deadlines.append(state.last_seen + timeout)
+                ripening.append(state.first_heard + self._config.hold_down)
+        if self._own_first_heard is not None:
+            ripening.append(self._own_first_heard + self._config.hold_down)
+        # A hold-down that has already ripened is no longer a deadline.
+        deadlines.extend(r for r in ripening if self._now is None or r > self._now)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float, wall_ms: int) -> None:
+        """Expire silent hubs, forget old replay marks and re-run the election."""
+        del wall_ms  # Kept for symmetry with receive_datagram; expiry runs on ``now``.
+        self._advance(now)
+        self._expire(now)
+        self._reelect(now)
+
+    def set_load(self, connected: int, max_clients: int) -> None:
+        """Update what our next announcement says about connected and maximum clients."""
+        if self._own is None:
+            raise LocalProtocolError("a device core has no load to announce")
+        if not (0 <= connected <= MAX_CLIENTS and 0 <= max_clients <= MAX_CLIENTS):
+            raise LocalProtocolError("load is outside 0..65535")
+        self._own_connected = connected
+        self._own_max = max_clients
+        if self._now is not None:
+            self._reelect(self._now)
+
+    def live_hubs(self, now: float) -> list[LiveHub]:
+        """Verified live hubs, our own included, best rank first."""
+        timeout = self._down_timeout()
+        hubs = [
+            state.snapshot()
+            for state in self._hubs.values()
+            if state.live and now < state.last_seen + timeout
+        ]
+        own = self._own_snapshot(now)
+        if own is not None:
+            hubs.append(own)
+        hubs.sort(key=lambda hub: hub.rank.sort_key())
+        return hubs
+
+    def winner(self, now: float) -> LiveHub | None:
+        """The elected hub (section 3 "Election"), or None during the settle window."""
+        candidates = [Candidate(hub.rank, hub.first_heard, hub) for hub in self.live_hubs(now)]
+        chosen = elect(candidates, now, self._config.hold_down)
+        return chosen.payload if chosen is not None else None
+
+    def clear_certificate_cache(self) -> None:
+        """Forget cached certificate verdicts; call after the trust store changes."""
+        self._certificates.clear()
+
+    # --- receive order (section 3) ----------------------------------------------------
+
+    def _accept(self, data: bytes, source_host: str, now: float, wall_ms: int) -> _Outcome:
+        config = self._config
+        # 1-2. Size cap, then magic and version: no state touched, no allocation.
+        check_preamble(data, config.max_datagram)
+        # 3. Per-source rate limit, before any parsing.
+        self._limiter.take(source_host, now)
+        # 4. Lengths consistent, no trailing bytes; then the hardened XML parse.
+        announcement = decode_announcement(data, config.max_datagram)
+        document = decode_document(announcement.document, config.max_datagram)
+        if not isinstance(document, Subscribe):
+            raise RemoteProtocolError("datagram carries no subscribe", reason="not-subscribe")
+        identifier = document.sender.identifier
+        # Multicast loops our own datagrams back to us (handover §3 item 11).
+        if self._own is not None and identifier == self._own.identifier:
+            return _Outcome.OWN_ECHO
+        # 5. Freshness of ts against our wall clock.
+        self._check_freshness(document.ts, wall_ms)
+        # 6. Replay: seq must pass the high-water mark of that hub (serial order).
+        state = self._hubs.get(identifier)
+        if state is not None and not serial_greater(document.seq, state.highest_seq):
+            reason = "replay" if document.seq == state.highest_seq else "seq-not-increasing"
+            raise VerificationError(f"{identifier} sequence does not increase", reason=reason)
+        # The advertised address is signed, but a hub could still lie about where it is;
+        # it must be where the datagram came from unless we trust an override (section 3).
+        self._check_source(document.sender, source_host)
+        # Refuse a new hub before the public-key work when the table is full of live hubs.
+        if state is None:
+            self._make_room()
+        # 7. Certificate chains to a trusted CA and names exactly the `from` identifier.
+        public_key = self._verified_key(announcement, identifier, now)
+        # 8. Signature over every byte before sig_len, always checked.
+        verify_announcement_signature(announcement, public_key)
+        # 9. Only now does the high-water mark (and the rest of the entry) advance.
+        self._record(state, document, now)
+        return _Outcome.ACCEPTED
+
+    def _check_freshness(self, ts: int, wall_ms: int) -> None:
+        window = self._config.freshness_window_ms
+        if ts < wall_ms - window:
+            raise VerificationError("announcement is older than the window", reason="stale")
+        if ts > wall_ms + window:
+            raise VerificationError("announcement is from the future", reason="future")
+
+    def _check_source(self, sender: HubAddress, source_host: str) -> None:
+        if sender.endpoint.host == source_host:
+            return
+        if (sender.identifier, sender.endpoint.host) in self._config.trusted_advertised_addresses:
+            return
+        raise VerificationError(
+            f"{sender.identifier} advertises {sender.endpoint.host} but sent from {source_host}",
+            reason="source-mismatch",
+        )
+
+    def _make_room(self) -> None:
+        if len(self._hubs) < self._config.max_hubs:
+            return
+        departed = [state for state in self._hubs.values() if not state.live]
+        if not departed:
+            raise VerificationError("hub table is full of live hubs", reason="table-full")
+        oldest = min(departed, key=lambda state: state.last_seen)
+        del self._hubs[oldest.identifier]
+
+    def _verified_key(
+        self, announcement: SignedAnnouncement, identifier: str, now: float
+    ) -> ec.EllipticCurvePublicKey:
+        fingerprint = hashlib.sha256(announcement.certificate).digest()
+        cached = self._certificates.get(fingerprint)
+        if cached is not None and cached.expires_at > now:
+            self._certificates.move_to_end(fingerprint)
+            self.counters.certificate_cache_hits += 1
+        else:
+            cached = self._verify_certificate(announcement.certificate, now)
+            self._certificates[fingerprint] = cached
+            self._certificates.move_to_end(fingerprint)
+            while len(self._certificates) > self._config.certificate_cache_size:
+                self._certificates.popitem(last=False)
+        if isinstance(cached, _RejectedCertificate):
+            raise VerificationError("certificate was rejected", reason=cached.reason)
+        if cached.identifier != identifier:
+            raise VerificationError(
+                f"certificate is {cached.identifier}, announcement claims {identifier}",
+                reason="wrong-id",
+            )
+        return cached.public_key
+
+    def _verify_certificate(
+        self, der: bytes, now: float
+    ) -> _VerifiedCertificate | _RejectedCertificate:
+        expires_at = now + self._config.certificate_cache_ttl
+        try:
+            certificate = load_certificate(der)
+            identifier = self._verify_hub_certificate(certificate)
+            public_key = certificate.public_key()
+            if not isinstance(public_key, ec.EllipticCurvePublicKey):
+                raise VerificationError("hub key is not ECDSA", reason="bad-key")
+            if not identifier.startswith("hcsp:") or identifier_of(certificate) != identifier:
+                raise VerificationError("certificate is not a hub's", reason="not-a-hub")
+        except RoostError as exc:
+            # Negative verdicts are cached too, so a flood of one bad certificate from
+            # many spoofed sources costs one path validation per cache lifetime.
+            return _RejectedCertificate(exc.reason, expires_at)
+        return _VerifiedCertificate(identifier, public_key, expires_at)
+
+    def _record(self, state: _HubState | None, document: Subscribe, now: float) -> None:
+        if state is None:
+            state = _HubState(document, now)
+            self._hubs[state.identifier] = state
+            self._events.append(HubUp(state.snapshot()))
+        elif not state.live:
+            # A hub that comes back is a newcomer again: its hold-down restarts, so a hub
+            # in a restart loop cannot keep taking the devices (handover §3 item 5).
+            state.update(document, now)
+            state.live = True
+            state.first_heard = now
+            self._events.append(HubUp(state.snapshot()))
+        elif state.update(document, now):
+            self._events.append(HubUpdated(state.snapshot()))
+
+    # --- liveness and election --------------------------------------------------------
+
+    def _advance(self, now: float) -> None:
+        if self._now is None or now > self._now:
+            self._now = now
+        if self._own is not None and self._own_first_heard is None:
+            self._own_first_heard = now
+
+    def _down_timeout(self) -> float:
+        config = self._config
+        return config.down_after_intervals * config.advert_interval + self._skew()
+
+    def _skew(self) -> float:
+        """Rank-dependent skew (section 3): the best-ranked observer reacts first.
+
+        As in VRRP's Skew_Time, a better hub notices a silent hub slightly earlier than a
+        worse one, so the hubs that will lose do not all re-plan redirects in the same
+        instant. Devices only listen and use the largest skew.
+        """
+        config = self._config
+        if self._own is None:
+            return config.max_skew
+        own_rank = rank_of(self._own.features, self._own_max, self._own.identifier)
+        above = sum(1 for s in self._hubs.values() if s.live and s.rank.beats(own_rank))
+        return min(config.max_skew, config.skew_per_position * above)
+
+    def _expire(self, now: float) -> None:
+        timeout = self._down_timeout()
+        retention = self._config.departed_retention
+        for identifier, state in list(self._hubs.items()):
+            # Compared exactly as get_timer computes the deadline, so a timer that fires
+            # on time always expires the hub (no busy loop on float rounding).
+            if state.live and now >= state.last_seen + timeout:
+                state.live = False
+                self._events.append(HubDown(state.snapshot()))
+            elif not state.live and now - state.last_seen > retention:
+                del self._hubs[identifier]
+
+    def _reelect(self, now: float) -> None:
+        winner = self.winner(now)
+        previous = self._winner
+        changed = (winner is None) != (previous is None) or (
+            winner is not None and previous is not None and winner.identifier != previous.identifier
+        )
+        self._winner = winner
+        if changed:
+            self._events.append(WinnerChanged(winner, previous))
+
+    # --- our own hub ------------------------------------------------------------------
+
+    def _own_snapshot(self, now: float) -> LiveHub | None:
+        own = self._own
+        if own is None or self._own_first_heard is None:
+            return None
+        return LiveHub(
+            identifier=own.identifier,
+            endpoint=own.address.endpoint,
+            features=own.features,
+            connected=self._own_connected,
+            max_clients=self._own_max,
+            rank=rank_of(own.features, self._own_max, own.identifier),
+            first_heard=self._own_first_heard,
+            last_seen=now,
+            is_self=True,
+        )
+
+    def _encode_own(self, own: OwnHub, seq: int, wall_ms: int) -> bytes:
+        document = Subscribe(
+            sender=own.address,
+            features=own.features,
+            connected=self._own_connected,
+            max_clients=self._own_max,
+            seq=seq,
+            ts=wall_ms,
+        )
+        return encode_announcement(
+            encode_document(document),
+            own.certificate_der,
+            own.private_key,
+            self._config.max_datagram,
+        )
+
+    def _check_own(self, own: OwnHub) -> None:
+        """Fail at start-up, not at the first announcement, on a misconfigured hub."""
+        try:
+            certificate = load_certificate(own.certificate_der)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError("own certificate does not parse") from exc
+        if identifier_of(certificate) != own.identifier:
+            raise LocalProtocolError("own certificate does not name the own identifier")
+        # The largest announcement we could send must fit the datagram cap.
+        probe = Subscribe(own.address, own.features, MAX_CLIENTS, MAX_CLIENTS, 2**64 - 1, 2**64 - 1)
+        encode_announcement(
+            encode_document(probe), own.certificate_der, own.private_key, self._config.max_datagram
+        )

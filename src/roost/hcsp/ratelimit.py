@@ -1,0 +1,74 @@
+"""Per-source token buckets in a bounded table (PROTOCOL.md section 3 receive order, step 3).
+
+The limit runs before any parsing of the document or any public-key work, so a flood from
+one address is shed for the price of a dictionary lookup (research/handover.md §3 item 9).
+The table is bounded like python-zeroconf's caches: when it is full, the least recently
+used bucket is evicted only if it has refilled completely, because a full bucket behaves
+exactly like an absent one. Otherwise the new source is refused, so a spoofed-source flood
+cannot push out the buckets of sources that are actually busy.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from roost.errors import RemoteProtocolError
+
+__all__ = ["SourceRateLimiter"]
+
+
+class _Bucket:
+    __slots__ = ("tokens", "updated")
+
+    def __init__(self, tokens: float, updated: float) -> None:
+        self.tokens = tokens
+        self.updated = updated
+
+
+class SourceRateLimiter:
+    """Token bucket per source host: ``rate`` tokens per second, at most ``burst`` banked."""
+
+    __slots__ = ("_buckets", "_burst", "_max_sources", "_rate")
+
+    def __init__(self, rate: float, burst: float, max_sources: int) -> None:
+        if rate <= 0 or burst < 1 or max_sources < 1:
+            raise ValueError("rate limit needs rate > 0, burst >= 1 and room for one source")
+        self._rate = rate
+        self._burst = burst
+        self._max_sources = max_sources
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _refill(self, bucket: _Bucket, now: float) -> None:
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
+        bucket.updated = max(bucket.updated, now)
+
+    def take(self, source: str, now: float) -> None:
+        """Spend one token for ``source``; raises RemoteProtocolError when none is left.
+
+        Reasons: ``rate-limited`` (this source is flooding) and ``source-table-full``
+        (too many distinct sources are active at once).
+        """
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._admit(source, now)
+        else:
+            self._buckets.move_to_end(source)
+            self._refill(bucket, now)
+        if bucket.tokens < 1:
+            raise RemoteProtocolError(f"{source} exceeds its rate limit", reason="rate-limited")
+        bucket.tokens -= 1
+
+    def _admit(self, source: str, now: float) -> _Bucket:
+        if len(self._buckets) >= self._max_sources:
+            oldest_source, oldest = next(iter(self._buckets.items()))
+            self._refill(oldest, now)
+            if oldest.tokens < self._burst:
+                raise RemoteProtocolError("too many active sources", reason="source-table-full")
+            del self._buckets[oldest_source]
+        bucket = _Bucket(self._burst, now)
+        self._buckets[source] = bucket
+        return bucket
