@@ -1,1 +1,91 @@
-"""Package."""
+"""The Guard: weighted security for remote sessions (PROTOCOL.md §6).
+
+Usage authentication with random response codes (:mod:`.challenge`), per-message keys
+(:mod:`.ratchet`), session limits (:mod:`.session`) and a tamper-evident Merkle log
+(:mod:`.merkle`, :mod:`.log`). Every core is pure; the SQLite stores are the only I/O.
+"""
+
+from roost.guard.card import Card, format_card, generate_card, normalize_code
+from roost.guard.challenge import (
+    AuthConfig,
+    LoginClient,
+    LoginResult,
+    LoginServer,
+    ServerHandshake,
+    encode_reject,
+)
+from roost.guard.log import (
+    Checkpoint,
+    Receipt,
+    SqliteMerkleLog,
+    decode_receipt,
+    encode_receipt,
+    load_or_create_log_key,
+    message_digest,
+    sign_checkpoint,
+    verify_checkpoint,
+    verify_receipt,
+)
+from roost.guard.merkle import (
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from roost.guard.ratchet import Direction, ReceivingChain, SendingChain
+from roost.guard.session import GuardSession, Role, SessionLimits
+from roost.guard.suites import SUITES, KdfParams, RejectionCounter, Suite, get_suite
+from roost.guard.userstore import (
+    LockoutPolicy,
+    MemoryUserStore,
+    SqliteUserStore,
+    UserRecord,
+    make_user,
+)
+
+__all__ = [
+    "SUITES",
+    "AuthConfig",
+    "Card",
+    "Checkpoint",
+    "Direction",
+    "GuardSession",
+    "KdfParams",
+    "LockoutPolicy",
+    "LoginClient",
+    "LoginResult",
+    "LoginServer",
+    "MemoryUserStore",
+    "Receipt",
+    "ReceivingChain",
+    "RejectionCounter",
+    "Role",
+    "SendingChain",
+    "ServerHandshake",
+    "SessionLimits",
+    "SqliteMerkleLog",
+    "SqliteUserStore",
+    "Suite",
+    "UserRecord",
+    "consistency_proof",
+    "decode_receipt",
+    "encode_receipt",
+    "encode_reject",
+    "format_card",
+    "generate_card",
+    "get_suite",
+    "inclusion_proof",
+    "leaf_hash",
+    "load_or_create_log_key",
+    "make_user",
+    "message_digest",
+    "node_hash",
+    "normalize_code",
+    "sign_checkpoint",
+    "verify_checkpoint",
+    "verify_consistency",
+    "verify_inclusion",
+    "verify_receipt",
+]

@@ -1,0 +1,643 @@
+"""Usage authentication (PROTOCOL.md §6): password, then n of N challenge/response pairs.
+
+Pure cores, one per side. Four messages::
+
+    client -> server  Hello      user id, password, client nonce, offered suites
+    server -> client  Challenge  suite, server nonce, counter, server time, KDF cost,
+                                 n labels with their salts
+    client -> server  Proof      per pair: ClientKey_i XOR HMAC(StoredKey_i, transcript)
+    server -> client  Accept     server signature (mutual)  |  Reject (no detail)
+
+The transcript hash covers the Hello (without the password), the Challenge bytes and an
+optional channel binding, and every MAC input starts with the suite name; so a replayed
+proof, a stripped suite offer or a swapped suite fails verification on both sides.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+
+from roost.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    RoostError,
+    StateError,
+    VerificationError,
+)
+from roost.guard.suites import (
+    SUITES,
+    KdfParams,
+    RandomBytes,
+    RejectionCounter,
+    Suite,
+    get_suite,
+    hkdf,
+    hkdf_expand,
+    mac,
+    mac_input,
+    scrypt,
+)
+from roost.guard.userstore import (
+    SALT_SIZE,
+    LockoutPolicy,
+    UserDirectory,
+    after_failure,
+    client_keys_for_code,
+    is_locked,
+    verify_password,
+)
+from roost.wire import Reader, Writer, check_size
+
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "NONCE_SIZE",
+    "SESSION_ID_SIZE",
+    "Accept",
+    "AuthConfig",
+    "Challenge",
+    "ChallengeEntry",
+    "Hello",
+    "LoginClient",
+    "LoginResult",
+    "LoginServer",
+    "Proof",
+    "Reject",
+    "ServerHandshake",
+    "decode_accept",
+    "decode_challenge",
+    "decode_hello",
+    "decode_proof",
+    "decode_reject",
+    "encode_accept",
+    "encode_challenge",
+    "encode_hello",
+    "encode_proof",
+    "encode_reject",
+]
+
+MAX_MESSAGE_SIZE = 4096
+NONCE_SIZE = 32
+PROOF_SIZE = 32
+SESSION_ID_SIZE = 16
+MAX_PAIRS_ASKED = 16
+MAX_SUITES_OFFERED = 8
+
+_HELLO, _CHALLENGE, _PROOF, _ACCEPT, _REJECT = 1, 2, 3, 4, 5
+
+
+# --- Messages and codecs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    user_id: str
+    password: str
+    client_nonce: bytes
+    suites: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeEntry:
+    label: str
+    salt: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    suite: str
+    server_nonce: bytes
+    counter: int
+    server_time_ms: int
+    kdf: KdfParams
+    entries: tuple[ChallengeEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    proofs: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    server_signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Carries no detail by design: the peer learns only that it was refused."""
+
+
+def _short_text(reader: Reader, what: str, maximum: int) -> str:
+    raw = reader.take(reader.u8())
+    if not 1 <= len(raw) <= maximum:
+        raise RemoteProtocolError(f"{what} length out of bounds", reason="malformed")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError(f"{what} is not UTF-8", reason="malformed") from None
+
+
+def _put_text(writer: Writer, text: str, maximum: int) -> None:
+    raw = text.encode("utf-8")
+    if not 1 <= len(raw) <= maximum:
+        raise LocalProtocolError(f"text of {len(raw)} bytes does not fit")
+    writer.u8(len(raw)).raw(raw)
+
+
+def _expect_type(reader: Reader, expected: int) -> None:
+    if reader.u8() != expected:
+        raise RemoteProtocolError("unexpected message type", reason="unexpected-message")
+
+
+def encode_hello(hello: Hello, *, include_password: bool = True) -> bytes:
+    writer = Writer().u8(_HELLO)
+    _put_text(writer, hello.user_id, 64)
+    password = hello.password.encode("utf-8") if include_password else b""
+    if len(password) > 1024:
+        raise LocalProtocolError("password longer than 1024 bytes")
+    writer.u16(len(password)).raw(password)
+    if len(hello.client_nonce) != NONCE_SIZE:
+        raise LocalProtocolError("client nonce must be 32 bytes")
+    writer.raw(hello.client_nonce)
+    if not 1 <= len(hello.suites) <= MAX_SUITES_OFFERED:
+        raise LocalProtocolError("offer 1 to 8 suites")
+    writer.u8(len(hello.suites))
+    for name in hello.suites:
+        _put_text(writer, name, 64)
+    return writer.bytes()
+
+
+def decode_hello(data: bytes) -> Hello:
+    check_size(data, MAX_MESSAGE_SIZE, "hello")
+    reader = Reader(data, "hello")
+    _expect_type(reader, _HELLO)
+    user_id = _short_text(reader, "user id", 64)
+    length = reader.u16()
+    if length > 1024:
+        raise RemoteProtocolError("password too long", reason="malformed")
+    try:
+        password = reader.take(length).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("password is not UTF-8", reason="malformed") from None
+    nonce = reader.take(NONCE_SIZE)
+    count = reader.u8()
+    if not 1 <= count <= MAX_SUITES_OFFERED:
+        raise RemoteProtocolError("suite count out of bounds", reason="malformed")
+    suites = tuple(_short_text(reader, "suite", 64) for _ in range(count))
+    reader.expect_end()
+    return Hello(user_id, password, nonce, suites)
+
+
+def encode_challenge(challenge: Challenge) -> bytes:
+    writer = Writer().u8(_CHALLENGE)
+    _put_text(writer, challenge.suite, 64)
+    if len(challenge.server_nonce) != NONCE_SIZE:
+        raise LocalProtocolError("server nonce must be 32 bytes")
+    writer.raw(challenge.server_nonce).u64(challenge.counter).u64(challenge.server_time_ms)
+    kdf = challenge.kdf
+    writer.u8(kdf.log2_n).u8(kdf.r).u8(kdf.p)
+    if not 1 <= len(challenge.entries) <= MAX_PAIRS_ASKED:
+        raise LocalProtocolError("ask 1 to 16 pairs")
+    writer.u8(len(challenge.entries))
+    for entry in challenge.entries:
+        _put_text(writer, entry.label, 32)
+        if len(entry.salt) != SALT_SIZE:
+            raise LocalProtocolError("salt must be 16 bytes")
+        writer.raw(entry.salt)
+    return writer.bytes()
+
+
+def decode_challenge(data: bytes) -> Challenge:
+    check_size(data, MAX_MESSAGE_SIZE, "challenge")
+    reader = Reader(data, "challenge")
+    _expect_type(reader, _CHALLENGE)
+    suite = _short_text(reader, "suite", 64)
+    nonce = reader.take(NONCE_SIZE)
+    counter = reader.u64()
+    server_time_ms = reader.u64()
+    kdf = KdfParams(reader.u8(), reader.u8(), reader.u8())
+    kdf.check()
+    count = reader.u8()
+    if not 1 <= count <= MAX_PAIRS_ASKED:
+        raise RemoteProtocolError("pair count out of bounds", reason="malformed")
+    entries = tuple(
+        ChallengeEntry(_short_text(reader, "label", 32), reader.take(SALT_SIZE))
+        for _ in range(count)
+    )
+    reader.expect_end()
+    return Challenge(suite, nonce, counter, server_time_ms, kdf, entries)
+
+
+def encode_proof(proof: Proof) -> bytes:
+    if not 1 <= len(proof.proofs) <= MAX_PAIRS_ASKED:
+        raise LocalProtocolError("1 to 16 proofs")
+    writer = Writer().u8(_PROOF).u8(len(proof.proofs))
+    for item in proof.proofs:
+        if len(item) != PROOF_SIZE:
+            raise LocalProtocolError("proofs are 32 bytes")
+        writer.raw(item)
+    return writer.bytes()
+
+
+def decode_proof(data: bytes) -> Proof:
+    check_size(data, MAX_MESSAGE_SIZE, "proof")
+    reader = Reader(data, "proof")
+    _expect_type(reader, _PROOF)
+    count = reader.u8()
+    if not 1 <= count <= MAX_PAIRS_ASKED:
+        raise RemoteProtocolError("proof count out of bounds", reason="malformed")
+    proofs = tuple(reader.take(PROOF_SIZE) for _ in range(count))
+    reader.expect_end()
+    return Proof(proofs)
+
+
+def encode_accept(accept: Accept) -> bytes:
+    if len(accept.server_signature) not in (32, 64):
+        raise LocalProtocolError("server signature is 32 or 64 bytes")
+    return (
+        Writer().u8(_ACCEPT).u8(len(accept.server_signature)).raw(accept.server_signature).bytes()
+    )
+
+
+def decode_accept(data: bytes) -> Accept:
+    check_size(data, MAX_MESSAGE_SIZE, "accept")
+    reader = Reader(data, "accept")
+    _expect_type(reader, _ACCEPT)
+    length = reader.u8()
+    if length not in (32, 64):
+        raise RemoteProtocolError("server signature length", reason="malformed")
+    signature = reader.take(length)
+    reader.expect_end()
+    return Accept(signature)
+
+
+def encode_reject(_reject: Reject | None = None) -> bytes:
+    return bytes([_REJECT])
+
+
+def decode_reject(data: bytes) -> Reject:
+    check_size(data, MAX_MESSAGE_SIZE, "reject")
+    reader = Reader(data, "reject")
+    _expect_type(reader, _REJECT)
+    reader.expect_end()
+    return Reject()
+
+
+# --- Shared derivations --------------------------------------------------------------------
+
+
+def _transcript_hash(suite: Suite, hello: Hello, challenge_bytes: bytes, binding: bytes) -> bytes:
+    # The password stays out of the transcript: the hash must not become an offline
+    # password oracle if it ever leaks.
+    return suite.hash(
+        mac_input(
+            suite.name,
+            "transcript",
+            encode_hello(hello, include_password=False),
+            challenge_bytes,
+            binding,
+        )
+    )
+
+
+def _proof_mask(suite: Suite, stored_key: bytes, index: int, transcript: bytes) -> bytes:
+    data = mac_input(suite.name, "client proof", bytes([index]), transcript)
+    return mac(suite, stored_key, data)[:PROOF_SIZE]
+
+
+def _server_signature(suite: Suite, server_keys: list[bytes], transcript: bytes) -> bytes:
+    combined = mac(suite, b"roost guard server keys", b"".join(server_keys))
+    return mac(suite, combined, mac_input(suite.name, "server proof", transcript))
+
+
+def _xor(left: bytes, right: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(left, right, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    """What both sides hold after a successful login; the session is built from it."""
+
+    user_id: str
+    suite: Suite
+    session_id: bytes
+    root_key: bytes = field(repr=False)
+    counter: int
+
+
+def _login_result(
+    suite: Suite, user_id: str, transcript: bytes, client_keys: list[bytes], counter: int
+) -> LoginResult:
+    # root = HKDF(salt = H(transcript), ikm = CK_1 | ... | CK_n) (PROTOCOL.md §6).
+    root = hkdf(
+        suite,
+        salt=transcript,
+        ikm=b"".join(client_keys),
+        info=mac_input(suite.name, "session root"),
+        length=suite.digest_size,
+    )
+    session_id = hkdf_expand(
+        suite, prk=root, info=mac_input(suite.name, "session id"), length=SESSION_ID_SIZE
+    )
+    return LoginResult(user_id, suite, session_id, root, counter)
+
+
+# --- Configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Bounds and policy for both cores (one frozen config per component, STYLE.md)."""
+
+    suites: tuple[str, ...] = tuple(SUITES)
+    min_pairs: int = 3
+    max_pairs: int = 5
+    challenge_ttl_s: float = 120.0
+    lockout: LockoutPolicy = field(default_factory=LockoutPolicy)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_pairs <= self.max_pairs <= MAX_PAIRS_ASKED:
+            raise LocalProtocolError("need 1 <= min_pairs <= max_pairs <= 16")
+        for name in self.suites:
+            get_suite(name)
+
+
+def _random_below(bound: int, random_bytes: RandomBytes) -> int:
+    # Rejection sampling over 32-bit draws keeps every choice unbiased.
+    limit = (1 << 32) - ((1 << 32) % bound)
+    while True:
+        value = int.from_bytes(random_bytes(4), "big")
+        if value < limit:
+            return value % bound
+
+
+# --- Client core ---------------------------------------------------------------------------
+
+
+class _ClientState(enum.Enum):
+    START = "start"
+    SENT_HELLO = "sent-hello"
+    GOT_CHALLENGE = "got-challenge"
+    SENT_PROOF = "sent-proof"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class LoginClient:
+    """Client half. ``hello()`` → send; ``receive_challenge()`` → show labels;
+    ``answer(codes)`` → send; ``receive_result()`` → a :class:`LoginResult` or an error."""
+
+    def __init__(
+        self,
+        user_id: str,
+        password: str,
+        *,
+        config: AuthConfig | None = None,
+        channel_binding: bytes = b"",
+        min_counter: int = 0,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> None:
+        self._config = config or AuthConfig()
+        self._hello = Hello(user_id, password, random_bytes(NONCE_SIZE), self._config.suites)
+        self._binding = channel_binding
+        self._min_counter = min_counter
+        self._state = _ClientState.START
+        self._challenge: Challenge | None = None
+        self._suite: Suite | None = None
+        self._transcript = b""
+        self._client_keys: list[bytes] = []
+        self._server_keys: list[bytes] = []
+
+    def hello(self) -> bytes:
+        self._require(_ClientState.START)
+        self._state = _ClientState.SENT_HELLO
+        return encode_hello(self._hello)
+
+    def receive_challenge(self, data: bytes) -> tuple[str, ...]:
+        """Return the labels whose codes the user must type, in order."""
+        self._require(_ClientState.SENT_HELLO)
+        self._state = _ClientState.FAILED
+        if data[:1] == bytes([_REJECT]):
+            decode_reject(data)
+            raise VerificationError("server refused the login", reason="refused")
+        challenge = decode_challenge(data)
+        if challenge.suite not in self._config.suites:
+            raise VerificationError("server chose a suite we did not offer", reason="downgrade")
+        suite = get_suite(challenge.suite)
+        if challenge.counter < self._min_counter:
+            raise VerificationError("server counter went backwards", reason="stale-counter")
+        self._challenge, self._suite = challenge, suite
+        self._transcript = _transcript_hash(suite, self._hello, data, self._binding)
+        self._state = _ClientState.GOT_CHALLENGE
+        return tuple(entry.label for entry in challenge.entries)
+
+    def answer(self, codes: list[str] | tuple[str, ...]) -> bytes:
+        self._require(_ClientState.GOT_CHALLENGE)
+        assert self._challenge is not None and self._suite is not None
+        if len(codes) != len(self._challenge.entries):
+            raise LocalProtocolError("one code per challenge label")
+        proofs = []
+        for index, (entry, code) in enumerate(zip(self._challenge.entries, codes, strict=True)):
+            client_key, stored_key, server_key = client_keys_for_code(
+                code, entry.salt, self._challenge.kdf
+            )
+            mask = _proof_mask(self._suite, stored_key, index, self._transcript)
+            proofs.append(_xor(client_key, mask))
+            self._client_keys.append(client_key)
+            self._server_keys.append(server_key)
+        self._state = _ClientState.SENT_PROOF
+        return encode_proof(Proof(tuple(proofs)))
+
+    def receive_result(self, data: bytes) -> LoginResult:
+        self._require(_ClientState.SENT_PROOF)
+        assert self._challenge is not None and self._suite is not None
+        self._state = _ClientState.FAILED
+        if data[:1] == bytes([_REJECT]):
+            decode_reject(data)
+            raise VerificationError("server refused the proof", reason="refused")
+        accept = decode_accept(data)
+        expected = _server_signature(self._suite, self._server_keys, self._transcript)
+        if not hmac.compare_digest(expected, accept.server_signature):
+            raise VerificationError("server proof is wrong", reason="bad-server-proof")
+        self._state = _ClientState.DONE
+        result = _login_result(
+            self._suite,
+            self._hello.user_id,
+            self._transcript,
+            self._client_keys,
+            self._challenge.counter + 1,
+        )
+        self._client_keys = []
+        return result
+
+    def _require(self, state: _ClientState) -> None:
+        if self._state is not state:
+            raise LocalProtocolError(f"login client is {self._state.value}, not {state.value}")
+
+
+# --- Server core ---------------------------------------------------------------------------
+
+
+class LoginServer:
+    """Server half: holds config, the user directory and the rejection counter; makes one
+    :class:`ServerHandshake` per connection."""
+
+    def __init__(
+        self,
+        directory: UserDirectory,
+        *,
+        config: AuthConfig | None = None,
+        random_bytes: RandomBytes = os.urandom,
+        counter: RejectionCounter | None = None,
+    ) -> None:
+        self.config = config or AuthConfig()
+        self.directory = directory
+        self.random_bytes = random_bytes
+        self.rejections = counter or RejectionCounter()
+
+    def handshake(self, channel_binding: bytes = b"") -> ServerHandshake:
+        return ServerHandshake(self, channel_binding)
+
+
+class _ServerState(enum.Enum):
+    AWAIT_HELLO = "await-hello"
+    AWAIT_PROOF = "await-proof"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ServerHandshake:
+    """One login attempt. Errors are raised after being counted; the adapter then sends
+    :func:`encode_reject` (no detail) and closes."""
+
+    def __init__(self, server: LoginServer, channel_binding: bytes) -> None:
+        self._server = server
+        self._binding = channel_binding
+        self._state = _ServerState.AWAIT_HELLO
+        self._hello: Hello | None = None
+        self._challenge: Challenge | None = None
+        self._pair_keys: list[tuple[bytes, bytes]] = []
+        self._transcript = b""
+        self._suite: Suite | None = None
+        self._deadline = 0.0
+
+    def receive_hello(self, data: bytes, *, now: float, wall_ms: int) -> bytes:
+        """Check the password and return the Challenge bytes to send."""
+        try:
+            return self._receive_hello(data, now, wall_ms)
+        except RoostError as error:
+            self._fail(error)
+            raise
+
+    def receive_proof(self, data: bytes, *, now: float, wall_ms: int) -> tuple[bytes, LoginResult]:
+        """Verify all n proofs; return the Accept bytes and the session material."""
+        try:
+            return self._receive_proof(data, now, wall_ms)
+        except RoostError as error:
+            self._fail(error)
+            raise
+
+    def _fail(self, error: RoostError) -> None:
+        self._state = _ServerState.FAILED
+        self._pair_keys = []
+        self._server.rejections.count(error)
+
+    def _receive_hello(self, data: bytes, now: float, wall_ms: int) -> bytes:
+        if self._state is not _ServerState.AWAIT_HELLO:
+            raise RemoteProtocolError("hello out of order", reason="unexpected-message")
+        self._state = _ServerState.FAILED
+        config = self._server.config
+        hello = decode_hello(data)
+        # The first of our suites that the client offers; a client offering none of
+        # them is refused rather than served with something weaker.
+        chosen = next((name for name in config.suites if name in hello.suites), None)
+        if chosen is None:
+            raise VerificationError("no common suite", reason="suite-not-allowed")
+        record = self._server.directory.load(hello.user_id)
+        if record is None:
+            # Spend the same KDF time as for a real user, so timing does not reveal
+            # which user ids exist.
+            scrypt(b"", b"\0" * SALT_SIZE, KdfParams(log2_n=14))
+            raise VerificationError("unknown user", reason="unknown-user")
+        if is_locked(record, wall_ms):
+            raise VerificationError("user locked out", reason="locked-out")
+        try:
+            verify_password(record.password, hello.password)
+        except VerificationError:
+            failed = after_failure(record, wall_ms, config.lockout)
+            self._server.directory.record_failure(
+                record.user_id, failed.failures, failed.locked_until_ms
+            )
+            raise
+        if len(record.pairs) < config.min_pairs:
+            raise StateError("user has too few registered pairs", reason="too-few-pairs")
+        # n is itself random within the configured bounds (PROTOCOL.md §6).
+        random_bytes = self._server.random_bytes
+        span = min(config.max_pairs, len(record.pairs)) - config.min_pairs + 1
+        count = config.min_pairs + _random_below(span, random_bytes)
+        remaining = list(record.pairs)
+        chosen_pairs = [
+            remaining.pop(_random_below(len(remaining), random_bytes)) for _ in range(count)
+        ]
+        challenge = Challenge(
+            suite=chosen,
+            server_nonce=random_bytes(NONCE_SIZE),
+            counter=record.counter,
+            server_time_ms=wall_ms,
+            kdf=record.pair_kdf,
+            entries=tuple(ChallengeEntry(p.label, p.salt) for p in chosen_pairs),
+        )
+        encoded = encode_challenge(challenge)
+        self._suite = get_suite(chosen)
+        self._hello, self._challenge = hello, challenge
+        self._pair_keys = [(p.stored_key, p.server_key) for p in chosen_pairs]
+        self._transcript = _transcript_hash(self._suite, hello, encoded, self._binding)
+        self._deadline = now + config.challenge_ttl_s
+        self._state = _ServerState.AWAIT_PROOF
+        return encoded
+
+    def _receive_proof(self, data: bytes, now: float, wall_ms: int) -> tuple[bytes, LoginResult]:
+        if self._state is not _ServerState.AWAIT_PROOF:
+            # A challenge set is single use: once answered (rightly or not), a second
+            # proof for it is refused.
+            reason = "challenge-reused" if self._challenge is not None else "unexpected-message"
+            raise VerificationError("no open challenge", reason=reason)
+        self._state = _ServerState.FAILED
+        assert self._hello is not None and self._challenge is not None
+        assert self._suite is not None
+        if now > self._deadline:
+            raise VerificationError("challenge expired", reason="challenge-expired")
+        proof = decode_proof(data)
+        directory, user_id = self._server.directory, self._hello.user_id
+        ok = len(proof.proofs) == len(self._pair_keys)
+        client_keys = []
+        for index, ((stored_key, _), item) in enumerate(
+            zip(self._pair_keys, proof.proofs, strict=False)
+        ):
+            client_key = _xor(item, _proof_mask(self._suite, stored_key, index, self._transcript))
+            # Every pair is checked even after a mismatch so timing does not say which.
+            ok &= hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
+            client_keys.append(client_key)
+        record = directory.load(user_id)
+        if record is None:
+            raise StateError("user vanished during login", reason="unknown-user")
+        if not ok:
+            failed = after_failure(record, wall_ms, self._server.config.lockout)
+            directory.record_failure(user_id, failed.failures, failed.locked_until_ms)
+            raise VerificationError("wrong response codes", reason="bad-proof")
+        # The counter advances only on success, and only from the value we sent.
+        if not directory.record_success(user_id, self._challenge.counter):
+            raise VerificationError("counter moved during login", reason="stale-counter")
+        signature = _server_signature(
+            self._suite, [server_key for _, server_key in self._pair_keys], self._transcript
+        )
+        self._pair_keys = []
+        self._state = _ServerState.DONE
+        result = _login_result(
+            self._suite, user_id, self._transcript, client_keys, self._challenge.counter + 1
+        )
+        return encode_accept(Accept(signature)), result
