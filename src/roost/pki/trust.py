@@ -37,6 +37,8 @@ __all__ = [
 BUILD_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 # A device that fell behind walks at most this many generations in one catch-up.
 MAX_CATCH_UP = 16
+# Retired generations kept for download-server TLS only.
+MAX_RETIRED = 16
 STATE_FILE = "trust-store.json"
 _STATE_FORMAT = 1
 
@@ -53,6 +55,12 @@ class TrustState:
     current: CAInfo
     prepared: CAInfo | None
     time_floor: dt.datetime
+    # CA certificates (DER) of generations this holder has moved past, newest last. They
+    # authenticate nothing but download servers: a server publishing several generations
+    # presents one certificate, possibly from a CA the holder has since retired, and the
+    # CA information it serves carries its own authenticity (section 2). Generations a
+    # successor revoked are never kept here.
+    retired: tuple[bytes, ...] = ()
 
     @classmethod
     def provision(cls, first: CAInfo, build_time: dt.datetime = BUILD_TIME) -> TrustState:
@@ -62,6 +70,15 @@ class TrustState:
     @property
     def newest(self) -> CAInfo:
         return self.prepared or self.current
+
+    @property
+    def transport_anchors(self) -> list[x509.Certificate]:
+        """Anchors for download-server TLS: both slots, then retired generations."""
+        return [*self.anchors, *(x509.load_der_x509_certificate(d) for d in self.retired)]
+
+    def _retire(self, *infos: CAInfo) -> tuple[bytes, ...]:
+        kept = [*self.retired, *(i.body.ca_cert_der for i in infos)]
+        return tuple(dict.fromkeys(kept))[-MAX_RETIRED:]
 
     @property
     def anchors(self) -> list[x509.Certificate]:
@@ -83,16 +100,20 @@ class TrustState:
         accept_successor(self.newest, candidate)
         floor = max(self.time_floor, candidate.issued_at_time)
         if candidate.revokes_previous:
-            return TrustState(candidate, None, floor)
+            # The newest slot is compromised; anything older is merely retired.
+            older = [self.current] if self.prepared is not None else []
+            compromised = self.newest.body.ca_cert_der
+            retired = tuple(d for d in self._retire(*older) if d != compromised)
+            return TrustState(candidate, None, floor, retired)
         if self.prepared is None:
-            return TrustState(self.current, candidate, floor)
-        return TrustState(self.prepared, candidate, floor)
+            return TrustState(self.current, candidate, floor, self.retired)
+        return TrustState(self.prepared, candidate, floor, self._retire(self.current))
 
     def promote(self) -> TrustState:
         """Prepared becomes current (a server verified under prepared only; claims 4–6)."""
         if self.prepared is None:
             raise StateError("nothing prepared to promote", reason="no-prepared")
-        return TrustState(self.prepared, None, self.time_floor)
+        return TrustState(self.prepared, None, self.time_floor, self._retire(self.current))
 
     def verify_node(
         self, leaf: x509.Certificate, expected_identifier: str | None = None
@@ -166,6 +187,7 @@ def save_state(directory: Path, state: TrustState) -> None:
         "current": _b64(state.current.raw),
         "prepared": _b64(state.prepared.raw) if state.prepared else None,
         "time_floor": state.time_floor.isoformat(),
+        "retired": [_b64(d) for d in state.retired],
     }
     atomic_write(directory / STATE_FILE, json.dumps(doc, indent=2).encode("utf-8"))
 
@@ -188,6 +210,9 @@ def load_state(directory: Path) -> TrustState:
             decode_cainfo(base64.b64decode(prepared_b64, validate=True)) if prepared_b64 else None
         )
         floor = dt.datetime.fromisoformat(doc["time_floor"])
+        retired = tuple(base64.b64decode(d, validate=True) for d in doc.get("retired", []))
+        for der in retired:
+            x509.load_der_x509_certificate(der)
         if prepared is not None:
             # The pair was accepted as a chain; a file edited by hand must not bypass that.
             accept_successor(current, prepared)
@@ -195,4 +220,4 @@ def load_state(directory: Path) -> TrustState:
         raise StateError(f"trust store at {directory} is corrupt: {exc}", reason="corrupt") from exc
     if floor.tzinfo is None:
         raise StateError("trust store floor has no time zone", reason="corrupt")
-    return TrustState(current, prepared, floor)
+    return TrustState(current, prepared, floor, retired[-MAX_RETIRED:])

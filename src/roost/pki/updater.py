@@ -212,17 +212,12 @@ class TrustUpdater:
             save_state(self.directory, state)
             self.state = state
 
-    async def update_once(self, bridge: Sequence[x509.Certificate] = ()) -> FetchOutcome:
-        """Fetch the successor of the newest slot once; raise on anything wrong.
-
-        `bridge` holds CA certificates of generations this walk has just slid past: the
-        download server may still present a certificate from one of them, and its TLS
-        channel carries no authenticity anyway (section 2: the signatures do).
-        """
+    async def update_once(self) -> FetchOutcome:
+        """Fetch the successor of the newest slot once; raise on anything wrong."""
         async with self._lock:
             url = self.state.newest.body.next_url
             try:
-                anchors = [*self.state.anchors, *bridge]
+                anchors = self.state.transport_anchors
                 data = await self.fetcher(url, anchors, self.state.time_floor)
                 if data is None:
                     return FetchOutcome.NOT_PUBLISHED
@@ -240,18 +235,11 @@ class TrustUpdater:
         Used when a peer fails under both slots: a device several generations behind
         slides its window until the peer verifies or nothing newer is published.
         """
-        bridge: list[x509.Certificate] = []
         for _ in range(self.config.max_catch_up):
             if satisfied(self.state):
                 return True
-            before = self.state
-            if await self.update_once(bridge) is FetchOutcome.NOT_PUBLISHED:
+            if await self.update_once() is FetchOutcome.NOT_PUBLISHED:
                 break
-            if self.state.current.revokes_previous and self.state.current != before.current:
-                # Everything older is compromised: it bridges nothing any more.
-                bridge.clear()
-            elif self.state.current != before.current:
-                bridge.append(before.current.ca_certificate)
         return satisfied(self.state)
 
     async def on_verification_failure(

@@ -163,3 +163,24 @@ def test_state_file_permissions_and_no_temp_left(tmp_path: Path) -> None:
     save_state(tmp_path, TrustState.provision(chain.infos[0]))
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
     assert os.stat(tmp_path / STATE_FILE).st_size > 0
+
+
+def test_retired_generations_bridge_download_tls_but_never_revoked_ones() -> None:
+    chain = Chain(3)
+    chain.extend(flags=Flags.REVOKES_PREVIOUS)  # generation 4 revokes 3
+    state = TrustState.provision(chain.infos[0]).accept(chain.infos[1])
+    promoted = state.promote()
+    assert promoted.retired == (chain.infos[0].body.ca_cert_der,)
+    assert chain.cas[0].cert in promoted.transport_anchors
+    assert chain.cas[0].cert not in promoted.anchors
+    slid = promoted.accept(chain.infos[2]).accept(chain.infos[3])
+    assert slid.current.generation == 4 and slid.prepared is None
+    assert chain.infos[2].body.ca_cert_der not in slid.retired  # the compromised one
+    assert chain.infos[1].body.ca_cert_der in slid.retired
+
+
+def test_retired_list_persists(tmp_path: Path) -> None:
+    chain = Chain(2)
+    state = TrustState.provision(chain.infos[0]).accept(chain.infos[1]).promote()
+    save_state(tmp_path, state)
+    assert load_state(tmp_path) == state
