@@ -180,8 +180,13 @@ def checkpoint_from_json(value: Any) -> Checkpoint:
     if not isinstance(value, dict):
         raise RemoteProtocolError("checkpoint must be an object", reason="malformed")
     origin = value.get("origin")
-    if not isinstance(origin, str) or not 1 <= len(origin.encode("utf-8", "replace")) <= 255:
+    try:
+        origin_ok = isinstance(origin, str) and 1 <= len(origin.encode("utf-8")) <= 255
+    except UnicodeEncodeError:
+        origin_ok = False
+    if not origin_ok:
         raise RemoteProtocolError("checkpoint origin", reason="malformed")
+    assert isinstance(origin, str)
     return Checkpoint(
         origin=origin,
         size=_uint(value.get("size"), "size"),
