@@ -17,11 +17,15 @@ def _register() -> None:
     # Each command group lives in its own module; the list below is the whole CLI.
     from roost.cli.ca import ca
     from roost.cli.demo import demo
+    from roost.cli.log import log
     from roost.cli.trust import trust
+    from roost.cli.user import user
 
     cli.add_command(ca)
     cli.add_command(trust)
     cli.add_command(demo)
+    cli.add_command(user)
+    cli.add_command(log)
 
 
 def main() -> None:

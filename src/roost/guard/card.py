@@ -70,7 +70,8 @@ def format_card(user_id: str, card: Card) -> str:
     cells = [f"{label}: {code[:4]}-{code[4:]}" for label, code in card.entries]
     lines = [f"Roost response card for {user_id}", ""]
     half = (len(cells) + 1) // 2
-    for left, right in zip(cells[:half], [*cells[half:], ""], strict=True):
+    right_column = cells[half:] + [""] * (2 * half - len(cells))
+    for left, right in zip(cells[:half], right_column, strict=True):
         lines.append(f"  {left:<24}{right}".rstrip())
     lines.append("")
     lines.append("Keep this card private. Each login asks for a few of these codes.")

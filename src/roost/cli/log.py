@@ -1,0 +1,123 @@
+"""`roost log`: the Guard's tamper-evident message log (PROTOCOL.md §6).
+
+``checkpoint`` signs (when the log grew) and prints the latest checkpoint; ``receipt``
+exports a leaf's receipt; ``verify`` checks a receipt offline, needing no state.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from roost.errors import RoostError
+from roost.guard.log import (
+    SqliteMerkleLog,
+    checkpoint_to_json,
+    decode_receipt,
+    encode_receipt,
+    load_or_create_log_key,
+    verify_receipt,
+)
+
+__all__ = ["log"]
+
+LOG_KEY_FILENAME = "log-key.pem"
+_STATE = click.argument("state", type=click.Path(file_okay=False, path_type=Path))
+
+
+@click.group()
+def log() -> None:
+    """Merkle log of protected messages: checkpoints, receipts, offline verification."""
+
+
+def _open(state: Path) -> SqliteMerkleLog:
+    try:
+        return SqliteMerkleLog.in_state_dir(state)
+    except RoostError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@log.command("checkpoint")
+@_STATE
+@click.option(
+    "--consistency-from",
+    type=click.IntRange(0),
+    help="Include a consistency proof from this earlier log size.",
+)
+def checkpoint(state: Path, consistency_from: int | None) -> None:
+    """Print the latest signed checkpoint as JSON, signing a new one if the log grew."""
+    merkle_log = _open(state)
+    try:
+        latest = merkle_log.latest_checkpoint()
+        if latest is None or latest.size != merkle_log.size:
+            key = load_or_create_log_key(state / LOG_KEY_FILENAME)
+            # The CLI is the composition root, the one place allowed to read the clock.
+            latest = merkle_log.checkpoint(key, timestamp_ms=int(time.time() * 1000))
+        document = checkpoint_to_json(latest)
+        if consistency_from is not None:
+            if consistency_from > latest.size:
+                raise click.ClickException(f"the log has only {latest.size} leaves")
+            proof = merkle_log.consistency_proof(consistency_from, latest.size)
+            document["consistency"] = {
+                "from_size": consistency_from,
+                "from_root": base64.b64encode(merkle_log.root_at(consistency_from)).decode(),
+                "proof": [base64.b64encode(item).decode() for item in proof],
+            }
+    except RoostError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        merkle_log.close()
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@log.command("receipt")
+@_STATE
+@click.argument("index", type=click.IntRange(0))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+def receipt(state: Path, index: int, out: Path | None) -> None:
+    """Export the receipt of leaf INDEX against the latest checkpoint."""
+    merkle_log = _open(state)
+    try:
+        latest = merkle_log.latest_checkpoint()
+        if latest is None or latest.size <= index:
+            key = load_or_create_log_key(state / LOG_KEY_FILENAME)
+            latest = merkle_log.checkpoint(key, timestamp_ms=int(time.time() * 1000))
+        encoded = encode_receipt(merkle_log.receipt(index, latest))
+    except RoostError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        merkle_log.close()
+    if out is None:
+        sys.stdout.write(encoded.decode())
+    else:
+        out.write_bytes(encoded)
+
+
+@log.command("verify")
+@click.argument("receipt_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A later checkpoint (from `roost log checkpoint`) the receipt must be consistent with.",
+)
+def verify(receipt_file: Path, checkpoint_file: Path | None) -> None:
+    """Verify RECEIPT_FILE offline; exit 0 when valid, 1 when not."""
+    try:
+        parsed = decode_receipt(receipt_file.read_bytes())
+        later = checkpoint_file.read_bytes() if checkpoint_file is not None else None
+        verify_receipt(parsed, later)
+    except RoostError as error:
+        click.echo(f"invalid receipt ({error.reason}): {error}", err=True)
+        sys.exit(1)
+    key_id = checkpoint_to_json(parsed.checkpoint)["key_id"]
+    click.echo(
+        f"valid: leaf {parsed.leaf_index} is in the log of size {parsed.checkpoint.size}"
+        f" signed by key {key_id}"
+        + (" and consistent with the given checkpoint" if checkpoint_file else "")
+    )

@@ -1,0 +1,160 @@
+"""`roost user`: manage Guard users in the hub's state directory (PROTOCOL.md §6).
+
+The card of response codes is printed exactly once, at ``add``; the store keeps only
+salts and verifiers, so a lost card means ``add --replace`` with a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from roost.errors import RoostError
+from roost.guard.card import format_card, generate_card
+from roost.guard.suites import DEFAULT_PAIR_KDF, DEFAULT_PASSWORD_KDF, KdfParams
+from roost.guard.userstore import SqliteUserStore, make_user
+
+__all__ = ["user"]
+
+_STATE = click.argument("state", type=click.Path(file_okay=False, path_type=Path))
+
+
+def _read_password() -> str:
+    """Twice from a terminal (hidden), or two matching lines from a pipe for scripts."""
+    if sys.stdin.isatty():
+        password: str = click.prompt(
+            "Password", hide_input=True, confirmation_prompt=True, err=True
+        )
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+        second = sys.stdin.readline().rstrip("\r\n")
+        if first != second:
+            raise click.ClickException("the two passwords on standard input differ")
+        password = first
+    if not password:
+        raise click.ClickException("the password is empty")
+    return password
+
+
+def _open(state: Path) -> SqliteUserStore:
+    try:
+        return SqliteUserStore.in_state_dir(state)
+    except RoostError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@click.group()
+def user() -> None:
+    """Guard users: password plus a card of random response codes."""
+
+
+@user.command("add")
+@_STATE
+@click.argument("user_id", metavar="USER")
+@click.option("--replace", is_flag=True, help="Replace an existing user (new password, new card).")
+@click.option("--pairs", default=20, show_default=True, type=click.IntRange(3, 99))
+@click.option(
+    "--card-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the card to this file (mode 0600) instead of printing it.",
+)
+@click.option(
+    "--password-cost",
+    default=DEFAULT_PASSWORD_KDF.log2_n,
+    show_default=True,
+    type=click.IntRange(1, KdfParams.MAX_LOG2_N),
+    help="scrypt log2(N) for the password.",
+)
+@click.option(
+    "--code-cost",
+    default=DEFAULT_PAIR_KDF.log2_n,
+    show_default=True,
+    type=click.IntRange(1, KdfParams.MAX_LOG2_N),
+    help="scrypt log2(N) for each response code.",
+)
+def add(
+    state: Path,
+    user_id: str,
+    replace: bool,
+    pairs: int,
+    card_file: Path | None,
+    password_cost: int,
+    code_cost: int,
+) -> None:
+    """Register USER: ask for the password twice, then issue and show the card once."""
+    if not 1 <= len(user_id.encode("utf-8")) <= 64:
+        raise click.ClickException("user ids are 1 to 64 bytes")
+    store = _open(state)
+    try:
+        if store.load(user_id) is not None and not replace:
+            raise click.ClickException(f"user {user_id!r} exists; use --replace to re-issue")
+        password = _read_password()
+        card = generate_card(pairs)
+        record = make_user(
+            user_id,
+            password,
+            card,
+            password_kdf=KdfParams(password_cost),
+            pair_kdf=KdfParams(code_cost),
+        )
+        store.add(record, replace_existing=replace)
+    except RoostError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        store.close()
+    text = format_card(user_id, card)
+    if card_file is None:
+        click.echo(text, nl=False)
+    else:
+        fd = os.open(card_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"user {user_id} added; card written to {card_file}")
+
+
+@user.command("list")
+@_STATE
+def list_users(state: Path) -> None:
+    """Show users with their pair count, access counter, failures and lock-out."""
+    store = _open(state)
+    try:
+        rows = store.list_users()
+    finally:
+        store.close()
+    click.echo(f"{'user':<24} {'pairs':>5} {'counter':>8} {'failures':>8}  locked until (ms)")
+    for user_id, pair_count, counter, failures, locked_until in rows:
+        locked = str(locked_until) if locked_until else "-"
+        click.echo(f"{user_id:<24} {pair_count:>5} {counter:>8} {failures:>8}  {locked}")
+
+
+@user.command("remove")
+@_STATE
+@click.argument("user_id", metavar="USER")
+def remove(state: Path, user_id: str) -> None:
+    """Delete USER and all its verifiers."""
+    store = _open(state)
+    try:
+        store.remove(user_id)
+    except RoostError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        store.close()
+    click.echo(f"user {user_id} removed")
+
+
+@user.command("reset-counter")
+@_STATE
+@click.argument("user_id", metavar="USER")
+def reset_counter(state: Path, user_id: str) -> None:
+    """Clear USER's failure counter and lock-out (the access counter only moves forward)."""
+    store = _open(state)
+    try:
+        store.reset_failures(user_id)
+    except RoostError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        store.close()
+    click.echo(f"user {user_id}: failures cleared")
