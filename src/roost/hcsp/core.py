@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from roost.errors import LocalProtocolError, RemoteProtocolError, RoostError, VerificationError
@@ -79,10 +80,11 @@ class AnnounceConfig:
     advert_interval: float = 1.0
     # A hub is gone after this many silent intervals plus the skew below (section 3).
     down_after_intervals: int = 3
-    # Skew added to the down timer: this many seconds per hub ranked above the observer,
-    # capped; devices (no own hub) use the cap. See docs/hcsp.md.
-    skew_per_position: float = 0.1
-    max_skew: float = 0.5
+    # Skew added to the down timer, in advert intervals as VRRP's Skew_Time is: this much
+    # per live hub ranked above the observer, capped; devices (no own hub) use the cap.
+    # Defaults give 3.0 s to 3.5 s at a 1 s interval. See docs/hcsp.md.
+    skew_intervals_per_position: float = 0.1
+    max_skew_intervals: float = 0.5
     freshness_window_ms: int = 10_000
     hold_down: float = 3.0
     rate_per_second: float = 20.0
@@ -110,10 +112,11 @@ class AnnounceConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.rate_burst < 1 or self.hold_down < 0 or self.skew_per_position < 0:
+        if self.rate_burst < 1 or self.hold_down < 0 or self.skew_intervals_per_position < 0:
             raise ValueError("rate_burst >= 1, hold_down >= 0 and skew >= 0 are required")
-        if not 0 <= self.max_skew < self.advert_interval:
-            raise ValueError("max_skew must be below one advert interval")
+        if not 0 <= self.max_skew_intervals < 1:
+            # Below one interval, so the skew orders reactions without hiding a lost hub.
+            raise ValueError("max_skew_intervals must be in [0, 1)")
         if not 64 <= self.max_datagram <= 0xFFFF:
             raise ValueError("max_datagram must fit a UDP datagram")
 
@@ -470,6 +473,12 @@ class AnnounceCore:
             # Negative verdicts are cached too, so a flood of one bad certificate from
             # many spoofed sources costs one path validation per cache lifetime.
             return _RejectedCertificate(exc.reason, expires_at)
+        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
+            # cryptography parses some certificate parts lazily (extensions, the key) and
+            # reports junk as ValueError, or as InvalidVersion, which is not a ValueError
+            # and which load_certificate lets through; a hostile certificate must end as a
+            # counted rejection, never an exception (PROTOCOL.md preamble).
+            return _RejectedCertificate("bad-cert", expires_at)
         return _VerifiedCertificate(identifier, public_key, expires_at)
 
     def _record(self, state: _HubState | None, document: Subscribe, now: float) -> None:
@@ -508,10 +517,11 @@ class AnnounceCore:
         """
         config = self._config
         if self._own is None:
-            return config.max_skew
+            return config.max_skew_intervals * config.advert_interval
         own_rank = rank_of(self._own.features, self._own_max, self._own.identifier)
         above = sum(1 for s in self._hubs.values() if s.live and s.rank.beats(own_rank))
-        return min(config.max_skew, config.skew_per_position * above)
+        intervals = min(config.max_skew_intervals, config.skew_intervals_per_position * above)
+        return intervals * config.advert_interval
 
     def _expire(self, now: float) -> None:
         timeout = self._down_timeout()
