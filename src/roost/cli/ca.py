@@ -158,7 +158,7 @@ def tick(directory: Path, at: str | None) -> None:
 
 def _split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
@@ -188,8 +188,13 @@ def serve(directory: Path, listen: str, generation: int | None) -> None:
     """HTTPS download server publishing every prepared generation."""
     authority = Authority.load(directory)
     host, port = _split_listen(listen)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(authority, host, port, generation))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(authority, host, port, generation))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
 
 
 @ca.command()

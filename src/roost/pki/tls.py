@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from roost.errors import TransportError
 from roost.pki.certs import load_certificate
 
-__all__ = ["client_context", "peer_certificate", "server_context"]
+__all__ = ["ReloadableServerContext", "client_context", "peer_certificate", "server_context"]
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME: expiry is enforced against the time floor instead.
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
@@ -68,3 +68,27 @@ def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> x509.C
     if not der:
         raise TransportError("peer presented no certificate", reason="no-peer-cert")
     return load_certificate(der)
+
+
+class ReloadableServerContext:
+    """A server context whose certificate and trusted anchors can change while listening.
+
+    `asyncio` servers keep the context they started with; OpenSSL's servername callback
+    runs for every handshake (with or without SNI), so it swaps in the newest inner
+    context. Promotions of the trust store thus reach new connections at once.
+    """
+
+    def __init__(
+        self, cert_file: Path, key_file: Path, client_anchors: Sequence[x509.Certificate]
+    ) -> None:
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self._inner = server_context(cert_file, key_file, client_anchors)
+        self.outer = server_context(cert_file, key_file, client_anchors)
+        self.outer.sni_callback = self._pick
+
+    def _pick(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        ssl_object.context = self._inner
+
+    def update(self, client_anchors: Sequence[x509.Certificate]) -> None:
+        self._inner = server_context(self._cert_file, self._key_file, client_anchors)

@@ -1,0 +1,173 @@
+"""The asyncio adapter of the announce core: UDP sockets, one timer, event delivery.
+
+Thin on purpose (STYLE.md): it reads the clock, moves datagrams between sockets and
+`AnnounceCore`, re-arms a single `call_at` for the core's next deadline, and hands events
+to its owner. Multicast follows section 3 (group 239.255.77.77, port 17320, TTL 1, joined
+per interface); a unicast peer list serves networks that filter multicast and lets several
+hubs share one loopback address in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from roost.hcsp.core import AnnounceCore
+from roost.hcsp.events import HcspEvent
+
+__all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "AnnounceTransport", "UdpConfig"]
+
+DEFAULT_GROUP = "239.255.77.77"
+DEFAULT_PORT = 17320
+
+
+@dataclass(frozen=True, slots=True)
+class UdpConfig:
+    """Where announcements are received and sent."""
+
+    bind_host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    multicast: bool = True
+    group: str = DEFAULT_GROUP
+    # Local interface addresses to join the group on and send from; empty means the
+    # kernel's default interface.
+    interfaces: tuple[str, ...] = ()
+    peers: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    receive_buffer: int = 1 << 20
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: AnnounceTransport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.owner.datagram_received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        self.owner.send_errors += 1
+
+
+class AnnounceTransport:
+    """Runs one `AnnounceCore` on real sockets; `on_event` receives every core event."""
+
+    def __init__(
+        self,
+        core: AnnounceCore,
+        config: UdpConfig,
+        on_event: Callable[[HcspEvent], None],
+    ) -> None:
+        self.core = core
+        self.config = config
+        self.on_event = on_event
+        self.send_errors = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def local_port(self) -> int:
+        assert self._sock is not None
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    def _open_socket(self) -> socket.socket:
+        cfg = self.config
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT") and cfg.multicast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receive_buffer)
+        sock.bind((cfg.bind_host, cfg.port))
+        if cfg.multicast:
+            # Section 3: TTL 1 keeps announcements on the link; loop lets hubs and devices
+            # on one host hear each other (the core ignores its own echoes).
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            for interface in cfg.interfaces or ("0.0.0.0",):
+                membership = struct.pack(
+                    "4s4s", socket.inet_aton(cfg.group), socket.inet_aton(interface)
+                )
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+        sock.setblocking(False)
+        return sock
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = self._open_socket()
+        transport, _ = await self._loop.create_datagram_endpoint(
+            lambda: _Protocol(self), sock=self._sock
+        )
+        self._transport = transport
+        self._service()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
+        assert self._loop is not None
+        self.core.receive_datagram(data, source, self._loop.time(), wall_ms())
+        self._service()
+
+    def _destinations(self) -> Sequence[tuple[str, int]]:
+        cfg = self.config
+        group = [(cfg.group, cfg.port)] if cfg.multicast else []
+        return [*group, *cfg.peers]
+
+    def _send(self, datagram: bytes) -> None:
+        assert self._sock is not None and self._transport is not None
+        cfg = self.config
+        for destination in self._destinations():
+            interfaces = cfg.interfaces if destination[0] == cfg.group else ("",)
+            for interface in interfaces or ("",):
+                if interface:
+                    self._sock.setsockopt(
+                        socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
+                    )
+                try:
+                    self._sock.sendto(datagram, destination)
+                except OSError:
+                    # An unreachable peer or a down interface must not stop the others.
+                    self.send_errors += 1
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        self.core.handle_timer(self._loop.time(), wall_ms())
+        self._service()
+
+    def _service(self) -> None:
+        """Flush what the core wants sent, deliver its events, re-arm its one timer."""
+        if self._loop is None or self._transport is None:
+            return
+        now = self._loop.time()
+        for datagram in self.core.datagrams_to_send(now, wall_ms()):
+            self._send(datagram)
+        while (event := self.core.next_event()) is not None:
+            self.on_event(event)
+        deadline = self.core.get_timer()
+        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and self._timer is None:
+            # A floor of one millisecond keeps a stale deadline from spinning the loop.
+            self._timer = self._loop.call_at(max(deadline, now + 0.001), self._on_timer)
+
+    def refresh(self) -> None:
+        """Call after changing the core from outside (load, trust) to flush and re-arm."""
+        self._service()
