@@ -398,8 +398,8 @@ class AnnounceCore:
         # it must be where the datagram came from unless we trust an override (section 3).
         self._check_source(document.sender, source_host)
         # Refuse a new hub before the public-key work when the table is full of live hubs.
-        if state is None:
-            self._make_room()
+        if state is None and not self._has_room():
+            raise VerificationError("hub table is full of live hubs", reason="table-full")
         # 7. Certificate chains to a trusted CA and names exactly the `from` identifier.
         public_key = self._verified_key(announcement, identifier, now)
         # 8. Signature over every byte before sig_len, always checked.
@@ -425,12 +425,17 @@ class AnnounceCore:
             reason="source-mismatch",
         )
 
-    def _make_room(self) -> None:
+    def _has_room(self) -> bool:
+        return len(self._hubs) < self._config.max_hubs or any(
+            not state.live for state in self._hubs.values()
+        )
+
+    def _evict_departed_if_full(self) -> None:
+        # Runs only after a new hub verified, so unverified datagrams can never push out
+        # a departed hub's replay mark (keepalived auth_hmac allocates after the HMAC too).
         if len(self._hubs) < self._config.max_hubs:
             return
         departed = [state for state in self._hubs.values() if not state.live]
-        if not departed:
-            raise VerificationError("hub table is full of live hubs", reason="table-full")
         oldest = min(departed, key=lambda state: state.last_seen)
         del self._hubs[oldest.identifier]
 
@@ -483,6 +488,7 @@ class AnnounceCore:
 
     def _record(self, state: _HubState | None, document: Subscribe, now: float) -> None:
         if state is None:
+            self._evict_departed_if_full()
             state = _HubState(document, now)
             self._hubs[state.identifier] = state
             self._events.append(HubUp(state.snapshot()))

@@ -390,3 +390,17 @@ def test_certificate_with_an_invalid_version_is_a_counted_rejection() -> None:
     document = _subscribe(receiver.hub, seq=WALL + 5)
     data = encode_announcement(document, bytes(der), receiver.hub.key)
     receiver.rejects(data, "bad-cert")
+
+
+def test_unverified_newcomer_cannot_evict_a_departed_replay_mark() -> None:
+    core = device_core(CA, AnnounceConfig(max_hubs=1))
+    hub = hub_node(CA, HOST)
+    captured = _signed(hub, _subscribe(hub))
+    core.receive_datagram(captured, SOURCE, 0.0, WALL)
+    core.handle_timer(4.0, WALL + 4000)
+    assert core.live_hubs(4.0) == []
+    stranger = new_ca().issue(hub.role, ips=(HOST,))
+    core.receive_datagram(_signed(stranger, _subscribe(stranger)), SOURCE, 4.0, WALL + 4000)
+    assert core.counters.rejected["chain"] == 1
+    core.receive_datagram(captured, SOURCE, 4.0, WALL + 4000)
+    assert core.counters.rejected["replay"] == 1
