@@ -310,7 +310,7 @@ def _proof_mask(suite: Suite, stored_key: bytes, index: int, transcript: bytes) 
 
 
 def _server_signature(suite: Suite, server_keys: list[bytes], transcript: bytes) -> bytes:
-    combined = mac(suite, b"roost guard server keys", b"".join(server_keys))
+    combined = suite.hash(mac_input(suite.name, "server keys", *server_keys))
     return mac(suite, combined, mac_input(suite.name, "server proof", transcript))
 
 

@@ -98,7 +98,15 @@ def chain_keys(suite: Suite, root_key: bytes) -> tuple[bytes, bytes]:
 class SendingChain:
     """One direction's sender: every call to :meth:`seal` uses and forgets one key."""
 
-    __slots__ = ("_aad_prefix", "_chain_key", "_direction", "_hash", "_position", "_suite_tail")
+    __slots__ = (
+        "_aad_prefix",
+        "_chain_key",
+        "_direction",
+        "_hash",
+        "_header_prefix",
+        "_position",
+        "_suite_tail",
+    )
 
     def __init__(self, suite: Suite, session_id: bytes, direction: Direction, chain_key: bytes):
         self._hash = suite.hash_name
@@ -107,6 +115,7 @@ class SendingChain:
         self._position = 0
         suite_bytes = suite.name.encode("ascii")
         self._aad_prefix = session_id + bytes([self._direction])
+        self._header_prefix = bytes([FRAME_TYPE, self._direction])
         self._suite_tail = bytes([len(suite_bytes)]) + suite_bytes
 
     @property
@@ -127,9 +136,10 @@ class SendingChain:
 
     def seal_with(self, position: int, message_key: bytes, plaintext: bytes) -> bytes:
         """Frame bytes for ``plaintext`` sealed under ``mk_j`` (from :meth:`next_key`)."""
-        header = struct.pack(">BBQ", FRAME_TYPE, self._direction, position)
-        aad = self._aad_prefix + header[2:] + self._suite_tail
-        return header + AESGCM(message_key).encrypt(frame_nonce(position), plaintext, aad)
+        position_bytes = position.to_bytes(8, "big")
+        aad = self._aad_prefix + position_bytes + self._suite_tail
+        sealed = AESGCM(message_key).encrypt(b"\0\0\0\0" + position_bytes, plaintext, aad)
+        return self._header_prefix + position_bytes + sealed
 
     def seal(self, plaintext: bytes) -> bytes:
         position, message_key = self.next_key()
