@@ -164,7 +164,7 @@ def decode_cainfo(data: bytes, max_size: int = MAX_CAINFO_SIZE) -> CAInfo:
     ca_cert_der = r.take(r.u32())
     try:
         x509.load_der_x509_certificate(ca_cert_der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise RemoteProtocolError("CA certificate does not parse", reason="bad-cert") from exc
     try:
         next_url = r.take(r.u16()).decode("utf-8")

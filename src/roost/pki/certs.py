@@ -219,7 +219,7 @@ def load_certificate(der: bytes) -> x509.Certificate:
         raise RemoteProtocolError("certificate too large", reason="oversized")
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise RemoteProtocolError("certificate does not parse", reason="bad-cert") from exc
 
 

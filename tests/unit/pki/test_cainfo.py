@@ -191,3 +191,14 @@ def test_encode_decode_round_trip(
     )
     decoded = decode_cainfo(sign_body(body, keys[:threshold]))
     assert decoded.body == body
+
+
+def test_certificate_with_invalid_version_is_a_typed_error(chain: Chain) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for an X.509 version of 6."""
+    raw = chain.infos[0].raw
+    der = chain.infos[0].body.ca_cert_der
+    broken_der = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x05", 1)
+    assert broken_der != der
+    with pytest.raises(RemoteProtocolError) as exc:
+        decode_cainfo(raw.replace(der, broken_der))
+    assert exc.value.reason == "bad-cert"

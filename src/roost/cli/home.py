@@ -1,0 +1,130 @@
+"""`roost init HOME`: an authority, identities, trust stores and ready configs."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+
+from roost.cli.common import echo_json, fail_cleanly, now_utc
+from roost.config import to_toml
+from roost.errors import StateError
+from roost.hcsp.aio import DEFAULT_PORT
+from roost.pki.authority import Authority
+from roost.pki.certs import Role, cert_to_pem, key_to_pem
+from roost.pki.trust import TrustState, atomic_write, save_state
+
+__all__ = ["init_home", "make_home"]
+
+# Richer hubs come later in the list, so starting them in order shows a handover.
+_HUB_FEATURES = [("hcsp", "webs"), ("hcsp", "webs", "db"), ("hcsp", "webs", "db", "ai")]
+
+
+def _free_ports(count: int, kind: int) -> list[int]:
+    """Distinct ports free on 127.0.0.1 now (all held open until every one is chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, kind)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def make_home(
+    home: Path, hubs: int, devices: int, loopback: bool, max_devices: int = 8, fps: float = 5.0
+) -> dict[str, object]:
+    """Create everything a home needs; returns a summary (paths and identifiers)."""
+    if home.exists() and any(home.iterdir()):
+        raise StateError(f"{home} is not empty", reason="exists")
+    home.mkdir(parents=True, exist_ok=True)
+    at = now_utc()
+    dl_port, *tcp = _free_ports(1 + 2 * hubs, socket.SOCK_STREAM)
+    udp = _free_ports(hubs + devices, socket.SOCK_DGRAM) if loopback else []
+    host = "127.0.0.1"
+    authority = Authority.init(home / "ca", f"https://{host}:{dl_port}/ca/", at)
+    summary: dict[str, object] = {"home": str(home), "download_server": f"{host}:{dl_port}"}
+
+    def provision(name: str, role: Role, ips: list[str]) -> str:
+        node_dir = home / name
+        issued = authority.issue(role, at, ips=ips)
+        atomic_write(node_dir / "key.pem", key_to_pem(issued.key), mode=0o600)
+        atomic_write(node_dir / "cert.pem", cert_to_pem(issued.cert))
+        atomic_write(node_dir / "ca-info.bin", issued.ca_info)
+        save_state(node_dir / "trust", TrustState.provision(authority.ca_info(1)))
+        return issued.identifier or ""
+
+    announce_ports = udp if loopback else [DEFAULT_PORT] * (hubs + devices)
+
+    def announce(index: int) -> dict[str, object]:
+        if not loopback:
+            return {"multicast": True, "port": DEFAULT_PORT}
+        peers = [f"{host}:{p}" for i, p in enumerate(announce_ports) if i != index]
+        return {"multicast": False, "bind": host, "port": announce_ports[index], "peers": peers}
+
+    hub_ids = []
+    for i in range(hubs):
+        name = f"hub-{i + 1}"
+        identifier = provision(name, Role.HUB, [host] if loopback else [])
+        hub_ids.append(identifier)
+        listen_port = tcp[2 * i] if loopback else DEFAULT_PORT
+        config = {
+            "name": name,
+            "state_dir": name,
+            "cert": f"{name}/cert.pem",
+            "key": f"{name}/key.pem",
+            "listen": f"{host if loopback else '0.0.0.0'}:{listen_port}",
+            "advertise": f"{host}:{listen_port}",
+            "api": f"{host}:{tcp[2 * i + 1] if loopback else 8080}",
+            "features": list(_HUB_FEATURES[min(i, len(_HUB_FEATURES) - 1)]),
+            "max_devices": max_devices,
+            "retention_mb": 512,
+            "announce": announce(i),
+            "redirect": {"batch_size": 8, "spacing": 0.25},
+        }
+        comment = f"Roost hub {name} ({identifier}). Run: roost hub run --config {name}.toml"
+        (home / f"{name}.toml").write_text(to_toml(config, comment))
+    device_ids = []
+    for j in range(devices):
+        name = f"device-{j + 1}"
+        identifier = provision(name, Role.DEVICE, [])
+        device_ids.append(identifier)
+        config = {
+            "name": name,
+            "state_dir": name,
+            "cert": f"{name}/cert.pem",
+            "key": f"{name}/key.pem",
+            "fps": fps,
+            "width": 320,
+            "height": 240,
+            "max_buffer_frames": 20000,
+            "max_buffer_mb": 256,
+            "announce": announce(hubs + j),
+            "connection": {"min_dwell": 2.0, "backoff_initial": 0.2, "backoff_max": 5.0},
+        }
+        comment = f"Roost camera {name} ({identifier}). Run: roost device run --config {name}.toml"
+        (home / f"{name}.toml").write_text(to_toml(config, comment))
+    summary["hubs"] = hub_ids
+    summary["devices"] = device_ids
+    return summary
+
+
+@click.command("init")
+@click.argument("home", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--hubs", default=2, show_default=True)
+@click.option("--devices", default=3, show_default=True)
+@click.option("--loopback", is_flag=True, help="Everything on 127.0.0.1 with free ports.")
+@click.option("--max-devices", default=8, show_default=True, help="Per hub.")
+@click.option("--fps", default=5.0, show_default=True)
+@fail_cleanly
+def init_home(
+    home: Path, hubs: int, devices: int, loopback: bool, max_devices: int, fps: float
+) -> None:
+    """Create a home: authority, hub and device identities, trust stores, configs."""
+    if hubs < 1 or devices < 0:
+        raise click.BadParameter("need at least one hub")
+    echo_json(make_home(home, hubs, devices, loopback, max_devices, fps))
