@@ -17,7 +17,9 @@ def _register() -> None:
     # Each command group lives in its own module; the list below is the whole CLI.
     from roost.cli.ca import ca
     from roost.cli.demo import demo
+    from roost.cli.home import init_home
     from roost.cli.log import log
+    from roost.cli.run import device, hub
     from roost.cli.trust import trust
     from roost.cli.user import user
 
@@ -26,6 +28,9 @@ def _register() -> None:
     cli.add_command(demo)
     cli.add_command(user)
     cli.add_command(log)
+    cli.add_command(init_home)
+    cli.add_command(hub)
+    cli.add_command(device)
 
 
 def main() -> None:
