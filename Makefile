@@ -18,7 +18,7 @@ demo: $(STAMP)
 # Tests need openssl and curl (interop); install them with apt-get when missing.
 system-deps:
 	@missing=""; \
-	for tool in openssl:openssl curl:curl ip:iproute2; do \
+	for tool in openssl:openssl curl:curl ip:iproute2 chromium:chromium; do \
 	  cmd=$${tool%%:*}; pkg=$${tool##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \

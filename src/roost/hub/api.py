@@ -1,0 +1,350 @@
+"""The hub's HTTP API and dashboard: status JSON, latest frames, Prometheus metrics.
+
+A thin adapter (STYLE.md): every handler reads what the daemon already keeps, through the
+small `StatusSource` protocol, and formats it. Nothing here counts or decides anything, so
+the API can never disagree with the daemon; metrics in particular are read from
+`status()` at scrape time by a custom collector rather than mirrored into separate
+counters that could drift or be counted twice.
+
+Routes:
+
+    GET /                                    the dashboard (HTML, polls /api/status)
+    GET /api/status                          the daemon's status as JSON
+    GET /api/devices/{device_id}/latest.jpg  the newest stored frame of one device
+    GET /metrics                             Prometheus text exposition
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from typing import Any, Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from roost.errors import StateError
+from roost.hub.recorder import StoredFrame
+
+__all__ = ["ApiRunner", "DeviceView", "FrameSource", "StatusSource", "build_app", "start_api"]
+
+# Device identifiers are "ab:" plus 22 base64url characters (PROTOCOL.md section 1); the
+# route refuses anything else before it reaches the recorder.
+_DEVICE_ID = re.compile(r"ab:[A-Za-z0-9_-]{22}")
+
+# A device chooses its frames' mime type, so only image types are served inline; anything
+# else is sent as an opaque download so a hostile device cannot get HTML or script run in
+# the dashboard's origin.
+_INLINE_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+
+_TEMPLATE_PACKAGE = "roost.hub"
+_TEMPLATE_NAME = "dashboard.html"
+_NONCE_PLACEHOLDER = "__ROOST_CSP_NONCE__"
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class DeviceView(Protocol):
+    """What the API reads from one connected device's session."""
+
+    @property
+    def frames_stored(self) -> int: ...
+
+    @property
+    def last_seq(self) -> int: ...
+
+    @property
+    def connected_at(self) -> float: ...
+
+
+class FrameSource(Protocol):
+    """What the API reads from the recorder."""
+
+    def latest(self, device_id: str) -> StoredFrame | None: ...
+
+
+class StatusSource(Protocol):
+    """What the API needs from the hub daemon; tests pass a fake with the same shape."""
+
+    def status(self) -> Mapping[str, Any]: ...
+
+    @property
+    def recorder(self) -> FrameSource: ...
+
+    @property
+    def sessions(self) -> Mapping[str, DeviceView]: ...
+
+
+_SOURCE_KEY = web.AppKey("roost_status_source", StatusSource)
+_REGISTRY_KEY = web.AppKey("roost_metrics_registry", CollectorRegistry)
+_TEMPLATE_KEY = web.AppKey("roost_dashboard_template", str)
+
+
+def build_app(daemon: StatusSource) -> web.Application:
+    """Build the API application; serve it with `start_api` or any aiohttp runner."""
+    app = web.Application()
+    app[_SOURCE_KEY] = daemon
+    # A registry per application keeps two hubs in one process (tests, the demo) from
+    # colliding in the global registry and keeps process metrics out of the hub's page.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(daemon))
+    app[_REGISTRY_KEY] = registry
+    # The template is read once: it is package data and does not change while running.
+    app[_TEMPLATE_KEY] = (
+        resources.files(_TEMPLATE_PACKAGE)
+        .joinpath("templates", _TEMPLATE_NAME)
+        .read_text(encoding="utf-8")
+    )
+    app.router.add_get("/", _dashboard)
+    app.router.add_get("/api/status", _status)
+    app.router.add_get("/api/devices/{device_id}/latest.jpg", _latest_frame)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+class ApiRunner(web.AppRunner):
+    """An `AppRunner` that reports the port its first site is bound to."""
+
+    @property
+    def bound_port(self) -> int:
+        for address in self.addresses:
+            # TCP addresses are (host, port) or (host, port, flowinfo, scope_id).
+            if isinstance(address, tuple) and len(address) >= 2:
+                port: int = address[1]
+                return port
+        raise RuntimeError("the API is not listening")
+
+
+async def start_api(daemon: StatusSource, host: str, port: int) -> ApiRunner:
+    """Serve the API on host:port (0 picks a free port); call `runner.cleanup()` to stop."""
+    # Each open dashboard polls once a second, so per-request access logs would drown the
+    # hub's own log; errors are still logged by aiohttp.
+    runner = ApiRunner(build_app(daemon), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+async def _dashboard(request: web.Request) -> web.Response:
+    # A fresh nonce per page lets the inline script and style run under a policy that
+    # allows nothing else, so even a missed escape could not load or run foreign code.
+    nonce = secrets.token_urlsafe(16)
+    page = request.app[_TEMPLATE_KEY].replace(_NONCE_PLACEHOLDER, nonce)
+    policy = (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    headers = {
+        **_NO_STORE,
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    return web.Response(text=page, content_type="text/html", headers=headers)
+
+
+async def _status(request: web.Request) -> web.Response:
+    daemon = request.app[_SOURCE_KEY]
+    body = dict(daemon.status())
+    # The dashboard also wants each device's progress, which lives in the sessions rather
+    # than in status(); it is added under its own key so the daemon's keys pass unchanged.
+    body.setdefault("devices", _device_rows(daemon.sessions))
+    return web.json_response(body, headers=_NO_STORE)
+
+
+async def _latest_frame(request: web.Request) -> web.Response:
+    device_id = request.match_info["device_id"]
+    if not _DEVICE_ID.fullmatch(device_id):
+        return _error(400, "device id must be 'ab:' followed by 22 base64url characters")
+    recorder = request.app[_SOURCE_KEY].recorder
+    try:
+        # The recorder holds its lock while a batch is fsynced, so reading it on the event
+        # loop could stall every device channel; a worker thread waits instead.
+        frame = await asyncio.to_thread(recorder.latest, device_id)
+    except StateError:
+        # The details (paths) stay in the hub's log, not in a response.
+        return _error(500, "the latest frame could not be read")
+    if frame is None:
+        return _error(404, "no frame stored for this device")
+    headers = {
+        **_NO_STORE,
+        "X-Roost-Seq": str(frame.seq),
+        "X-Roost-Captured-At": str(frame.captured_at_ms),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    if frame.mime in _INLINE_IMAGE_TYPES:
+        content_type = frame.mime
+    else:
+        content_type = "application/octet-stream"
+        headers["Content-Disposition"] = "attachment"
+    return web.Response(body=frame.payload, content_type=content_type, headers=headers)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    # Collection runs on the event loop on purpose: the daemon's status() reads the loop's
+    # clock and must not be called from another thread.
+    output = generate_latest(request.app[_REGISTRY_KEY])
+    headers = {**_NO_STORE, "Content-Type": CONTENT_TYPE_LATEST}
+    return web.Response(body=output, headers=headers)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=_NO_STORE)
+
+
+def _device_rows(sessions: Mapping[str, DeviceView]) -> list[dict[str, Any]]:
+    # Sessions record connected_at on the event loop's clock, so the age is measured on it.
+    now = asyncio.get_running_loop().time()
+    return [
+        {
+            "id": device_id,
+            "frames_stored": session.frames_stored,
+            "last_seq": session.last_seq,
+            "connected_s": round(max(0.0, now - session.connected_at), 1),
+        }
+        for device_id, session in sorted(sessions.items())
+    ]
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+class HubCollector(Collector):
+    """Turns one `status()` snapshot into Prometheus metrics at each scrape.
+
+    Counters are the daemon's own totals since start, so a restart resets them, which
+    Prometheus' rate() handles; nothing is accumulated here.
+    """
+
+    def __init__(self, daemon: StatusSource) -> None:
+        self._daemon = daemon
+
+    def collect(self) -> Iterable[Metric]:
+        status = self._daemon.status()
+        counters: Mapping[str, Any] = status.get("counters", {})
+        hubs: list[Mapping[str, Any]] = list(status.get("hubs", []))
+        own_id = status.get("id", "")
+
+        info = InfoMetricFamily("roost_hub", "This hub's identity and advertised features.")
+        info.add_metric(
+            [],
+            {
+                "id": str(own_id),
+                "name": str(status.get("name", "")),
+                "endpoint": str(status.get("endpoint", "")),
+                "features": ",".join(str(f) for f in status.get("features", [])),
+            },
+        )
+        yield info
+
+        yield _gauge(
+            "roost_hub_connected_devices",
+            "Devices with an open channel to this hub.",
+            len(status.get("connected", [])),
+        )
+        yield _gauge(
+            "roost_hub_max_devices",
+            "Devices this hub accepts at most.",
+            status.get("max", 0),
+        )
+        yield _gauge(
+            "roost_hub_live_hubs",
+            "Verified live hubs this hub knows, itself included.",
+            len(hubs),
+        )
+        winner = status.get("winner")
+        yield _gauge(
+            "roost_hub_is_winner",
+            "1 when this hub is the elected hub, else 0.",
+            1 if winner is not None and winner == own_id else 0,
+        )
+        yield _gauge(
+            "roost_hub_uptime_seconds",
+            "Seconds since the hub daemon started.",
+            status.get("uptime_s", 0.0),
+        )
+
+        yield _counter(
+            "roost_hub_announcements_accepted",
+            "Verified announcements accepted from other hubs.",
+            counters.get("announcements_accepted", 0),
+        )
+        yield _counter(
+            "roost_hub_announcements_sent",
+            "Announcements this hub sent.",
+            counters.get("announcements_sent", 0),
+        )
+        yield _counter(
+            "roost_hub_own_echoes",
+            "This hub's own announcements heard back.",
+            counters.get("own_echoes", 0),
+        )
+        yield _counter(
+            "roost_hub_redirects_sent",
+            "Redirects sent to devices to move them to the elected hub.",
+            counters.get("redirects_sent", 0),
+        )
+        yield _counter(
+            "roost_hub_frames_stored",
+            "Frames stored durably.",
+            counters.get("frames_stored", 0),
+        )
+        yield _counter(
+            "roost_hub_frames_duplicate",
+            "Frames received again and recognised as already stored.",
+            counters.get("frames_duplicate", 0),
+        )
+        for name, key, documentation in _BY_REASON:
+            yield _counter_by_reason(name, documentation, counters.get(key, {}))
+
+
+_BY_REASON = [
+    (
+        "roost_hub_announcements_rejected",
+        "announcements_rejected",
+        "Announcements rejected, by reason.",
+    ),
+    (
+        "roost_hub_connections_rejected",
+        "connections_rejected",
+        "Device connections rejected, by reason.",
+    ),
+    ("roost_hub_channel_errors", "channel_errors", "Device channels ended by an error, by reason."),
+    ("roost_hub_trust_rejected", "trust_rejected", "CA information updates rejected, by reason."),
+]
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=float(value))
+
+
+def _counter_by_reason(
+    name: str, documentation: str, by_reason: Mapping[str, int]
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=["reason"])
+    for reason, count in sorted(by_reason.items()):
+        family.add_metric([str(reason)], float(count))
+    return family
