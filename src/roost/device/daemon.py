@@ -436,6 +436,8 @@ class DeviceDaemon:
             "buffered_bytes": self.spool.buffered_bytes,
             "dropped": self.spool.dropped,
             "captured": self.counters.captured,
+            # Persisted across restarts by the spool: every frame this device ever queued.
+            "frames_total": self.spool.added,
             "trust": self.trust.state.summary(),
             "counters": {
                 "connects": self.counters.connects,

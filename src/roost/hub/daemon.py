@@ -363,7 +363,7 @@ class HubDaemon:
         return {
             "id": self.identifier,
             "name": self.config.name,
-            "endpoint": f"{self.config.advertise[0]}:{self.config.advertise[1]}",
+            "endpoint": Endpoint(*self.config.advertise).format(),
             "features": list(self.config.features),
             "max": self.config.max_devices,
             "connected": sorted(self.sessions),
@@ -371,7 +371,7 @@ class HubDaemon:
             "hubs": [
                 {
                     "id": hub.identifier,
-                    "endpoint": f"{hub.endpoint.host}:{hub.endpoint.port}",
+                    "endpoint": hub.endpoint.format(),
                     "features": list(hub.features),
                     "connected": hub.connected,
                     "max": hub.max_clients,

@@ -1,0 +1,172 @@
+"""Hub and device daemons in one event loop on loopback: what must be refused is refused,
+counted, and moves no camera."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from roost.cli.home import make_home
+from roost.config import HubConfig, load_device_config, load_hub_config
+from roost.device.daemon import DeviceDaemon
+from roost.device.spool import FrameSpool
+from roost.hcsp.channel import DocumentMessage
+from roost.hcsp.documents import Endpoint, HubAddress, Redirect, encode_document
+from roost.hub.daemon import HubDaemon
+from roost.hub.recorder import Recorder
+from roost.pki.authority import Authority
+from roost.pki.certs import Role, cert_to_pem, key_to_pem
+from roost.pki.trust import TrustState, atomic_write, save_state
+from roost.pki.updater import TrustUpdater, UpdateConfig
+from tests.helpers.net import free_port, time_unit
+
+pytestmark = pytest.mark.timeout(60)
+NO_FETCH = UpdateConfig(fetch_timeout=0.5)
+
+
+def _hub(config: HubConfig) -> HubDaemon:
+    trust = TrustUpdater(config.trust_dir, config=NO_FETCH)
+    return HubDaemon(config, trust, Recorder(config.state_dir / "recordings", 1 << 30))
+
+
+async def _until(what: str, condition: object, seconds: float = 15.0) -> None:
+    assert callable(condition)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds * time_unit()
+    while loop.time() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclasses.dataclass
+class Scene:
+    path: Path
+    hub: HubDaemon
+    device: DeviceDaemon
+
+
+@pytest.fixture
+async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
+    make_home(tmp_path, hubs=2, devices=1, loopback=True, fps=5.0)
+    hub = _hub(load_hub_config(tmp_path / "hub-1.toml"))
+    device_config = load_device_config(tmp_path / "device-1.toml")
+    device = DeviceDaemon(
+        device_config,
+        TrustUpdater(device_config.trust_dir, config=NO_FETCH),
+        FrameSpool(None, 1000, 1 << 26),
+    )
+    await hub.start()
+    await device.start()
+    try:
+        await _until("camera on hub-1", lambda: device.channel is not None)
+        yield Scene(tmp_path, hub, device)
+    finally:
+        await device.stop()
+        await hub.stop()
+
+
+def _rogue_hub(path: Path, victim: HubConfig, device_port: int) -> HubDaemon:
+    """A hub from a self-made CA, announcing more features, aimed at the real home."""
+    at = dt.datetime.now(dt.UTC)
+    rogue_ca = Authority.init(path / "rogue-ca", "https://127.0.0.1:1/ca/", at)
+    issued = rogue_ca.issue(Role.HUB, at, ips=["127.0.0.1"])
+    atomic_write(path / "rogue" / "cert.pem", cert_to_pem(issued.cert))
+    atomic_write(path / "rogue" / "key.pem", key_to_pem(issued.key), mode=0o600)
+    save_state(path / "rogue" / "trust", TrustState.provision(rogue_ca.ca_info(1)))
+    port = free_port()
+    udp = dataclasses.replace(
+        victim.announce.udp,
+        port=0,
+        peers=(
+            (victim.announce.udp.bind_host, victim.announce.udp.port),
+            ("127.0.0.1", device_port),
+        ),
+    )
+    config = dataclasses.replace(
+        victim,
+        name="rogue",
+        state_dir=path / "rogue",
+        cert=path / "rogue" / "cert.pem",
+        key=path / "rogue" / "key.pem",
+        listen=("127.0.0.1", port),
+        advertise=("127.0.0.1", port),
+        features=("hcsp", "webs", "db", "ai", "extra"),
+        announce=dataclasses.replace(victim.announce, udp=udp),
+    )
+    return _hub(config)
+
+
+async def test_rogue_hub_from_another_ca_is_ignored(scene: Scene) -> None:
+    rogue = _rogue_hub(scene.path, scene.hub.config, scene.device.config.announce.udp.port)
+    await rogue.start()
+    try:
+        await _until(
+            "rejections counted",
+            lambda: (
+                scene.hub.core.counters.rejected["chain"] >= 3
+                and scene.device.core.counters.rejected["chain"] >= 3
+            ),
+        )
+        await asyncio.sleep(scene.hub.config.announce.hold_down + 1.0)
+        assert scene.device.channel is not None
+        assert scene.device.channel.hub_id == scene.hub.identifier
+        assert [h["id"] for h in scene.hub.status()["hubs"]] == [scene.hub.identifier]
+        assert scene.hub.counters.redirects_sent == 0
+    finally:
+        await rogue.stop()
+
+
+async def test_redirect_to_endpoint_with_another_identifier_is_refused(scene: Scene) -> None:
+    other = _hub(load_hub_config(scene.path / "hub-2.toml"))
+    await other.start()
+    try:
+        session = scene.hub.sessions[scene.device.identifier]
+        impostor = HubAddress(
+            scene.hub.identifier.replace("hcsp:", "hcsp:")[:-1] + "A",
+            Endpoint("127.0.0.1", other.bound_port),
+        )
+        if impostor.identifier == scene.hub.identifier:
+            impostor = HubAddress(scene.hub.identifier[:-1] + "B", impostor.endpoint)
+        redirect = Redirect(scene.hub.identifier, scene.device.identifier, impostor, ("hcsp",))
+        session.send(DocumentMessage(encode_document(redirect)))
+        await _until(
+            "redirect refused",
+            lambda: sum(scene.device.counters.redirects_refused.values()) == 1,
+        )
+        assert scene.device.counters.redirects_refused["wrong-id"] == 1
+        assert scene.device.channel is not None
+        assert scene.device.channel.hub_id == scene.hub.identifier
+        assert scene.device.counters.redirects_followed == 0
+    finally:
+        await other.stop()
+
+
+async def test_genuine_redirect_is_followed_and_nothing_is_lost(scene: Scene) -> None:
+    other = _hub(load_hub_config(scene.path / "hub-2.toml"))
+    await other.start()
+    try:
+        target = HubAddress(other.identifier, Endpoint("127.0.0.1", other.bound_port))
+        redirect = Redirect(scene.hub.identifier, scene.device.identifier, target, ("hcsp",))
+        scene.hub.sessions[scene.device.identifier].send(DocumentMessage(encode_document(redirect)))
+        await _until(
+            "camera on hub-2",
+            lambda: (
+                scene.device.channel is not None and scene.device.channel.hub_id == other.identifier
+            ),
+        )
+        await asyncio.sleep(0.5)
+        await _until("flushed", lambda: scene.device.spool.buffered == 0)
+        device_id = scene.device.identifier
+        on_one = set(scene.hub.recorder.seqs(device_id))
+        on_two = set(other.recorder.seqs(device_id))
+        assert on_one and on_two and not on_one & on_two
+        assert len(on_one | on_two) == scene.device.spool.added
+    finally:
+        await other.stop()
