@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from roost.cli.demo_home import rogue_hub_config
 from roost.cli.home import make_home
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
@@ -19,11 +19,8 @@ from roost.hcsp.channel import DocumentMessage
 from roost.hcsp.documents import Endpoint, HubAddress, Redirect, encode_document
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
-from roost.pki.authority import Authority
-from roost.pki.certs import Role, cert_to_pem, key_to_pem
-from roost.pki.trust import TrustState, atomic_write, save_state
 from roost.pki.updater import TrustUpdater, UpdateConfig
-from tests.helpers.net import free_port, time_unit
+from tests.helpers.net import time_unit
 
 pytestmark = pytest.mark.timeout(60)
 NO_FETCH = UpdateConfig(fetch_timeout=0.5)
@@ -72,39 +69,10 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
         await hub.stop()
 
 
-def _rogue_hub(path: Path, victim: HubConfig, device_port: int) -> HubDaemon:
-    """A hub from a self-made CA, announcing more features, aimed at the real home."""
-    at = dt.datetime.now(dt.UTC)
-    rogue_ca = Authority.init(path / "rogue-ca", "https://127.0.0.1:1/ca/", at)
-    issued = rogue_ca.issue(Role.HUB, at, ips=["127.0.0.1"])
-    atomic_write(path / "rogue" / "cert.pem", cert_to_pem(issued.cert))
-    atomic_write(path / "rogue" / "key.pem", key_to_pem(issued.key), mode=0o600)
-    save_state(path / "rogue" / "trust", TrustState.provision(rogue_ca.ca_info(1)))
-    port = free_port()
-    udp = dataclasses.replace(
-        victim.announce.udp,
-        port=0,
-        peers=(
-            (victim.announce.udp.bind_host, victim.announce.udp.port),
-            ("127.0.0.1", device_port),
-        ),
-    )
-    config = dataclasses.replace(
-        victim,
-        name="rogue",
-        state_dir=path / "rogue",
-        cert=path / "rogue" / "cert.pem",
-        key=path / "rogue" / "key.pem",
-        listen=("127.0.0.1", port),
-        advertise=("127.0.0.1", port),
-        features=("hcsp", "webs", "db", "ai", "extra"),
-        announce=dataclasses.replace(victim.announce, udp=udp),
-    )
-    return _hub(config)
-
-
 async def test_rogue_hub_from_another_ca_is_ignored(scene: Scene) -> None:
-    rogue = _rogue_hub(scene.path, scene.hub.config, scene.device.config.announce.udp.port)
+    rogue = _hub(
+        rogue_hub_config(scene.path, scene.hub.config, [scene.device.config.announce.udp.port])
+    )
     await rogue.start()
     try:
         await _until(

@@ -17,6 +17,7 @@ from aiohttp import web
 from rich.table import Table
 
 from roost.cli.common import console
+from roost.cli.demo_home import home_act
 from roost.errors import VerificationError
 from roost.pki.authority import Authority
 from roost.pki.certs import Role
@@ -141,13 +142,18 @@ def demo(keep: Path | None) -> None:
     console.rule("[bold]Roost — act 1: trust that outlives its CA, without a clock")
     with tempfile.TemporaryDirectory(prefix="roost-demo-") as tmp:
         workdir = keep or Path(tmp)
-        rows = asyncio.run(authority_act(workdir))
-    table = Table(title="What the camera saw")
-    for column in ("event", "result", "camera trust store"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    expected = ["accepted", "fetched", "accepted", "accepted", "rejected", "rejected"]
-    if any(word not in row[1] for word, row in zip(expected, rows, strict=True)):
-        raise click.ClickException("the demo did not go as narrated")
+        rows = asyncio.run(authority_act(workdir / "act-1"))
+        table = Table(title="What the camera saw")
+        for column in ("event", "result", "camera trust store"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        expected = ["accepted", "fetched", "accepted", "accepted", "rejected", "rejected"]
+        if any(word not in row[1] for word, row in zip(expected, rows, strict=True)):
+            raise click.ClickException("act 1 did not go as narrated")
+        console.rule("[bold]Roost — act 2: cameras always on the best trusted hub")
+        accounting, ok = asyncio.run(home_act(workdir / "act-2"))
+        console.print(accounting)
+        if not ok:
+            raise click.ClickException("act 2 did not go as narrated")
