@@ -1,0 +1,74 @@
+"""`roost demo` end to end, and a real TLS peer (`openssl s_client`) against a hub."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.home import LoopbackHome
+from tests.helpers.net import require_in_ci
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_demo_runs_and_accounts_for_every_frame() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "roost", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Every frame accounted for" in result.stdout
+    assert "rejected (chain)" in result.stdout
+
+
+def test_openssl_s_client_with_device_certificate_reaches_hub(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip(require_in_ci("openssl"))
+    home = LoopbackHome(tmp_path / "home", hubs=1, devices=1)
+    try:
+        home.start("hub-1")
+        home.wait_for("hub-1 API", lambda: home.hub_status(1) is not None, 20)
+        listen = (tmp_path / "home" / "hub-1.toml").read_text().split('listen = "')[1].split('"')[0]
+        device = tmp_path / "home" / "device-1"
+        ca = tmp_path / "home" / "ca" / "gen-1" / "ca-cert.pem"
+        result = subprocess.run(
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                listen,
+                "-tls1_3",
+                "-cert",
+                str(device / "cert.pem"),
+                "-key",
+                str(device / "key.pem"),
+                "-CAfile",
+                str(ca),
+                "-verify_return_error",
+                "-brief",
+            ],
+            input=b"",
+            capture_output=True,
+            timeout=20,
+        )
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        assert "Verification: OK" in output, output
+        assert "TLSv1.3" in output, output
+        # Without a client certificate the hub refuses the handshake (mutual TLS).
+        refused = subprocess.run(
+            ["openssl", "s_client", "-connect", listen, "-tls1_3", "-CAfile", str(ca), "-brief"],
+            input=b"",
+            capture_output=True,
+            timeout=20,
+        )
+        text = (refused.stdout + refused.stderr).decode(errors="replace").lower()
+        assert "alert" in text or refused.returncode != 0, text
+    finally:
+        home.close()
