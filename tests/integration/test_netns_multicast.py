@@ -1,0 +1,117 @@
+"""Across real hosts: three network namespaces on a bridge, multicast announcements
+between them (section 3: 239.255.77.77:17320, TTL 1), and the handover works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from roost.cli.home import make_home
+from roost.config import to_toml
+from tests.helpers.net import require_in_ci, time_unit
+from tests.helpers.netns import bridged_hosts, netns_available
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _rewrite(path: Path, changes: dict[str, object], announce: dict[str, object]) -> None:
+    doc = tomllib.loads(path.read_text())
+    doc.update(changes)
+    doc["announce"] = {**doc.get("announce", {}), **announce}
+    path.write_text(to_toml(doc))
+
+
+def _device_hub(home: Path, index: int) -> str | None:
+    try:
+        status = json.loads((home / f"device-{index}" / "status.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return status.get("hub") if status.get("state") == "streaming" else None
+
+
+def _wait(what: str, condition: object, seconds: float, logs: Path) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + seconds * time_unit()
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    tails = {p.name: p.read_text(errors="replace")[-800:] for p in logs.glob("*.log")}
+    raise AssertionError(f"timed out waiting for {what}: {tails}")
+
+
+def test_handover_across_namespaces_over_multicast(tmp_path: Path) -> None:
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(require_in_ci(reason))
+    home = tmp_path / "home"
+    summary = make_home(home, hubs=2, devices=3, loopback=False, fps=5.0)
+    hub_ids = list(summary["hubs"])  # type: ignore[call-overload]
+    processes: list[subprocess.Popen[bytes]] = []
+    with bridged_hosts(3) as hosts:
+        (ns_a, ip_a), (ns_b, ip_b), (ns_d, ip_d) = hosts
+        for index, ip in enumerate([ip_a, ip_b], start=1):
+            _rewrite(
+                home / f"hub-{index}.toml",
+                {"listen": f"{ip}:17320", "advertise": f"{ip}:17320", "api": f"{ip}:8080"},
+                {"interfaces": [ip]},
+            )
+        for index in (1, 2, 3):
+            _rewrite(home / f"device-{index}.toml", {}, {"interfaces": [ip_d]})
+
+        def start(ns: str, kind: str, name: str) -> subprocess.Popen[bytes]:
+            log = (home / f"{name}.log").open("ab")
+            process = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    sys.executable,
+                    "-m",
+                    "roost",
+                    kind,
+                    "run",
+                    "--config",
+                    str(home / f"{name}.toml"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            processes.append(process)
+            return process
+
+        try:
+            start(ns_a, "hub", "hub-1")
+            for index in (1, 2, 3):
+                start(ns_d, "device", f"device-{index}")
+            _wait(
+                "cameras on hub A over multicast",
+                lambda: all(_device_hub(home, i) == hub_ids[0] for i in (1, 2, 3)),
+                40,
+                home,
+            )
+            start(ns_b, "hub", "hub-2")
+            _wait(
+                "cameras on hub B after the handover",
+                lambda: all(_device_hub(home, i) == hub_ids[1] for i in (1, 2, 3)),
+                40,
+                home,
+            )
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
