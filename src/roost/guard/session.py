@@ -169,7 +169,8 @@ class GuardSession:
 
     # -- messages ------------------------------------------------------------------------
 
-    def seal(self, plaintext: bytes, *, now: float) -> bytes:
+    def seal(self, plaintext: bytes, *, now: float) -> bytearray:
+        """The frame for ``plaintext``; a fresh buffer the caller owns."""
         try:
             self._check_alive(now)
             self._check_budget()
@@ -190,7 +191,7 @@ class GuardSession:
         self._after_message(frame, now, self._recv_direction)
         return plaintext
 
-    def seal_fields(self, fields: Sequence[bytes], *, now: float) -> bytes:
+    def seal_fields(self, fields: Sequence[bytes], *, now: float) -> bytearray:
         """Seal a record of fields, permuted by the message key when reordering is on."""
         try:
             self._check_alive(now)
@@ -248,9 +249,10 @@ class GuardSession:
                 "message budget used up; log in again", reason="reauth-required"
             )
 
-    def _after_message(self, frame: bytes, now: float, direction: Direction) -> None:
+    def _after_message(self, frame: bytes | bytearray, now: float, direction: Direction) -> None:
         self._last_activity = now
         if self._recorder is not None:
             position = int.from_bytes(frame[2:10], "big")
-            digest = message_digest(self.session_id, int(direction), position, frame[10:])
+            ciphertext = bytes(memoryview(frame)[10:])
+            digest = message_digest(self.session_id, int(direction), position, ciphertext)
             self.last_leaf_index = self._recorder(digest)
