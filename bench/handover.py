@@ -80,8 +80,6 @@ from roost.pki.updater import TrustUpdater
 
 _HOST = "127.0.0.1"
 _HOLD_DOWN = 3.0
-_BATCH = 64
-_SPACING = 0.02
 _START_CHUNK = 64
 # Every hub process started, so that the last `finally` can kill any left behind.
 _PROCESSES: list[subprocess.Popen[bytes]] = []
@@ -156,7 +154,9 @@ def _raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _provision(home: Path, devices: int) -> tuple[list[Hub], list[tuple[str, Path]], int]:
+def _provision(
+    home: Path, devices: int, batch: int, spacing: float
+) -> tuple[list[Hub], list[tuple[str, Path]], int]:
     """Authority, two hub identities and configs, N device identities and trust stores."""
     at = now_utc()
     dl_port, a_tcp, a_api, b_tcp, b_api = _free_ports(5, socket.SOCK_STREAM)
@@ -199,7 +199,7 @@ def _provision(home: Path, devices: int) -> tuple[list[Hub], list[tuple[str, Pat
                 "peers": [f"{_HOST}:{other_udp}", f"{_HOST}:{watch_udp}"],
                 "hold_down": _HOLD_DOWN,
             },
-            "redirect": {"batch_size": _BATCH, "spacing": _SPACING},
+            "redirect": {"batch_size": batch, "spacing": spacing},
         }
         path = home / f"{name}.toml"
         path.write_text(to_toml(config, f"bench/handover.py {name} ({identifier})"))
@@ -235,6 +235,36 @@ async def _wait_api(hub: Hub, timeout: float) -> None:
         except OSError:
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{hub.name} API did not answer within {timeout} s")
+
+
+def _cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU seconds of a process (this one when `pid` is None)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5) (utime, stime) are the 12th and 13th after the name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table.get("ListenOverflows", 0))
+    return 0
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def _cpu_sample(hubs: list[Hub]) -> list[float]:
+    pids = [None] + [hub.process.pid if hub.process else None for hub in hubs]
+    return [_cpu_seconds(pid) if pid or index == 0 else 0.0 for index, pid in enumerate(pids)]
 
 
 def _stop_hub(hub: Hub) -> None:
@@ -396,7 +426,7 @@ async def _run(args: argparse.Namespace, home: Path, result: dict[str, Any]) -> 
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + args.timeout
     clock = time.monotonic()
-    hubs, device_dirs, watch_port = _provision(home, args.devices)
+    hubs, device_dirs, watch_port = _provision(home, args.devices, args.batch, args.spacing)
     hub_a, hub_b = hubs
     result["provision_s"] = round(time.monotonic() - clock, 2)
     watch = _AnnounceWatch()
@@ -417,11 +447,24 @@ async def _run(args: argparse.Namespace, home: Path, result: dict[str, Any]) -> 
         # Let every device stream to A for a while so frames are in flight at the handover.
         await asyncio.sleep(args.settle)
 
+        overflows = _listen_overflows()
         _start_hub(hub_b, home)
         first_on_b: float | None = None
+        moved_at: dict[int, float] = {}
+        ripe_cpu: list[float] | None = None
+        ripe_at = 0.0
         while True:
             on_b = _on_hub(fleet, hub_b.identifier)
             now = time.monotonic()
+            for index, daemon in enumerate(fleet.daemons):
+                channel = daemon.channel
+                if index not in moved_at and channel and channel.hub_id == hub_b.identifier:
+                    moved_at[index] = now
+            b_heard = watch.first_heard.get(hub_b.identifier)
+            if ripe_cpu is None and b_heard is not None and now >= b_heard + _HOLD_DOWN:
+                # CPU use of each process from the end of the hold-down to completion
+                # shows which one bounds the handover.
+                ripe_cpu, ripe_at = _cpu_sample(hubs), now
             if on_b and first_on_b is None:
                 first_on_b = now
             if on_b == args.devices and hub_b.identifier in watch.first_heard:
@@ -433,17 +476,35 @@ async def _run(args: argparse.Namespace, home: Path, result: dict[str, Any]) -> 
                 raise RuntimeError(f"hub B exited with {hub_b.process.returncode}")
             await asyncio.sleep(0.01)
         done = time.monotonic()
+        if ripe_cpu is not None and done > ripe_at:
+            used = [b - a for a, b in zip(ripe_cpu, _cpu_sample(hubs), strict=True)]
+            for label, seconds in zip(("bench", "hub_a", "hub_b"), used, strict=True):
+                result[f"cpu_{label}_during_handover_pct"] = round(
+                    100 * seconds / (done - ripe_at), 1
+                )
         b_first = watch.first_heard[hub_b.identifier]
         result["handover_s"] = round(done - b_first, 3)
         result["handover_after_holddown_s"] = round(done - b_first - _HOLD_DOWN, 3)
         assert first_on_b is not None
         result["first_device_on_b_s"] = round(first_on_b - b_first, 3)
+        moves = [t - b_first for t in moved_at.values()]
+        for label, fraction in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
+            result[f"device_on_b_{label}_s"] = round(_percentile(moves, fraction), 3)
+        # Overflows are counted system-wide, but on this loopback-only run they are B's:
+        # a full accept queue drops the handshake and the client retries after 1 s, 3 s…
+        result["listen_overflows_during_handover"] = _listen_overflows() - overflows
         status_b = await asyncio.to_thread(hub_b.status)
         result["hub_b_connected"] = len(status_b["connected"])
 
-        seconds, failures = await _tls_capacity(fleet, hub_b, _BATCH)
+        overflows = _listen_overflows()
+        before = _cpu_sample(hubs)
+        seconds, failures = await _tls_capacity(fleet, hub_b, args.batch)
+        used = [b - a for a, b in zip(before, _cpu_sample(hubs), strict=True)]
+        for label, cpu in zip(("bench", "hub_a", "hub_b"), used, strict=True):
+            result[f"cpu_{label}_during_tls_pct"] = round(100 * cpu / seconds, 1)
         result["tls_capacity_s"] = round(seconds, 3)
         result["tls_failures"] = failures
+        result["listen_overflows_during_tls"] = _listen_overflows() - overflows
 
         stop_capture.set()
         await capture_task
@@ -519,11 +580,13 @@ def _table(result: dict[str, Any]) -> Table:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--fps", type=float, default=0.5, help="frames per second per device")
+    parser.add_argument("--fps", type=float, default=0.25, help="frames per second per device")
+    parser.add_argument("--batch", type=int, default=64, help="redirect batch size")
+    parser.add_argument("--spacing", type=float, default=0.02, help="redirect batch spacing")
     parser.add_argument("--settle", type=float, default=2.0, help="streaming to A before B")
     parser.add_argument("--timeout", type=float, default=240.0, help="overall bound, seconds")
     args = parser.parse_args()
-    if args.devices < 1 or args.fps <= 0:
+    if args.devices < 1 or args.fps <= 0 or args.batch < 1 or args.spacing < 0:
         parser.error("--devices must be >= 1 and --fps > 0")
     console = Console()
     started = time.monotonic()
@@ -544,8 +607,8 @@ def main() -> None:
                 process.wait(5)
         shutil.rmtree(home, ignore_errors=True)
     result["hold_down_s"] = _HOLD_DOWN
-    result["redirect_batch"] = _BATCH
-    result["redirect_spacing_s"] = _SPACING
+    result["redirect_batch"] = args.batch
+    result["redirect_spacing_s"] = args.spacing
     if result.get("tls_capacity_s"):
         result["ratio"] = round(result["handover_after_holddown_s"] / result["tls_capacity_s"], 2)
         result["ratio_including_holddown"] = round(
