@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from roost.cli.common import echo_json, fail_cleanly
-from roost.errors import RoostError, StateError, VerificationError
+from roost.errors import StateError, VerificationError
 from roost.pki.cainfo import decode_cainfo
 from roost.pki.certs import certs_from_pem
 from roost.pki.trust import STATE_FILE, Slot, TrustState, load_state, save_state
@@ -79,19 +79,12 @@ def check(state_dir: Path, cert_file: Path, expected_id: str | None, no_fetch: b
     leaf = certs[0]
     updater = TrustUpdater(state_dir)
 
-    def verifies(state: TrustState) -> bool:
-        try:
-            state.verify_node(leaf, expected_id)
-        except VerificationError:
-            return False
-        return True
-
-    if not verifies(updater.state) and not no_fetch:
-        # Claims 4–6 plus the catch-up walk: fetch on failure, then try again.
-        try:
-            asyncio.run(updater.on_verification_failure(time.monotonic(), verifies))
-        except RoostError as exc:
-            click.echo(f"update failed: {exc}", err=True)
+    try:
+        updater.state.verify_node(leaf, expected_id)
+    except VerificationError:
+        if not no_fetch:
+            # Claims 4–6 plus the catch-up walk: fetch on failure, then try again.
+            asyncio.run(updater.on_verification_failure(time.monotonic(), leaf, expected_id))
     before = updater.state
     node, slot, new_state = before.verify_node(leaf, expected_id)
     updater.commit(new_state)

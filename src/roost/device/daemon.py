@@ -39,7 +39,7 @@ from roost.hcsp.documents import Hello, Redirect, Welcome, decode_document, enco
 from roost.hcsp.events import HcspEvent, HubDown, LiveHub
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context, peer_certificate
-from roost.pki.trust import TrustState, atomic_write
+from roost.pki.trust import atomic_write
 from roost.pki.updater import TrustUpdater
 
 __all__ = ["DeviceDaemon", "HubChannel"]
@@ -194,16 +194,8 @@ class DeviceDaemon:
         try:
             return self._verify(leaf, expected)
         except VerificationError:
-
-            def passes(state: TrustState) -> bool:
-                try:
-                    state.verify_node(leaf, expected)
-                except VerificationError:
-                    return False
-                return True
-
             loop = asyncio.get_running_loop()
-            if await self.trust.on_verification_failure(loop.time(), passes):
+            if await self.trust.on_verification_failure(loop.time(), leaf, expected):
                 self.core.clear_certificate_cache()
             return self._verify(leaf, expected)
 

@@ -190,17 +190,10 @@ class HubDaemon:
     def _fetch_after_failure(self, leaf: x509.Certificate) -> None:
         """A peer failed verification: look for newer CA information in the background."""
 
-        def passes(state: TrustState) -> bool:
-            try:
-                state.verify_node(leaf)
-            except VerificationError:
-                return False
-            return True
-
         async def fetch() -> None:
             before = self.trust.state
             with contextlib.suppress(RoostError):
-                await self.trust.on_verification_failure(_loop_now(), passes)
+                await self.trust.on_verification_failure(_loop_now(), leaf)
             if self.trust.state != before:
                 self.tls.update(self.trust.state.anchors)
                 self.core.clear_certificate_cache()

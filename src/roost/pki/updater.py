@@ -243,17 +243,31 @@ class TrustUpdater:
         return satisfied(self.state)
 
     async def on_verification_failure(
-        self, now: float, satisfied: Callable[[TrustState], bool]
+        self, now: float, leaf: x509.Certificate | None, expected: str | None = None
     ) -> bool:
-        """A peer failed verification: fetch (unless backing off) and report if it now passes."""
+        """A peer failed verification: fetch (unless backing off); True if it now passes.
+
+        `leaf` is the peer's certificate, or None when TLS itself refused the chain (then
+        the walk goes as far as anything is published). Seed claims 4–6, made bounded.
+        """
         if not self.schedule.failure_fetch_allowed(now):
             self.rejected["backoff"] += 1
             return False
+
+        def passes(state: TrustState) -> bool:
+            if leaf is None:
+                return False
+            try:
+                state.verify_node(leaf, expected)
+            except VerificationError:
+                return False
+            return True
+
         before = self.state
         try:
-            ok = await self.catch_up(satisfied)
+            ok = await self.catch_up(passes)
         except RoostError:
-            ok = False
+            ok = passes(self.state)
         self.schedule.failure_fetched(now, found_new=self.state != before)
         return ok
 
