@@ -277,7 +277,7 @@ class AnnounceCore:
         """Process one received datagram; rejections are counted, never raised."""
         self._advance(now)
         try:
-            outcome = self._accept(data, _normalise_host(source[0]), now, wall_ms)
+            outcome = self._accept(data, _normalise_host(source[0]), source[1], now, wall_ms)
         except RoostError as exc:
             self.counters.rejected[exc.reason] += 1
             return
@@ -372,12 +372,16 @@ class AnnounceCore:
 
     # --- receive order (section 3) ----------------------------------------------------
 
-    def _accept(self, data: bytes, source_host: str, now: float, wall_ms: int) -> _Outcome:
+    def _accept(
+        self, data: bytes, source_host: str, source_port: int, now: float, wall_ms: int
+    ) -> _Outcome:
         config = self._config
         # 1-2. Size cap, then magic and version: no state touched, no allocation.
         check_preamble(data, config.max_datagram)
         # 3. Per-source rate limit, before any parsing.
-        self._limiter.take(source_host, now)
+        # Keyed by host and port: a flood from other sockets on the hub's own host (or
+        # behind the same NAT) must not spend the budget of the hub's announce socket.
+        self._limiter.take(f"{source_host}|{source_port}", now)
         # 4. Lengths consistent, no trailing bytes; then the hardened XML parse.
         announcement = decode_announcement(data, config.max_datagram)
         document = decode_document(announcement.document, config.max_datagram)

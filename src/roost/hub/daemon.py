@@ -137,7 +137,14 @@ class HubDaemon:
     async def start(self) -> None:
         host, port = self.config.listen
         self._server = await asyncio.start_server(
-            self._serve_device, host, port, ssl=self.tls.outer, limit=_READ_CHUNK
+            self._serve_device,
+            host,
+            port,
+            ssl=self.tls.outer,
+            limit=_READ_CHUNK,
+            # A redirect batch arrives as a burst of handshakes; the default backlog of
+            # 100 drops some and TCP retries them only after a second or more.
+            backlog=max(128, self.config.max_devices),
         )
         # Seed S40: announce at start-up, then every interval (the core schedules it).
         await self.announcer.start()
