@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,7 @@ class DeviceDaemon:
         self._failed_until: dict[str, float] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self._tls_cache: tuple[tuple[bytes, bytes], ssl.SSLContext] | None = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -219,7 +221,7 @@ class DeviceDaemon:
 
     async def open_channel(self, host: str, port: int, expected: str | None) -> HubChannel:
         """TLS to a hub, verify its identifier, hello/welcome; raises on any failure."""
-        ctx = client_context(self.trust.state.anchors, self.config.cert, self.config.key)
+        ctx = self._client_context()
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=ctx, limit=_READ_CHUNK), _CONNECT_TIMEOUT
         )
@@ -241,6 +243,18 @@ class DeviceDaemon:
         channel.acked = self.spool.last_acked
         channel.last_sent = self.spool.last_acked
         return channel
+
+    def _client_context(self) -> ssl.SSLContext:
+        """The TLS client context for the current trust generations, built once per change.
+
+        Building one costs about a millisecond (loading the key and anchors); a redirect
+        storm would otherwise pay it for every connection.
+        """
+        key = (self.trust.state.current.digest, self.trust.state.newest.digest)
+        if self._tls_cache is None or self._tls_cache[0] != key:
+            ctx = client_context(self.trust.state.anchors, self.config.cert, self.config.key)
+            self._tls_cache = (key, ctx)
+        return self._tls_cache[1]
 
     async def _read_welcome(self, reader: asyncio.StreamReader, decoder: ChannelDecoder) -> Welcome:
         while True:
