@@ -54,6 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from roost.cli.common import now_utc
+from roost.cli.home import free_loopback_ports
 from roost.config import to_toml
 from roost.errors import VerificationError
 from roost.hcsp.announce import SignedAnnouncement, decode_announcement, encode_announcement
@@ -80,20 +81,6 @@ class Identity:
     @property
     def identifier(self) -> str:
         return self.leaf.identifier or ""
-
-
-def _free_ports(count: int, kind: int) -> list[int]:
-    """Distinct free loopback ports (all held open until every one is chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, kind)
-            sock.bind((_HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _signed(identity: Identity, port: int, seq: int, ts: int, features: tuple[str, ...]) -> bytes:
@@ -250,7 +237,7 @@ def _write_hub(
     peer_udp: int,
 ) -> HubProcess:
     at = now_utc()
-    tcp, api = _free_ports(2, socket.SOCK_STREAM)
+    tcp, api = free_loopback_ports(2, socket.SOCK_STREAM)
     node = home / name
     issued = authority.issue(Role.HUB, at, ips=[_HOST])
     atomic_write(node / "key.pem", key_to_pem(issued.key), mode=0o600)
@@ -364,7 +351,7 @@ def _flood_phase(
 ) -> dict[str, Any]:
     phase_dir = home / label
     phase_dir.mkdir()
-    victim_udp, joiner_udp = _free_ports(2, socket.SOCK_DGRAM)
+    victim_udp, joiner_udp = free_loopback_ports(2, socket.SOCK_DGRAM)
     victim = _write_hub(phase_dir, authority, "victim", ("hcsp", "webs"), victim_udp, joiner_udp)
     joiner = _write_hub(
         phase_dir, authority, "joiner", ("hcsp", "webs", "db"), joiner_udp, victim_udp

@@ -64,6 +64,7 @@ from rich.console import Console
 from rich.table import Table
 
 from roost.cli.common import now_utc
+from roost.cli.home import free_loopback_ports
 from roost.config import AnnounceSettings, DeviceConfig, to_toml
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
@@ -131,20 +132,6 @@ class _AnnounceWatch(asyncio.DatagramProtocol):
             self.first_heard.setdefault(document.sender.identifier, now)
 
 
-def _free_ports(count: int, kind: int) -> list[int]:
-    """Distinct free loopback ports (all held open until every one is chosen)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, kind)
-            sock.bind((_HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _raise_fd_limit() -> int:
     # Each device holds a UDP socket and one or two TLS connections, and the hubs hold one
     # per device, so the default soft limit of 1024 would end the run long before N=1000.
@@ -159,8 +146,8 @@ def _provision(
 ) -> tuple[list[Hub], list[tuple[str, Path]], int]:
     """Authority, two hub identities and configs, N device identities and trust stores."""
     at = now_utc()
-    dl_port, a_tcp, a_api, b_tcp, b_api = _free_ports(5, socket.SOCK_STREAM)
-    a_udp, b_udp, watch_udp = _free_ports(3, socket.SOCK_DGRAM)
+    dl_port, a_tcp, a_api, b_tcp, b_api = free_loopback_ports(5, socket.SOCK_STREAM)
+    a_udp, b_udp, watch_udp = free_loopback_ports(3, socket.SOCK_DGRAM)
     # The download URL points at a closed loopback port: the trust updaters poll it and get
     # "not published yet", which is what a home without a rollover sees.
     authority = Authority.init(home / "ca", f"https://{_HOST}:{dl_port}/ca/", at)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from rich.table import Table
 
 from roost.cli.common import console
 from roost.cli.demo_home import home_act
+from roost.cli.home import free_loopback_ports
 from roost.errors import VerificationError
 from roost.pki.authority import Authority
 from roost.pki.certs import Role
@@ -28,13 +28,6 @@ from roost.pki.updater import TrustUpdater, UpdateConfig
 __all__ = ["demo"]
 
 _YEAR = dt.timedelta(days=365)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Downloads:
@@ -91,7 +84,7 @@ def _when(authority: Authority) -> dt.datetime:
 
 async def authority_act(workdir: Path) -> list[tuple[str, str, str]]:
     """Init, issue, roll, revoke, with a clockless device following; returns the log."""
-    port = _free_port()
+    port = free_loopback_ports(1)[0]
     t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
     rows: list[tuple[str, str, str]] = []
     authority = Authority.init(workdir / "ca", f"https://127.0.0.1:{port}/ca/", t0)

@@ -15,13 +15,13 @@ from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.trust import TrustState, atomic_write, save_state
 
-__all__ = ["init_home", "make_home"]
+__all__ = ["free_loopback_ports", "init_home", "make_home"]
 
 # Richer hubs come later in the list, so starting them in order shows a handover.
 _HUB_FEATURES = [("hcsp", "webs"), ("hcsp", "webs", "db"), ("hcsp", "webs", "db", "ai")]
 
 
-def _free_ports(count: int, kind: int) -> list[int]:
+def free_loopback_ports(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
     """Distinct ports free on 127.0.0.1 now (all held open until every one is chosen)."""
     sockets = []
     try:
@@ -43,8 +43,8 @@ def make_home(
         raise StateError(f"{home} is not empty", reason="exists")
     home.mkdir(parents=True, exist_ok=True)
     at = now_utc()
-    dl_port, *tcp = _free_ports(1 + 2 * hubs, socket.SOCK_STREAM)
-    udp = _free_ports(hubs + devices, socket.SOCK_DGRAM) if loopback else []
+    dl_port, *tcp = free_loopback_ports(1 + 2 * hubs, socket.SOCK_STREAM)
+    udp = free_loopback_ports(hubs + devices, socket.SOCK_DGRAM) if loopback else []
     host = "127.0.0.1"
     authority = Authority.init(home / "ca", f"https://{host}:{dl_port}/ca/", at)
     summary: dict[str, object] = {"home": str(home), "download_server": f"{host}:{dl_port}"}
