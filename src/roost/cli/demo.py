@@ -70,10 +70,9 @@ async def _device_meets(device: TrustUpdater, authority: Authority, generation: 
     except VerificationError:
         await device.on_verification_failure(0.0, hub.cert)
     try:
-        _, slot, new_state = device.state.verify_node(hub.cert)
+        _, slot = device.authenticate(hub.cert)
     except VerificationError as exc:
         return f"[red]rejected[/] ({exc.reason})"
-    device.commit(new_state)
     return f"[green]accepted[/] under {slot.value}"
 
 

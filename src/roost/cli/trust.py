@@ -86,8 +86,8 @@ def check(state_dir: Path, cert_file: Path, expected_id: str | None, no_fetch: b
             # Claims 4–6 plus the catch-up walk: fetch on failure, then try again.
             asyncio.run(updater.on_verification_failure(time.monotonic(), leaf, expected_id))
     before = updater.state
-    node, slot, new_state = before.verify_node(leaf, expected_id)
-    updater.commit(new_state)
+    node, slot = updater.authenticate(leaf, expected_id)
+    new_state = updater.state
     verified_by = before.current if slot is Slot.CURRENT else before.newest
     echo_json(
         {

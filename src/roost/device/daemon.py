@@ -179,9 +179,9 @@ class DeviceDaemon:
     # ---------------------------------------------------------------------------- trust
 
     def _verify(self, leaf: x509.Certificate, expected: str | None) -> str:
-        node, _, state = self.trust.state.verify_node(leaf, expected)
-        if state != self.trust.state:
-            self.trust.commit(state)
+        before = self.trust.state
+        node, _ = self.trust.authenticate(leaf, expected)
+        if self.trust.state != before:
             self.core.clear_certificate_cache()
         return node.identifier
 

@@ -46,7 +46,6 @@ from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
 from roost.hub.recorder import IncomingFrame, Recorder
 from roost.pki.certs import certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext, peer_certificate
-from roost.pki.trust import TrustState
 from roost.pki.updater import TrustUpdater
 
 __all__ = ["DeviceSession", "HubDaemon"]
@@ -177,15 +176,16 @@ class HubDaemon:
 
     # ---------------------------------------------------------------------------- trust
 
-    def _commit_trust(self, state: TrustState) -> None:
-        if state != self.trust.state:
-            self.trust.commit(state)
-            self.tls.update(state.anchors)
-            self.core.clear_certificate_cache()
+    def _trust_changed(self) -> None:
+        """New anchors reach the TLS listener and the announcement verdict cache."""
+        self.tls.update(self.trust.state.anchors)
+        self.core.clear_certificate_cache()
 
     def _verify_node(self, leaf: x509.Certificate, expected: str | None = None) -> str:
-        node, _, state = self.trust.state.verify_node(leaf, expected)
-        self._commit_trust(state)
+        before = self.trust.state
+        node, _ = self.trust.authenticate(leaf, expected)
+        if self.trust.state != before:
+            self._trust_changed()
         return node.identifier
 
     def _verify_hub_certificate(self, leaf: x509.Certificate) -> str:
@@ -202,8 +202,7 @@ class HubDaemon:
             with contextlib.suppress(RoostError):
                 await self.trust.on_verification_failure(_loop_now(), leaf)
             if self.trust.state != before:
-                self.tls.update(self.trust.state.anchors)
-                self.core.clear_certificate_cache()
+                self._trust_changed()
 
         self._spawn(fetch())
 

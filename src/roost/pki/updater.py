@@ -25,8 +25,8 @@ from cryptography import x509
 from roost.errors import RemoteProtocolError, RoostError, TransportError, VerificationError
 from roost.pki.cainfo import MAX_CAINFO_SIZE, MEDIA_TYPE, decode_cainfo
 from roost.pki.tls import client_context, peer_certificate
-from roost.pki.trust import MAX_CATCH_UP, TrustState, load_state, save_state
-from roost.pki.verify import verify_server_name
+from roost.pki.trust import MAX_CATCH_UP, Slot, TrustState, load_state, save_state
+from roost.pki.verify import VerifiedNode, verify_server_name
 
 __all__ = [
     "FetchOutcome",
@@ -205,6 +205,18 @@ class TrustUpdater:
         self.state = load_state(directory)
         self.rejected: collections.Counter[str] = collections.Counter()
         self._lock = asyncio.Lock()
+
+    def authenticate(
+        self, leaf: x509.Certificate, expected: str | None = None
+    ) -> tuple[VerifiedNode, Slot]:
+        """Verify a hub or device like `TrustState.verify_node` and keep the result.
+
+        A promotion (seed claims 4–6) or a raised time floor is persisted at once; raises
+        VerificationError, leaving the store untouched, when neither slot verifies.
+        """
+        node, slot, state = self.state.verify_node(leaf, expected)
+        self.commit(state)
+        return node, slot
 
     def commit(self, state: TrustState) -> None:
         """Persist a new state (promotion, raised floor) and make it the one in use."""
