@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from roost.errors import VerificationError
 from roost.hcsp.announce import SignedAnnouncement, decode_announcement, encode_announcement
 from roost.hcsp.core import AnnounceConfig, AnnounceCore, OwnHub
 from roost.hcsp.documents import Endpoint, HubAddress, Subscribe, encode_document
+from roost.hub.api import fetch_status
 from roost.pki.authority import Authority, IssuedLeaf
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.trust import TrustState, atomic_write, save_state
@@ -189,10 +189,7 @@ class HubProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
-        url = f"http://{_HOST}:{self.api_port}/api/status"
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            doc: dict[str, Any] = json.loads(response.read())
-        return doc
+        return fetch_status(_HOST, self.api_port, timeout)
 
     def start(self, log: Path) -> None:
         with log.open("wb") as handle:

@@ -55,7 +55,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ from roost.errors import RoostError
 from roost.hcsp.aio import UdpConfig
 from roost.hcsp.announce import decode_announcement
 from roost.hcsp.documents import Subscribe, decode_document
+from roost.hub.api import fetch_status
 from roost.hub.recorder import Recorder
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
@@ -100,10 +100,7 @@ class Hub:
     process: subprocess.Popen[bytes] | None = None
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
-        url = f"http://{_HOST}:{self.api_port}/api/status"
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            doc: dict[str, Any] = json.loads(response.read())
-        return doc
+        return fetch_status(_HOST, self.api_port, timeout)
 
 
 @dataclass

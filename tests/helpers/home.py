@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from roost.cli.home import make_home
 from roost.config import load_device_config, load_hub_config
+from roost.hub.api import fetch_status
 from roost.hub.recorder import Recorder
 from tests.helpers.net import time_unit
 
@@ -86,9 +86,7 @@ class LoopbackHome:
     def hub_status(self, index: int) -> dict[str, Any] | None:
         host, port = load_hub_config(self.path / f"hub-{index}.toml").api
         try:
-            with urllib.request.urlopen(f"http://{host}:{port}/api/status", timeout=2) as r:
-                doc: dict[str, Any] = json.loads(r.read())
-                return doc
+            return fetch_status(host, port, timeout=2)
         except OSError:
             return None
 

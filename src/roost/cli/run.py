@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -105,13 +104,15 @@ def hub_run(config_file: Path, verbose: bool) -> None:
 def hub_status(config_file: Path, as_json: bool) -> None:
     """Ask a running hub for its status (its HTTP API)."""
     config = load_hub_config(config_file)
+    from roost.hub.api import fetch_status
+
     host, port = config.api
-    url = f"http://{host}:{port}/api/status"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            doc = json.loads(response.read())
+        doc = fetch_status(host, port)
     except OSError as exc:
-        raise StateError(f"hub is not answering at {url}: {exc}", reason="not-running") from exc
+        raise StateError(
+            f"hub is not answering at {host}:{port}: {exc}", reason="not-running"
+        ) from exc
     if as_json:
         echo_json(doc)
         return

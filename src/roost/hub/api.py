@@ -17,8 +17,10 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
+import urllib.request
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any, Protocol
@@ -36,7 +38,15 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from roost.errors import StateError
 from roost.hub.recorder import StoredFrame
 
-__all__ = ["ApiRunner", "DeviceView", "FrameSource", "StatusSource", "build_app", "start_api"]
+__all__ = [
+    "ApiRunner",
+    "DeviceView",
+    "FrameSource",
+    "StatusSource",
+    "build_app",
+    "fetch_status",
+    "start_api",
+]
 
 # Device identifiers are "ab:" plus 22 base64url characters (PROTOCOL.md section 1); the
 # route refuses anything else before it reaches the recorder.
@@ -348,3 +358,14 @@ def _counter_by_reason(
     for reason, count in sorted(by_reason.items()):
         family.add_metric([str(reason)], float(count))
     return family
+
+
+def fetch_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """`GET /api/status` of a running hub (blocking; for the CLI, tests and benchmarks).
+
+    Raises OSError when the hub does not answer.
+    """
+    url = f"http://{host}:{port}/api/status"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        doc: dict[str, Any] = json.loads(response.read())
+    return doc
