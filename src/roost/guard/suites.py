@@ -135,6 +135,9 @@ def hkdf_expand(suite: Suite, *, prk: bytes, info: bytes, length: int) -> bytes:
 
 _IPAD = bytes(x ^ 0x36 for x in range(256))
 _OPAD = bytes(x ^ 0x5C for x in range(256))
+# Pad bytes standing in for the zero bytes that extend a short key to the block (RFC 2104).
+_IPAD_FILL = b"\x36" * 128
+_OPAD_FILL = b"\x5c" * 128
 
 
 _HASHES = {"sha256": (hashlib.sha256, 64), "sha512": (hashlib.sha512, 128)}
@@ -143,22 +146,22 @@ _HASHES = {"sha256": (hashlib.sha256, 64), "sha512": (hashlib.sha512, 128)}
 def ratchet_step(hash_name: str, chain_key: bytes) -> tuple[bytes, bytes]:
     """Return ``(HMAC(ck, 0x01), HMAC(ck, 0x02))``: the message key and the next chain key.
 
-    PROTOCOL.md §6 fixes the construction. Both HMACs share one key schedule, so the
-    inner and outer pads are hashed once and copied; this costs about half of two
-    independent ``hmac.digest`` calls, which matters at 64 KiB where the AEAD itself takes
-    only a few microseconds (bench/guard.py).
+    PROTOCOL.md §6 fixes the construction. Both HMACs share one key schedule (RFC 2104):
+    the inner and outer pad blocks are hashed once and copied, which costs about half of
+    two independent ``hmac.digest`` calls; this matters at 64 KiB, where the AEAD itself
+    takes only a few microseconds (docs/guard.md, "Sealing cost").
     """
     constructor, block = _HASHES[hash_name]
-    if len(chain_key) > block:
+    fill = block - len(chain_key)
+    if fill < 0:
         raise LocalProtocolError("chain key longer than the hash block")
-    padded = chain_key + bytes(block - len(chain_key))
-    inner = constructor(padded.translate(_IPAD))
-    outer = constructor(padded.translate(_OPAD))
+    inner = constructor(chain_key.translate(_IPAD) + _IPAD_FILL[:fill])
+    outer = constructor(chain_key.translate(_OPAD) + _OPAD_FILL[:fill])
     inner_one = inner.copy()
     inner_one.update(b"\x01")
+    inner.update(b"\x02")
     outer_one = outer.copy()
     outer_one.update(inner_one.digest())
-    inner.update(b"\x02")
     outer.update(inner.digest())
     return outer_one.digest(), outer.digest()
 
