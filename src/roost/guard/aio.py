@@ -1,0 +1,364 @@
+"""asyncio adapter for remote calls over a guard session (docs/guard.md, "Remote calls").
+
+Moves ``u32 length | body`` records between a TLS stream and the pure cores of
+:mod:`roost.guard.remote`. The login steps run scrypt (tens of milliseconds), so they run
+on one worker thread that also owns the user store's SQLite connection; calls and the
+Merkle log stay on the event loop. Time comes from the injected ``clock`` (monotonic, for
+limits) and ``wall_ms`` (for checkpoints and lock-out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from roost.errors import RoostError, StateError, TransportError, VerificationError
+from roost.guard.challenge import AuthConfig, LoginServer
+from roost.guard.log import Receipt, SqliteMerkleLog, encode_receipt, verify_receipt
+from roost.guard.remote import (
+    RECEIPT_METHOD,
+    RECORD_HEADER_SIZE,
+    CallHandler,
+    RemoteClientCore,
+    RemoteServerCore,
+    Response,
+    encode_record,
+    receipt_from_response,
+    record_length,
+    tls_server_end_point,
+)
+from roost.guard.session import SessionLimits
+from roost.guard.suites import RejectionCounter
+from roost.guard.userstore import UserDirectory
+
+__all__ = ["GuardClient", "GuardServer", "GuardServerConfig", "LogReceipts"]
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class LogReceipts:
+    """The server's Merkle log for :class:`RemoteServerCore`: records every message digest
+    and answers receipts, signing a new checkpoint only when the latest one does not yet
+    cover the asked leaf."""
+
+    def __init__(self, log: SqliteMerkleLog, key: Ed25519PrivateKey) -> None:
+        self.log = log
+        self._key = key
+
+    def record(self, digest: bytes) -> int:
+        return self.log.append(digest)
+
+    def receipt(self, index: int, wall_ms: int) -> bytes:
+        if not 0 <= index < self.log.size:
+            raise StateError("no such leaf in the log", reason="unknown-leaf")
+        checkpoint = self.log.latest_checkpoint()
+        if checkpoint is None or checkpoint.size <= index:
+            checkpoint = self.log.checkpoint(self._key, timestamp_ms=wall_ms)
+        return encode_receipt(self.log.receipt(index, checkpoint))
+
+    def commit(self) -> None:
+        self.log.commit()
+
+
+async def _read_record(reader: asyncio.StreamReader, max_body: int) -> bytes | None:
+    """The next record body, or None at a clean end of stream between records."""
+    try:
+        header = await reader.readexactly(RECORD_HEADER_SIZE)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise TransportError("stream ended inside a record", reason="truncated") from None
+    length = record_length(header, max_body)
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise TransportError("stream ended inside a record", reason="truncated") from None
+
+
+@dataclass(frozen=True, slots=True)
+class GuardServerConfig:
+    """Bounds for the remote listener (one frozen config per component, STYLE.md)."""
+
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    # Hello to Accept must fit in this, so a silent or slow peer cannot hold a slot.
+    login_timeout_s: float = 60.0
+    max_connections: int = 64
+
+
+@dataclass(slots=True)
+class GuardServerCounters:
+    connections: int = 0
+    refused_busy: int = 0
+    logins_ok: int = 0
+    logins_failed: int = 0
+    calls: int = 0
+    sessions_expired: int = 0
+    stream_errors: int = 0
+
+
+class GuardServer:
+    """TLS listener: each connection logs in (password, then the challenge codes), then
+    makes calls answered by ``handler``; every message goes to the log when one is given.
+
+    ``open_user_store`` is called once, on the login worker thread, and must return the
+    user directory (``SqliteUserStore.in_state_dir(...)``); the store is used only there.
+    """
+
+    def __init__(
+        self,
+        open_user_store: Callable[[], UserDirectory],
+        handler: CallHandler,
+        *,
+        server_certificate_der: bytes,
+        config: GuardServerConfig | None = None,
+        receipts: LogReceipts | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.config = config or GuardServerConfig()
+        self._open_user_store = open_user_store
+        self._handler = handler
+        self._binding = tls_server_end_point(server_certificate_der)
+        self._receipts = receipts
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-login")
+        self._login_server: LoginServer | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.rejections = RejectionCounter()
+        self.counters = GuardServerCounters()
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        self._login_server = await loop.run_in_executor(self._executor, self._make_login_server)
+        self._server = await asyncio.start_server(self._accept, host, port, ssl=ssl_context)
+
+    def _make_login_server(self) -> LoginServer:
+        directory = self._open_user_store()
+        return LoginServer(
+            directory,
+            config=self.config.auth,
+            counter=self.rejections,
+        )
+
+    @property
+    def bound_port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise StateError("guard server is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def active(self) -> int:
+        return len(self._tasks)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._receipts is not None:
+            self._receipts.commit()
+        self._executor.shutdown(wait=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._tasks) >= self.config.max_connections:
+            self.counters.refused_busy += 1
+            writer.close()
+            return
+        self._tasks.add(task)
+        self.counters.connections += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+            if self._receipts is not None:
+                self._receipts.commit()
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._login_server is not None
+        core = RemoteServerCore(
+            self._login_server,
+            self._handler,
+            limits=self.config.limits,
+            receipts=self._receipts,
+            channel_binding=self._binding,
+        )
+        loop = asyncio.get_running_loop()
+        login_deadline = self._clock() + self.config.login_timeout_s
+        try:
+            while not core.closed:
+                deadline = login_deadline if core.session is None else core.next_deadline()
+                timeout = None if deadline is None else max(deadline - self._clock(), 0.0)
+                try:
+                    body = await asyncio.wait_for(_read_record(reader, core.max_record), timeout)
+                except TimeoutError:
+                    if core.session is None:
+                        self.counters.logins_failed += 1
+                        self.rejections.count(StateError("login timed out", reason="login-timeout"))
+                        return
+                    core.handle_timer(self._clock())
+                    if core.closed:
+                        self.counters.sessions_expired += 1
+                        return
+                    continue
+                if body is None:
+                    return
+                if core.session is None:
+                    step = functools.partial(
+                        core.receive, body, now=self._clock(), wall_ms=self._wall_ms()
+                    )
+                    replies = await loop.run_in_executor(self._executor, step)
+                    if core.closed:
+                        self.counters.logins_failed += 1
+                    elif core.session is not None:
+                        self.counters.logins_ok += 1
+                else:
+                    replies = core.receive(body, now=self._clock(), wall_ms=self._wall_ms())
+                    self.counters.calls += 1
+                for reply in replies:
+                    writer.write(encode_record(reply))
+                await writer.drain()
+        except RoostError as error:
+            # Counted where it arose when it is a session rejection; framing errors here.
+            self.counters.stream_errors += 1
+            if not core.closed:
+                self.rejections.count(error)
+                core.close(error.reason)
+        except (OSError, ssl.SSLError):
+            self.counters.stream_errors += 1
+            core.close("stream-error")
+
+
+AnswerCodes = Callable[[tuple[str, ...]], Awaitable[Sequence[str]] | Sequence[str]]
+
+
+class GuardClient:
+    """A logged-in remote session: :meth:`call` sends one request and waits for its
+    response; :meth:`receipt` fetches and verifies the log receipt of a response's
+    request. Create with :meth:`connect`."""
+
+    def __init__(
+        self,
+        core: RemoteClientCore,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        clock: Callable[[], float],
+        timeout_s: float,
+    ) -> None:
+        self._core = core
+        self._reader = reader
+        self._writer = writer
+        self._clock = clock
+        self._timeout_s = timeout_s
+        self._lock = asyncio.Lock()
+
+    @property
+    def counter(self) -> int:
+        """The access counter after this login (the seed's access count)."""
+        return self._core.counter
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        *,
+        user_id: str,
+        password: str,
+        answer: AnswerCodes,
+        limits: SessionLimits | None = None,
+        config: AuthConfig | None = None,
+        min_counter: int = 0,
+        timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> GuardClient:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ssl_context), timeout_s
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            raise TransportError(f"cannot reach {host}:{port}: {exc}", reason="connect") from exc
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if not der:
+                raise TransportError("server presented no certificate", reason="no-peer-cert")
+            core = RemoteClientCore(
+                user_id,
+                password,
+                config=config,
+                limits=limits,
+                channel_binding=tls_server_end_point(der),
+                min_counter=min_counter,
+            )
+            client = cls(core, reader, writer, clock=clock, timeout_s=timeout_s)
+            labels = core.receive_challenge(await client._exchange(core.hello()))
+            codes = answer(labels)
+            if not isinstance(codes, Sequence):
+                codes = await codes
+            core.receive_result(await client._exchange(core.answer(codes)), now=clock())
+            return client
+        except BaseException:
+            writer.close()
+            raise
+
+    async def _exchange(self, body: bytes) -> bytes:
+        try:
+            self._writer.write(encode_record(body))
+            await self._writer.drain()
+            reply = await asyncio.wait_for(
+                _read_record(self._reader, self._core.max_record), self._timeout_s
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            raise TransportError(f"guard stream failed: {exc}", reason="stream") from exc
+        if reply is None:
+            raise TransportError("server closed the stream", reason="closed")
+        return reply
+
+    async def call(self, method: str, *args: bytes) -> Response:
+        async with self._lock:
+            frame = self._core.request(method, args, now=self._clock())
+            return self._core.receive_response(await self._exchange(frame), now=self._clock())
+
+    async def receipt(self, response: Response, *, log_key: bytes | None = None) -> Receipt:
+        """The verified receipt for ``response``'s request; pin ``log_key`` (raw Ed25519
+        public key) when it is known out of band."""
+        if response.leaf_index is None:
+            raise StateError("the server keeps no log", reason="no-log")
+        answer = await self.call(RECEIPT_METHOD, response.leaf_index.to_bytes(8, "big"))
+        receipt = receipt_from_response(answer, response.request_digest)
+        if receipt.leaf_index != response.leaf_index:
+            raise VerificationError("receipt is for another leaf", reason="receipt-mismatch")
+        verify_receipt(receipt)
+        if log_key is not None and receipt.checkpoint.public_key != log_key:
+            raise VerificationError("receipt signed by another log key", reason="wrong-log-key")
+        return receipt
+
+    async def close(self) -> None:
+        if self._core.session is not None:
+            self._core.session.close("closed")
+        self._writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self._writer.wait_closed()
