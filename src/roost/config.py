@@ -55,6 +55,8 @@ class HubConfig:
     announce: AnnounceSettings
     redirect_batch: int = 8
     redirect_spacing: float = 0.25
+    # Where the owner's remote (guard) sessions arrive; None: no remote entrance.
+    remote: tuple[str, int] | None = None
     source: Path | None = None
 
     @property
@@ -144,6 +146,7 @@ def load_hub_config(path: Path) -> HubConfig:
             announce=_announce(doc.get("announce", {})),
             redirect_batch=int(doc.get("redirect", {}).get("batch_size", 8)),
             redirect_spacing=float(doc.get("redirect", {}).get("spacing", 0.25)),
+            remote=parse_hostport(doc["remote"]) if "remote" in doc else None,
             source=path,
         )
     except KeyError as exc:

@@ -54,6 +54,7 @@ def rogue_hub_config(path: Path, victim: HubConfig, extra_peers: Sequence[int]) 
         advertise=("127.0.0.1", 1),
         features=("hcsp", "webs", "db", "ai", "extra"),
         announce=dataclasses.replace(victim.announce, udp=udp),
+        remote=None,
     )
 
 

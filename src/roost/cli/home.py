@@ -35,6 +35,10 @@ def free_loopback_ports(count: int, kind: int = socket.SOCK_STREAM) -> list[int]
             sock.close()
 
 
+# Default port of a hub's remote entrance when not on loopback.
+REMOTE_PORT = 8443
+
+
 def make_home(
     home: Path, hubs: int, devices: int, loopback: bool, max_devices: int = 8, fps: float = 5.0
 ) -> dict[str, object]:
@@ -43,7 +47,7 @@ def make_home(
         raise StateError(f"{home} is not empty", reason="exists")
     home.mkdir(parents=True, exist_ok=True)
     at = now_utc()
-    dl_port, *tcp = free_loopback_ports(1 + 2 * hubs, socket.SOCK_STREAM)
+    dl_port, *tcp = free_loopback_ports(1 + 3 * hubs, socket.SOCK_STREAM)
     udp = free_loopback_ports(hubs + devices, socket.SOCK_DGRAM) if loopback else []
     host = "127.0.0.1"
     authority = Authority.init(home / "ca", f"https://{host}:{dl_port}/ca/", at)
@@ -71,7 +75,7 @@ def make_home(
         name = f"hub-{i + 1}"
         identifier = provision(name, Role.HUB, [host] if loopback else [])
         hub_ids.append(identifier)
-        listen_port = tcp[2 * i] if loopback else DEFAULT_PORT
+        listen_port = tcp[3 * i] if loopback else DEFAULT_PORT
         config = {
             "name": name,
             "state_dir": name,
@@ -79,7 +83,9 @@ def make_home(
             "key": f"{name}/key.pem",
             "listen": f"{host if loopback else '0.0.0.0'}:{listen_port}",
             "advertise": f"{host}:{listen_port}",
-            "api": f"{host}:{tcp[2 * i + 1] if loopback else 8080}",
+            "api": f"{host}:{tcp[3 * i + 1] if loopback else 8080}",
+            # The owner's guard sessions (roost user add, roost remote call).
+            "remote": f"{host}:{tcp[3 * i + 2]}" if loopback else f"0.0.0.0:{REMOTE_PORT}",
             "features": list(_HUB_FEATURES[min(i, len(_HUB_FEATURES) - 1)]),
             "max_devices": max_devices,
             "retention_mb": 512,

@@ -16,6 +16,7 @@ import click
 
 from roost.errors import RoostError
 from roost.guard.log import (
+    LOG_KEY_FILENAME,
     SqliteMerkleLog,
     checkpoint_to_json,
     decode_receipt,
@@ -26,7 +27,6 @@ from roost.guard.log import (
 
 __all__ = ["log"]
 
-LOG_KEY_FILENAME = "log-key.pem"
 _STATE = click.argument("state", type=click.Path(file_okay=False, path_type=Path))
 
 

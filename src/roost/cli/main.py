@@ -19,6 +19,7 @@ def _register() -> None:
     from roost.cli.demo import demo
     from roost.cli.home import init_home
     from roost.cli.log import log
+    from roost.cli.remote import remote
     from roost.cli.run import device, hub
     from roost.cli.trust import trust
     from roost.cli.user import user
@@ -31,6 +32,7 @@ def _register() -> None:
     cli.add_command(init_home)
     cli.add_command(hub)
     cli.add_command(device)
+    cli.add_command(remote)
 
 
 def main() -> None:

@@ -73,7 +73,10 @@ def hub() -> None:
 @fail_cleanly
 def hub_run(config_file: Path, verbose: bool) -> None:
     """Run a hub until SIGINT/SIGTERM."""
+    from roost.guard.aio import GuardServer
+    from roost.guard.log import SqliteMerkleLog
     from roost.hub.api import start_api
+    from roost.hub.remote import start_remote
 
     _logging(verbose)
     config = load_hub_config(config_file)
@@ -81,15 +84,28 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     recorder = Recorder(config.state_dir / "recordings", config.retention_bytes)
     daemon = HubDaemon(config, trust, recorder)
     runners = []
+    remote: list[tuple[GuardServer, SqliteMerkleLog]] = []
 
     async def start() -> None:
         await daemon.start()
         runners.append(await start_api(daemon, *config.api))
-        echo_json({"hub": daemon.identifier, "listening": daemon.bound_port, "api": config.api})
+        started: dict[str, object] = {
+            "hub": daemon.identifier,
+            "listening": daemon.bound_port,
+            "api": config.api,
+        }
+        if config.remote is not None:
+            remote.append(await start_remote(daemon))
+            daemon.guard = remote[0][0]
+            started["remote"] = [config.remote[0], remote[0][0].bound_port]
+        echo_json(started)
 
     async def stop() -> None:
         for runner in runners:
             await runner.cleanup()
+        for server, merkle_log in remote:
+            await server.stop()
+            merkle_log.close()
         await daemon.stop()
         recorder.close()
 

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from roost.errors import RoostError, StateError, TransportError, VerificationError
@@ -235,6 +236,9 @@ class GuardServer:
                 else:
                     replies = core.receive(body, now=self._clock(), wall_ms=self._wall_ms())
                     self.counters.calls += 1
+                    if self._receipts is not None:
+                        # Durable before the answer leaves: a receipt can be asked for at once.
+                        self._receipts.commit()
                 for reply in replies:
                     writer.write(encode_record(reply))
                 await writer.drain()
@@ -291,9 +295,16 @@ class GuardClient:
         limits: SessionLimits | None = None,
         config: AuthConfig | None = None,
         min_counter: int = 0,
+        check_server: Callable[[x509.Certificate], object] | None = None,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> GuardClient:
+        """Open TLS, check the server certificate, log in.
+
+        TLS only proves the certificate chains to a trusted CA, which devices' certificates
+        also do: ``check_server`` must confirm it is the expected hub (role, identifier)
+        before the password leaves, and raise otherwise.
+        """
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=ssl_context), timeout_s
@@ -305,6 +316,8 @@ class GuardClient:
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
             if not der:
                 raise TransportError("server presented no certificate", reason="no-peer-cert")
+            if check_server is not None:
+                check_server(x509.load_der_x509_certificate(der))
             core = RemoteClientCore(
                 user_id,
                 password,

@@ -9,9 +9,10 @@ bits NIST 800-63B asks of look-up secrets before rate limiting alone is allowed)
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
-from roost.errors import LocalProtocolError
+from roost.errors import LocalProtocolError, RemoteProtocolError
 from roost.guard.suites import RandomBytes
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "format_card",
     "generate_card",
     "normalize_code",
+    "parse_card",
 ]
 
 # No 0/O and no 1/I: the two pairs people misread on paper. 32 symbols, so one random
@@ -76,3 +78,17 @@ def format_card(user_id: str, card: Card) -> str:
     lines.append("")
     lines.append("Keep this card private. Each login asks for a few of these codes.")
     return "\n".join(lines) + "\n"
+
+
+_CARD_CELL = re.compile(r"(\S{1,32}): ([A-Za-z0-9]{4})-([A-Za-z0-9]{4})")
+MAX_CARD_TEXT = 64 * 1024
+
+
+def parse_card(text: str) -> dict[str, str]:
+    """Label → code from a card as :func:`format_card` prints it (for ``--card-file``)."""
+    if len(text) > MAX_CARD_TEXT:
+        raise RemoteProtocolError("card file is too large", reason="oversized")
+    codes = {label: left + right for label, left, right in _CARD_CELL.findall(text)}
+    if not codes:
+        raise RemoteProtocolError("no codes found in the card", reason="malformed")
+    return codes

@@ -37,6 +37,7 @@ from roost.guard.merkle import (
 from roost.wire import Reader, Writer, check_size
 
 __all__ = [
+    "LOG_KEY_FILENAME",
     "MAX_DOCUMENT_SIZE",
     "Checkpoint",
     "Receipt",
@@ -61,6 +62,8 @@ MAX_CHECKPOINT_SIZE = 512
 MAX_DOCUMENT_SIZE = 64 * 1024
 MAX_PROOF_LENGTH = 64
 DEFAULT_ORIGIN = "roost guard log"
+# The log key's file in a hub's state directory, next to SqliteMerkleLog.FILENAME.
+LOG_KEY_FILENAME = "log-key.pem"
 
 
 def message_digest(session_id: bytes, direction: int, position: int, ciphertext: bytes) -> bytes:

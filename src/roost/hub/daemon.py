@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.config import HubConfig
 from roost.errors import RoostError, VerificationError
+from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import (
     AckMessage,
@@ -130,6 +132,8 @@ class HubDaemon:
         self._redirect_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
+        # The owner's remote entrance, when the config has one (roost.hub.remote).
+        self.guard: GuardServer | None = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -393,7 +397,17 @@ class HubDaemon:
                 "channel_errors": dict(self.counters.channel_errors),
                 "trust_rejected": dict(self.trust.rejected),
             },
+            "remote": self._remote_status(),
             "uptime_s": round(time.monotonic() - self._started, 1),
+        }
+
+    def _remote_status(self) -> dict[str, Any] | None:
+        if self.guard is None:
+            return None
+        return {
+            "active": self.guard.active,
+            **dataclasses.asdict(self.guard.counters),
+            "rejected": self.guard.rejections.as_dict(),
         }
 
 

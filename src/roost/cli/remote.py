@@ -1,0 +1,181 @@
+"""`roost remote call`: log in to a hub's remote entrance and make one call (docs/guard.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import click
+from cryptography import x509
+
+from roost.config import parse_hostport
+from roost.errors import RemoteProtocolError, VerificationError
+from roost.guard.aio import GuardClient
+from roost.guard.card import parse_card
+from roost.guard.log import checkpoint_to_json, encode_receipt
+from roost.guard.remote import Response
+from roost.pki.tls import client_context
+from roost.pki.trust import load_state
+
+from .common import echo_json, fail_cleanly
+
+__all__ = ["remote"]
+
+
+@click.group()
+def remote() -> None:
+    """Reach a hub's remote entrance: password, card codes, then protected calls."""
+
+
+def _read_secret(prompt: str) -> str:
+    """Hidden prompt on a terminal; one line of standard input for scripts."""
+    if sys.stdin.isatty():
+        value: str = click.prompt(prompt, hide_input=True, err=True)
+        return value
+    line = sys.stdin.readline()
+    if not line:
+        raise click.ClickException(f"standard input ended before the {prompt.lower()}")
+    return line.rstrip("\r\n")
+
+
+def _answer_from(card_file: Path | None) -> Callable[[tuple[str, ...]], list[str]]:
+    codes = parse_card(card_file.read_text("utf-8")) if card_file is not None else None
+
+    def answer(labels: tuple[str, ...]) -> list[str]:
+        if codes is None:
+            return [_read_secret(f"Code {label}") for label in labels]
+        missing = [label for label in labels if label not in codes]
+        if missing:
+            raise VerificationError(
+                f"the card has no code for {', '.join(missing)}", reason="not-on-card"
+            )
+        return [codes[label] for label in labels]
+
+    return answer
+
+
+def _show(method: str, response: Response, out: Path | None) -> None:
+    results = response.results
+    if method == "status" and len(results) == 1:
+        click.echo(json.dumps(json.loads(results[0]), indent=2))
+        return
+    if method == "latest-frame" and len(results) == 3:
+        seq, captured_at_ms = struct.unpack(">QQ", results[0])
+        target = out or Path(f"latest-frame-{seq}.jpg")
+        target.write_bytes(results[2])
+        echo_json(
+            {
+                "seq": seq,
+                "captured_at_ms": captured_at_ms,
+                "mime": results[1].decode("ascii", "replace"),
+                "bytes": len(results[2]),
+                "written": str(target),
+            }
+        )
+        return
+    shown: list[str] = []
+    for item in results:
+        try:
+            shown.append(item.decode("utf-8"))
+        except UnicodeDecodeError:
+            shown.append("base64:" + base64.b64encode(item).decode("ascii"))
+    echo_json(shown)
+
+
+@remote.command("call")
+@click.argument("address")
+@click.argument("method")
+@click.argument("args", nargs=-1)
+@click.option("--user", "user_id", required=True, help="User id registered on the hub.")
+@click.option(
+    "--trust",
+    "trust_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Trust store (roost trust init) that authenticates the hub.",
+)
+@click.option(
+    "--hub-id", default=None, help="Require this hub identifier (hcsp:…), not just any hub."
+)
+@click.option(
+    "--card-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the asked codes from a card file instead of prompting.",
+)
+@click.option(
+    "--receipt",
+    "receipt_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Fetch, verify and write the log receipt of this call's request.",
+)
+@click.option("--log-key-id", default=None, help="Require the log key with this id (hex).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@fail_cleanly
+def call(
+    address: str,
+    method: str,
+    args: Sequence[str],
+    user_id: str,
+    trust_dir: Path,
+    hub_id: str | None,
+    card_file: Path | None,
+    receipt_file: Path | None,
+    log_key_id: str | None,
+    out: Path | None,
+    timeout: float,
+) -> None:
+    """Log in to ADDRESS (host:port) as --user and call METHOD (status, latest-frame
+    DEVICE_ID, …). The password is asked for, or read as the first line of standard input.
+    """
+    host, port = parse_hostport(address)
+    state = load_state(trust_dir)
+    password = _read_secret("Password")
+
+    def check_server(leaf: x509.Certificate) -> None:
+        node, _, _ = state.verify_node(leaf, hub_id)
+        if not node.identifier.startswith("hcsp:"):
+            raise VerificationError("the server is not a hub", reason="not-hub")
+
+    async def run() -> None:
+        client = await GuardClient.connect(
+            host,
+            port,
+            client_context(state.anchors),
+            user_id=user_id,
+            password=password,
+            answer=_answer_from(card_file),
+            check_server=check_server,
+            timeout_s=timeout,
+        )
+        try:
+            response = await client.call(method, *(arg.encode("utf-8") for arg in args))
+            if not response.ok:
+                raise RemoteProtocolError(
+                    f"the hub refused {method}", reason=response.reason or "refused"
+                )
+            _show(method, response, out)
+            if receipt_file is not None:
+                receipt = await client.receipt(response)
+                key_id = str(checkpoint_to_json(receipt.checkpoint)["key_id"])
+                if log_key_id is not None and key_id != log_key_id.lower():
+                    raise VerificationError(
+                        f"receipt signed by log key {key_id}", reason="wrong-log-key"
+                    )
+                receipt_file.write_bytes(encode_receipt(receipt))
+                click.echo(
+                    f"receipt for leaf {receipt.leaf_index} (log size "
+                    f"{receipt.checkpoint.size}, key {key_id}) written to {receipt_file}",
+                    err=True,
+                )
+        finally:
+            await client.close()
+
+    asyncio.run(run())
