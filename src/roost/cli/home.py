@@ -36,7 +36,7 @@ def free_loopback_ports(count: int, kind: int = socket.SOCK_STREAM) -> list[int]
 
 
 # Default port of a hub's remote entrance when not on loopback.
-REMOTE_PORT = 8443
+REMOTE_PORT = 17321
 
 
 def make_home(

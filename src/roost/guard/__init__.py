@@ -5,7 +5,8 @@ Usage authentication with random response codes (:mod:`.challenge`), per-message
 (:mod:`.merkle`, :mod:`.log`). Every core is pure; the SQLite stores are the only I/O.
 """
 
-from roost.guard.card import Card, format_card, generate_card, normalize_code
+from roost.guard.aio import GuardClient, GuardServer, GuardServerConfig, LogReceipts
+from roost.guard.card import Card, format_card, generate_card, normalize_code, parse_card
 from roost.guard.challenge import (
     AuthConfig,
     LoginClient,
@@ -35,6 +36,7 @@ from roost.guard.merkle import (
     verify_inclusion,
 )
 from roost.guard.ratchet import Direction, ReceivingChain, SendingChain
+from roost.guard.remote import RemoteClientCore, RemoteServerCore, Response
 from roost.guard.session import GuardSession, Role, SessionLimits
 from roost.guard.suites import SUITES, KdfParams, RejectionCounter, Suite, get_suite
 from roost.guard.userstore import (
@@ -51,9 +53,13 @@ __all__ = [
     "Card",
     "Checkpoint",
     "Direction",
+    "GuardClient",
+    "GuardServer",
+    "GuardServerConfig",
     "GuardSession",
     "KdfParams",
     "LockoutPolicy",
+    "LogReceipts",
     "LoginClient",
     "LoginResult",
     "LoginServer",
@@ -61,6 +67,9 @@ __all__ = [
     "Receipt",
     "ReceivingChain",
     "RejectionCounter",
+    "RemoteClientCore",
+    "RemoteServerCore",
+    "Response",
     "Role",
     "SendingChain",
     "ServerHandshake",
@@ -83,6 +92,7 @@ __all__ = [
     "message_digest",
     "node_hash",
     "normalize_code",
+    "parse_card",
     "sign_checkpoint",
     "verify_checkpoint",
     "verify_consistency",

@@ -325,7 +325,31 @@ class HubCollector(Collector):
         )
         for name, key, documentation in _BY_REASON:
             yield _counter_by_reason(name, documentation, counters.get(key, {}))
+        remote: Mapping[str, Any] | None = status.get("remote")
+        if remote is not None:
+            yield _gauge(
+                "roost_hub_remote_sessions",
+                "Open connections on the remote (guard) entrance.",
+                remote.get("active", 0),
+            )
+            for key, documentation in _REMOTE_COUNTERS:
+                yield _counter(f"roost_hub_remote_{key}", documentation, remote.get(key, 0))
+            yield _counter_by_reason(
+                "roost_hub_remote_rejected",
+                "Guard logins, frames and calls refused, by reason.",
+                remote.get("rejected", {}),
+            )
 
+
+_REMOTE_COUNTERS = [
+    ("connections", "Connections accepted on the remote entrance."),
+    ("refused_busy", "Remote connections refused because every slot was taken."),
+    ("logins_ok", "Guard logins that succeeded."),
+    ("logins_failed", "Guard logins refused or timed out."),
+    ("calls", "Calls answered in guard sessions."),
+    ("sessions_expired", "Guard sessions ended by the idle or absolute limit."),
+    ("stream_errors", "Remote streams ended by a framing or transport error."),
+]
 
 _BY_REASON = [
     (

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roost.errors import RemoteProtocolError, VerificationError
+from roost.guard.card import format_card, generate_card, parse_card
 from roost.guard.challenge import (
     Accept,
     Challenge,
@@ -181,3 +182,25 @@ def test_oversized_input_is_refused_before_parsing() -> None:
         with pytest.raises(RemoteProtocolError) as caught:
             decode(b"\x01" * (2 << 20))
         assert caught.value.reason == "oversized"
+
+
+# ------------------------------------------------------------------ card files (--card-file)
+
+
+@given(st.integers(min_value=3, max_value=40), st.binary(min_size=8, max_size=8))
+def test_printed_card_parses_back_to_the_same_codes(pairs: int, seed: bytes) -> None:
+    stream = iter(seed * 400)
+    card = generate_card(pairs, random_bytes=lambda n: bytes(next(stream) for _ in range(n)))
+    assert parse_card(format_card("alice", card)) == dict(card.entries)
+
+
+@given(st.text(max_size=2000))
+def test_any_text_parses_as_a_card_or_raises_ours(text: str) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        codes = parse_card(text)
+        assert codes and all(len(code) == 8 for code in codes.values())
+
+
+def test_huge_card_file_is_refused() -> None:
+    with pytest.raises(RemoteProtocolError):
+        parse_card("01: AAAA-BBBB\n" * 10_000)

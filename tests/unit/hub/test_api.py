@@ -80,6 +80,17 @@ def _status() -> dict[str, Any]:
             "channel_errors": {},
             "trust_rejected": {"chain": 4},
         },
+        "remote": {
+            "active": 1,
+            "connections": 6,
+            "refused_busy": 0,
+            "logins_ok": 4,
+            "logins_failed": 2,
+            "calls": 19,
+            "sessions_expired": 1,
+            "stream_errors": 0,
+            "rejected": {"bad-proof": 2},
+        },
         "uptime_s": 93.5,
     }
 
@@ -250,6 +261,12 @@ async def test_metrics_mirror_the_status_counters(
         ("roost_hub_live_hubs", ()): 2,
         ("roost_hub_is_winner", ()): 0,
         ("roost_hub_uptime_seconds", ()): 93.5,
+        ("roost_hub_remote_sessions", ()): 1,
+        ("roost_hub_remote_logins_ok_total", ()): 4,
+        ("roost_hub_remote_logins_failed_total", ()): 2,
+        ("roost_hub_remote_calls_total", ()): 19,
+        ("roost_hub_remote_sessions_expired_total", ()): 1,
+        ("roost_hub_remote_rejected_total", (("reason", "bad-proof"),)): 2,
     }
     for key, value in expected.items():
         assert samples[key] == value, key
