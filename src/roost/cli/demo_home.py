@@ -2,7 +2,9 @@
 
 Hub A records three cameras; a rogue hub from a self-made CA announces itself richer and
 is ignored; hub B, genuinely richer, is verified and takes over (FIG. 6, FIG. 8B); hub B
-stops and the cameras fail over back; then every frame is accounted for.
+stops and the cameras fail over back; the owner logs in to hub A's remote entrance (the
+guard: password, card codes, sealed calls, a log receipt); then every frame is accounted
+for.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cryptography import x509
 from rich.table import Table
 
 from roost.cli.common import console
@@ -21,10 +25,16 @@ from roost.cli.home import make_home
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
+from roost.errors import VerificationError
+from roost.guard.aio import GuardClient
+from roost.guard.card import generate_card
+from roost.guard.userstore import SqliteUserStore, make_user
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
+from roost.hub.remote import start_remote
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
+from roost.pki.tls import client_context
 from roost.pki.trust import TrustState, atomic_write, save_state
 from roost.pki.updater import TrustUpdater, UpdateConfig
 
@@ -77,6 +87,63 @@ def _step(text: str) -> None:
     console.print(f"[bold cyan]▸[/] {text}")
 
 
+async def _owner_visit(hub: HubDaemon) -> bool:
+    """The owner reaches hub A's remote entrance with the default KDF costs (docs/guard.md)."""
+    card = generate_card()
+    password = "demo owner password"
+    store = SqliteUserStore.in_state_dir(hub.config.state_dir)
+    store.add(make_user("owner", password, card))
+    store.close()
+    server, merkle_log = await start_remote(hub)
+    hub.guard = server
+    asked: list[int] = []
+
+    def codes(labels: tuple[str, ...]) -> list[str]:
+        asked.append(len(labels))
+        return [card.code_for(label) for label in labels]
+
+    def is_hub_a(leaf: x509.Certificate) -> None:
+        # The owner's laptop trusts the same CA; it wants hub A, not any certified node.
+        hub.trust.state.verify_node(leaf, hub.identifier)
+
+    async def connect(answer: Callable[[tuple[str, ...]], list[str]]) -> GuardClient:
+        return await GuardClient.connect(
+            "127.0.0.1",
+            server.bound_port,
+            client_context(hub.trust.state.anchors),
+            user_id="owner",
+            password=password,
+            answer=answer,
+            check_server=is_hub_a,
+        )
+
+    try:
+        client = await connect(codes)
+        try:
+            response = await client.call("status")
+            status = json.loads(response.results[0]) if response.ok else {}
+            receipt = await client.receipt(response)
+        finally:
+            await client.close()
+        try:
+            await connect(lambda labels: ["ZZZZZZZZ"] * len(labels))
+            wrong_code_refused = False
+        except VerificationError:
+            wrong_code_refused = True
+        _step(
+            f"The owner logs in to hub A's remote entrance: password, then {asked[0]} of "
+            f"{len(card.entries)} card codes; the status ({len(status.get('connected', []))} "
+            f"cameras) arrives sealed under its own key; the receipt for leaf "
+            f"{receipt.leaf_index} verifies against the signed log root of size "
+            f"{receipt.checkpoint.size}; a wrong code is refused"
+        )
+        return bool(status.get("connected")) and wrong_code_refused
+    finally:
+        await server.stop()
+        merkle_log.close()
+        hub.guard = None
+
+
 async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool]:
     """Run act 2; returns the accounting table and whether every check held."""
     make_home(workdir, hubs=2, devices=cameras, loopback=True, fps=8.0)
@@ -120,6 +187,7 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool]:
         await hub_b.stop()
         ok &= await _until(lambda: on(hub_a), 20)
         _step("Hub B stops: the cameras fail over back to hub A")
+        ok &= await _owner_visit(hub_a)
         await asyncio.sleep(1.0)
         ok &= await _until(lambda: all(d.spool.buffered == 0 for d in devices), 15)
     finally:
