@@ -6,6 +6,8 @@ quotes. Run from the repository root: ``.venv/bin/python bench/guard.py``.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import hashlib
 import json
 import os
@@ -17,13 +19,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from roost.guard.card import generate_card
+from roost.guard.aio import GuardClient, GuardServer
+from roost.guard.card import Card, generate_card
 from roost.guard.challenge import LoginClient, LoginResult, LoginServer
 from roost.guard.log import SqliteMerkleLog
-from roost.guard.session import GuardSession, Role, SessionLimits
+from roost.guard.session import GuardSession, SessionLimits
+from roost.guard.session import Role as SessionRole
 from roost.guard.suites import ratchet_step
 from roost.guard.userstore import MemoryUserStore, make_user
+from roost.pki.certs import (
+    LeafRequest,
+    Role,
+    cert_to_pem,
+    generate_key,
+    issue_leaf,
+    key_to_pem,
+    make_ca,
+)
+from roost.pki.tls import client_context, server_context
 
 
 def _rate(action: Callable[[], object], count: int) -> float:
@@ -58,6 +73,95 @@ def _login(server: LoginServer, codes: dict[str, str]) -> tuple[LoginResult, Log
     return client.receive_result(accept), server_result
 
 
+async def _remote_round_trips(
+    workdir: Path, card: Card, store: MemoryUserStore, count: int, size: int
+) -> tuple[float, float, float]:
+    """Median round-trip µs of one guard call (login done, a ``size``-byte echo, one call in
+    flight) against the same record echoed over raw TLS, both on loopback TLS 1.3; and the
+    login time over the network."""
+    at = dt.datetime.now(dt.UTC)
+    ca_key, hub_key = generate_key(), generate_key()
+    ca_cert = make_ca(ca_key, 1, at, at + dt.timedelta(days=30))
+    hub_cert, _ = issue_leaf(
+        LeafRequest(Role.HUB, hub_key.public_key(), ip_addresses=["127.0.0.1"]),
+        ca_key,
+        ca_cert,
+        at,
+        at + dt.timedelta(days=30),
+    )
+    cert_file, key_file = workdir / "hub.pem", workdir / "hub.key"
+    cert_file.write_bytes(cert_to_pem(hub_cert))
+    key_file.write_bytes(key_to_pem(hub_key))
+    tls_server = server_context(cert_file, key_file)
+    tls_client = client_context([ca_cert])
+
+    def echo(method: str, args: tuple[bytes, ...]) -> list[bytes]:
+        return list(args)
+
+    guard = GuardServer(
+        lambda: store, echo, server_certificate_der=hub_cert.public_bytes(Encoding.DER)
+    )
+    await guard.start("127.0.0.1", 0, tls_server)
+
+    echo_tasks: list[asyncio.Task[None] | None] = []
+
+    async def raw_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        echo_tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(header, "big"))
+                writer.write(header + body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    raw_server = await asyncio.start_server(raw_echo, "127.0.0.1", 0, ssl=tls_server)
+    raw_port = raw_server.sockets[0].getsockname()[1]
+    payload = os.urandom(size)
+    try:
+        start = time.perf_counter()
+        client = await GuardClient.connect(
+            "127.0.0.1",
+            guard.bound_port,
+            tls_client,
+            user_id="alice",
+            password="bench password",
+            answer=lambda labels: [card.code_for(label) for label in labels],
+        )
+        login_ms = (time.perf_counter() - start) * 1000
+        reader, writer = await asyncio.open_connection("127.0.0.1", raw_port, ssl=tls_client)
+        record = len(payload).to_bytes(4, "big") + payload
+
+        async def raw_call() -> None:
+            writer.write(record)
+            await reader.readexactly(len(record))
+
+        async def guard_call() -> None:
+            await client.call("echo", payload)
+
+        rounds: dict[str, list[float]] = {"raw": [], "guard": []}
+        for round_ in range(6):
+            order = [("raw", raw_call), ("guard", guard_call)]
+            for name, action in order if round_ % 2 == 0 else order[::-1]:
+                begin = time.perf_counter()
+                for _ in range(count):
+                    await action()
+                rounds[name].append((time.perf_counter() - begin) / count * 1e6)
+        await client.close()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.gather(*(t for t in echo_tasks if t is not None))
+    finally:
+        raw_server.close()
+        await guard.stop()
+    # The first round of each warms caches and the connection; it is left out.
+    return (
+        statistics.median(rounds["guard"][1:]),
+        statistics.median(rounds["raw"][1:]),
+        login_ms,
+    )
+
+
 def main() -> None:
     store = MemoryUserStore()
     card = generate_card()
@@ -73,7 +177,7 @@ def main() -> None:
     login_p50 = statistics.median(login_ms)
 
     limits = SessionLimits(max_messages=1 << 40, max_frame=1 << 20)
-    session = GuardSession(client_login, Role.CLIENT, now=0.0, limits=limits)
+    session = GuardSession(client_login, SessionRole.CLIENT, now=0.0, limits=limits)
     small, large = os.urandom(100), os.urandom(64 * 1024)
     # Raw AES-256-GCM: one fixed key, 12-byte nonce, associated data as long as ours
     # (session id, direction, j, suite name); same message sizes and the same loop.
@@ -118,6 +222,11 @@ def main() -> None:
         appends = len(digests) / (time.perf_counter() - start)
         merkle_log.close()
 
+    with tempfile.TemporaryDirectory() as workdir:
+        call_us, raw_tls_us, remote_login_ms = asyncio.run(
+            _remote_round_trips(Path(workdir), card, store, count=1000, size=1024)
+        )
+
     figures = {
         "seal_64k_mb_per_s": round(seal_64k_mb, 1),
         "raw_aesgcm_64k_mb_per_s": round(raw_64k_mb, 1),
@@ -130,6 +239,9 @@ def main() -> None:
         "raw_aesgcm_100b_per_s": round(raw_100),
         "login_p50_ms": round(login_p50, 1),
         "merkle_appends_per_s": round(appends),
+        "remote_call_1k_rtt_us": round(call_us, 1),
+        "raw_tls_echo_1k_rtt_us": round(raw_tls_us, 1),
+        "remote_login_ms": round(remote_login_ms, 1),
         "python": platform.python_version(),
     }
     print(f"{'measure':<34}{'value':>14}")
@@ -144,6 +256,9 @@ def main() -> None:
     print(f"{'raw AES-256-GCM 100 B (ops/s)':<34}{raw_100:>14.0f}")
     print(f"{'login p50, default KDF (ms)':<34}{login_p50:>14.1f}")
     print(f"{'Merkle appends (per s, SQLite)':<34}{appends:>14.0f}")
+    print(f"{'remote call, 1 KiB echo (us RTT)':<34}{call_us:>14.1f}")
+    print(f"{'raw TLS echo, 1 KiB (us RTT)':<34}{raw_tls_us:>14.1f}")
+    print(f"{'login over TLS, loopback (ms)':<34}{remote_login_ms:>14.1f}")
     print(json.dumps(figures))
 
 

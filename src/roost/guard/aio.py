@@ -206,23 +206,34 @@ class GuardServer:
         )
         loop = asyncio.get_running_loop()
         login_deadline = self._clock() + self.config.login_timeout_s
+        timer: asyncio.TimerHandle
+
+        def on_timer() -> None:
+            # One timer per stream, re-armed when it fires (a session's deadline only moves
+            # later) and once at login, so a call costs no timer work (aioquic's pattern).
+            nonlocal timer
+            now = self._clock()
+            if core.session is None:
+                if now < login_deadline:
+                    timer = loop.call_later(login_deadline - now, on_timer)
+                    return
+                self.counters.logins_failed += 1
+                self.rejections.count(StateError("login timed out", reason="login-timeout"))
+                core.close("login-timeout")
+            else:
+                core.handle_timer(now)
+                deadline = core.next_deadline()
+                if not core.closed and deadline is not None:
+                    timer = loop.call_later(max(deadline - now, 0.0), on_timer)
+                    return
+                self.counters.sessions_expired += 1
+            writer.close()
+
+        timer = loop.call_later(self.config.login_timeout_s, on_timer)
         try:
             while not core.closed:
-                deadline = login_deadline if core.session is None else core.next_deadline()
-                timeout = None if deadline is None else max(deadline - self._clock(), 0.0)
-                try:
-                    body = await asyncio.wait_for(_read_record(reader, core.max_record), timeout)
-                except TimeoutError:
-                    if core.session is None:
-                        self.counters.logins_failed += 1
-                        self.rejections.count(StateError("login timed out", reason="login-timeout"))
-                        return
-                    core.handle_timer(self._clock())
-                    if core.closed:
-                        self.counters.sessions_expired += 1
-                        return
-                    continue
-                if body is None:
+                body = await _read_record(reader, core.max_record)
+                if body is None or core.closed:
                     return
                 if core.session is None:
                     step = functools.partial(
@@ -230,9 +241,15 @@ class GuardServer:
                     )
                     replies = await loop.run_in_executor(self._executor, step)
                     if core.closed:
-                        self.counters.logins_failed += 1
+                        if core.closed_reason != "login-timeout":
+                            self.counters.logins_failed += 1
                     elif core.session is not None:
                         self.counters.logins_ok += 1
+                        # The session's limits replace the login timeout (earlier or later).
+                        timer.cancel()
+                        deadline = core.next_deadline()
+                        assert deadline is not None
+                        timer = loop.call_later(max(deadline - self._clock(), 0.0), on_timer)
                 else:
                     replies = core.receive(body, now=self._clock(), wall_ms=self._wall_ms())
                     self.counters.calls += 1
@@ -243,14 +260,18 @@ class GuardServer:
                     writer.write(encode_record(reply))
                 await writer.drain()
         except RoostError as error:
+            if core.closed:
+                return  # the timer closed the stream under the read, or already counted
             # Counted where it arose when it is a session rejection; framing errors here.
             self.counters.stream_errors += 1
-            if not core.closed:
-                self.rejections.count(error)
-                core.close(error.reason)
+            self.rejections.count(error)
+            core.close(error.reason)
         except (OSError, ssl.SSLError):
-            self.counters.stream_errors += 1
-            core.close("stream-error")
+            if not core.closed:
+                self.counters.stream_errors += 1
+                core.close("stream-error")
+        finally:
+            timer.cancel()
 
 
 AnswerCodes = Callable[[tuple[str, ...]], Awaitable[Sequence[str]] | Sequence[str]]
@@ -341,9 +362,8 @@ class GuardClient:
         try:
             self._writer.write(encode_record(body))
             await self._writer.drain()
-            reply = await asyncio.wait_for(
-                _read_record(self._reader, self._core.max_record), self._timeout_s
-            )
+            async with asyncio.timeout(self._timeout_s):
+                reply = await _read_record(self._reader, self._core.max_record)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             raise TransportError(f"guard stream failed: {exc}", reason="stream") from exc
         if reply is None:

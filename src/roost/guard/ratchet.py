@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from roost.errors import LocalProtocolError, RemoteProtocolError, VerificationError
 from roost.guard.suites import Suite, hkdf_expand, mac_input, ratchet_step
-from roost.wire import Reader, check_size
+from roost.wire import check_size
 
 __all__ = [
     "FRAME_HEADER_SIZE",
@@ -70,17 +70,18 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def decode_frame(data: bytes, max_size: int) -> Frame:
+    # Hot path (every received message): one bounds check, one unpack, one slice.
     check_size(data, max_size, "frame")
-    reader = Reader(data, "frame")
-    if reader.u8() != FRAME_TYPE:
+    if len(data) < FRAME_HEADER_SIZE:
+        raise RemoteProtocolError("frame is truncated", reason="truncated")
+    frame_type, direction, position = _FRAME_HEADER.unpack_from(data)
+    if frame_type != FRAME_TYPE:
         raise RemoteProtocolError("not a data frame", reason="unexpected-message")
-    direction = reader.u8()
     if direction not in (Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT):
         raise RemoteProtocolError("unknown direction", reason="malformed")
-    position = reader.u64()
-    if reader.remaining < TAG_SIZE:
+    if len(data) - FRAME_HEADER_SIZE < TAG_SIZE:
         raise RemoteProtocolError("frame is truncated", reason="truncated")
-    return Frame(direction, position, reader.take(reader.remaining))
+    return Frame(direction, position, bytes(data[FRAME_HEADER_SIZE:]))
 
 
 def frame_aad(session_id: bytes, direction: int, position: int, suite_name: str) -> bytes:

@@ -10,15 +10,16 @@ authentication. Time is the caller's monotonic ``now``. The server passes a
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from roost.errors import LocalProtocolError, RoostError, VerificationError
+from roost.errors import LocalProtocolError, RemoteProtocolError, RoostError, VerificationError
 from roost.guard.challenge import LoginResult
 from roost.guard.log import message_digest
 from roost.guard.ratchet import Direction, ReceivingChain, SendingChain, chain_keys
 from roost.guard.suites import RejectionCounter, Suite, hkdf_expand, mac_input
-from roost.wire import Reader, Writer, check_size
+from roost.wire import check_size
 
 __all__ = [
     "GuardSession",
@@ -50,22 +51,42 @@ class SessionLimits:
     reorder_fields: bool = False
 
 
+_FIELD_LENGTH = struct.Struct(">I")
+
+
 def encode_fields(fields: Sequence[bytes]) -> bytes:
+    """``u8 count | count × (u32 length | bytes)``."""
     if len(fields) > MAX_FIELDS:
         raise LocalProtocolError("too many fields")
-    writer = Writer().u8(len(fields))
+    parts = [bytes([len(fields)])]
     for item in fields:
-        writer.u32(len(item)).raw(item)
-    return writer.bytes()
+        if len(item) >= 1 << 32:
+            raise LocalProtocolError("field does not fit a u32 length")
+        parts.append(_FIELD_LENGTH.pack(len(item)))
+        parts.append(bytes(item))
+    return b"".join(parts)
 
 
 def decode_fields(data: bytes, max_size: int = 1 << 20) -> tuple[bytes, ...]:
     check_size(data, max_size, "fields")
-    reader = Reader(data, "fields")
-    count = reader.u8()
-    fields = tuple(reader.take(reader.u32()) for _ in range(count))
-    reader.expect_end()
-    return fields
+    if not data:
+        raise RemoteProtocolError("fields is truncated", reason="truncated")
+    count, offset, end = data[0], 1, len(data)
+    fields: list[bytes] = []
+    for _ in range(count):
+        if offset + 4 > end:
+            raise RemoteProtocolError("fields is truncated", reason="truncated")
+        (length,) = _FIELD_LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise RemoteProtocolError("fields is truncated", reason="truncated")
+        fields.append(bytes(data[offset : offset + length]))
+        offset += length
+    if offset != end:
+        raise RemoteProtocolError(
+            f"fields has {end - offset} trailing bytes", reason="trailing-bytes"
+        )
+    return tuple(fields)
 
 
 def field_permutation(suite: Suite, message_key: bytes, count: int) -> list[int]:
