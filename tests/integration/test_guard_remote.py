@@ -260,3 +260,45 @@ async def test_silent_or_oversized_peers_are_dropped(tmp_path: Path) -> None:
 
 def test_tls_context_refuses_below_tls13() -> None:
     assert client_context([]).minimum_version is ssl.TLSVersion.TLSv1_3
+
+
+async def test_one_source_cannot_flood_the_login_worker(tmp_path: Path) -> None:
+    started = await _start(
+        tmp_path,
+        GuardServerConfig(
+            connect_burst_per_source=3.0,
+            connect_rate_per_source=0.01,
+            max_connections_per_source=2,
+        ),
+    )
+    context = client_context([started.ca.cert])
+    try:
+        held = [
+            await asyncio.open_connection("127.0.0.1", started.port, ssl=context) for _ in range(2)
+        ]
+        await asyncio.sleep(0.2)  # the hub has finished both handshakes and counted them
+        # A third stream at once exceeds the source's share; it is closed unread.
+        reader, writer = await asyncio.open_connection("127.0.0.1", started.port, ssl=context)
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+        await asyncio.sleep(0.2)
+        # Burst 3: the two held streams took two tokens; this one takes the last.
+        _, writer = await asyncio.open_connection("127.0.0.1", started.port, ssl=context)
+        await asyncio.sleep(0.1)
+        writer.close()
+        # Now the source must wait (0.01 token/s): refused before any login work.
+        reader, writer = await asyncio.open_connection("127.0.0.1", started.port, ssl=context)
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""
+        writer.close()
+        with pytest.raises((TransportError, VerificationError)):
+            await started.connect()
+        counters = started.server.counters
+        assert counters.refused_busy == 1 and counters.refused_rate == 2
+        assert started.server.rejections["source-busy"] == 1
+        assert started.server.rejections["rate-limited"] == 2
+        assert counters.logins_ok == 0
+    finally:
+        await started.server.stop()
+        started.merkle_log.close()

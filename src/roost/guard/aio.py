@@ -10,6 +10,7 @@ limits) and ``wall_ms`` (for checkpoints and lock-out).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import ssl
@@ -39,6 +40,7 @@ from roost.guard.remote import (
 from roost.guard.session import SessionLimits
 from roost.guard.suites import RejectionCounter
 from roost.guard.userstore import UserDirectory
+from roost.hcsp.ratelimit import SourceRateLimiter
 
 __all__ = ["GuardClient", "GuardServer", "GuardServerConfig", "LogReceipts"]
 
@@ -95,12 +97,19 @@ class GuardServerConfig:
     # Hello to Accept must fit in this, so a silent or slow peer cannot hold a slot.
     login_timeout_s: float = 60.0
     max_connections: int = 64
+    # Per source address: connections at once, and new connections as a token bucket
+    # (each may cost a password KDF on the single login worker).
+    max_connections_per_source: int = 8
+    connect_rate_per_source: float = 0.5
+    connect_burst_per_source: float = 10.0
+    max_sources: int = 4096
 
 
 @dataclass(slots=True)
 class GuardServerCounters:
     connections: int = 0
     refused_busy: int = 0
+    refused_rate: int = 0
     logins_ok: int = 0
     logins_failed: int = 0
     calls: int = 0
@@ -137,9 +146,15 @@ class GuardServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-login")
         self._login_server: LoginServer | None = None
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.rejections = RejectionCounter()
         self.counters = GuardServerCounters()
+        self._per_source: collections.Counter[str] = collections.Counter()
+        self._connect_limit = SourceRateLimiter(
+            self.config.connect_rate_per_source,
+            self.config.connect_burst_per_source,
+            self.config.max_sources,
+        )
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
@@ -165,13 +180,20 @@ class GuardServer:
         return len(self._tasks)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        # Closing each stream ends its handler at its next read; cancelling instead would
+        # leave asyncio's stream callback to report the cancelled task.
+        for writer in self._tasks.values():
+            writer.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
         if self._receipts is not None:
             self._receipts.commit()
         self._executor.shutdown(wait=True)
@@ -179,16 +201,32 @@ class GuardServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._tasks) >= self.config.max_connections:
-            self.counters.refused_busy += 1
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if isinstance(peer, tuple) else "?"
+        try:
+            if len(self._tasks) >= self.config.max_connections:
+                self.counters.refused_busy += 1
+                raise StateError("every remote slot is taken", reason="busy")
+            if self._per_source[source] >= self.config.max_connections_per_source:
+                self.counters.refused_busy += 1
+                raise StateError(f"{source} holds too many streams", reason="source-busy")
+            self._connect_limit.take(source, self._clock())
+        except RoostError as error:
+            if error.reason not in ("busy", "source-busy"):
+                self.counters.refused_rate += 1
+            self.rejections.count(error)
             writer.close()
             return
-        self._tasks.add(task)
+        self._tasks[task] = writer
+        self._per_source[source] += 1
         self.counters.connections += 1
         try:
             await self._serve(reader, writer)
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
             if self._receipts is not None:
                 self._receipts.commit()
             writer.close()

@@ -343,7 +343,8 @@ class HubCollector(Collector):
 
 _REMOTE_COUNTERS = [
     ("connections", "Connections accepted on the remote entrance."),
-    ("refused_busy", "Remote connections refused because every slot was taken."),
+    ("refused_busy", "Remote connections refused: every slot, or the source's share, taken."),
+    ("refused_rate", "Remote connections refused by the per-source connection rate."),
     ("logins_ok", "Guard logins that succeeded."),
     ("logins_failed", "Guard logins refused or timed out."),
     ("calls", "Calls answered in guard sessions."),
