@@ -140,8 +140,13 @@ async def test_login_calls_and_a_receipt_that_verifies(remote: Remote) -> None:
     assert remote.merkle_log.size == 8
     assert remote.server.rejections["unknown-method"] == 1
     second = await remote.connect()
-    assert second.counter == 2  # the access counter moved on
-    await second.close()
+    try:
+        assert second.counter == 2  # the access counter moved on
+        # At the next visit the kept receipt proves the log only grew since.
+        newer = await second.log_extends(receipt)
+        assert newer.size > receipt.checkpoint.size
+    finally:
+        await second.close()
 
 
 async def test_wrong_codes_are_refused_then_the_user_is_locked_out(remote: Remote) -> None:

@@ -105,10 +105,15 @@ def test_owner_reads_status_and_a_frame_and_keeps_a_verifiable_receipt(
     assert shown["mime"] == "image/jpeg" and shown["seq"] >= 0
     assert (base / "frame.jpg").read_bytes()[:2] == b"\xff\xd8"
 
+    # Next visit: the receipt kept from the first call shows the log was not rewritten.
+    again = _call(home, "status", "--since-receipt", "status.receipt")
+    assert again.returncode == 0, again.stderr
+    assert "extends status.receipt" in again.stderr
+
     # The hub's own log command sees the same log the sessions wrote to.
     checkpoint = roost("log", "checkpoint", str(home.path / "hub-1"))
     assert checkpoint.returncode == 0, checkpoint.stderr
-    assert json.loads(checkpoint.stdout)["size"] >= 6
+    assert json.loads(checkpoint.stdout)["size"] >= 10
 
 
 def test_wrong_password_and_unknown_device_fail_cleanly(home: LoopbackHome) -> None:

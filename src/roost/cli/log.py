@@ -6,7 +6,6 @@ exports a leaf's receipt; ``verify`` checks a receipt offline, needing no state.
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 import time
@@ -18,7 +17,9 @@ from roost.errors import RoostError
 from roost.guard.log import (
     LOG_KEY_FILENAME,
     SqliteMerkleLog,
+    checkpoint_document,
     checkpoint_to_json,
+    covering_checkpoint,
     decode_receipt,
     encode_receipt,
     load_or_create_log_key,
@@ -28,6 +29,10 @@ from roost.guard.log import (
 __all__ = ["log"]
 
 _STATE = click.argument("state", type=click.Path(file_okay=False, path_type=Path))
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @click.group()
@@ -53,21 +58,12 @@ def checkpoint(state: Path, consistency_from: int | None) -> None:
     """Print the latest signed checkpoint as JSON, signing a new one if the log grew."""
     merkle_log = _open(state)
     try:
-        latest = merkle_log.latest_checkpoint()
-        if latest is None or latest.size != merkle_log.size:
-            key = load_or_create_log_key(state / LOG_KEY_FILENAME)
-            # The CLI is the composition root, the one place allowed to read the clock.
-            latest = merkle_log.checkpoint(key, timestamp_ms=int(time.time() * 1000))
-        document = checkpoint_to_json(latest)
-        if consistency_from is not None:
-            if consistency_from > latest.size:
-                raise click.ClickException(f"the log has only {latest.size} leaves")
-            proof = merkle_log.consistency_proof(consistency_from, latest.size)
-            document["consistency"] = {
-                "from_size": consistency_from,
-                "from_root": base64.b64encode(merkle_log.root_at(consistency_from)).decode(),
-                "proof": [base64.b64encode(item).decode() for item in proof],
-            }
+        key = load_or_create_log_key(state / LOG_KEY_FILENAME)
+        # The CLI is the composition root, the one place allowed to read the clock.
+        latest = covering_checkpoint(
+            merkle_log, key, size_at_least=merkle_log.size, timestamp_ms=_wall_ms()
+        )
+        document = checkpoint_document(merkle_log, latest, consistency_from)
     except RoostError as error:
         raise click.ClickException(str(error)) from error
     finally:
@@ -83,10 +79,10 @@ def receipt(state: Path, index: int, out: Path | None) -> None:
     """Export the receipt of leaf INDEX against the latest checkpoint."""
     merkle_log = _open(state)
     try:
-        latest = merkle_log.latest_checkpoint()
-        if latest is None or latest.size <= index:
-            key = load_or_create_log_key(state / LOG_KEY_FILENAME)
-            latest = merkle_log.checkpoint(key, timestamp_ms=int(time.time() * 1000))
+        key = load_or_create_log_key(state / LOG_KEY_FILENAME)
+        latest = covering_checkpoint(
+            merkle_log, key, size_at_least=index + 1, timestamp_ms=_wall_ms()
+        )
         encoded = encode_receipt(merkle_log.receipt(index, latest))
     except RoostError as error:
         raise click.ClickException(str(error)) from error

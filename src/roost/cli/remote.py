@@ -17,7 +17,7 @@ from roost.config import parse_hostport
 from roost.errors import RemoteProtocolError, VerificationError
 from roost.guard.aio import GuardClient
 from roost.guard.card import parse_card
-from roost.guard.log import checkpoint_to_json, encode_receipt
+from roost.guard.log import checkpoint_to_json, decode_receipt, encode_receipt
 from roost.guard.remote import Response
 from roost.pki.tls import client_context
 from roost.pki.trust import load_state
@@ -115,6 +115,12 @@ def _show(method: str, response: Response, out: Path | None) -> None:
     default=None,
     help="Fetch, verify and write the log receipt of this call's request.",
 )
+@click.option(
+    "--since-receipt",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A receipt kept earlier: check the hub's log still extends it (no rewrite).",
+)
 @click.option("--log-key-id", default=None, help="Require the log key with this id (hex).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--timeout", type=float, default=30.0, show_default=True)
@@ -128,6 +134,7 @@ def call(
     hub_id: str | None,
     card_file: Path | None,
     receipt_file: Path | None,
+    since_receipt: Path | None,
     log_key_id: str | None,
     out: Path | None,
     timeout: float,
@@ -156,6 +163,14 @@ def call(
             timeout_s=timeout,
         )
         try:
+            if since_receipt is not None:
+                earlier = decode_receipt(since_receipt.read_bytes())
+                newer = await client.log_extends(earlier)
+                click.echo(
+                    f"the hub's log extends {since_receipt.name}: size "
+                    f"{earlier.checkpoint.size} → {newer.size}, same key",
+                    err=True,
+                )
             response = await client.call(method, *(arg.encode("utf-8") for arg in args))
             if not response.ok:
                 raise RemoteProtocolError(

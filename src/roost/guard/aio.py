@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,8 +25,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from roost.errors import RoostError, StateError, TransportError, VerificationError
 from roost.guard.challenge import AuthConfig, LoginServer
-from roost.guard.log import Receipt, SqliteMerkleLog, encode_receipt, verify_receipt
+from roost.guard.log import (
+    Checkpoint,
+    Receipt,
+    SqliteMerkleLog,
+    checkpoint_document,
+    covering_checkpoint,
+    decode_checkpoint_document,
+    encode_receipt,
+    verify_receipt,
+)
 from roost.guard.remote import (
+    CONSISTENCY_METHOD,
     RECEIPT_METHOD,
     RECORD_HEADER_SIZE,
     CallHandler,
@@ -50,9 +61,9 @@ def _wall_ms() -> int:
 
 
 class LogReceipts:
-    """The server's Merkle log for :class:`RemoteServerCore`: records every message digest
-    and answers receipts, signing a new checkpoint only when the latest one does not yet
-    cover the asked leaf."""
+    """The server's Merkle log for :class:`RemoteServerCore`: records every message digest,
+    answers receipts and consistency proofs, signing a new checkpoint only when the latest
+    one does not yet cover what was asked."""
 
     def __init__(self, log: SqliteMerkleLog, key: Ed25519PrivateKey) -> None:
         self.log = log
@@ -64,10 +75,17 @@ class LogReceipts:
     def receipt(self, index: int, wall_ms: int) -> bytes:
         if not 0 <= index < self.log.size:
             raise StateError("no such leaf in the log", reason="unknown-leaf")
-        checkpoint = self.log.latest_checkpoint()
-        if checkpoint is None or checkpoint.size <= index:
-            checkpoint = self.log.checkpoint(self._key, timestamp_ms=wall_ms)
+        checkpoint = covering_checkpoint(
+            self.log, self._key, size_at_least=index + 1, timestamp_ms=wall_ms
+        )
         return encode_receipt(self.log.receipt(index, checkpoint))
+
+    def consistency(self, from_size: int, wall_ms: int) -> bytes:
+        checkpoint = covering_checkpoint(
+            self.log, self._key, size_at_least=self.log.size, timestamp_ms=wall_ms
+        )
+        document = checkpoint_document(self.log, checkpoint, from_size)
+        return json.dumps(document, sort_keys=True).encode("utf-8")
 
     def commit(self) -> None:
         self.log.commit()
@@ -426,6 +444,21 @@ class GuardClient:
         if log_key is not None and receipt.checkpoint.public_key != log_key:
             raise VerificationError("receipt signed by another log key", reason="wrong-log-key")
         return receipt
+
+    async def log_extends(self, receipt: Receipt) -> Checkpoint:
+        """Check the server's log still contains everything ``receipt`` was issued against:
+        its current checkpoint, signed by the same key, with a consistency proof from the
+        receipt's size (RFC 9162 §2.1.4). Returns the newer checkpoint; raises
+        VerificationError when the log was rewritten or forked."""
+        size = receipt.checkpoint.size
+        answer = await self.call(CONSISTENCY_METHOD, size.to_bytes(8, "big"))
+        if not answer.ok or len(answer.results) != 1:
+            raise VerificationError(
+                f"server refused a consistency proof: {answer.reason}", reason="no-consistency"
+            )
+        verify_receipt(receipt, later=answer.results[0])
+        newer, _ = decode_checkpoint_document(answer.results[0])
+        return newer
 
     async def close(self) -> None:
         if self._core.session is not None:

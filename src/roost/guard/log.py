@@ -42,8 +42,10 @@ __all__ = [
     "Checkpoint",
     "Receipt",
     "SqliteMerkleLog",
+    "checkpoint_document",
     "checkpoint_from_json",
     "checkpoint_to_json",
+    "covering_checkpoint",
     "decode_checkpoint",
     "decode_checkpoint_document",
     "decode_receipt",
@@ -452,3 +454,34 @@ class SqliteMerkleLog:
             raise StateError("checkpoint does not cover that leaf", reason="not-covered")
         proof = inclusion_proof(index, checkpoint.size, self.subtree)
         return Receipt(self.digest_at(index), index, tuple(proof), checkpoint)
+
+
+def covering_checkpoint(
+    merkle_log: SqliteMerkleLog, key: Ed25519PrivateKey, *, size_at_least: int, timestamp_ms: int
+) -> Checkpoint:
+    """The latest stored checkpoint if it covers ``size_at_least`` leaves, else a new one
+    signed now at the log's current size."""
+    latest = merkle_log.latest_checkpoint()
+    if latest is None or latest.size < size_at_least:
+        latest = merkle_log.checkpoint(key, timestamp_ms=timestamp_ms)
+    return latest
+
+
+def checkpoint_document(
+    merkle_log: SqliteMerkleLog, checkpoint: Checkpoint, consistency_from: int | None = None
+) -> dict[str, Any]:
+    """The JSON form ``roost log checkpoint`` prints, optionally with a consistency proof
+    from an earlier size (``decode_checkpoint_document`` reads it back)."""
+    document = checkpoint_to_json(checkpoint)
+    if consistency_from is not None:
+        if consistency_from > checkpoint.size:
+            raise StateError(
+                f"the log has only {checkpoint.size} leaves", reason="beyond-checkpoint"
+            )
+        proof = merkle_log.consistency_proof(consistency_from, checkpoint.size)
+        document["consistency"] = {
+            "from_size": consistency_from,
+            "from_root": _b64(merkle_log.root_at(consistency_from)),
+            "proof": [_b64(item) for item in proof],
+        }
+    return document

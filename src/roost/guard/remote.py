@@ -12,8 +12,10 @@ a field record (:func:`roost.guard.session.encode_fields`):
 The leaf index is where the server's Merkle log holds the request's digest
 (``NO_LEAF`` when the server keeps no log), so a client can ask for a receipt of exactly
 the message it sent (method ``receipt``, argument u64 index) and check the receipt's
-digest against its own copy of the frame. Nothing here reads a clock or touches a socket;
-the adapter in :mod:`roost.guard.aio` moves the bytes.
+digest against its own copy of the frame; method ``consistency`` (argument u64 earlier
+size) returns the current checkpoint with a consistency proof from that size, so a client
+holding an old receipt learns whether the log was rewritten since. Nothing here reads a
+clock or touches a socket; the adapter in :mod:`roost.guard.aio` moves the bytes.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from roost.guard.session import GuardSession, Role, SessionLimits
 from roost.wire import Reader
 
 __all__ = [
+    "CONSISTENCY_METHOD",
     "NO_LEAF",
     "RECEIPT_METHOD",
     "RECORD_HEADER_SIZE",
@@ -57,6 +60,7 @@ __all__ = [
 RECORD_HEADER_SIZE = 4
 NO_LEAF = (1 << 64) - 1
 RECEIPT_METHOD = "receipt"
+CONSISTENCY_METHOD = "consistency"
 MAX_METHOD_LENGTH = 64
 _RECORD_HEADER = struct.Struct(">I")
 _OK, _ERROR = b"ok", b"error"
@@ -122,6 +126,8 @@ class ReceiptIssuer(Protocol):
     def record(self, digest: bytes) -> int: ...
 
     def receipt(self, index: int, wall_ms: int) -> bytes: ...
+
+    def consistency(self, from_size: int, wall_ms: int) -> bytes: ...
 
 
 class _Phase(enum.Enum):
@@ -245,12 +251,15 @@ class RemoteServerCore:
             raise
 
     def _dispatch(self, method: str, args: tuple[bytes, ...], wall_ms: int) -> Sequence[bytes]:
-        if method == RECEIPT_METHOD:
+        if method in (RECEIPT_METHOD, CONSISTENCY_METHOD):
             if self._receipts is None:
                 raise StateError("this server keeps no log", reason="no-log")
             if len(args) != 1:
-                raise RemoteProtocolError("receipt takes one index", reason="malformed")
-            return [self._receipts.receipt(_decode_index(args[0], "leaf index"), wall_ms)]
+                raise RemoteProtocolError(f"{method} takes one number", reason="malformed")
+            number = _decode_index(args[0], method)
+            if method == RECEIPT_METHOD:
+                return [self._receipts.receipt(number, wall_ms)]
+            return [self._receipts.consistency(number, wall_ms)]
         return self._handler(method, args)
 
     def _close(self, reason: str) -> None:

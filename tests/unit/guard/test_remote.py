@@ -22,6 +22,7 @@ from roost.guard.challenge import LoginServer
 from roost.guard.log import SqliteMerkleLog, verify_receipt
 from roost.guard.messages import MAX_MESSAGE_SIZE
 from roost.guard.remote import (
+    CONSISTENCY_METHOD,
     NO_LEAF,
     RECEIPT_METHOD,
     RemoteClientCore,
@@ -62,6 +63,7 @@ class Home:
         self.login_server = LoginServer(self.store)
         self.receipts: LogReceipts | None = None
         if tmp_path is not None:
+            tmp_path.mkdir(parents=True, exist_ok=True)
             self.log_key = Ed25519PrivateKey.generate()
             self.receipts = LogReceipts(SqliteMerkleLog(tmp_path / "log.sqlite3"), self.log_key)
         self.server = RemoteServerCore(
@@ -245,3 +247,43 @@ def test_client_core_rejects_any_forged_response(data: bytes) -> None:
     home.client.request("echo", [b"x"], now=1.0)
     with pytest.raises(RoostError):
         home.client.receive_response(data, now=1.0)
+
+
+def test_consistency_proof_shows_the_log_only_grew(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.log_in()
+    first = home.call("echo", b"keep a receipt of this")
+    receipt = receipt_from_response(
+        home.call(RECEIPT_METHOD, (0).to_bytes(8, "big")), first.request_digest
+    )
+    for i in range(5):
+        home.call("echo", b"later %d" % i)
+    answer = home.call(CONSISTENCY_METHOD, receipt.checkpoint.size.to_bytes(8, "big"))
+    assert answer.ok
+    verify_receipt(receipt, later=answer.results[0])
+    newer = json.loads(answer.results[0])
+    assert newer["size"] > receipt.checkpoint.size
+    assert newer["consistency"]["from_size"] == receipt.checkpoint.size
+    beyond = home.call(CONSISTENCY_METHOD, (10_000).to_bytes(8, "big"))
+    assert not beyond.ok and beyond.reason == "beyond-checkpoint"
+
+
+def test_a_rewritten_log_fails_the_consistency_check(tmp_path: Path) -> None:
+    home = Home(tmp_path / "a")
+    home.log_in()
+    first = home.call("echo", b"the original history")
+    receipt = receipt_from_response(
+        home.call(RECEIPT_METHOD, (0).to_bytes(8, "big")), first.request_digest
+    )
+    # The operator replaces the log with another history, signed with the same key.
+    forged = Home(tmp_path / "b")
+    assert forged.receipts is not None
+    forged.receipts = LogReceipts(forged.receipts.log, home.log_key)
+    forged.server = RemoteServerCore(forged.login_server, echo_handler, receipts=forged.receipts)
+    forged.log_in()
+    for i in range(4):
+        forged.call("echo", b"another history %d" % i)
+    answer = forged.call(CONSISTENCY_METHOD, receipt.checkpoint.size.to_bytes(8, "big"))
+    assert answer.ok
+    with pytest.raises(VerificationError):
+        verify_receipt(receipt, later=answer.results[0])
