@@ -263,19 +263,22 @@ class GuardServer:
         loop = asyncio.get_running_loop()
         login_deadline = self._clock() + self.config.login_timeout_s
         timer: asyncio.TimerHandle
+        # Login steps run on the worker thread, so until one returns with a session the
+        # timer only looks at these loop-side flags and never touches the core.
+        logged_in = timed_out = False
 
         def on_timer() -> None:
             # One timer per stream, re-armed when it fires (a session's deadline only moves
             # later) and once at login, so a call costs no timer work (aioquic's pattern).
-            nonlocal timer
+            nonlocal timer, timed_out
             now = self._clock()
-            if core.session is None:
+            if not logged_in:
                 if now < login_deadline:
                     timer = loop.call_later(login_deadline - now, on_timer)
                     return
+                timed_out = True
                 self.counters.logins_failed += 1
                 self.rejections.count(StateError("login timed out", reason="login-timeout"))
-                core.close("login-timeout")
             else:
                 core.handle_timer(now)
                 deadline = core.next_deadline()
@@ -287,19 +290,21 @@ class GuardServer:
 
         timer = loop.call_later(self.config.login_timeout_s, on_timer)
         try:
-            while not core.closed:
+            while not core.closed and not timed_out:
                 body = await _read_record(reader, core.max_record)
-                if body is None or core.closed:
+                if body is None or core.closed or timed_out:
                     return
-                if core.session is None:
+                if not logged_in:
                     step = functools.partial(
                         core.receive, body, now=self._clock(), wall_ms=self._wall_ms()
                     )
                     replies = await loop.run_in_executor(self._executor, step)
+                    if timed_out:
+                        return
                     if core.closed:
-                        if core.closed_reason != "login-timeout":
-                            self.counters.logins_failed += 1
+                        self.counters.logins_failed += 1
                     elif core.session is not None:
+                        logged_in = True
                         self.counters.logins_ok += 1
                         # The session's limits replace the login timeout (earlier or later).
                         timer.cancel()
@@ -316,14 +321,14 @@ class GuardServer:
                     writer.write(encode_record(reply))
                 await writer.drain()
         except RoostError as error:
-            if core.closed:
+            if core.closed or timed_out:
                 return  # the timer closed the stream under the read, or already counted
             # Counted where it arose when it is a session rejection; framing errors here.
             self.counters.stream_errors += 1
             self.rejections.count(error)
             core.close(error.reason)
         except (OSError, ssl.SSLError):
-            if not core.closed:
+            if not core.closed and not timed_out:
                 self.counters.stream_errors += 1
                 core.close("stream-error")
         finally:
