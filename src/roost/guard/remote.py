@@ -35,10 +35,9 @@ from roost.errors import (
     VerificationError,
 )
 from roost.guard.challenge import AuthConfig, LoginClient, LoginServer, encode_reject
-from roost.guard.log import Receipt, decode_receipt, message_digest
+from roost.guard.log import Receipt, decode_receipt
 from roost.guard.messages import MAX_MESSAGE_SIZE
-from roost.guard.ratchet import decode_frame
-from roost.guard.session import GuardSession, Role, SessionLimits
+from roost.guard.session import GuardSession, Role, SessionLimits, frame_digest
 from roost.wire import Reader
 
 __all__ = [
@@ -333,10 +332,7 @@ class RemoteClientCore:
         if self._pending_digest is not None:
             raise LocalProtocolError("a call is already in flight", reason="call-in-flight")
         frame = bytes(session.seal_fields([method.encode("ascii"), *args], now=now))
-        sent = decode_frame(frame, len(frame))
-        self._pending_digest = message_digest(
-            session.session_id, sent.direction, sent.position, sent.ciphertext
-        )
+        self._pending_digest = frame_digest(session.session_id, frame)
         return frame
 
     def receive_response(self, body: bytes, *, now: float) -> Response:

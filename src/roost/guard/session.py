@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from roost.errors import LocalProtocolError, RemoteProtocolError, RoostError, VerificationError
 from roost.guard.challenge import LoginResult
 from roost.guard.log import message_digest
-from roost.guard.ratchet import Direction, ReceivingChain, SendingChain, chain_keys
+from roost.guard.ratchet import (
+    FRAME_HEADER_SIZE,
+    Direction,
+    ReceivingChain,
+    SendingChain,
+    chain_keys,
+)
 from roost.guard.suites import RejectionCounter, Suite, hkdf_expand, mac_input
 from roost.wire import check_size
 
@@ -28,6 +34,7 @@ __all__ = [
     "decode_fields",
     "encode_fields",
     "field_permutation",
+    "frame_digest",
 ]
 
 MAX_FIELDS = 255
@@ -87,6 +94,14 @@ def decode_fields(data: bytes, max_size: int = 1 << 20) -> tuple[bytes, ...]:
             f"fields has {end - offset} trailing bytes", reason="trailing-bytes"
         )
     return tuple(fields)
+
+
+def frame_digest(session_id: bytes, frame: bytes | bytearray) -> bytes:
+    """The log's leaf data for one sealed frame (``message_digest`` of its direction,
+    position and ciphertext); sender and receiver compute the same value."""
+    direction, position = frame[1], int.from_bytes(frame[2:FRAME_HEADER_SIZE], "big")
+    ciphertext = bytes(memoryview(frame)[FRAME_HEADER_SIZE:])
+    return message_digest(session_id, direction, position, ciphertext)
 
 
 def field_permutation(suite: Suite, message_key: bytes, count: int) -> list[int]:
@@ -273,7 +288,4 @@ class GuardSession:
     def _after_message(self, frame: bytes | bytearray, now: float, direction: Direction) -> None:
         self._last_activity = now
         if self._recorder is not None:
-            position = int.from_bytes(frame[2:10], "big")
-            ciphertext = bytes(memoryview(frame)[10:])
-            digest = message_digest(self.session_id, int(direction), position, ciphertext)
-            self.last_leaf_index = self._recorder(digest)
+            self.last_leaf_index = self._recorder(frame_digest(self.session_id, frame))
