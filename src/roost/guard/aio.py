@@ -22,8 +22,15 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from roost.errors import RoostError, StateError, TransportError, VerificationError
+from roost.errors import (
+    RemoteProtocolError,
+    RoostError,
+    StateError,
+    TransportError,
+    VerificationError,
+)
 from roost.guard.challenge import AuthConfig, LoginServer
 from roost.guard.log import (
     Checkpoint,
@@ -52,6 +59,7 @@ from roost.guard.session import SessionLimits
 from roost.guard.suites import RejectionCounter
 from roost.guard.userstore import UserDirectory
 from roost.hcsp.ratelimit import SourceRateLimiter
+from roost.pki.tls import peer_certificate
 
 __all__ = ["GuardClient", "GuardServer", "GuardServerConfig", "LogReceipts"]
 
@@ -223,15 +231,17 @@ class GuardServer:
         source = str(peer[0]) if isinstance(peer, tuple) else "?"
         try:
             if len(self._tasks) >= self.config.max_connections:
-                self.counters.refused_busy += 1
                 raise StateError("every remote slot is taken", reason="busy")
             if self._per_source[source] >= self.config.max_connections_per_source:
-                self.counters.refused_busy += 1
                 raise StateError(f"{source} holds too many streams", reason="source-busy")
             self._connect_limit.take(source, self._clock())
-        except RoostError as error:
-            if error.reason not in ("busy", "source-busy"):
-                self.counters.refused_rate += 1
+        except StateError as error:
+            self.counters.refused_busy += 1
+            self.rejections.count(error)
+            writer.close()
+            return
+        except RemoteProtocolError as error:  # the source's bucket or the source table
+            self.counters.refused_rate += 1
             self.rejections.count(error)
             writer.close()
             return
@@ -394,12 +404,10 @@ class GuardClient:
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             raise TransportError(f"cannot reach {host}:{port}: {exc}", reason="connect") from exc
         try:
-            ssl_object = writer.get_extra_info("ssl_object")
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            if not der:
-                raise TransportError("server presented no certificate", reason="no-peer-cert")
+            leaf = peer_certificate(writer.get_extra_info("ssl_object"))
+            der = leaf.public_bytes(Encoding.DER)
             if check_server is not None:
-                check_server(x509.load_der_x509_certificate(der))
+                check_server(leaf)
             core = RemoteClientCore(
                 user_id,
                 password,
