@@ -56,13 +56,14 @@ from roost.cli.common import now_utc
 from roost.cli.home import free_loopback_ports
 from roost.config import to_toml
 from roost.errors import VerificationError
+from roost.files import atomic_write
 from roost.hcsp.announce import SignedAnnouncement, decode_announcement, encode_announcement
 from roost.hcsp.core import AnnounceConfig, AnnounceCore, OwnHub
 from roost.hcsp.documents import Endpoint, HubAddress, Subscribe, encode_document
 from roost.hub.api import fetch_status
 from roost.pki.authority import Authority, IssuedLeaf
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
-from roost.pki.trust import TrustState, atomic_write, save_state
+from roost.pki.trust import TrustState, save_state
 
 _HOST = "127.0.0.1"
 _HUBS = 8

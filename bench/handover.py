@@ -68,6 +68,7 @@ from roost.config import AnnounceSettings, DeviceConfig, to_toml
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
 from roost.errors import RoostError
+from roost.files import atomic_write
 from roost.hcsp.aio import UdpConfig
 from roost.hcsp.announce import decode_announcement
 from roost.hcsp.documents import Subscribe, decode_document
@@ -76,7 +77,7 @@ from roost.hub.recorder import Recorder
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.tls import client_context
-from roost.pki.trust import TrustState, atomic_write, save_state
+from roost.pki.trust import TrustState, save_state
 from roost.pki.updater import TrustUpdater
 
 _HOST = "127.0.0.1"

@@ -1,14 +1,24 @@
 """The one error tree of Roost (STYLE.md, "Data and errors").
 
-Every rejection carries a short machine-readable ``reason`` that metrics count by, and a
-human message for logs. Errors sent to a peer carry the reason only, never internal detail.
+Every rejection carries a short machine-readable ``reason`` (a member of
+:class:`roost.reasons.Reason`, the catalogue in docs/architecture.md) that metrics count by,
+and a human message for logs. Errors sent to a peer carry the reason only, never internal
+detail.
+
+Whose fault it is decides the class: ``RemoteProtocolError`` when the peer broke a wire rule,
+``LocalProtocolError`` when we were asked to send something the protocol forbids,
+``RefusedError`` when one of our limits turned well-formed work away, ``ConfigError`` when
+the operator's configuration is invalid. Cores convert at their receive boundary (h11's
+rule), so a decoder's error reaches the adapter already classified.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "LocalProtocolError",
     "ProtocolError",
+    "RefusedError",
     "RemoteProtocolError",
     "RoostError",
     "StateError",
@@ -61,3 +71,15 @@ class StateError(RoostError):
     """Persisted state is missing, corrupt, or the requested change would lose data."""
 
     default_reason = "state"
+
+
+class RefusedError(RoostError):
+    """A limit of ours turned the work away (rate, capacity, busy): nobody broke a rule."""
+
+    default_reason = "refused"
+
+
+class ConfigError(RoostError):
+    """The operator's configuration is invalid (type, range, unknown key, missing file)."""
+
+    default_reason = "bad-config"

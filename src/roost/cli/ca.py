@@ -13,12 +13,12 @@ from aiohttp import web
 
 from roost.cli.common import at_option, echo_json, fail_cleanly, parse_at
 from roost.errors import StateError
+from roost.files import atomic_write
 from roost.pki.authority import Authority
 from roost.pki.cainfo import accept_successor, decode_cainfo
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.download import DownloadServer, download_tls_context
 from roost.pki.schedule import Action, GenerationTimes, plan
-from roost.pki.trust import atomic_write
 
 __all__ = ["ca"]
 

@@ -26,6 +26,7 @@ from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
 from roost.errors import VerificationError
+from roost.files import atomic_write
 from roost.guard.aio import GuardClient
 from roost.guard.card import generate_card
 from roost.guard.userstore import SqliteUserStore, make_user
@@ -35,7 +36,7 @@ from roost.hub.remote import start_remote
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.tls import client_context
-from roost.pki.trust import TrustState, atomic_write, save_state
+from roost.pki.trust import TrustState, save_state
 from roost.pki.updater import TrustUpdater, UpdateConfig
 
 __all__ = ["home_act", "rogue_hub_config"]

@@ -10,10 +10,11 @@ import click
 from roost.cli.common import echo_json, fail_cleanly, now_utc
 from roost.config import to_toml
 from roost.errors import StateError
+from roost.files import atomic_write
 from roost.hcsp.aio import DEFAULT_PORT
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
-from roost.pki.trust import TrustState, atomic_write, save_state
+from roost.pki.trust import TrustState, save_state
 
 __all__ = ["free_loopback_ports", "init_home", "make_home"]
 

@@ -27,6 +27,7 @@ from roost.config import DeviceConfig
 from roost.device.camera import SyntheticCamera
 from roost.device.spool import FrameSpool
 from roost.errors import RoostError, TransportError, VerificationError
+from roost.files import atomic_write
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import (
     AckMessage,
@@ -40,7 +41,6 @@ from roost.hcsp.documents import Hello, Redirect, Welcome, decode_document, enco
 from roost.hcsp.events import HcspEvent, HubDown, LiveHub
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context, peer_certificate
-from roost.pki.trust import atomic_write
 from roost.pki.updater import TrustUpdater
 
 __all__ = ["DeviceDaemon", "HubChannel"]

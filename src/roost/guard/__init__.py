@@ -38,7 +38,7 @@ from roost.guard.merkle import (
 from roost.guard.ratchet import Direction, ReceivingChain, SendingChain
 from roost.guard.remote import RemoteClientCore, RemoteServerCore, Response
 from roost.guard.session import GuardSession, Role, SessionLimits
-from roost.guard.suites import SUITES, KdfParams, RejectionCounter, Suite, get_suite
+from roost.guard.suites import SUITES, KdfParams, Suite, get_suite
 from roost.guard.userstore import (
     LockoutPolicy,
     MemoryUserStore,
@@ -46,6 +46,7 @@ from roost.guard.userstore import (
     UserRecord,
     make_user,
 )
+from roost.reasons import RejectionCounter
 
 __all__ = [
     "SUITES",

@@ -25,12 +25,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.errors import (
-    RemoteProtocolError,
+    RefusedError,
     RoostError,
     StateError,
     TransportError,
     VerificationError,
 )
+from roost.framing import RECORD_HEADER_SIZE, encode_record, record_length
 from roost.guard.challenge import AuthConfig, LoginServer
 from roost.guard.log import (
     Checkpoint,
@@ -45,21 +46,18 @@ from roost.guard.log import (
 from roost.guard.remote import (
     CONSISTENCY_METHOD,
     RECEIPT_METHOD,
-    RECORD_HEADER_SIZE,
     CallHandler,
     RemoteClientCore,
     RemoteServerCore,
     Response,
-    encode_record,
     receipt_from_response,
-    record_length,
     tls_server_end_point,
 )
 from roost.guard.session import SessionLimits
-from roost.guard.suites import RejectionCounter
 from roost.guard.userstore import UserDirectory
-from roost.hcsp.ratelimit import SourceRateLimiter
 from roost.pki.tls import peer_certificate
+from roost.ratelimit import SourceRateLimiter
+from roost.reasons import RejectionCounter
 
 __all__ = ["GuardClient", "GuardServer", "GuardServerConfig", "LogReceipts"]
 
@@ -231,17 +229,15 @@ class GuardServer:
         source = str(peer[0]) if isinstance(peer, tuple) else "?"
         try:
             if len(self._tasks) >= self.config.max_connections:
-                raise StateError("every remote slot is taken", reason="busy")
+                raise RefusedError("every remote slot is taken", reason="busy")
             if self._per_source[source] >= self.config.max_connections_per_source:
-                raise StateError(f"{source} holds too many streams", reason="source-busy")
+                raise RefusedError(f"{source} holds too many streams", reason="source-busy")
             self._connect_limit.take(source, self._clock())
-        except StateError as error:
-            self.counters.refused_busy += 1
-            self.rejections.count(error)
-            writer.close()
-            return
-        except RemoteProtocolError as error:  # the source's bucket or the source table
-            self.counters.refused_rate += 1
+        except RefusedError as error:
+            if error.reason in ("busy", "source-busy"):
+                self.counters.refused_busy += 1
+            else:  # the source's bucket or the source table
+                self.counters.refused_rate += 1
             self.rejections.count(error)
             writer.close()
             return

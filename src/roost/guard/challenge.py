@@ -56,7 +56,6 @@ from roost.guard.suites import (
     SUITES,
     KdfParams,
     RandomBytes,
-    RejectionCounter,
     Suite,
     get_suite,
     hkdf,
@@ -74,6 +73,7 @@ from roost.guard.userstore import (
     is_locked,
     verify_password,
 )
+from roost.reasons import RejectionCounter
 
 __all__ = [
     "MAX_MESSAGE_SIZE",

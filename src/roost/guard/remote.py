@@ -44,43 +44,20 @@ __all__ = [
     "CONSISTENCY_METHOD",
     "NO_LEAF",
     "RECEIPT_METHOD",
-    "RECORD_HEADER_SIZE",
     "CallHandler",
     "ReceiptIssuer",
     "RemoteClientCore",
     "RemoteServerCore",
     "Response",
-    "encode_record",
     "receipt_from_response",
-    "record_length",
     "tls_server_end_point",
 ]
 
-RECORD_HEADER_SIZE = 4
 NO_LEAF = (1 << 64) - 1
 RECEIPT_METHOD = "receipt"
 CONSISTENCY_METHOD = "consistency"
 MAX_METHOD_LENGTH = 64
-_RECORD_HEADER = struct.Struct(">I")
 _OK, _ERROR = b"ok", b"error"
-
-
-def encode_record(body: bytes | bytearray) -> bytes:
-    """``u32 length | body``."""
-    return _RECORD_HEADER.pack(len(body)) + bytes(body)
-
-
-def record_length(header: bytes, max_body: int) -> int:
-    """Body length announced by a 4-byte record header, refused above ``max_body`` before
-    anything is read for it."""
-    if len(header) != RECORD_HEADER_SIZE:
-        raise RemoteProtocolError("record header is truncated", reason="truncated")
-    (length,) = _RECORD_HEADER.unpack(header)
-    if length > max_body:
-        raise RemoteProtocolError(
-            f"record of {length} bytes, above the {max_body}-byte limit", reason="oversized"
-        )
-    return int(length)
 
 
 def tls_server_end_point(server_certificate_der: bytes) -> bytes:

@@ -24,7 +24,8 @@ from roost.guard.ratchet import (
     SendingChain,
     chain_keys,
 )
-from roost.guard.suites import RejectionCounter, Suite, hkdf_expand, mac_input
+from roost.guard.suites import Suite, hkdf_expand, mac_input
+from roost.reasons import RejectionCounter
 from roost.wire import check_size
 
 __all__ = [

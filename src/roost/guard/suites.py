@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from roost.errors import LocalProtocolError, RemoteProtocolError, RoostError, VerificationError
+from roost.errors import LocalProtocolError, RemoteProtocolError, VerificationError
 from roost.wire import Writer
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "SUITES",
     "KdfParams",
     "RandomBytes",
-    "RejectionCounter",
     "Suite",
     "get_suite",
     "hkdf",
@@ -164,24 +162,3 @@ def ratchet_step(hash_name: str, chain_key: bytes) -> tuple[bytes, bytes]:
     outer_one.update(inner_one.digest())
     outer.update(inner.digest())
     return outer_one.digest(), outer.digest()
-
-
-class RejectionCounter:
-    """Counts rejections by reason; the hub's metrics adapter exports these totals."""
-
-    __slots__ = ("_counts",)
-
-    def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
-
-    def count(self, error: RoostError) -> None:
-        self._counts[error.reason] += 1
-
-    def __getitem__(self, reason: str) -> int:
-        return self._counts[reason]
-
-    def total(self) -> int:
-        return sum(self._counts.values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self._counts)

@@ -13,10 +13,10 @@ stream into such pieces incrementally and is what a receiver feeds its socket re
 from __future__ import annotations
 
 import enum
-import struct
 from dataclasses import dataclass
 
 from roost.errors import LocalProtocolError, RemoteProtocolError
+from roost.framing import RecordFramer, encode_record
 from roost.wire import Reader, Writer, check_size
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
 # PROTOCOL.md section 4: a message (type byte plus body) is at most 4 MiB.
 MAX_CHANNEL_MESSAGE = 4 * 1024 * 1024
 
-_LENGTH_PREFIX = struct.Struct(">I")
 _MAX_MIME_LENGTH = 255
 
 
@@ -126,8 +125,7 @@ def encode_message_body(message: ChannelMessage, config: ChannelConfig | None = 
 
 def encode_message(message: ChannelMessage, config: ChannelConfig | None = None) -> bytes:
     """Encode ``message`` with its length prefix, ready to write to the channel stream."""
-    body = encode_message_body(message, config)
-    return _LENGTH_PREFIX.pack(len(body)) + body
+    return encode_record(encode_message_body(message, config))
 
 
 def decode_message(body_with_type: bytes, config: ChannelConfig | None = None) -> ChannelMessage:
@@ -170,73 +168,39 @@ def decode_message(body_with_type: bytes, config: ChannelConfig | None = None) -
 class ChannelDecoder:
     """Cuts a received byte stream into channel messages (PROTOCOL.md section 4).
 
-    Feed it whatever the socket returned; it returns every message completed so far. A
-    length prefix above the bound is rejected as soon as its four bytes arrive, so a peer
-    cannot make us hold more than one maximal message plus one read. After an error the
-    stream is unusable (message boundaries are lost) and every later call raises the same
-    reason; messages completed earlier in the failing call are discarded, which is safe
-    because unacknowledged frames are resent on the next channel.
+    Feed it whatever the socket returned; it returns every message completed so far. The
+    shared :class:`roost.framing.RecordFramer` refuses a length prefix above the bound as
+    soon as its four bytes arrive, so a peer cannot make us hold more than one maximal
+    message plus one read. After an error the stream is unusable (message boundaries are
+    lost) and every later call raises the same reason; messages completed earlier in the
+    failing call are discarded, which is safe because unacknowledged frames are resent on
+    the next channel.
     """
 
-    __slots__ = ("_buffer", "_config", "_expected", "_failure")
+    __slots__ = ("_config", "_failure", "_framer")
 
     def __init__(self, max_message: int = MAX_CHANNEL_MESSAGE) -> None:
         self._config = ChannelConfig(max_message=max_message)
-        # One growing bytearray: appends are amortised O(1) and each message is copied out
-        # once, so a 4 MiB frame arriving in small reads costs linear, not quadratic, time.
-        self._buffer = bytearray()
-        self._expected: int | None = None
+        self._framer = RecordFramer(max_message, min_body=1, what="channel message")
         self._failure: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete message."""
-        return len(self._buffer)
+        return self._framer.buffered
 
     def feed(self, data: bytes) -> list[ChannelMessage]:
         """Add received bytes; return the messages they complete, in order."""
         if self._failure is not None:
             raise RemoteProtocolError(str(self._failure), reason=self._failure.reason)
-        self._buffer += data
-        messages: list[ChannelMessage] = []
-        consumed = 0
         try:
-            while True:
-                if self._expected is None:
-                    if len(self._buffer) - consumed < _LENGTH_PREFIX.size:
-                        break
-                    (length,) = _LENGTH_PREFIX.unpack_from(self._buffer, consumed)
-                    self._check_length(length)
-                    consumed += _LENGTH_PREFIX.size
-                    self._expected = length
-                if len(self._buffer) - consumed < self._expected:
-                    break
-                end = consumed + self._expected
-                body = bytes(self._buffer[consumed:end])
-                consumed = end
-                self._expected = None
-                messages.append(decode_message(body, self._config))
+            return [decode_message(body, self._config) for body in self._framer.feed(data)]
         except RemoteProtocolError as error:
             self._failure = error
-            self._buffer.clear()
             raise
-        # Drop consumed bytes once per call rather than once per message.
-        del self._buffer[:consumed]
-        return messages
 
     def end_of_stream(self) -> None:
         """Call when the peer closed; raise ``RemoteProtocolError`` if a message was cut off."""
         if self._failure is not None:
             raise RemoteProtocolError(str(self._failure), reason=self._failure.reason)
-        if self._buffer or self._expected is not None:
-            raise RemoteProtocolError("channel closed inside a message", reason="truncated")
-
-    def _check_length(self, length: int) -> None:
-        if length == 0:
-            raise RemoteProtocolError("channel message has length zero", reason="empty")
-        if length > self._config.max_message:
-            raise RemoteProtocolError(
-                f"channel message announces {length} bytes, above the "
-                f"{self._config.max_message}-byte limit",
-                reason="oversized",
-            )
+        self._framer.end_of_stream()

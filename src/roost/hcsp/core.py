@@ -43,8 +43,8 @@ from roost.hcsp.documents import (
 )
 from roost.hcsp.election import Candidate, elect, rank_of
 from roost.hcsp.events import HcspEvent, HubDown, HubUp, HubUpdated, LiveHub, WinnerChanged
-from roost.hcsp.ratelimit import SourceRateLimiter
 from roost.pki.certs import identifier_of, load_certificate
+from roost.ratelimit import SourceRateLimiter
 
 __all__ = [
     "AnnounceConfig",

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from roost.errors import StateError
+from roost.files import atomic_write
 from roost.pki.cainfo import CAInfo, CAInfoBody, Flags, decode_cainfo, sign_body
 from roost.pki.certs import (
     LeafRequest,
@@ -42,7 +43,6 @@ from roost.pki.certs import (
     key_to_pem,
     make_ca,
 )
-from roost.pki.trust import atomic_write
 
 __all__ = ["Authority", "GenerationRecord", "IssuedLeaf", "Settings"]
 

@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import enum
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from cryptography import x509
 
 from roost.errors import RemoteProtocolError, StateError, VerificationError
+from roost.files import atomic_write
 from roost.pki.cainfo import CAInfo, accept_successor, decode_cainfo
 from roost.pki.verify import VerifiedNode, verify_node
 
@@ -27,7 +27,6 @@ __all__ = [
     "MAX_CATCH_UP",
     "Slot",
     "TrustState",
-    "atomic_write",
     "load_state",
     "save_state",
 ]
@@ -156,24 +155,6 @@ def _first_meaningful(errors: Sequence[VerificationError]) -> VerificationError:
         if exc.reason == "wrong-id":
             return exc
     return errors[0] if errors else VerificationError("no trusted generation", reason="chain")
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write temp, fsync, rename, fsync the directory (PROTOCOL.md section 2, persistence)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _b64(data: bytes) -> str:

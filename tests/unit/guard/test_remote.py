@@ -16,6 +16,7 @@ from roost.errors import (
     RoostError,
     VerificationError,
 )
+from roost.framing import encode_record, record_length
 from roost.guard.aio import LogReceipts
 from roost.guard.card import Card
 from roost.guard.challenge import LoginServer
@@ -28,9 +29,7 @@ from roost.guard.remote import (
     RemoteClientCore,
     RemoteServerCore,
     Response,
-    encode_record,
     receipt_from_response,
-    record_length,
     tls_server_end_point,
 )
 from roost.guard.session import SessionLimits

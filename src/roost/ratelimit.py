@@ -1,4 +1,6 @@
-"""Per-source token buckets in a bounded table (PROTOCOL.md section 3 receive order, step 3).
+"""Per-source token buckets in a bounded table (PROTOCOL.md section 3 receive order, step 3), pure.
+
+Shared by the announcement receiver, the remote entrance and the broker.
 
 The limit runs before any parsing of the document or any public-key work, so a flood from
 one address is shed for the price of a dictionary lookup (research/handover.md §3 item 9).
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from roost.errors import RemoteProtocolError
+from roost.errors import RefusedError
 
 __all__ = ["SourceRateLimiter"]
 
@@ -47,7 +49,7 @@ class SourceRateLimiter:
         bucket.updated = max(bucket.updated, now)
 
     def take(self, source: str, now: float) -> None:
-        """Spend one token for ``source``; raises RemoteProtocolError when none is left.
+        """Spend one token for ``source``; raises RefusedError when none is left.
 
         Reasons: ``rate-limited`` (this source is flooding) and ``source-table-full``
         (too many distinct sources are active at once).
@@ -59,7 +61,7 @@ class SourceRateLimiter:
             self._buckets.move_to_end(source)
             self._refill(bucket, now)
         if bucket.tokens < 1:
-            raise RemoteProtocolError(f"{source} exceeds its rate limit", reason="rate-limited")
+            raise RefusedError(f"{source} exceeds its rate limit", reason="rate-limited")
         bucket.tokens -= 1
 
     def _admit(self, source: str, now: float) -> _Bucket:
@@ -67,7 +69,7 @@ class SourceRateLimiter:
             oldest_source, oldest = next(iter(self._buckets.items()))
             self._refill(oldest, now)
             if oldest.tokens < self._burst:
-                raise RemoteProtocolError("too many active sources", reason="source-table-full")
+                raise RefusedError("too many active sources", reason="source-table-full")
             del self._buckets[oldest_source]
         bucket = _Bucket(self._burst, now)
         self._buckets[source] = bucket

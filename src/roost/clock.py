@@ -1,0 +1,36 @@
+"""The one place Roost reads the time (STYLE.md, "Time is an argument").
+
+Cores never read a clock: they take a monotonic ``now`` (seconds, for timers, windows and
+rate limits) and, where certificates or logs need it, a UTC wall time (``wall_ms`` or an
+aware ``datetime``). Adapters and daemons get a :class:`Clock` through their constructor,
+so a test can hand them a fake one; :data:`SYSTEM_CLOCK` is what the CLI wires in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+__all__ = ["SYSTEM_CLOCK", "Clock", "wall_ms_now"]
+
+
+def wall_ms_now() -> int:
+    """Unix time in milliseconds (announcement ``ts``, frame ``captured_at_ms``, logs)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """Monotonic seconds for deadlines, wall milliseconds for what goes on the wire."""
+
+    now: Callable[[], float] = time.monotonic
+    wall_ms: Callable[[], int] = wall_ms_now
+
+    def utc(self) -> datetime:
+        """The wall time as an aware UTC datetime (certificate validity checks)."""
+        return datetime.fromtimestamp(self.wall_ms() / 1000, UTC)
+
+
+SYSTEM_CLOCK = Clock()

@@ -1,0 +1,325 @@
+"""The catalogue of refusal reasons and the counting and logging rule, pure.
+
+Every ``RoostError`` carries a ``reason`` from :class:`Reason`; metrics count by it and
+docs/architecture.md ("Reason catalogue") lists it. PROTOCOL.md's preamble asks that every
+rejection be counted and "logged once per source per interval": :class:`RejectionCounter`
+counts every refusal and tells the adapter when a line should be written, so a flood from
+one source costs one log line per interval, not one per datagram.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+
+from roost.errors import RoostError
+
+__all__ = ["DESCRIPTIONS", "Reason", "RejectionCounter", "log_rejection"]
+
+
+class Reason(enum.StrEnum):
+    """Machine-readable reasons; the value is what counters and peers see."""
+
+    # Generic defaults of the error tree (roost.errors).
+    ERROR = "error"
+    PROTOCOL = "protocol"
+    LOCAL_PROTOCOL = "local-protocol"
+    MALFORMED = "malformed"
+    VERIFICATION = "verification"
+    TRANSPORT = "transport"
+    STATE = "state"
+    REFUSED = "refused"
+    BAD_CONFIG = "bad-config"
+    # Framing and codecs (wire.py, framing.py, every decode_…).
+    OVERSIZED = "oversized"
+    TRUNCATED = "truncated"
+    TRAILING_BYTES = "trailing-bytes"
+    EMPTY = "empty"
+    BAD_MAGIC = "bad-magic"
+    BAD_VERSION = "bad-version"
+    BAD_FLAGS = "bad-flags"
+    BAD_URL = "bad-url"
+    BAD_THRESHOLD = "bad-threshold"
+    BAD_SIGNATURE_LENGTH = "bad-signature-length"
+    BAD_HTTP = "bad-http"
+    UNKNOWN_TYPE = "unknown-type"
+    # Device channel (PROTOCOL.md section 4).
+    EMPTY_DOCUMENT = "empty-document"
+    BAD_DOCUMENT = "bad-document"
+    BAD_MIME = "bad-mime"
+    BAD_HELLO = "bad-hello"
+    BAD_WELCOME = "bad-welcome"
+    HELLO_TIMEOUT = "hello-timeout"
+    ACK_AHEAD = "ack-ahead"
+    UNEXPECTED_MESSAGE = "unexpected-message"
+    UNEXPECTED_DOCUMENT = "unexpected-document"
+    NOT_DEVICE = "not-device"
+    NOT_HUB = "not-hub"
+    FULL = "full"
+    DISCONNECTED = "disconnected"
+    # Announcements (section 3).
+    NOT_SUBSCRIBE = "not-subscribe"
+    NOT_A_HUB = "not-a-hub"
+    STALE = "stale"
+    FUTURE = "future"
+    REPLAY = "replay"
+    SEQ_NOT_INCREASING = "seq-not-increasing"
+    SOURCE_MISMATCH = "source-mismatch"
+    TABLE_FULL = "table-full"
+    # Limits (ratelimit.py, remote entrance).
+    RATE_LIMITED = "rate-limited"
+    SOURCE_TABLE_FULL = "source-table-full"
+    BUSY = "busy"
+    SOURCE_BUSY = "source-busy"
+    BACKOFF = "backoff"
+    # Certificates and trust (section 1, section 2).
+    CHAIN = "chain"
+    NO_ANCHOR = "no-anchor"
+    NO_ID = "no-id"
+    ID_MISMATCH = "id-mismatch"
+    WRONG_ID = "wrong-id"
+    NO_PEER_CERT = "no-peer-cert"
+    BAD_SIGNATURE = "bad-signature"
+    BAD_GENERATION = "bad-generation"
+    BAD_PREV = "bad-prev"
+    THRESHOLD = "threshold"
+    THRESHOLD_NEW = "threshold-new"
+    ROLLBACK = "rollback"
+    NO_PREPARED = "no-prepared"
+    FETCH = "fetch"
+    STATUS = "status"
+    # Guard login and sessions (section 6).
+    NO_SUCH_USER = "no-such-user"
+    UNKNOWN_USER = "unknown-user"
+    BAD_PASSWORD = "bad-password"
+    BAD_PROOF = "bad-proof"
+    BAD_SERVER_PROOF = "bad-server-proof"
+    LOCKED_OUT = "locked-out"
+    CHALLENGE_EXPIRED = "challenge-expired"
+    CHALLENGE_REUSED = "challenge-reused"
+    STALE_COUNTER = "stale-counter"
+    SUITE_NOT_ALLOWED = "suite-not-allowed"
+    DOWNGRADE = "downgrade"
+    KDF_BOUNDS = "kdf-bounds"
+    TOO_FEW_PAIRS = "too-few-pairs"
+    NOT_ON_CARD = "not-on-card"
+    LOGIN_TIMEOUT = "login-timeout"
+    BAD_TAG = "bad-tag"
+    OUT_OF_WINDOW = "out-of-window"
+    WRONG_DIRECTION = "wrong-direction"
+    REKEY_REQUIRED = "rekey-required"
+    REAUTH_REQUIRED = "reauth-required"
+    SESSION_CLOSED = "session-closed"
+    CLOSED = "closed"
+    NOT_LOGGED_IN = "not-logged-in"
+    CALL_IN_FLIGHT = "call-in-flight"
+    UNKNOWN_METHOD = "unknown-method"
+    NO_FRAME = "no-frame"
+    STREAM = "stream"
+    CONNECT = "connect"
+    # Merkle log and receipts (section 6, tamper evidence).
+    NO_LOG = "no-log"
+    UNKNOWN_LEAF = "unknown-leaf"
+    NO_SUCH_LEAF = "no-such-leaf"
+    NOT_COVERED = "not-covered"
+    BEYOND_CHECKPOINT = "beyond-checkpoint"
+    NO_CONSISTENCY = "no-consistency"
+    NO_CONSISTENCY_PROOF = "no-consistency-proof"
+    RECEIPT_MISMATCH = "receipt-mismatch"
+    RECEIPT_REFUSED = "receipt-refused"
+    WRONG_LOG_KEY = "wrong-log-key"
+    LOG_CORRUPT = "log-corrupt"
+    # Persisted state (recorder, spool, authority, trust store, user store).
+    MISSING = "missing"
+    EXISTS = "exists"
+    CORRUPT = "corrupt"
+    SCHEMA_VERSION = "schema-version"
+    MISSING_FRAME = "missing-frame"
+    DUPLICATE_SEQ = "duplicate-seq"
+    UNKNOWN_SEQ = "unknown-seq"
+    SEQ_EXHAUSTED = "seq-exhausted"
+    USER_EXISTS = "user-exists"
+    BAD_ARGS = "bad-args"
+    NOT_RUNNING = "not-running"
+
+
+DESCRIPTIONS: Mapping[Reason, str] = {
+    Reason.ERROR: "an error without a more precise reason",
+    Reason.PROTOCOL: "a wire rule was broken",
+    Reason.LOCAL_PROTOCOL: "we were asked to send something the protocol forbids",
+    Reason.MALFORMED: "the peer sent bytes that do not parse",
+    Reason.VERIFICATION: "well-formed data failed a trust check",
+    Reason.TRANSPORT: "the network failed",
+    Reason.STATE: "persisted state is missing or inconsistent",
+    Reason.REFUSED: "a limit of ours turned the work away, or the peer refused",
+    Reason.BAD_CONFIG: "the configuration is invalid",
+    Reason.OVERSIZED: "input above its stated maximum, refused before parsing",
+    Reason.TRUNCATED: "input ended inside a field or record",
+    Reason.TRAILING_BYTES: "bytes after the last field",
+    Reason.EMPTY: "an empty message where one byte at least is required",
+    Reason.BAD_MAGIC: "the magic bytes are not the format's",
+    Reason.BAD_VERSION: "an unknown format version",
+    Reason.BAD_FLAGS: "unknown flag bits are set",
+    Reason.BAD_URL: "a URL that is not https or not UTF-8",
+    Reason.BAD_THRESHOLD: "a signature threshold above the key count or zero",
+    Reason.BAD_SIGNATURE_LENGTH: "a signature field of the wrong length",
+    Reason.BAD_HTTP: "a malformed HTTP response",
+    Reason.UNKNOWN_TYPE: "an unknown message type byte",
+    Reason.EMPTY_DOCUMENT: "a DOCUMENT message with no XML",
+    Reason.BAD_DOCUMENT: "an XML document that is not UTF-8, not HCSP or not well formed",
+    Reason.BAD_MIME: "a frame media type that is empty or not printable ASCII",
+    Reason.BAD_HELLO: "the device's first message is not a hello naming it and this hub",
+    Reason.BAD_WELCOME: "the hub's answer is not a welcome naming both parties",
+    Reason.HELLO_TIMEOUT: "no hello (or welcome) within the channel's deadline",
+    Reason.ACK_AHEAD: "an ACK for a frame that was never sent",
+    Reason.UNEXPECTED_MESSAGE: "a channel message of a type not allowed in this state",
+    Reason.UNEXPECTED_DOCUMENT: "a document not allowed in this state (or for another device)",
+    Reason.NOT_DEVICE: "a device-channel client whose certificate is not a device's",
+    Reason.NOT_HUB: "a peer that should be a hub presented another role",
+    Reason.FULL: "the hub has no room for another device",
+    Reason.DISCONNECTED: "the peer closed or reset the connection",
+    Reason.NOT_SUBSCRIBE: "an announcement whose document is not a subscribe",
+    Reason.NOT_A_HUB: "an announcement signed by a certificate that is not a hub's",
+    Reason.STALE: "a timestamp older than the freshness window",
+    Reason.FUTURE: "a timestamp ahead of the freshness window",
+    Reason.REPLAY: "a sequence number already accepted",
+    Reason.SEQ_NOT_INCREASING: "a sequence number below the high-water mark",
+    Reason.SOURCE_MISMATCH: "the advertised address is not the datagram's source",
+    Reason.TABLE_FULL: "a bounded table is full of live entries",
+    Reason.RATE_LIMITED: "the source spent its token bucket",
+    Reason.SOURCE_TABLE_FULL: "too many distinct sources are active at once",
+    Reason.BUSY: "every slot of a listener is taken",
+    Reason.SOURCE_BUSY: "the source holds its share of slots already",
+    Reason.BACKOFF: "a retry inside its back-off window",
+    Reason.CHAIN: "a certificate does not chain to a trusted CA generation",
+    Reason.NO_ANCHOR: "no trusted CA generation is loaded",
+    Reason.NO_ID: "a certificate with no single node identifier",
+    Reason.ID_MISMATCH: "an identifier that is not the hash of the certificate's key",
+    Reason.WRONG_ID: "a certificate for another identifier than the one expected",
+    Reason.NO_PEER_CERT: "the peer presented no certificate",
+    Reason.BAD_SIGNATURE: "a signature that does not verify",
+    Reason.BAD_GENERATION: "CA information that is not generation N+1",
+    Reason.BAD_PREV: "CA information whose prev_digest is not the trusted one's",
+    Reason.THRESHOLD: "too few signatures by the trusted DL keys",
+    Reason.THRESHOLD_NEW: "too few signatures by the new generation's own DL keys",
+    Reason.ROLLBACK: "a generation or time floor older than one already passed",
+    Reason.NO_PREPARED: "nothing prepared to promote",
+    Reason.FETCH: "fetching CA information failed",
+    Reason.STATUS: "the download server answered an unexpected HTTP status",
+    Reason.NO_SUCH_USER: "no such user",
+    Reason.UNKNOWN_USER: "a login for a user that is not registered",
+    Reason.BAD_PASSWORD: "the password is wrong",
+    Reason.BAD_PROOF: "the challenge responses are wrong",
+    Reason.BAD_SERVER_PROOF: "the server could not prove it holds the verifiers",
+    Reason.LOCKED_OUT: "the user is locked out after failed logins",
+    Reason.CHALLENGE_EXPIRED: "a proof arrived after its challenge expired",
+    Reason.CHALLENGE_REUSED: "a challenge set was answered twice",
+    Reason.STALE_COUNTER: "an access counter below the one the client last saw",
+    Reason.SUITE_NOT_ALLOWED: "a suite outside the allow-list",
+    Reason.DOWNGRADE: "the server chose a suite the client did not offer",
+    Reason.KDF_BOUNDS: "KDF cost outside the configured bounds",
+    Reason.TOO_FEW_PAIRS: "fewer registered pairs than a challenge needs",
+    Reason.NOT_ON_CARD: "a challenge label the card does not have",
+    Reason.LOGIN_TIMEOUT: "the login did not finish within its deadline",
+    Reason.BAD_TAG: "a sealed message or datagram whose tag does not verify",
+    Reason.OUT_OF_WINDOW: "a message index outside the replay window",
+    Reason.WRONG_DIRECTION: "a message sealed for the other direction",
+    Reason.REKEY_REQUIRED: "the ratchet reached its message limit",
+    Reason.REAUTH_REQUIRED: "the session reached its idle or absolute limit",
+    Reason.SESSION_CLOSED: "use of a closed session",
+    Reason.CLOSED: "the stream or session was closed",
+    Reason.NOT_LOGGED_IN: "a call before login",
+    Reason.CALL_IN_FLIGHT: "a second call while one is unanswered",
+    Reason.UNKNOWN_METHOD: "a remote call names no known method",
+    Reason.NO_FRAME: "no frame is recorded for that camera",
+    Reason.STREAM: "the guard stream failed",
+    Reason.CONNECT: "the connection could not be opened",
+    Reason.NO_LOG: "the server keeps no log",
+    Reason.UNKNOWN_LEAF: "a receipt asked for a leaf the log does not hold",
+    Reason.NO_SUCH_LEAF: "no such leaf in the log",
+    Reason.NOT_COVERED: "a checkpoint that does not cover the leaf",
+    Reason.BEYOND_CHECKPOINT: "a proof asked beyond the checkpoint's size",
+    Reason.NO_CONSISTENCY: "the server refused a consistency proof",
+    Reason.NO_CONSISTENCY_PROOF: "a checkpoint document without its consistency proof",
+    Reason.RECEIPT_MISMATCH: "a receipt for another message or leaf",
+    Reason.RECEIPT_REFUSED: "the server refused a receipt",
+    Reason.WRONG_LOG_KEY: "a receipt signed by another log key than the pinned one",
+    Reason.LOG_CORRUPT: "the stored Merkle log does not match its checkpoints",
+    Reason.MISSING: "a file or directory that should exist does not",
+    Reason.EXISTS: "refusing to overwrite what exists",
+    Reason.CORRUPT: "stored state does not parse",
+    Reason.SCHEMA_VERSION: "a database of an unknown schema version",
+    Reason.MISSING_FRAME: "an indexed frame file is missing",
+    Reason.DUPLICATE_SEQ: "a sequence number already spooled",
+    Reason.UNKNOWN_SEQ: "a sequence number the spool did not allocate",
+    Reason.SEQ_EXHAUSTED: "sequence numbers are exhausted",
+    Reason.USER_EXISTS: "the user already exists",
+    Reason.BAD_ARGS: "command arguments out of range",
+    Reason.NOT_RUNNING: "the daemon is not running",
+}
+
+
+class RejectionCounter:
+    """Counts refusals by reason and applies the logging rule of PROTOCOL.md's preamble.
+
+    :meth:`count` returns ``None`` when no line should be written, or the number of
+    refusals from that source that were counted silently since its last line. At most
+    ``max_sources`` sources are remembered (oldest forgotten first), so the table is
+    bounded under a spoofed-source flood.
+    """
+
+    __slots__ = ("_counts", "_last_logged", "_log_interval", "_max_sources", "_suppressed")
+
+    def __init__(self, log_interval: float = 60.0, max_sources: int = 4096) -> None:
+        self._counts: Counter[str] = Counter()
+        self._log_interval = log_interval
+        self._max_sources = max_sources
+        self._last_logged: OrderedDict[str, float] = OrderedDict()
+        self._suppressed: Counter[str] = Counter()
+
+    def count(
+        self, error: RoostError | str, *, source: str | None = None, now: float | None = None
+    ) -> int | None:
+        """Count one refusal; say whether (and with what backlog) to log it."""
+        reason = error if isinstance(error, str) else error.reason
+        self._counts[reason] += 1
+        if source is None or now is None:
+            return None
+        last = self._last_logged.get(source)
+        if last is not None and now - last < self._log_interval:
+            self._suppressed[source] += 1
+            return None
+        self._last_logged[source] = now
+        self._last_logged.move_to_end(source)
+        while len(self._last_logged) > self._max_sources:
+            forgotten, _ = self._last_logged.popitem(last=False)
+            self._suppressed.pop(forgotten, None)
+        return self._suppressed.pop(source, 0)
+
+    def __getitem__(self, reason: str) -> int:
+        return self._counts[reason]
+
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self._counts)
+
+
+def log_rejection(
+    logger: logging.Logger,
+    counter: RejectionCounter,
+    error: RoostError,
+    *,
+    source: str,
+    now: float,
+    what: str = "refused",
+) -> None:
+    """Count ``error`` and write one INFO line for it when the logging rule allows."""
+    suppressed = counter.count(error, source=source, now=now)
+    if suppressed is None:
+        return
+    more = f" ({suppressed} more since the last line)" if suppressed else ""
+    logger.info("%s %s: %s%s", what, source, error.reason, more)
