@@ -14,6 +14,9 @@ rule), so a decoder's error reaches the adapter already classified.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "ConfigError",
     "LocalProtocolError",
@@ -24,6 +27,8 @@ __all__ = [
     "StateError",
     "TransportError",
     "VerificationError",
+    "as_remote",
+    "peer_input",
 ]
 
 
@@ -83,3 +88,22 @@ class ConfigError(RoostError):
     """The operator's configuration is invalid (type, range, unknown key, missing file)."""
 
     default_reason = "bad-config"
+
+
+def as_remote(error: LocalProtocolError) -> RemoteProtocolError:
+    """The same refusal, blamed on the peer (same reason and message)."""
+    remote = RemoteProtocolError(str(error), reason=error.reason)
+    remote.__cause__ = error
+    return remote
+
+
+@contextlib.contextmanager
+def peer_input() -> Iterator[None]:
+    """A core's receive boundary (h11's rule): while it handles the peer's bytes, a
+    ``LocalProtocolError`` raised by a shared helper (a ``Writer`` re-encoding a field, a
+    bound check) is the peer's fault and leaves as ``RemoteProtocolError``. Hot paths may
+    write the same ``try``/``except LocalProtocolError: raise as_remote(...)`` inline."""
+    try:
+        yield
+    except LocalProtocolError as error:
+        raise as_remote(error) from error
