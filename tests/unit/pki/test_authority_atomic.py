@@ -8,30 +8,17 @@ import shutil
 from pathlib import Path
 
 from roost.pki.authority import Authority
-from roost.pki.cainfo import accept_successor
+from tests.helpers.authority import generation_entries, recorded_generations_are_whole
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 YEAR = dt.timedelta(days=365)
-GENERATION_FILES = {"ca-key.pem", "ca-cert.pem", "ca-info.bin"}
-DOWNLOAD_FILES = {"download-cert.pem", "download-key.pem"}
-
-
-def _on_disk(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith(("gen-", ".gen-")))
 
 
 def _assert_consistent(directory: Path) -> Authority:
-    """Every recorded generation is complete and chains to the one before; nothing else."""
-    authority = Authority.load(directory)
+    """Whole recorded generations and nothing else: no staging, no unrecorded gen-N."""
+    authority = recorded_generations_are_whole(directory)
     numbers = [record.generation for record in authority.settings.generations]
-    assert numbers == list(range(1, len(numbers) + 1))
-    assert _on_disk(directory) == sorted(f"gen-{n}" for n in numbers)
-    for number in numbers:
-        expected = GENERATION_FILES | (DOWNLOAD_FILES if number > 1 else set())
-        assert {p.name for p in (directory / f"gen-{number}").iterdir()} == expected
-        assert authority.ca_info(number).generation == number
-        if number > 1:
-            accept_successor(authority.ca_info(number - 1), authority.ca_info(number))
+    assert generation_entries(directory) == sorted(f"gen-{n}" for n in numbers)
     return authority
 
 
