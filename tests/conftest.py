@@ -22,7 +22,8 @@ def pytest_runtest_makereport(
     markers = {mark.name for mark in item.iter_markers()}
     if report.skipped and not hasattr(report, "wasxfail") and ci_forbids_skip(markers):
         longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) else longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+        reason = reason.removeprefix("Skipped: ")
         report.outcome = "failed"
         report.longrepr = f"CI=true requires this test to run, but it skipped: {reason}"
     return report

@@ -27,12 +27,13 @@ from roost.pki.authority import Authority
 from roost.pki.cainfo import MEDIA_TYPE, decode_cainfo
 from roost.pki.certs import Role, cert_to_pem
 from tests.helpers.tools import require_tool
+from tests.helpers.waits import scaled
 
 pytestmark = pytest.mark.real
 
 _HOST = "127.0.0.1"
-_SERVER_START_TIMEOUT = 20.0
-_TOOL_TIMEOUT = 20.0
+_SERVER_START_TIMEOUT = scaled(20.0)
+_TOOL_TIMEOUT = scaled(20.0)
 # Leaves are issued "now" and openssl checks validity against the wall clock; starting a
 # few minutes in the past keeps a second's rounding or clock step from failing a check.
 _BACKDATE = dt.timedelta(minutes=5)
