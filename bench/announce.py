@@ -31,15 +31,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import random
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +44,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-from rich.console import Console
 from rich.table import Table
 
+from _common import HubProcesses, cpu_seconds, machine_facts, print_result, state_dir, stop_process
 from roost.cli.common import now_utc
 from roost.cli.home import free_loopback_ports
 from roost.config import to_toml
@@ -70,7 +65,7 @@ _HOST = "127.0.0.1"
 _HUBS = 8
 _STEP = 0.06
 _HOLD_DOWN = 3.0
-_PROCESSES: list[subprocess.Popen[bytes]] = []
+_PROCESSES = HubProcesses()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,14 +189,7 @@ class HubProcess:
         return fetch_status(_HOST, self.api_port, timeout)
 
     def start(self, log: Path) -> None:
-        with log.open("wb") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "roost", "hub", "run", "--config", str(self.config)],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        _PROCESSES.append(self.process)
+        self.process = _PROCESSES.start(self.config, log)
 
     def wait_api(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -216,15 +204,7 @@ class HubProcess:
         raise TimeoutError(f"{self.name} did not answer within {timeout} s")
 
     def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(self.process)
 
 
 def _write_hub(
@@ -335,12 +315,6 @@ def _flood_worker(spec_file: Path) -> None:
     print(json.dumps({"sent": sent, "seconds": elapsed, "errors": errors}), flush=True)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 of proc(5): the 12th and 13th after the name.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _rejected_total(status: dict[str, Any]) -> int:
     return sum(status["counters"]["announcements_rejected"].values())
 
@@ -387,7 +361,7 @@ def _flood_phase(
         )
         assert flooder.stdout is not None
         flooder.stdout.readline()
-        cpu0, t0 = _cpu_seconds(victim.process.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(victim.process.pid), time.monotonic()
         # One second of flood before the joiner starts: it joins an already flooded LAN.
         time.sleep(1.0)
         joiner.start(phase_dir / "joiner.log")
@@ -412,7 +386,7 @@ def _flood_phase(
             time.sleep(0.1)
         report = json.loads(flooder.stdout.readline() or "{}")
         flooder.wait(10)
-        cpu1, t1 = _cpu_seconds(victim.process.pid), time.monotonic()
+        cpu1, t1 = cpu_seconds(victim.process.pid), time.monotonic()
         after = victim.status()
         window = t1 - t0
         result.update(
@@ -448,14 +422,6 @@ def _flood_phase(
 # ------------------------------------------------------------------------------- main
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def _table(result: dict[str, Any]) -> Table:
     table = Table(title="Hub announcements (PROTOCOL.md section 3)")
     table.add_column("measurement")
@@ -476,6 +442,29 @@ def _table(result: dict[str, Any]) -> Table:
     return table
 
 
+def _measure(home: Path, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """(a), then (b) twice: the kinds that fail before the rate limit, then the full mix."""
+    authority = Authority.init(home / "ca", f"https://{_HOST}:9/ca/", now_utc())
+    state = TrustState.provision(authority.ca_info(1))
+    result.update(_verification(authority, state, args.count, rounds=4))
+    result["pre_limit"] = _flood_phase(
+        home,
+        authority,
+        "pre-limit",
+        ["random", "oversized"],
+        args.flood_pps,
+        args.flood_seconds,
+    )
+    result["full_mix"] = _flood_phase(
+        home,
+        authority,
+        "full-mix",
+        ["random", "oversized", "bad-signature", "stale", "replay"],
+        args.flood_pps,
+        args.flood_seconds,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=8000, help="datagrams verified in (a)")
@@ -489,47 +478,20 @@ def main() -> None:
     if not 100 <= args.count <= 100_000 or not 0 < args.flood_seconds <= 60:
         parser.error("--count within 100..100000 and --flood-seconds within 0..60")
     started = time.monotonic()
-    shm = Path("/dev/shm")
-    home = Path(tempfile.mkdtemp(prefix="roost-announce-", dir=shm if shm.is_dir() else None))
     result: dict[str, Any] = {}
-    try:
-        authority = Authority.init(home / "ca", f"https://{_HOST}:9/ca/", now_utc())
-        state = TrustState.provision(authority.ca_info(1))
-        result.update(_verification(authority, state, args.count, rounds=4))
-        result["pre_limit"] = _flood_phase(
-            home,
-            authority,
-            "pre-limit",
-            ["random", "oversized"],
-            args.flood_pps,
-            args.flood_seconds,
-        )
-        result["full_mix"] = _flood_phase(
-            home,
-            authority,
-            "full-mix",
-            ["random", "oversized", "bad-signature", "stale", "replay"],
-            args.flood_pps,
-            args.flood_seconds,
-        )
-    finally:
-        for process in _PROCESSES:
-            if process.poll() is None:
-                process.kill()
-                process.wait(5)
-        shutil.rmtree(home, ignore_errors=True)
+    with state_dir("roost-announce-") as home:
+        try:
+            _measure(home, args, result)
+        finally:
+            _PROCESSES.kill_all()
     full = result["full_mix"]
     result["flood_pps"] = full["flood_pps"]
     result["join_completed"] = full["join_completed"]
     result["victim_cpu_percent"] = full["victim_cpu_percent"]
     result["join_completed_pre_limit_flood"] = result["pre_limit"]["join_completed"]
     result["total_s"] = round(time.monotonic() - started, 1)
-    result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-    result["cpu"] = _cpu_model()
-    result["cores"] = os.cpu_count()
-    result["python"] = platform.python_version()
-    Console().print(_table(result))
-    print(json.dumps(result))
+    result.update(machine_facts())
+    print_result(result, _table(result))
 
 
 if __name__ == "__main__":

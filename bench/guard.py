@@ -1,15 +1,16 @@
 """Guard benchmark: sealing throughput against raw AES-256-GCM, login time, Merkle appends.
 
 Prints a table, then one JSON line (the last line) with the figures docs/BENCHMARKS.md
-quotes. Run from the repository root: ``.venv/bin/python bench/guard.py``.
+quotes. Run from the repository root: ``.venv/bin/python bench/guard.py``. SQLite appends
+use the default temporary directory on purpose: they measure the disk's commit cost.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import hashlib
-import json
 import os
 import platform
 import statistics
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding
+from rich.table import Table
 
+from _common import print_result
 from roost.guard.aio import GuardClient, GuardServer
 from roost.guard.card import Card, generate_card
 from roost.guard.challenge import LoginClient, LoginResult, LoginServer
@@ -162,7 +165,18 @@ async def _remote_round_trips(
     )
 
 
+def _table(rows: list[tuple[str, str]]) -> Table:
+    table = Table(title="Guard (PROTOCOL.md section 6)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
     store = MemoryUserStore()
     card = generate_card()
     store.add(make_user("alice", "bench password", card))  # default KDF costs
@@ -244,22 +258,23 @@ def main() -> None:
         "remote_login_ms": round(remote_login_ms, 1),
         "python": platform.python_version(),
     }
-    print(f"{'measure':<34}{'value':>14}")
-    print(f"{'seal 64 KiB (MB/s)':<34}{seal_64k_mb:>14.1f}")
-    print(f"{'raw AES-256-GCM 64 KiB (MB/s)':<34}{raw_64k_mb:>14.1f}")
-    print(f"{'seal / raw at 64 KiB':<34}{seal_64k_mb / raw_64k_mb:>14.1%}")
-    print(f"{'raw AES-GCM, new key each (MB/s)':<34}{new_key_64k * to_mb:>14.1f}")
-    print(f"{'ratchet step, 2 HMACs (us)':<34}{1e6 / ratchet_steps:>14.3f}")
-    print(f"{'§6 fixed cost per message (us)':<34}{fixed_us:>14.3f}")
-    print(f"{'§6 ceiling, seal / raw at 64 KiB':<34}{ceiling:>14.1%}")
-    print(f"{'seal 100 B (messages/s)':<34}{seal_100:>14.0f}")
-    print(f"{'raw AES-256-GCM 100 B (ops/s)':<34}{raw_100:>14.0f}")
-    print(f"{'login p50, default KDF (ms)':<34}{login_p50:>14.1f}")
-    print(f"{'Merkle appends (per s, SQLite)':<34}{appends:>14.0f}")
-    print(f"{'remote call, 1 KiB echo (us RTT)':<34}{call_us:>14.1f}")
-    print(f"{'raw TLS echo, 1 KiB (us RTT)':<34}{raw_tls_us:>14.1f}")
-    print(f"{'login over TLS, loopback (ms)':<34}{remote_login_ms:>14.1f}")
-    print(json.dumps(figures))
+    rows = [
+        ("seal 64 KiB (MB/s)", f"{seal_64k_mb:.1f}"),
+        ("raw AES-256-GCM 64 KiB (MB/s)", f"{raw_64k_mb:.1f}"),
+        ("seal / raw at 64 KiB", f"{seal_64k_mb / raw_64k_mb:.1%}"),
+        ("raw AES-GCM, new key each (MB/s)", f"{new_key_64k * to_mb:.1f}"),
+        ("ratchet step, 2 HMACs (us)", f"{1e6 / ratchet_steps:.3f}"),
+        ("§6 fixed cost per message (us)", f"{fixed_us:.3f}"),
+        ("§6 ceiling, seal / raw at 64 KiB", f"{ceiling:.1%}"),
+        ("seal 100 B (messages/s)", f"{seal_100:.0f}"),
+        ("raw AES-256-GCM 100 B (ops/s)", f"{raw_100:.0f}"),
+        ("login p50, default KDF (ms)", f"{login_p50:.1f}"),
+        ("Merkle appends (per s, SQLite)", f"{appends:.0f}"),
+        ("remote call, 1 KiB echo (us RTT)", f"{call_us:.1f}"),
+        ("raw TLS echo, 1 KiB (us RTT)", f"{raw_tls_us:.1f}"),
+        ("login over TLS, loopback (ms)", f"{remote_login_ms:.1f}"),
+    ]
+    print_result(figures, _table(rows))
 
 
 if __name__ == "__main__":

@@ -43,25 +43,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import platform
 import resource
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from _common import HubProcesses, cpu_seconds, machine_facts, print_result, state_dir, stop_process
 from roost.cli.common import now_utc
 from roost.cli.home import free_loopback_ports
 from roost.config import AnnounceSettings, DeviceConfig, to_toml
@@ -85,7 +78,7 @@ _HOST = "127.0.0.1"
 _HOLD_DOWN = 3.0
 _START_CHUNK = 64
 # Every hub process started, so that the last `finally` can kill any left behind.
-_PROCESSES: list[subprocess.Popen[bytes]] = []
+_PROCESSES = HubProcesses()
 
 
 @dataclass
@@ -198,15 +191,7 @@ def _provision(
 
 
 def _start_hub(hub: Hub, home: Path) -> None:
-    log = (home / f"{hub.name}.log").open("wb")
-    hub.process = subprocess.Popen(
-        [sys.executable, "-m", "roost", "hub", "run", "--config", str(hub.config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    _PROCESSES.append(hub.process)
-    log.close()
+    hub.process = _PROCESSES.start(hub.config, home / f"{hub.name}.log")
 
 
 async def _wait_api(hub: Hub, timeout: float) -> None:
@@ -221,16 +206,6 @@ async def _wait_api(hub: Hub, timeout: float) -> None:
         except OSError:
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{hub.name} API did not answer within {timeout} s")
-
-
-def _cpu_seconds(pid: int | None = None) -> float:
-    """User plus system CPU seconds of a process (this one when `pid` is None)."""
-    if pid is None:
-        times = os.times()
-        return times.user + times.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # Fields 14 and 15 of proc(5) (utime, stime) are the 12th and 13th after the name.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _listen_overflows() -> int:
@@ -250,19 +225,11 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def _cpu_sample(hubs: list[Hub]) -> list[float]:
     pids = [None] + [hub.process.pid if hub.process else None for hub in hubs]
-    return [_cpu_seconds(pid) if pid or index == 0 else 0.0 for index, pid in enumerate(pids)]
+    return [cpu_seconds(pid) if pid or index == 0 else 0.0 for index, pid in enumerate(pids)]
 
 
 def _stop_hub(hub: Hub) -> None:
-    process = hub.process
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    stop_process(hub.process)
 
 
 def _device_config(name: str, directory: Path, hub_a: Hub, fps: float) -> DeviceConfig:
@@ -525,14 +492,6 @@ async def _run(args: argparse.Namespace, home: Path, result: dict[str, Any]) -> 
     result["frames_stored_a"], result["frames_stored_b"] = per_hub
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def _table(result: dict[str, Any]) -> Table:
     table = Table(title=f"Handover of {result['devices']} devices from hub A to hub B")
     table.add_column("measurement")
@@ -574,24 +533,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.devices < 1 or args.fps <= 0 or args.batch < 1 or args.spacing < 0:
         parser.error("--devices must be >= 1 and --fps > 0")
-    console = Console()
     started = time.monotonic()
     result: dict[str, Any] = {"devices": args.devices, "fps": args.fps}
     result["fd_limit"] = _raise_fd_limit()
-    shm = Path("/dev/shm")
-    home = Path(tempfile.mkdtemp(prefix="roost-handover-", dir=shm if shm.is_dir() else None))
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        asyncio.run(asyncio.wait_for(_run(args, home, result), args.timeout + 60))
-    finally:
-        for process in _PROCESSES:
-            if process.poll() is None:
-                process.kill()
-                process.wait(5)
-        shutil.rmtree(home, ignore_errors=True)
+    with state_dir("roost-handover-") as home:
+        try:
+            asyncio.run(asyncio.wait_for(_run(args, home, result), args.timeout + 60))
+        finally:
+            _PROCESSES.kill_all()
     result["hold_down_s"] = _HOLD_DOWN
     result["redirect_batch"] = args.batch
     result["redirect_spacing_s"] = args.spacing
@@ -601,12 +554,8 @@ def main() -> None:
             result["handover_s"] / result["tls_capacity_s"], 2
         )
     result["total_s"] = round(time.monotonic() - started, 1)
-    result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-    result["cpu"] = _cpu_model()
-    result["cores"] = os.cpu_count()
-    result["python"] = platform.python_version()
-    console.print(_table(result))
-    print(json.dumps(result))
+    result.update(machine_facts())
+    print_result(result, _table(result))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,8 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
-import os
 import platform
 import ssl
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,9 +36,9 @@ from typing import Any
 import cryptography
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rich.console import Console
 from rich.table import Table
 
+from _common import cpu_model, load_average, print_result
 from roost.pki import cainfo as cainfo_module
 from roost.pki.authority import Authority
 from roost.pki.cainfo import CAInfo, accept_successor, decode_cainfo
@@ -355,14 +352,6 @@ def _new_loop(choice: str) -> tuple[asyncio.AbstractEventLoop, str]:
     return asyncio.new_event_loop(), "asyncio"
 
 
-def _machine() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="duration per measurement")
@@ -398,7 +387,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{r.micros:,.1f}",
             r.note,
         )
-    Console(width=160).print(table)
 
     accept, accept_rot, decode, ed, fetch, hs, hs_fresh = rates
     verifies = facts["ed25519_verifies_per_cainfo"]
@@ -421,14 +409,14 @@ def main(argv: list[str] | None = None) -> None:
         "fetch_vs_tls_handshake_fresh_ctx": round(fetch.per_second / hs_fresh.per_second, 3),
         "seconds_per_measurement": args.seconds,
         "rounds": args.rounds,
-        "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        "loadavg_1m_after": load_average(),
         "loop": loop_name,
-        "cpu": _machine(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "cryptography": cryptography.__version__,
         "openssl": ssl.OPENSSL_VERSION,
     }
-    sys.stdout.write(json.dumps(result) + "\n")
+    print_result(result, table, width=160)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from roost.cli.home import make_home
 from roost.config import load_device_config, load_hub_config
 from roost.hub.api import fetch_status
 from roost.hub.recorder import Recorder
-from tests.helpers.net import time_unit
+from tests.helpers.waits import time_unit, wait_until
 
 
 @dataclass
@@ -99,13 +98,21 @@ class LoopbackHome:
             return None
 
     def wait_for(self, what: str, condition: Callable[[], bool], seconds: float) -> None:
-        deadline = time.monotonic() + seconds * time_unit()
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.2)
-        logs = {p.name: p.read_text(errors="replace")[-1500:] for p in self.path.glob("*.log")}
-        raise AssertionError(f"timed out waiting for {what}; logs: {json.dumps(logs)[:6000]}")
+        """Poll `condition` for `seconds` time units; on timeout the error carries the logs."""
+        try:
+            wait_until(condition, seconds, interval=0.2, what=what)
+        except AssertionError as timed_out:
+            logs = {p.name: p.read_text(errors="replace")[-1500:] for p in self.path.glob("*.log")}
+            raise AssertionError(f"{timed_out}; logs: {json.dumps(logs)[:6000]}") from None
+
+    def frames_stored(self, index: int) -> int:
+        """Frames hub `index` has stored so far (0 while its API does not answer)."""
+        status = self.hub_status(index) or {}
+        return int(status.get("counters", {}).get("frames_stored", 0))
+
+    def buffered(self, index: int) -> int:
+        """Frames device `index` holds unacknowledged, as of its last status file."""
+        return int((self.device_status(index) or {}).get("buffered", 0))
 
     def devices_on(self, hub_index: int) -> bool:
         wanted = self.hub_id(hub_index)

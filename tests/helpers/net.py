@@ -1,9 +1,13 @@
-"""Loopback helpers: free ports and the unit that scales every test timeout."""
+"""Loopback helpers: free ports; the test time unit lives in `tests.helpers.waits`."""
 
 from __future__ import annotations
 
-import os
 import socket
+
+from tests.helpers.tools import in_ci
+from tests.helpers.waits import time_unit
+
+__all__ = ["free_port", "require_in_ci", "time_unit"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -14,13 +18,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
-def time_unit() -> float:
-    """One timeout unit in seconds; ROOST_TEST_TIME_SCALE stretches it on slow machines."""
-    return float(os.environ.get("ROOST_TEST_TIME_SCALE", "1")) * 1.0
-
-
 def require_in_ci(what: str) -> str:
-    """Reason string for a skip that is forbidden in CI (CI=true must run everything)."""
-    if os.environ.get("CI") == "true":
+    """Reason string for a skip that is forbidden in CI (CI=true must run everything).
+
+    Prefer marking the test ``real`` or ``netns`` and calling `tests.helpers.tools`; this
+    stays for tests that skip for a reason no marker describes.
+    """
+    if in_ci():
         raise AssertionError(f"{what} is required in CI")
     return f"{what} is not available here"

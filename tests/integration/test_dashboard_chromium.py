@@ -4,7 +4,7 @@ The API is served from the test's own event loop with a real recorder holding JP
 from the synthetic camera and a fake daemon status. Chromium runs as a subprocess with a
 virtual-time budget, so the page's script has fetched /api/status and built the DOM before
 the screenshot is taken and the DOM is dumped. When CI=true a missing Chromium is a
-failure; elsewhere the test is skipped with the reason.
+failure (tests/conftest.py); elsewhere the test is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from roost.device.camera import SyntheticCamera
 from roost.hub.api import ApiRunner, start_api
 from roost.hub.recorder import Recorder
 from tests.helpers.net import time_unit
+from tests.helpers.tools import require_tool
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(180)]
 
@@ -99,13 +100,7 @@ class FakeHub:
 
 
 def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    if os.environ.get("CI") == "true":
-        pytest.fail("chromium is required when CI=true but is not installed (make system-deps)")
-    pytest.skip("chromium is not installed; install Debian's chromium package to run this test")
+    return require_tool("chromium", "chromium-browser")
 
 
 @pytest.fixture

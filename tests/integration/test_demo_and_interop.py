@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -12,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.home import LoopbackHome
-from tests.helpers.net import require_in_ci
+from tests.helpers.tools import require_tool
 
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.mark.slow
 def test_demo_runs_and_accounts_for_every_frame() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "roost", "demo"],
@@ -30,9 +30,9 @@ def test_demo_runs_and_accounts_for_every_frame() -> None:
     assert "rejected (chain)" in result.stdout
 
 
+@pytest.mark.real
 def test_openssl_s_client_with_device_certificate_reaches_hub(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip(require_in_ci("openssl"))
+    openssl = require_tool("openssl")
     home = LoopbackHome(tmp_path / "home", hubs=1, devices=1)
     try:
         home.start("hub-1")
@@ -42,7 +42,7 @@ def test_openssl_s_client_with_device_certificate_reaches_hub(tmp_path: Path) ->
         ca = tmp_path / "home" / "ca" / "gen-1" / "ca-cert.pem"
         result = subprocess.run(
             [
-                "openssl",
+                openssl,
                 "s_client",
                 "-connect",
                 listen,

@@ -25,6 +25,7 @@ from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.tls import client_context, server_context
 from roost.pki.verify import verify_node
 from tests.helpers.pki import EPOCH, Node, TestCA
+from tests.helpers.waits import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
 FAST = KdfParams(log2_n=4, r=1, p=1)
@@ -69,6 +70,11 @@ class Remote:
             check_server=self.check_hub,
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+async def _served(server: GuardServer) -> None:
+    """Until the server has finished every stream, counted it and committed its log."""
+    await async_wait_until(lambda: server.active == 0, 5, what="the server to finish its streams")
 
 
 def _write_node(directory: Path, node: Node) -> tuple[Path, Path]:
@@ -133,7 +139,7 @@ async def test_login_calls_and_a_receipt_that_verifies(remote: Remote) -> None:
         assert not refused.ok and refused.reason == "unknown-method"
     finally:
         await client.close()
-    await asyncio.sleep(0.05)
+    await _served(remote.server)
     counters = remote.server.counters
     assert counters.logins_ok == 1 and counters.calls == 4
     # Every request and every response went to the log and was committed.
@@ -158,7 +164,7 @@ async def test_wrong_codes_are_refused_then_the_user_is_locked_out(remote: Remot
     # Locked: even the right codes are refused now.
     with pytest.raises(VerificationError):
         await remote.connect()
-    await asyncio.sleep(0.05)
+    await _served(remote.server)
     assert remote.server.counters.logins_failed == 4
     assert remote.server.rejections["bad-proof"] == 3
     assert remote.server.rejections["locked-out"] == 1
@@ -167,7 +173,7 @@ async def test_wrong_codes_are_refused_then_the_user_is_locked_out(remote: Remot
 async def test_wrong_password_is_refused(remote: Remote) -> None:
     with pytest.raises(VerificationError):
         await remote.connect(password="guess")
-    await asyncio.sleep(0.05)
+    await _served(remote.server)
     assert remote.server.rejections["bad-password"] == 1
 
 
@@ -197,7 +203,12 @@ async def test_client_keeps_its_password_from_a_server_that_is_not_the_hub(
                 answer=lambda labels: [],
                 check_server=impostor.check_hub,
             )
-        await asyncio.sleep(0.1)
+        # The listener accepted the stream and has finished with it.
+        await async_wait_until(
+            lambda: listener.counters.connections == 1 and listener.active == 0,
+            5,
+            what="the listener to finish the stream",
+        )
         # Nothing reached the login core: no hello, no password check.
         assert listener.counters.logins_ok == listener.counters.logins_failed == 0
         assert listener.rejections.total() == 0
@@ -222,7 +233,10 @@ async def test_idle_session_is_closed_and_counted(tmp_path: Path) -> None:
     try:
         client = await started.connect(limits=SessionLimits(idle_s=60.0))
         assert (await client.call("echo", b"a")).ok
-        await asyncio.sleep(0.6)
+        # Past the server's idle limit (0.3 s) the session is closed from the server side.
+        await async_wait_until(
+            lambda: started.server.counters.sessions_expired == 1, 5, what="the idle session closed"
+        )
         with pytest.raises(TransportError):
             await client.call("echo", b"too late")
         await client.close()
@@ -250,11 +264,12 @@ async def test_silent_or_oversized_peers_are_dropped(tmp_path: Path) -> None:
         held = [
             await asyncio.open_connection("127.0.0.1", started.port, ssl=context) for _ in range(3)
         ]
-        await asyncio.sleep(0.1)
-        assert started.server.counters.refused_busy == 1
+        await async_wait_until(
+            lambda: started.server.counters.refused_busy == 1, 5, what="the extra stream refused"
+        )
         for _, held_writer in held:
             held_writer.close()
-        await asyncio.sleep(0.5)
+        await _served(started.server)
         counters = started.server.counters
         assert counters.stream_errors >= 1 and started.server.rejections["oversized"] == 1
         assert started.server.rejections["login-timeout"] >= 1
@@ -281,18 +296,20 @@ async def test_one_source_cannot_flood_the_login_worker(tmp_path: Path) -> None:
         held = [
             await asyncio.open_connection("127.0.0.1", started.port, ssl=context) for _ in range(2)
         ]
-        await asyncio.sleep(0.2)  # the hub has finished both handshakes and counted them
+        # The hub has finished both handshakes and counted them against the source.
+        await async_wait_until(lambda: started.server.active == 2, 5, what="both streams held")
         # A third stream at once exceeds the source's share; it is closed unread.
         reader, writer = await asyncio.open_connection("127.0.0.1", started.port, ssl=context)
         assert await asyncio.wait_for(reader.read(), 5.0) == b""
         writer.close()
         for _, held_writer in held:
             held_writer.close()
-        await asyncio.sleep(0.2)
+        await _served(started.server)
         # Burst 3: the two held streams took two tokens; this one takes the last.
         _, writer = await asyncio.open_connection("127.0.0.1", started.port, ssl=context)
-        await asyncio.sleep(0.1)
+        await async_wait_until(lambda: started.server.active == 1, 5, what="the third stream held")
         writer.close()
+        await _served(started.server)
         # Now the source must wait (0.01 token/s): refused before any login work.
         reader, writer = await asyncio.open_connection("127.0.0.1", started.port, ssl=context)
         assert await asyncio.wait_for(reader.read(), 5.0) == b""

@@ -3,15 +3,15 @@ device restart; in every case no frame is lost and none is stored twice (section
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.home import LoopbackHome
+from tests.helpers.waits import pause
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
@@ -51,7 +51,8 @@ def test_handover_to_better_hub_then_failover_back(home: LoopbackHome) -> None:
     # Hub 2 dies: the cameras fail over to hub 1.
     home.kill("hub-2")
     home.wait_for("cameras back on hub-1", lambda: home.devices_on(1), 40)
-    time.sleep(1.0)
+    stored = home.frames_stored(1)
+    home.wait_for("frames on hub-1 after the failover", lambda: home.frames_stored(1) > stored, 20)
     _finish(home)
 
 
@@ -65,7 +66,7 @@ def test_no_move_to_a_worse_hub(home: LoopbackHome) -> None:
     home.wait_for(
         "hub-2 to see hub-1", lambda: len((home.hub_status(2) or {}).get("hubs", [])) == 2, 20
     )
-    time.sleep(5.0)  # longer than the hold-down: hub-1 is heard, verified, and loses
+    pause(5.0)  # longer than the hold-down: hub-1 is heard, verified, and loses
     assert home.devices_on(2)
     status = home.hub_status(2)
     assert status is not None and status["counters"]["redirects_sent"] == 0
@@ -80,10 +81,10 @@ def test_device_restart_resends_unacknowledged_frames(home: LoopbackHome) -> Non
     home.wait_for(
         "device-1 streaming", lambda: (home.device_status(1) or {}).get("state") == "streaming", 30
     )
-    time.sleep(1.0)
+    home.wait_for("frames stored on hub-1", lambda: home.frames_stored(1) >= 5, 20)
     # Stop the hub so frames pile up unacknowledged, then kill the device outright.
     home.stop("hub-1")
-    time.sleep(1.5)
+    home.wait_for("frames piling up on device-1", lambda: home.buffered(1) >= 5, 20)
     home.kill("device-1")
     home.start("device-1")
     home.start("hub-1")

@@ -7,18 +7,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from roost.cli.home import make_home
 from roost.config import to_toml
-from tests.helpers.net import require_in_ci, time_unit
-from tests.helpers.netns import bridged_hosts, netns_available
+from tests.helpers.netns import bridged_hosts
+from tests.helpers.tools import require_netns
+from tests.helpers.waits import scaled, wait_until
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(150)]
 
 
 def _rewrite(path: Path, changes: dict[str, object], announce: dict[str, object]) -> None:
@@ -36,21 +37,16 @@ def _device_hub(home: Path, index: int) -> str | None:
     return status.get("hub") if status.get("state") == "streaming" else None
 
 
-def _wait(what: str, condition: object, seconds: float, logs: Path) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + seconds * time_unit()
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    tails = {p.name: p.read_text(errors="replace")[-800:] for p in logs.glob("*.log")}
-    raise AssertionError(f"timed out waiting for {what}: {tails}")
+def _wait(what: str, condition: Callable[[], bool], seconds: float, logs: Path) -> None:
+    try:
+        wait_until(condition, seconds, interval=0.25, what=what)
+    except AssertionError as timed_out:
+        tails = {p.name: p.read_text(errors="replace")[-800:] for p in logs.glob("*.log")}
+        raise AssertionError(f"{timed_out}: {tails}") from None
 
 
 def test_handover_across_namespaces_over_multicast(tmp_path: Path) -> None:
-    reason = netns_available()
-    if reason is not None:
-        pytest.skip(require_in_ci(reason))
+    require_netns()
     home = tmp_path / "home"
     summary = make_home(home, hubs=2, devices=3, loopback=False, fps=5.0)
     hub_ids = list(summary["hubs"])  # type: ignore[call-overload]
@@ -111,7 +107,7 @@ def test_handover_across_namespaces_over_multicast(tmp_path: Path) -> None:
                 process.terminate()
             for process in processes:
                 try:
-                    process.wait(timeout=10)
+                    process.wait(timeout=scaled(10))
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()

@@ -2,7 +2,7 @@
 
 PROTOCOL.md section 1 (certificate profiles, node identifiers as SAN URIs) and section 2
 ("Publication": HTTPS GET of `next_url`, media type, 404 until published). When `CI=true`
-the tools are required; elsewhere a missing tool skips with the reason.
+the tools are required (tests/conftest.py); elsewhere a missing tool skips with the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import selectors
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,25 +26,17 @@ import pytest
 from roost.pki.authority import Authority
 from roost.pki.cainfo import MEDIA_TYPE, decode_cainfo
 from roost.pki.certs import Role, cert_to_pem
+from tests.helpers.tools import require_tool
+from tests.helpers.waits import scaled
 
 pytestmark = pytest.mark.real
 
 _HOST = "127.0.0.1"
-_SERVER_START_TIMEOUT = 20.0
-_TOOL_TIMEOUT = 20.0
+_SERVER_START_TIMEOUT = scaled(20.0)
+_TOOL_TIMEOUT = scaled(20.0)
 # Leaves are issued "now" and openssl checks validity against the wall clock; starting a
 # few minutes in the past keeps a second's rounding or clock step from failing a check.
 _BACKDATE = dt.timedelta(minutes=5)
-
-
-def _tool(name: str) -> str:
-    """The path of a real tool; required under CI, a clear skip elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is required when CI=true but is not on PATH")
-        pytest.skip(f"{name} is not installed; this interop check needs the real tool")
-    return path
 
 
 def _run(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -125,7 +116,7 @@ def issued(tmp_path_factory: pytest.TempPathFactory) -> Issued:
 
 
 def _verify(ca: Path, leaf: Path, purpose: str) -> subprocess.CompletedProcess[bytes]:
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     return _run(
         openssl, "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(ca), str(leaf)
     )
@@ -188,7 +179,7 @@ def test_openssl_rejects_a_leaf_against_a_same_named_foreign_ca(issued: Issued) 
 
 @pytest.mark.parametrize("generation", [1, 2])
 def test_openssl_sees_each_ca_as_a_pathlen_0_authority(issued: Issued, generation: int) -> None:
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     ca = issued.ca_files[generation]
     assert _verify(ca, ca, "any").returncode == 0
     text = _run(openssl, "x509", "-noout", "-text", "-in", str(ca)).stdout.decode()
@@ -201,7 +192,7 @@ def test_openssl_sees_each_ca_as_a_pathlen_0_authority(issued: Issued, generatio
 
 def _identifier_by_openssl(prefix: str, cert: Path) -> str:
     """Section 1's identifier, computed from openssl's own SPKI DER and SHA-256."""
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     pub = _run(openssl, "x509", "-noout", "-pubkey", "-in", str(cert))
     assert pub.returncode == 0, pub.stderr
     der = _run(openssl, "pkey", "-pubin", "-outform", "DER", stdin=pub.stdout)
@@ -215,7 +206,7 @@ def _identifier_by_openssl(prefix: str, cert: Path) -> str:
 def test_openssl_text_shows_the_node_identifier_as_san_uri(
     issued: Issued, role: Role, prefix: str
 ) -> None:
-    openssl = _tool("openssl")
+    openssl = require_tool("openssl")
     leaf = issued.leaf(role, 1)
     assert leaf.identifier is not None
     assert leaf.identifier.startswith(prefix)
@@ -266,7 +257,7 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     """`roost ca init` + `roost ca roll`, then `roost ca serve` as a real subprocess."""
-    _tool("curl")
+    require_tool("curl")
     port = _free_port()
     directory = tmp_path / "authority"
     _cli("ca", "init", str(directory), "--publish-url", f"https://{_HOST}:{port}/ca/", cwd=tmp_path)
@@ -302,7 +293,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 
 def _curl(cacert: Path, url: str, out: Path) -> subprocess.CompletedProcess[bytes]:
-    curl = _tool("curl")
+    curl = require_tool("curl")
     # -q ignores any ~/.curlrc and --noproxy keeps a proxy in the environment off loopback.
     return _run(
         curl,

@@ -14,7 +14,7 @@ import pytest
 from roost.config import load_hub_config
 from tests.helpers.home import LoopbackHome
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 PASSWORD = "owner password"
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers.net import free_port, time_unit
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 def roost(*args: str) -> subprocess.CompletedProcess[str]:
