@@ -2,8 +2,8 @@
 
 A status document is a frozen, slotted dataclass whose ``to_json()`` gives the JSON object
 the dashboard, ``roost hub status --json``, the device's ``status.json`` and the
-benchmarks read (docs/dashboard.md, "Status"), and whose ``from_json()`` reads that object
-back for clients. The readers here check each value's JSON type, so a document from a
+benchmarks read (docs/dashboard.md, "Status document"), and whose ``from_json()`` reads
+that object back for clients. The readers here check each value's JSON type, so a document from a
 broken or hostile peer fails with one ``RemoteProtocolError`` (reason ``malformed``)
 instead of a ``KeyError`` deep inside a caller.
 """

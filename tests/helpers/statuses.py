@@ -20,9 +20,10 @@ __all__ = [
 totals = st.integers(min_value=0, max_value=2**53)
 seconds = st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False)
 # Reasons and names come from peers and operators; quotes, backslashes and newlines must
-# survive the JSON and the Prometheus text format alike.
-text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
-reasons = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+# survive the JSON and the Prometheus text format alike (UTF-8 rules out lone surrogates).
+_characters = st.characters(codec="utf-8")
+text = st.text(_characters, max_size=12)
+reasons = st.text(_characters, min_size=1, max_size=12)
 counts = st.dictionaries(reasons, totals, max_size=4)
 features = st.lists(st.sampled_from(["jpeg", "night", "4k", "audio"]), max_size=4).map(tuple)
 identifiers = st.text(

@@ -1,9 +1,9 @@
 """The hub's status document, typed (what `HubDaemon.status()` returns), pure.
 
-`HubStatus.to_json()` is the object `GET /api/status` serves (docs/dashboard.md, "Status"),
-the remote ``status`` call returns and ``roost hub status --json`` prints; its keys and
-value shapes are the wire contract of those readers and do not change with the field
-names here. `HubStatus.from_json()` reads it back for clients; keys it does not know (the
+`HubStatus.to_json()` is the object `GET /api/status` serves (docs/dashboard.md, "Status
+document"), the remote ``status`` call returns and ``roost hub status --json`` prints; its
+keys and value shapes are the wire contract of those readers and do not change with the
+field names here. `HubStatus.from_json()` reads it back for clients; keys it does not know (the
 API adds ``devices``) are ignored. The Prometheus exporter reads the same dataclasses
 (`roost.metrics.HUB_METRICS`), so the page and the scrape cannot disagree.
 
@@ -196,7 +196,7 @@ class HubStatus:
         return self.winner is not None and self.winner == self.identifier
 
     def to_json(self) -> dict[str, Any]:
-        """The status document (docs/dashboard.md, "Status")."""
+        """The status document (docs/dashboard.md, "Status document")."""
         return {
             "id": self.identifier,
             "name": self.name,

@@ -43,11 +43,13 @@ def _render(status: HubStatus) -> str:
     return generate_latest(registry).decode("utf-8")
 
 
-def _counters(prefix: str, view: object, skip: frozenset[str] = frozenset()) -> Samples:
+def _counters(
+    prefix: str, view: HubCountersView | RemoteStatus, skip: frozenset[str] = frozenset()
+) -> Samples:
     """The documented naming rule (docs/dashboard.md): a total is ``<prefix><field>_total``,
     a count by reason adds a ``reason`` label; derived from the fields, not from the table."""
     expected: Samples = {}
-    for f in dataclasses.fields(view):  # type: ignore[arg-type]
+    for f in dataclasses.fields(view):
         if f.name in skip:
             continue
         value = getattr(view, f.name)

@@ -17,7 +17,7 @@ from roost.status import TrustSummary
 from tests.helpers.statuses import hub_statuses
 
 # The keys of GET /api/status, in order: the dashboard, `roost hub status --json`, the
-# benchmarks and tests/helpers/home.py read them (docs/dashboard.md, "Status").
+# benchmarks and tests/helpers/home.py read them (docs/dashboard.md, "Status document").
 STATUS_KEYS = [
     "id",
     "name",
