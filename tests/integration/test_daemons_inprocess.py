@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from roost.cli.demo_home import rogue_hub_config
 from roost.cli.home import make_home
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
+from roost.device.status import DeviceStatus
 from roost.hcsp.channel import DocumentMessage
 from roost.hcsp.documents import Endpoint, HubAddress, Redirect, encode_document
+from roost.hub.api import start_api
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
+from roost.hub.status import HubStatus
 from roost.pki.updater import TrustUpdater, UpdateConfig
 from tests.helpers.waits import async_wait_until, scaled
 
@@ -80,7 +86,7 @@ async def test_rogue_hub_from_another_ca_is_ignored(scene: Scene) -> None:
         await asyncio.sleep(scene.hub.config.announce.hold_down + scaled(1.0))
         assert scene.device.channel is not None
         assert scene.device.channel.hub_id == scene.hub.identifier
-        assert [h["id"] for h in scene.hub.status()["hubs"]] == [scene.hub.identifier]
+        assert [h.identifier for h in scene.hub.status().hubs] == [scene.hub.identifier]
         assert scene.hub.counters.redirects_sent == 0
     finally:
         await rogue.stop()
@@ -133,3 +139,34 @@ async def test_genuine_redirect_is_followed_and_nothing_is_lost(scene: Scene) ->
         assert len(on_one | on_two) == scene.device.spool.added
     finally:
         await other.stop()
+
+
+async def test_status_documents_of_running_daemons_read_back(scene: Scene) -> None:
+    await _until("frames stored", lambda: scene.hub.status().counters.frames_stored > 0)
+    snapshot = scene.hub.status()
+    assert snapshot.connected == (scene.device.identifier,)
+    assert HubStatus.from_json(json.loads(json.dumps(snapshot.to_json()))) == snapshot
+    scene.device.write_status()
+    on_disk = DeviceStatus.from_json(json.loads(scene.device.config.status_file.read_bytes()))
+    assert (on_disk.identifier, on_disk.hub) == (scene.device.identifier, scene.hub.identifier)
+    assert on_disk.state == "streaming" and on_disk.counters.connects >= 1
+    runner = await start_api(scene.hub, "127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{runner.bound_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/api/status") as response:
+                served = HubStatus.from_json(await response.json())
+            async with session.get(f"{base}/metrics") as response:
+                text = await response.text()
+    finally:
+        await runner.cleanup()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert served.identifier == scene.hub.identifier and served.remote is None
+    assert samples[("roost_hub_connected_devices", ())] == 1
+    stored = samples[("roost_hub_frames_stored_total", ())]
+    assert snapshot.counters.frames_stored <= served.counters.frames_stored <= stored
+    assert not [name for name, _ in samples if name.startswith("roost_hub_remote_")]

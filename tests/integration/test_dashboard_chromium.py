@@ -24,6 +24,7 @@ import pytest
 from roost.device.camera import SyntheticCamera
 from roost.hub.api import ApiRunner, start_api
 from roost.hub.recorder import Recorder
+from roost.hub.status import HubStatus
 from tests.helpers.net import time_unit
 from tests.helpers.tools import require_tool
 
@@ -51,7 +52,10 @@ class FakeHub:
         self.recorder = recorder
         self.sessions = sessions
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> HubStatus:
+        return HubStatus.from_json(self._document())
+
+    def _document(self) -> dict[str, Any]:
         return {
             "id": OWN_HUB,
             "name": "attic",

@@ -252,7 +252,6 @@ KNOWN_EXPORT_GAPS = {
     "roost.device.daemon": "DeviceCounters is exported with the device daemon work",
     "roost.guard.aio": "GuardServerCounters is exported with the guard transport work",
     "roost.hcsp.aio": "wall_ms is exported or made private with the announce work",
-    "roost.hub.api": "HubCollector moves with the metrics collector work",
     "roost.hub.daemon": "HubCounters is exported with the hub daemon work",
     "roost.rendezvous": "the broker package gets its __all__ with the broker codecs",
 }

@@ -26,6 +26,7 @@ from cryptography import x509
 from roost.config import DeviceConfig
 from roost.device.camera import SyntheticCamera
 from roost.device.spool import FrameSpool
+from roost.device.status import DeviceCountersView, DeviceStatus
 from roost.errors import RoostError, TransportError, VerificationError
 from roost.files import atomic_write
 from roost.hcsp.aio import AnnounceTransport
@@ -42,6 +43,7 @@ from roost.hcsp.events import HcspEvent, HubDown, LiveHub
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context, peer_certificate
 from roost.pki.updater import TrustUpdater
+from roost.status import TrustSummary
 
 __all__ = ["DeviceDaemon", "HubChannel"]
 
@@ -429,38 +431,40 @@ class DeviceDaemon:
 
     # ------------------------------------------------------------------------- status
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> DeviceStatus:
+        """A snapshot of the connection, the spool and the counters."""
         channel = self.channel
-        return {
-            "id": self.identifier,
-            "name": self.config.name,
-            "state": self.state,
-            "hub": channel.hub_id if channel else None,
-            "hub_endpoint": f"{channel.endpoint[0]}:{channel.endpoint[1]}" if channel else None,
-            "last_acked_seq": self.spool.last_acked,
-            "buffered": self.spool.buffered,
-            "buffered_bytes": self.spool.buffered_bytes,
-            "dropped": self.spool.dropped,
-            "captured": self.counters.captured,
-            # Persisted across restarts by the spool: every frame this device ever queued.
-            "frames_total": self.spool.added,
-            "trust": self.trust.state.summary(),
-            "counters": {
-                "connects": self.counters.connects,
-                "connect_failures": dict(self.counters.connect_failures),
-                "redirects_followed": self.counters.redirects_followed,
-                "redirects_refused": dict(self.counters.redirects_refused),
-                "failovers": self.counters.failovers,
-                "frames_sent": self.counters.frames_sent,
-                "frames_resent": self.counters.frames_resent,
-                "announcements_accepted": self.core.counters.accepted,
-                "announcements_rejected": dict(self.core.counters.rejected),
-            },
-            "written_at": time.time(),
-        }
+        return DeviceStatus(
+            identifier=self.identifier,
+            name=self.config.name,
+            state=self.state,
+            hub=channel.hub_id if channel else None,
+            hub_endpoint=f"{channel.endpoint[0]}:{channel.endpoint[1]}" if channel else None,
+            last_acked_seq=self.spool.last_acked,
+            buffered=self.spool.buffered,
+            buffered_bytes=self.spool.buffered_bytes,
+            dropped=self.spool.dropped,
+            captured=self.counters.captured,
+            frames_total=self.spool.added,
+            trust=TrustSummary.from_json(self.trust.state.summary()),
+            counters=DeviceCountersView(
+                connects=self.counters.connects,
+                connect_failures=dict(self.counters.connect_failures),
+                redirects_followed=self.counters.redirects_followed,
+                redirects_refused=dict(self.counters.redirects_refused),
+                failovers=self.counters.failovers,
+                frames_sent=self.counters.frames_sent,
+                frames_resent=self.counters.frames_resent,
+                announcements_accepted=self.core.counters.accepted,
+                announcements_rejected=dict(self.core.counters.rejected),
+            ),
+            written_at=time.time(),
+        )
 
     def write_status(self) -> None:
-        atomic_write(self.config.status_file, json.dumps(self.status()).encode("utf-8"))
+        """Replace ``status.json`` with the current snapshot (docs/hub-and-device.md)."""
+        document = json.dumps(self.status().to_json()).encode("utf-8")
+        atomic_write(self.config.status_file, document)
 
     async def _status_loop(self) -> None:
         while True:

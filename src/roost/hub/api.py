@@ -2,9 +2,10 @@
 
 A thin adapter (STYLE.md): every handler reads what the daemon already keeps, through the
 small `StatusSource` protocol, and formats it. Nothing here counts or decides anything, so
-the API can never disagree with the daemon; metrics in particular are read from
-`status()` at scrape time by a custom collector rather than mirrored into separate
-counters that could drift or be counted twice.
+the API can never disagree with the daemon: the status JSON is `HubStatus.to_json()`, and
+metrics are read from the same `status()` snapshot at scrape time by the table-driven
+collector of `roost.metrics` rather than mirrored into separate counters that could drift
+or be counted twice.
 
 Routes:
 
@@ -21,22 +22,18 @@ import json
 import re
 import secrets
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import CollectorRegistry
 
 from roost.errors import StateError
 from roost.hub.recorder import StoredFrame
+from roost.hub.status import HubStatus
+from roost.metrics import HUB_METRICS, StatusCollector
 
 __all__ = [
     "ApiRunner",
@@ -86,7 +83,7 @@ class FrameSource(Protocol):
 class StatusSource(Protocol):
     """What the API needs from the hub daemon; tests pass a fake with the same shape."""
 
-    def status(self) -> Mapping[str, Any]: ...
+    def status(self) -> HubStatus: ...
 
     @property
     def recorder(self) -> FrameSource: ...
@@ -107,7 +104,7 @@ def build_app(daemon: StatusSource) -> web.Application:
     # A registry per application keeps two hubs in one process (tests, the demo) from
     # colliding in the global registry and keeps process metrics out of the hub's page.
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(daemon))
+    registry.register(StatusCollector(daemon.status, HUB_METRICS))
     app[_REGISTRY_KEY] = registry
     # The template is read once: it is package data and does not change while running.
     app[_TEMPLATE_KEY] = (
@@ -173,10 +170,10 @@ async def _dashboard(request: web.Request) -> web.Response:
 
 async def _status(request: web.Request) -> web.Response:
     daemon = request.app[_SOURCE_KEY]
-    body = dict(daemon.status())
+    body = daemon.status().to_json()
     # The dashboard also wants each device's progress, which lives in the sessions rather
     # than in status(); it is added under its own key so the daemon's keys pass unchanged.
-    body.setdefault("devices", _device_rows(daemon.sessions))
+    body["devices"] = _device_rows(daemon.sessions)
     return web.json_response(body, headers=_NO_STORE)
 
 
@@ -233,156 +230,6 @@ def _device_rows(sessions: Mapping[str, DeviceView]) -> list[dict[str, Any]]:
         }
         for device_id, session in sorted(sessions.items())
     ]
-
-
-# ------------------------------------------------------------------------------ metrics
-
-
-class HubCollector(Collector):
-    """Turns one `status()` snapshot into Prometheus metrics at each scrape.
-
-    Counters are the daemon's own totals since start, so a restart resets them, which
-    Prometheus' rate() handles; nothing is accumulated here.
-    """
-
-    def __init__(self, daemon: StatusSource) -> None:
-        self._daemon = daemon
-
-    def collect(self) -> Iterable[Metric]:
-        status = self._daemon.status()
-        counters: Mapping[str, Any] = status.get("counters", {})
-        hubs: list[Mapping[str, Any]] = list(status.get("hubs", []))
-        own_id = status.get("id", "")
-
-        info = InfoMetricFamily("roost_hub", "This hub's identity and advertised features.")
-        info.add_metric(
-            [],
-            {
-                "id": str(own_id),
-                "name": str(status.get("name", "")),
-                "endpoint": str(status.get("endpoint", "")),
-                "features": ",".join(str(f) for f in status.get("features", [])),
-            },
-        )
-        yield info
-
-        yield _gauge(
-            "roost_hub_connected_devices",
-            "Devices with an open channel to this hub.",
-            len(status.get("connected", [])),
-        )
-        yield _gauge(
-            "roost_hub_max_devices",
-            "Devices this hub accepts at most.",
-            status.get("max", 0),
-        )
-        yield _gauge(
-            "roost_hub_live_hubs",
-            "Verified live hubs this hub knows, itself included.",
-            len(hubs),
-        )
-        winner = status.get("winner")
-        yield _gauge(
-            "roost_hub_is_winner",
-            "1 when this hub is the elected hub, else 0.",
-            1 if winner is not None and winner == own_id else 0,
-        )
-        yield _gauge(
-            "roost_hub_uptime_seconds",
-            "Seconds since the hub daemon started.",
-            status.get("uptime_s", 0.0),
-        )
-
-        yield _counter(
-            "roost_hub_announcements_accepted",
-            "Verified announcements accepted from other hubs.",
-            counters.get("announcements_accepted", 0),
-        )
-        yield _counter(
-            "roost_hub_announcements_sent",
-            "Announcements this hub sent.",
-            counters.get("announcements_sent", 0),
-        )
-        yield _counter(
-            "roost_hub_own_echoes",
-            "This hub's own announcements heard back.",
-            counters.get("own_echoes", 0),
-        )
-        yield _counter(
-            "roost_hub_redirects_sent",
-            "Redirects sent to devices to move them to the elected hub.",
-            counters.get("redirects_sent", 0),
-        )
-        yield _counter(
-            "roost_hub_frames_stored",
-            "Frames stored durably.",
-            counters.get("frames_stored", 0),
-        )
-        yield _counter(
-            "roost_hub_frames_duplicate",
-            "Frames received again and recognised as already stored.",
-            counters.get("frames_duplicate", 0),
-        )
-        for name, key, documentation in _BY_REASON:
-            yield _counter_by_reason(name, documentation, counters.get(key, {}))
-        remote: Mapping[str, Any] | None = status.get("remote")
-        if remote is not None:
-            yield _gauge(
-                "roost_hub_remote_sessions",
-                "Open connections on the remote (guard) entrance.",
-                remote.get("active", 0),
-            )
-            for key, documentation in _REMOTE_COUNTERS:
-                yield _counter(f"roost_hub_remote_{key}", documentation, remote.get(key, 0))
-            yield _counter_by_reason(
-                "roost_hub_remote_rejected",
-                "Guard logins, frames and calls refused, by reason.",
-                remote.get("rejected", {}),
-            )
-
-
-_REMOTE_COUNTERS = [
-    ("connections", "Connections accepted on the remote entrance."),
-    ("refused_busy", "Remote connections refused: every slot, or the source's share, taken."),
-    ("refused_rate", "Remote connections refused by the per-source connection rate."),
-    ("logins_ok", "Guard logins that succeeded."),
-    ("logins_failed", "Guard logins refused or timed out."),
-    ("calls", "Calls answered in guard sessions."),
-    ("sessions_expired", "Guard sessions ended by the idle or absolute limit."),
-    ("stream_errors", "Remote streams ended by a framing or transport error."),
-]
-
-_BY_REASON = [
-    (
-        "roost_hub_announcements_rejected",
-        "announcements_rejected",
-        "Announcements rejected, by reason.",
-    ),
-    (
-        "roost_hub_connections_rejected",
-        "connections_rejected",
-        "Device connections rejected, by reason.",
-    ),
-    ("roost_hub_channel_errors", "channel_errors", "Device channels ended by an error, by reason."),
-    ("roost_hub_trust_rejected", "trust_rejected", "CA information updates rejected, by reason."),
-]
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=float(value))
-
-
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, documentation, value=float(value))
-
-
-def _counter_by_reason(
-    name: str, documentation: str, by_reason: Mapping[str, int]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=["reason"])
-    for reason, count in sorted(by_reason.items()):
-        family.add_metric([str(reason)], float(count))
-    return family
 
 
 def fetch_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import logging
 import random
 import time
@@ -46,9 +45,11 @@ from roost.hcsp.documents import (
 from roost.hcsp.events import HcspEvent, HubDown, HubUpdated, LiveHub, WinnerChanged
 from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
 from roost.hub.recorder import IncomingFrame, Recorder
+from roost.hub.status import HubCountersView, HubEntry, HubStatus, RemoteStatus
 from roost.pki.certs import certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext, peer_certificate
 from roost.pki.updater import TrustUpdater
+from roost.status import TrustSummary
 
 __all__ = ["DeviceSession", "HubDaemon"]
 
@@ -359,56 +360,65 @@ class HubDaemon:
 
     # ------------------------------------------------------------------------- reporting
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> HubStatus:
+        """A snapshot for the API, the remote `status` call and the metrics (event loop only)."""
         now = _loop_now()
         winner = self.core.winner(now)
         counters = self.core.counters
-        return {
-            "id": self.identifier,
-            "name": self.config.name,
-            "endpoint": Endpoint(*self.config.advertise).format(),
-            "features": list(self.config.features),
-            "max": self.config.max_devices,
-            "connected": sorted(self.sessions),
-            "winner": winner.identifier if winner else None,
-            "hubs": [
-                {
-                    "id": hub.identifier,
-                    "endpoint": hub.endpoint.format(),
-                    "features": list(hub.features),
-                    "connected": hub.connected,
-                    "max": hub.max_clients,
-                    "rank": position,
-                    "self": hub.is_self,
-                    "last_seen_s_ago": round(max(0.0, now - hub.last_seen), 3),
-                }
+        return HubStatus(
+            identifier=self.identifier,
+            name=self.config.name,
+            endpoint=Endpoint(*self.config.advertise).format(),
+            features=tuple(self.config.features),
+            max_devices=self.config.max_devices,
+            connected=tuple(sorted(self.sessions)),
+            winner=winner.identifier if winner else None,
+            hubs=tuple(
+                HubEntry(
+                    identifier=hub.identifier,
+                    endpoint=hub.endpoint.format(),
+                    features=tuple(hub.features),
+                    connected=hub.connected,
+                    max_clients=hub.max_clients,
+                    rank=position,
+                    is_self=hub.is_self,
+                    last_seen_s_ago=round(max(0.0, now - hub.last_seen), 3),
+                )
                 for position, hub in enumerate(self.core.live_hubs(now), start=1)
-            ],
-            "trust": self.trust.state.summary(),
-            "counters": {
-                "announcements_accepted": counters.accepted,
-                "announcements_rejected": dict(counters.rejected),
-                "announcements_sent": counters.sent,
-                "own_echoes": counters.own_echoes,
-                "redirects_sent": self.counters.redirects_sent,
-                "frames_stored": self.counters.frames_stored,
-                "frames_duplicate": self.counters.frames_duplicate,
-                "connections_rejected": dict(self.counters.connections_rejected),
-                "channel_errors": dict(self.counters.channel_errors),
-                "trust_rejected": dict(self.trust.rejected),
-            },
-            "remote": self._remote_status(),
-            "uptime_s": round(time.monotonic() - self._started, 1),
-        }
+            ),
+            trust=TrustSummary.from_json(self.trust.state.summary()),
+            counters=HubCountersView(
+                announcements_accepted=counters.accepted,
+                announcements_rejected=dict(counters.rejected),
+                announcements_sent=counters.sent,
+                own_echoes=counters.own_echoes,
+                redirects_sent=self.counters.redirects_sent,
+                frames_stored=self.counters.frames_stored,
+                frames_duplicate=self.counters.frames_duplicate,
+                connections_rejected=dict(self.counters.connections_rejected),
+                channel_errors=dict(self.counters.channel_errors),
+                trust_rejected=dict(self.trust.rejected),
+            ),
+            remote=self._remote_status(),
+            uptime_s=round(time.monotonic() - self._started, 1),
+        )
 
-    def _remote_status(self) -> dict[str, Any] | None:
+    def _remote_status(self) -> RemoteStatus | None:
         if self.guard is None:
             return None
-        return {
-            "active": self.guard.active,
-            **dataclasses.asdict(self.guard.counters),
-            "rejected": self.guard.rejections.as_dict(),
-        }
+        counters = self.guard.counters
+        return RemoteStatus(
+            active=self.guard.active,
+            connections=counters.connections,
+            refused_busy=counters.refused_busy,
+            refused_rate=counters.refused_rate,
+            logins_ok=counters.logins_ok,
+            logins_failed=counters.logins_failed,
+            calls=counters.calls,
+            sessions_expired=counters.sessions_expired,
+            stream_errors=counters.stream_errors,
+            rejected=self.guard.rejections.as_dict(),
+        )
 
 
 def _loop_now() -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -27,6 +27,7 @@ from roost.guard.remote import CallHandler
 from roost.guard.userstore import SqliteUserStore
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import StoredFrame
+from roost.hub.status import HubStatus
 from roost.pki.tls import server_context
 
 __all__ = ["hub_call_handler", "start_remote"]
@@ -37,7 +38,7 @@ MAX_DEVICE_ID = 256
 class _HubView(Protocol):
     """What the handler reads from the hub (``HubDaemon`` has it)."""
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> HubStatus: ...
 
     @property
     def recorder(self) -> _FrameSource: ...
@@ -52,7 +53,7 @@ def hub_call_handler(hub: _HubView) -> CallHandler:
         if method == "status":
             if args:
                 raise RemoteProtocolError("status takes no arguments", reason="malformed")
-            return [json.dumps(hub.status(), default=str).encode("utf-8")]
+            return [json.dumps(hub.status().to_json()).encode("utf-8")]
         if method == "latest-frame":
             if len(args) != 1 or not 0 < len(args[0]) <= MAX_DEVICE_ID:
                 raise RemoteProtocolError("latest-frame takes one device id", reason="malformed")

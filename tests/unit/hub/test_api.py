@@ -19,6 +19,7 @@ from roost.device.camera import SyntheticCamera
 from roost.errors import StateError
 from roost.hub.api import build_app, start_api
 from roost.hub.recorder import Recorder, StoredFrame
+from roost.hub.status import HubStatus
 
 CAMERA = "ab:EIW6Qe0ARnWrsJZTsHWadA"
 OTHER_CAMERA = "ab:gC3YWhxMRQGZVBboYIEgxw"
@@ -84,6 +85,7 @@ def _status() -> dict[str, Any]:
             "active": 1,
             "connections": 6,
             "refused_busy": 0,
+            "refused_rate": 0,
             "logins_ok": 4,
             "logins_failed": 2,
             "calls": 19,
@@ -107,9 +109,9 @@ class FakeHub:
         self.snapshot = _status()
         self.status_calls = 0
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> HubStatus:
         self.status_calls += 1
-        return copy.deepcopy(self.snapshot)
+        return HubStatus.from_json(copy.deepcopy(self.snapshot))
 
 
 @pytest.fixture

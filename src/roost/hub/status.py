@@ -1,0 +1,235 @@
+"""The hub's status document, typed (what `HubDaemon.status()` returns), pure.
+
+`HubStatus.to_json()` is the object `GET /api/status` serves (docs/dashboard.md, "Status
+document"), the remote ``status`` call returns and ``roost hub status --json`` prints; its
+keys and value shapes are the wire contract of those readers and do not change with the
+field names here. `HubStatus.from_json()` reads it back for clients; keys it does not know (the
+API adds ``devices``) are ignored. The Prometheus exporter reads the same dataclasses
+(`roost.metrics.HUB_METRICS`), so the page and the scrape cannot disagree.
+
+Counts by reason are read-only mappings: the dataclasses are frozen, and a copy is taken
+when they are built, so a snapshot never changes after the daemon moves on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from roost.status import (
+    TrustSummary,
+    read_bool,
+    read_counts,
+    read_float,
+    read_int,
+    read_object,
+    read_objects,
+    read_optional_str,
+    read_str,
+    read_strings,
+)
+
+__all__ = ["HubCountersView", "HubEntry", "HubStatus", "RemoteStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class HubEntry:
+    """One verified live hub, this one included, in election order (PROTOCOL.md section 3)."""
+
+    identifier: str
+    endpoint: str
+    features: tuple[str, ...]
+    connected: int
+    max_clients: int
+    # 1 is the hub the devices should be on.
+    rank: int
+    is_self: bool
+    last_seen_s_ago: float
+
+    def to_json(self) -> dict[str, Any]:
+        """One element of the status document's ``hubs`` list."""
+        return {
+            "id": self.identifier,
+            "endpoint": self.endpoint,
+            "features": list(self.features),
+            "connected": self.connected,
+            "max": self.max_clients,
+            "rank": self.rank,
+            "self": self.is_self,
+            "last_seen_s_ago": self.last_seen_s_ago,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> HubEntry:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        return cls(
+            identifier=read_str(doc, "id"),
+            endpoint=read_str(doc, "endpoint"),
+            features=read_strings(doc, "features"),
+            connected=read_int(doc, "connected"),
+            max_clients=read_int(doc, "max"),
+            rank=read_int(doc, "rank"),
+            is_self=read_bool(doc, "self"),
+            last_seen_s_ago=read_float(doc, "last_seen_s_ago"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HubCountersView:
+    """The hub's totals since start: announcements (section 3), device channels (section
+    4), redirects, and rejected CA information updates."""
+
+    announcements_accepted: int
+    announcements_rejected: Mapping[str, int]
+    announcements_sent: int
+    own_echoes: int
+    redirects_sent: int
+    frames_stored: int
+    frames_duplicate: int
+    connections_rejected: Mapping[str, int]
+    channel_errors: Mapping[str, int]
+    trust_rejected: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document's ``counters`` object."""
+        return {
+            "announcements_accepted": self.announcements_accepted,
+            "announcements_rejected": dict(self.announcements_rejected),
+            "announcements_sent": self.announcements_sent,
+            "own_echoes": self.own_echoes,
+            "redirects_sent": self.redirects_sent,
+            "frames_stored": self.frames_stored,
+            "frames_duplicate": self.frames_duplicate,
+            "connections_rejected": dict(self.connections_rejected),
+            "channel_errors": dict(self.channel_errors),
+            "trust_rejected": dict(self.trust_rejected),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> HubCountersView:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        return cls(
+            announcements_accepted=read_int(doc, "announcements_accepted"),
+            announcements_rejected=read_counts(doc, "announcements_rejected"),
+            announcements_sent=read_int(doc, "announcements_sent"),
+            own_echoes=read_int(doc, "own_echoes"),
+            redirects_sent=read_int(doc, "redirects_sent"),
+            frames_stored=read_int(doc, "frames_stored"),
+            frames_duplicate=read_int(doc, "frames_duplicate"),
+            connections_rejected=read_counts(doc, "connections_rejected"),
+            channel_errors=read_counts(doc, "channel_errors"),
+            trust_rejected=read_counts(doc, "trust_rejected"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStatus:
+    """The owner's remote entrance (docs/guard.md): open connections and the guard
+    server's totals since start (``GuardServerCounters``), plus refusals by reason."""
+
+    active: int
+    connections: int
+    refused_busy: int
+    refused_rate: int
+    logins_ok: int
+    logins_failed: int
+    calls: int
+    sessions_expired: int
+    stream_errors: int
+    rejected: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document's ``remote`` object."""
+        return {
+            "active": self.active,
+            "connections": self.connections,
+            "refused_busy": self.refused_busy,
+            "refused_rate": self.refused_rate,
+            "logins_ok": self.logins_ok,
+            "logins_failed": self.logins_failed,
+            "calls": self.calls,
+            "sessions_expired": self.sessions_expired,
+            "stream_errors": self.stream_errors,
+            "rejected": dict(self.rejected),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RemoteStatus:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        return cls(
+            active=read_int(doc, "active"),
+            connections=read_int(doc, "connections"),
+            refused_busy=read_int(doc, "refused_busy"),
+            refused_rate=read_int(doc, "refused_rate"),
+            logins_ok=read_int(doc, "logins_ok"),
+            logins_failed=read_int(doc, "logins_failed"),
+            calls=read_int(doc, "calls"),
+            sessions_expired=read_int(doc, "sessions_expired"),
+            stream_errors=read_int(doc, "stream_errors"),
+            rejected=read_counts(doc, "rejected"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HubStatus:
+    """One snapshot of a running hub, taken on the event loop by `HubDaemon.status()`."""
+
+    identifier: str
+    name: str
+    endpoint: str
+    features: tuple[str, ...]
+    max_devices: int
+    # Device identifiers with an open channel, sorted.
+    connected: tuple[str, ...]
+    winner: str | None
+    hubs: tuple[HubEntry, ...]
+    trust: TrustSummary
+    counters: HubCountersView
+    # None when the hub's config has no remote address.
+    remote: RemoteStatus | None
+    uptime_s: float
+
+    @property
+    def is_winner(self) -> bool:
+        """Whether this hub is the elected hub right now."""
+        return self.winner is not None and self.winner == self.identifier
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document (docs/dashboard.md, "Status document")."""
+        return {
+            "id": self.identifier,
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "features": list(self.features),
+            "max": self.max_devices,
+            "connected": list(self.connected),
+            "winner": self.winner,
+            "hubs": [hub.to_json() for hub in self.hubs],
+            "trust": self.trust.to_json(),
+            "counters": self.counters.to_json(),
+            "remote": self.remote.to_json() if self.remote is not None else None,
+            "uptime_s": self.uptime_s,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> HubStatus:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed.
+
+        A missing ``remote`` key reads as None, like a hub without a remote entrance.
+        """
+        remote = doc.get("remote") if isinstance(doc, Mapping) else None
+        return cls(
+            identifier=read_str(doc, "id"),
+            name=read_str(doc, "name"),
+            endpoint=read_str(doc, "endpoint"),
+            features=read_strings(doc, "features"),
+            max_devices=read_int(doc, "max"),
+            connected=read_strings(doc, "connected"),
+            winner=read_optional_str(doc, "winner"),
+            hubs=tuple(HubEntry.from_json(hub) for hub in read_objects(doc, "hubs")),
+            trust=TrustSummary.from_json(read_object(doc, "trust")),
+            counters=HubCountersView.from_json(read_object(doc, "counters")),
+            remote=None if remote is None else RemoteStatus.from_json(read_object(doc, "remote")),
+            uptime_s=read_float(doc, "uptime_s"),
+        )
