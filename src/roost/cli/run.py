@@ -178,7 +178,11 @@ def device_status(config_file: Path, as_json: bool) -> None:
     try:
         doc = json.loads(config.status_file.read_bytes())
     except FileNotFoundError as exc:
-        raise StateError(f"{config.name} has not run yet", reason="not-running") from exc
+        raise StateError(f"{config.name} has not run yet", reason=Reason.NOT_RUNNING) from exc
+    except ValueError as exc:
+        raise StateError(f"{config.status_file} is not JSON: {exc}", reason=Reason.CORRUPT) from exc
+    if not isinstance(doc, dict):
+        raise StateError(f"{config.status_file} is not a status document", reason=Reason.CORRUPT)
     doc["age_s"] = round(time.time() - float(doc.get("written_at", 0)), 1)
     if as_json:
         echo_json(doc)
