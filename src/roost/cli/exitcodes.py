@@ -30,8 +30,8 @@ class ExitCode(enum.IntEnum):
     """What a `roost` command's exit status means."""
 
     OK = 0
-    # The command stopped and said why (its own check, not one of the classes below), or
-    # a negative result a command documents as 1 (`roost log verify`: invalid receipt).
+    # The command stopped and said why (its own check or the system's, not one of the
+    # classes below), or a negative result a command documents as 1 (`roost log verify`).
     FAILED = 1
     # Click's own code for a bad option or argument.
     USAGE = 2
@@ -98,6 +98,9 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.STATE
     if isinstance(error, _UNREACHABLE_OS_ERRORS):
         return ExitCode.UNREACHABLE
+    if isinstance(error, OSError):
+        # The system said why (address in use, disk full): not a bug, no better class.
+        return ExitCode.FAILED
     return ExitCode.INTERNAL
 
 

@@ -82,6 +82,7 @@ def test_the_table_has_one_code_per_class_and_help_lists_them() -> None:
         (PermissionError(13, "no"), ExitCode.STATE),
         (ConnectionRefusedError(111, "refused"), ExitCode.UNREACHABLE),
         (TimeoutError(), ExitCode.UNREACHABLE),
+        (OSError(98, "Address already in use"), ExitCode.FAILED),
         (ZeroDivisionError(), ExitCode.INTERNAL),
         (KeyError("k"), ExitCode.INTERNAL),
     ],
