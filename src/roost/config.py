@@ -1,43 +1,58 @@
 """Hub and device configuration files (TOML), read with `tomllib`, written by `roost init`.
 
 Relative paths in a file are relative to the file's own directory, so a home directory can
-be moved as a whole.
+be moved as a whole. Every invalid or missing value is a :class:`roost.errors.ConfigError`
+naming the file and the key (reason ``missing`` when the file itself is absent).
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from roost.errors import StateError
-from roost.hcsp.aio import DEFAULT_GROUP, DEFAULT_PORT, UdpConfig
+from roost.errors import ConfigError
+from roost.hcsp import AnnounceConfig, RedirectConfig
+from roost.hcsp.aio import UdpConfig
+from roost.reasons import Reason
 
 __all__ = [
+    "AnnounceSettings",
     "DeviceConfig",
     "HubConfig",
+    "connection_table",
     "load_device_config",
     "load_hub_config",
     "parse_hostport",
+    "redirect_table",
     "to_toml",
 ]
 
+# Each default has one owner, the frozen config of the component it tunes (STYLE.md); the
+# dataclasses below and the files `roost init` writes take theirs from these instances.
+_ANNOUNCE = AnnounceConfig()
+_UDP = UdpConfig()
+_REDIRECT = RedirectConfig()
+
 
 def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair; a ConfigError when it is not one."""
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise StateError(f"{text!r} is not HOST:PORT", reason="bad-config")
+        raise ConfigError(f"{text!r} is not HOST:PORT", reason=Reason.BAD_CONFIG)
     return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True, slots=True)
 class AnnounceSettings:
+    """The ``[announce]`` table: the socket, and the announce core's timers."""
+
     udp: UdpConfig
-    interval: float = 1.0
-    hold_down: float = 3.0
-    freshness_ms: int = 10_000
+    interval: float = _ANNOUNCE.advert_interval
+    hold_down: float = _ANNOUNCE.hold_down
+    freshness_ms: int = _ANNOUNCE.freshness_window_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +68,8 @@ class HubConfig:
     max_devices: int
     retention_bytes: int
     announce: AnnounceSettings
-    redirect_batch: int = 8
-    redirect_spacing: float = 0.25
+    redirect_batch: int = _REDIRECT.batch_size
+    redirect_spacing: float = _REDIRECT.batch_spacing
     # Where the owner's remote (guard) sessions arrive; None: no remote entrance.
     remote: tuple[str, int] | None = None
     source: Path | None = None
@@ -76,6 +91,9 @@ class DeviceConfig:
     max_buffer_frames: int
     max_buffer_bytes: int
     announce: AnnounceSettings
+    # The connection timers are owned here until the device has a connection core of its
+    # own: how long to stay on a hub before following a better one, the reconnect back-off,
+    # and how long a redirect may take to flush the spool.
     min_dwell: float = 2.0
     backoff_initial: float = 0.2
     backoff_max: float = 5.0
@@ -92,96 +110,212 @@ class DeviceConfig:
         return self.state_dir / "status.json"
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _field_default(cls: type[Any], name: str) -> Any:
+    """The default of dataclass field ``name``: read where it is defined, never repeated."""
+    default = next(f.default for f in fields(cls) if f.name == name)
+    if default is MISSING:
+        raise LookupError(f"{cls.__name__}.{name} has no default")
+    return default
+
+
+_CONNECTION_KEYS = ("min_dwell", "backoff_initial", "backoff_max", "drain_timeout")
+
+
+def connection_table() -> dict[str, object]:
+    """The ``[connection]`` table of a device config, at its defaults (for `roost init`)."""
+    return {key: _field_default(DeviceConfig, key) for key in _CONNECTION_KEYS}
+
+
+def redirect_table() -> dict[str, object]:
+    """The ``[redirect]`` table of a hub config, at its defaults (for `roost init`)."""
+    return {"batch_size": _REDIRECT.batch_size, "spacing": _REDIRECT.batch_spacing}
+
+
+class _Table:
+    """One table of a config file, read key by key so that every error names the file and
+    the key (``hub-1.toml: announce.hold_down must be a number >= 0``)."""
+
+    __slots__ = ("_doc", "_path", "_prefix")
+
+    def __init__(self, path: Path, doc: Mapping[str, Any], prefix: str = "") -> None:
+        self._path = path
+        self._doc = doc
+        self._prefix = prefix
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self._path}: {self._prefix}{key} {problem}", reason=Reason.BAD_CONFIG)
+
+    def invalid(self, problem: str) -> ConfigError:
+        where = f"[{self._prefix.rstrip('.')}]" if self._prefix else "the file"
+        return ConfigError(f"{self._path}: {where} {problem}", reason=Reason.BAD_CONFIG)
+
+    def has(self, key: str) -> bool:
+        return key in self._doc
+
+    def _get(self, key: str, default: object) -> object:
+        if key in self._doc:
+            return self._doc[key]
+        if default is _REQUIRED:
+            raise ConfigError(f"{self._path} lacks {self._prefix}{key!r}", reason=Reason.BAD_CONFIG)
+        return default
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.error(key, "must be a table")
+        return _Table(self._path, value, f"{self._prefix}{key}.")
+
+    def string(self, key: str, default: object = None) -> str:
+        value = self._get(key, _REQUIRED if default is None else default)
+        if not isinstance(value, str):
+            raise self.error(key, "must be a string")
+        return value
+
+    def strings(self, key: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+        value = self._get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, "must be a list of strings")
+        return tuple(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, "must be true or false")
+        return value
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise self.error(key, f"must be a number >= {minimum:g}")
+        return float(value)
+
+    def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self._get(key, default)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise self.error(key, f"must be an integer {bound}")
+        return value
+
+    def path(self, key: str) -> Path:
+        value = self._get(key, _REQUIRED)
+        if not isinstance(value, str):
+            raise self.error(key, "must be a path string")
+        # Relative to the file's own directory, so a home can be moved as a whole.
+        path = Path(value)
+        return path if path.is_absolute() else (self._path.parent / path)
+
+    def hostport(self, key: str, default: object = None) -> tuple[str, int]:
+        return self._as_hostport(key, self.string(key, default))
+
+    def hostports(self, key: str) -> tuple[tuple[str, int], ...]:
+        return tuple(self._as_hostport(key, text) for text in self.strings(key))
+
+    def _as_hostport(self, key: str, text: str) -> tuple[str, int]:
+        try:
+            return parse_hostport(text)
+        except ConfigError as exc:
+            raise self.error(key, f"holds {text!r}, not HOST:PORT") from exc
+
+
+_REQUIRED = object()
+
+
+def _read(path: Path) -> _Table:
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            return _Table(path, tomllib.load(handle))
     except FileNotFoundError as exc:
-        raise StateError(f"no configuration at {path}", reason="missing") from exc
+        raise ConfigError(f"no configuration at {path}", reason=Reason.MISSING) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", reason=Reason.BAD_CONFIG) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise StateError(f"{path} is not valid TOML: {exc}", reason="bad-config") from exc
+        raise ConfigError(f"{path} is not valid TOML: {exc}", reason=Reason.BAD_CONFIG) from exc
 
 
-def _path(base: Path, value: object, key: str) -> Path:
-    if not isinstance(value, str):
-        raise StateError(f"{key} must be a path string", reason="bad-config")
-    path = Path(value)
-    return path if path.is_absolute() else (base / path)
-
-
-def _announce(section: Mapping[str, Any]) -> AnnounceSettings:
-    peers = tuple(parse_hostport(p) for p in section.get("peers", []))
+def _announce(doc: _Table) -> AnnounceSettings:
+    section = doc.table("announce")
     udp = UdpConfig(
-        bind_host=str(section.get("bind", "0.0.0.0")),
-        port=int(section.get("port", DEFAULT_PORT)),
-        multicast=bool(section.get("multicast", True)),
-        group=str(section.get("group", DEFAULT_GROUP)),
-        interfaces=tuple(str(i) for i in section.get("interfaces", [])),
-        peers=peers,
+        bind_host=section.string("bind", _UDP.bind_host),
+        port=section.integer("port", _UDP.port, maximum=65535),
+        multicast=section.boolean("multicast", _UDP.multicast),
+        group=section.string("group", _UDP.group),
+        interfaces=section.strings("interfaces", _UDP.interfaces),
+        peers=section.hostports("peers"),
     )
-    return AnnounceSettings(
+    settings = AnnounceSettings(
         udp,
-        float(section.get("interval", 1.0)),
-        float(section.get("hold_down", 3.0)),
-        int(section.get("freshness_ms", 10_000)),
+        section.number("interval", _ANNOUNCE.advert_interval),
+        section.number("hold_down", _ANNOUNCE.hold_down),
+        section.integer("freshness_ms", _ANNOUNCE.freshness_window_ms),
     )
+    # The announce core's own checks decide what is valid (one owner of every bound).
+    try:
+        AnnounceConfig(
+            advert_interval=settings.interval,
+            hold_down=settings.hold_down,
+            freshness_window_ms=settings.freshness_ms,
+        )
+    except ValueError as exc:
+        raise section.invalid(f"is invalid: {exc}") from exc
+    return settings
 
 
 def load_hub_config(path: Path) -> HubConfig:
+    """Read a hub's TOML config; a :class:`ConfigError` names the file and the key."""
     doc = _read(path)
-    base = path.parent
-    try:
-        listen = parse_hostport(doc["listen"])
-        return HubConfig(
-            name=str(doc.get("name", path.stem)),
-            state_dir=_path(base, doc["state_dir"], "state_dir"),
-            cert=_path(base, doc["cert"], "cert"),
-            key=_path(base, doc["key"], "key"),
-            listen=listen,
-            advertise=parse_hostport(doc["advertise"]) if "advertise" in doc else listen,
-            api=parse_hostport(doc.get("api", "127.0.0.1:8080")),
-            features=tuple(str(f) for f in doc.get("features", ["hcsp"])),
-            max_devices=int(doc.get("max_devices", 16)),
-            retention_bytes=int(float(doc.get("retention_mb", 1024)) * 1024 * 1024),
-            announce=_announce(doc.get("announce", {})),
-            redirect_batch=int(doc.get("redirect", {}).get("batch_size", 8)),
-            redirect_spacing=float(doc.get("redirect", {}).get("spacing", 0.25)),
-            remote=parse_hostport(doc["remote"]) if "remote" in doc else None,
-            source=path,
-        )
-    except KeyError as exc:
-        raise StateError(f"{path} lacks {exc.args[0]!r}", reason="bad-config") from exc
-    except (TypeError, ValueError) as exc:
-        raise StateError(f"{path}: {exc}", reason="bad-config") from exc
+    listen = doc.hostport("listen")
+    redirect = doc.table("redirect")
+    batch = redirect.integer("batch_size", _REDIRECT.batch_size, minimum=1)
+    spacing = redirect.number("spacing", _REDIRECT.batch_spacing)
+    return HubConfig(
+        name=doc.string("name", path.stem),
+        state_dir=doc.path("state_dir"),
+        cert=doc.path("cert"),
+        key=doc.path("key"),
+        listen=listen,
+        advertise=doc.hostport("advertise") if doc.has("advertise") else listen,
+        api=doc.hostport("api", "127.0.0.1:8080"),
+        features=doc.strings("features", ("hcsp",)),
+        max_devices=doc.integer("max_devices", 16),
+        retention_bytes=int(doc.number("retention_mb", 1024) * 1024 * 1024),
+        announce=_announce(doc),
+        redirect_batch=batch,
+        redirect_spacing=spacing,
+        remote=doc.hostport("remote") if doc.has("remote") else None,
+        source=path,
+    )
 
 
 def load_device_config(path: Path) -> DeviceConfig:
+    """Read a device's TOML config; a :class:`ConfigError` names the file and the key."""
     doc = _read(path)
-    base = path.parent
-    conn = doc.get("connection", {})
-    try:
-        return DeviceConfig(
-            name=str(doc.get("name", path.stem)),
-            state_dir=_path(base, doc["state_dir"], "state_dir"),
-            cert=_path(base, doc["cert"], "cert"),
-            key=_path(base, doc["key"], "key"),
-            fps=float(doc.get("fps", 5.0)),
-            width=int(doc.get("width", 320)),
-            height=int(doc.get("height", 240)),
-            max_buffer_frames=int(doc.get("max_buffer_frames", 10_000)),
-            max_buffer_bytes=int(float(doc.get("max_buffer_mb", 256)) * 1024 * 1024),
-            announce=_announce(doc.get("announce", {})),
-            min_dwell=float(conn.get("min_dwell", 2.0)),
-            backoff_initial=float(conn.get("backoff_initial", 0.2)),
-            backoff_max=float(conn.get("backoff_max", 5.0)),
-            drain_timeout=float(conn.get("drain_timeout", 2.0)),
-            hubs=tuple(parse_hostport(h) for h in doc.get("hubs", [])),
-            source=path,
-        )
-    except KeyError as exc:
-        raise StateError(f"{path} lacks {exc.args[0]!r}", reason="bad-config") from exc
-    except (TypeError, ValueError) as exc:
-        raise StateError(f"{path}: {exc}", reason="bad-config") from exc
+    conn = doc.table("connection")
+    timers = {key: conn.number(key, _field_default(DeviceConfig, key)) for key in _CONNECTION_KEYS}
+    return DeviceConfig(
+        name=doc.string("name", path.stem),
+        state_dir=doc.path("state_dir"),
+        cert=doc.path("cert"),
+        key=doc.path("key"),
+        fps=doc.number("fps", 5.0),
+        width=doc.integer("width", 320, minimum=1),
+        height=doc.integer("height", 240, minimum=1),
+        max_buffer_frames=doc.integer("max_buffer_frames", 10_000, minimum=1),
+        max_buffer_bytes=int(doc.number("max_buffer_mb", 256) * 1024 * 1024),
+        announce=_announce(doc),
+        min_dwell=timers["min_dwell"],
+        backoff_initial=timers["backoff_initial"],
+        backoff_max=timers["backoff_max"],
+        drain_timeout=timers["drain_timeout"],
+        hubs=doc.hostports("hubs"),
+        source=path,
+    )
 
 
 def _toml_value(value: object) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from roost.cli.exitcodes import ExitCode
 from roost.cli.log import log
 from roost.cli.user import user
 from roost.guard.card import ALPHABET
@@ -53,9 +54,9 @@ def test_user_add_refuses_existing_and_mismatched_passwords(tmp_path: Path) -> N
     runner = CliRunner()
     assert runner.invoke(user, ["add", str(tmp_path), "bob", *FAST], input="a\na\n").exit_code == 0
     again = runner.invoke(user, ["add", str(tmp_path), "bob", *FAST], input="a\na\n")
-    assert again.exit_code == 1 and "exists" in again.output
+    assert again.exit_code == ExitCode.STATE and "exists" in again.output
     mismatch = runner.invoke(user, ["add", str(tmp_path), "carol", *FAST], input="a\nb\n")
-    assert mismatch.exit_code == 1 and "differ" in mismatch.output
+    assert mismatch.exit_code == ExitCode.FAILED and "differ" in mismatch.output
     card_file = tmp_path / "bob.card"
     replaced = runner.invoke(
         user,
@@ -90,7 +91,7 @@ def test_user_reset_counter_and_remove(tmp_path: Path) -> None:
     assert record is not None and record.failures == 0 and record.locked_until_ms == 0
     assert runner.invoke(user, ["remove", str(tmp_path), "dave"]).exit_code == 0
     missing = runner.invoke(user, ["remove", str(tmp_path), "dave"])
-    assert missing.exit_code == 1 and "no user" in missing.output
+    assert missing.exit_code == ExitCode.STATE and "no user" in missing.output
 
 
 def _fill_log(state: Path, count: int) -> None:
@@ -131,10 +132,10 @@ def test_log_checkpoint_receipt_and_offline_verify(tmp_path: Path) -> None:
     bad_file = tmp_path / "bad.json"
     bad_file.write_text(json.dumps(document))
     bad = runner.invoke(log, ["verify", str(bad_file)])
-    assert bad.exit_code == 1 and "invalid receipt (bad-proof)" in bad.output
+    assert bad.exit_code == ExitCode.FAILED and "invalid receipt (bad-proof)" in bad.output
     garbage = tmp_path / "garbage.json"
     garbage.write_bytes(b"\x00\xff")
-    assert runner.invoke(log, ["verify", str(garbage)]).exit_code == 1
+    assert runner.invoke(log, ["verify", str(garbage)]).exit_code == ExitCode.FAILED
 
 
 def test_roost_entry_point_runs_user_add_from_a_pipe(tmp_path: Path) -> None:

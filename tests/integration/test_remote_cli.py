@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from roost.cli.exitcodes import ExitCode
 from roost.config import load_hub_config
 from tests.helpers.home import LoopbackHome
 
@@ -118,9 +119,9 @@ def test_owner_reads_status_and_a_frame_and_keeps_a_verifiable_receipt(
 
 def test_wrong_password_and_unknown_device_fail_cleanly(home: LoopbackHome) -> None:
     refused = _call(home, "status", password="not it")
-    assert refused.returncode == 1 and "refused" in refused.stderr
+    assert refused.returncode == ExitCode.REFUSED and "refused" in refused.stderr
     assert "Traceback" not in refused.stderr
     missing = _call(home, "latest-frame", "no-such-camera")
-    assert missing.returncode == 1 and "no-frame" in missing.stderr
+    assert missing.returncode == ExitCode.REFUSED and "no-frame" in missing.stderr
     wrong_hub = _call(home, "status", "--hub-id", "hcsp:" + "A" * 20)
-    assert wrong_hub.returncode == 1 and "Traceback" not in wrong_hub.stderr
+    assert wrong_hub.returncode == ExitCode.VERIFICATION and "Traceback" not in wrong_hub.stderr

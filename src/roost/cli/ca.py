@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from aiohttp import web
 
-from roost.cli.common import at_option, echo_json, fail_cleanly, parse_at
+from roost.cli.common import RoostGroup, at_option, echo_json, fail_cleanly, parse_at
 from roost.errors import StateError
 from roost.files import atomic_write
 from roost.pki.authority import Authority
@@ -25,7 +25,7 @@ __all__ = ["ca"]
 _YEAR = dt.timedelta(days=365)
 
 
-@click.group()
+@click.group(cls=RoostGroup)
 def ca() -> None:
     """The Roost certificate authority."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from roost.cli.common import echo_json, fail_cleanly, now_utc
-from roost.config import to_toml
+from roost.config import connection_table, redirect_table, to_toml
 from roost.errors import StateError
 from roost.files import atomic_write
 from roost.hcsp.aio import DEFAULT_PORT
@@ -92,7 +92,7 @@ def make_home(
             "max_devices": max_devices,
             "retention_mb": 512,
             "announce": announce(i),
-            "redirect": {"batch_size": 8, "spacing": 0.25},
+            "redirect": redirect_table(),
         }
         comment = f"Roost hub {name} ({identifier}). Run: roost hub run --config {name}.toml"
         (home / f"{name}.toml").write_text(to_toml(config, comment))
@@ -112,7 +112,7 @@ def make_home(
             "max_buffer_frames": 20000,
             "max_buffer_mb": 256,
             "announce": announce(hubs + j),
-            "connection": {"min_dwell": 2.0, "backoff_initial": 0.2, "backoff_max": 5.0},
+            "connection": connection_table(),
         }
         comment = f"Roost camera {name} ({identifier}). Run: roost device run --config {name}.toml"
         (home / f"{name}.toml").write_text(to_toml(config, comment))

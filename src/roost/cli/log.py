@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from roost.cli.common import Failure, RoostGroup, fail_cleanly
+from roost.cli.exitcodes import ExitCode
 from roost.errors import RoostError
 from roost.guard.log import (
     LOG_KEY_FILENAME,
@@ -35,16 +37,9 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@click.group()
+@click.group(cls=RoostGroup)
 def log() -> None:
     """Merkle log of protected messages: checkpoints, receipts, offline verification."""
-
-
-def _open(state: Path) -> SqliteMerkleLog:
-    try:
-        return SqliteMerkleLog.in_state_dir(state)
-    except RoostError as error:
-        raise click.ClickException(str(error)) from error
 
 
 @log.command("checkpoint")
@@ -54,9 +49,10 @@ def _open(state: Path) -> SqliteMerkleLog:
     type=click.IntRange(0),
     help="Include a consistency proof from this earlier log size.",
 )
+@fail_cleanly
 def checkpoint(state: Path, consistency_from: int | None) -> None:
     """Print the latest signed checkpoint as JSON, signing a new one if the log grew."""
-    merkle_log = _open(state)
+    merkle_log = SqliteMerkleLog.in_state_dir(state)
     try:
         key = load_or_create_log_key(state / LOG_KEY_FILENAME)
         # The CLI is the composition root, the one place allowed to read the clock.
@@ -64,8 +60,6 @@ def checkpoint(state: Path, consistency_from: int | None) -> None:
             merkle_log, key, size_at_least=merkle_log.size, timestamp_ms=_wall_ms()
         )
         document = checkpoint_document(merkle_log, latest, consistency_from)
-    except RoostError as error:
-        raise click.ClickException(str(error)) from error
     finally:
         merkle_log.close()
     click.echo(json.dumps(document, indent=2, sort_keys=True))
@@ -75,17 +69,16 @@ def checkpoint(state: Path, consistency_from: int | None) -> None:
 @_STATE
 @click.argument("index", type=click.IntRange(0))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@fail_cleanly
 def receipt(state: Path, index: int, out: Path | None) -> None:
     """Export the receipt of leaf INDEX against the latest checkpoint."""
-    merkle_log = _open(state)
+    merkle_log = SqliteMerkleLog.in_state_dir(state)
     try:
         key = load_or_create_log_key(state / LOG_KEY_FILENAME)
         latest = covering_checkpoint(
             merkle_log, key, size_at_least=index + 1, timestamp_ms=_wall_ms()
         )
         encoded = encode_receipt(merkle_log.receipt(index, latest))
-    except RoostError as error:
-        raise click.ClickException(str(error)) from error
     finally:
         merkle_log.close()
     if out is None:
@@ -102,6 +95,7 @@ def receipt(state: Path, index: int, out: Path | None) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A later checkpoint (from `roost log checkpoint`) the receipt must be consistent with.",
 )
+@fail_cleanly
 def verify(receipt_file: Path, checkpoint_file: Path | None) -> None:
     """Verify RECEIPT_FILE offline; exit 0 when valid, 1 when not."""
     try:
@@ -109,8 +103,8 @@ def verify(receipt_file: Path, checkpoint_file: Path | None) -> None:
         later = checkpoint_file.read_bytes() if checkpoint_file is not None else None
         verify_receipt(parsed, later)
     except RoostError as error:
-        click.echo(f"invalid receipt ({error.reason}): {error}", err=True)
-        sys.exit(1)
+        # This command's documented contract: 1 for any invalid receipt, whatever the class.
+        raise Failure(f"invalid receipt ({error.reason}): {error}", ExitCode.FAILED) from error
     key_id = checkpoint_to_json(parsed.checkpoint)["key_id"]
     click.echo(
         f"valid: leaf {parsed.leaf_index} is in the log of size {parsed.checkpoint.size}"

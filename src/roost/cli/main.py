@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import click
 
+from roost.cli.common import DEBUG_META, RoostGroup
+from roost.cli.exitcodes import epilog
+
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=RoostGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=epilog(),
+)
 @click.version_option(package_name="roost")
-def cli() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="ROOST_DEBUG",
+    help="Print the traceback when a command fails (also ROOST_DEBUG=1).",
+)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
     """Roost: trusted hubs, clockless trust rollover, remote reach, protected messages."""
+    ctx.meta[DEBUG_META] = debug
 
 
 def _register() -> None:

@@ -14,7 +14,7 @@ import click
 from cryptography import x509
 
 from roost.config import parse_hostport
-from roost.errors import RemoteProtocolError, VerificationError
+from roost.errors import ConfigError, RefusedError, VerificationError
 from roost.guard.aio import GuardClient
 from roost.guard.card import parse_card
 from roost.guard.log import checkpoint_to_json, decode_receipt, encode_receipt
@@ -22,12 +22,12 @@ from roost.guard.remote import Response
 from roost.pki.tls import client_context
 from roost.pki.truststore import load_state
 
-from .common import echo_json, fail_cleanly
+from .common import RoostGroup, echo_json, fail_cleanly
 
 __all__ = ["remote"]
 
 
-@click.group()
+@click.group(cls=RoostGroup)
 def remote() -> None:
     """Reach a hub's remote entrance: password, card codes, then protected calls."""
 
@@ -142,7 +142,10 @@ def call(
     """Log in to ADDRESS (host:port) as --user and call METHOD (status, latest-frame
     DEVICE_ID, …). The password is asked for, or read as the first line of standard input.
     """
-    host, port = parse_hostport(address)
+    try:
+        host, port = parse_hostport(address)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="ADDRESS") from exc
     state = load_state(trust_dir)
     password = _read_secret("Password")
 
@@ -173,9 +176,8 @@ def call(
                 )
             response = await client.call(method, *(arg.encode("utf-8") for arg in args))
             if not response.ok:
-                raise RemoteProtocolError(
-                    f"the hub refused {method}", reason=response.reason or "refused"
-                )
+                # The hub answered and said no: a refusal, not a broken wire rule.
+                raise RefusedError(f"the hub refused {method}", reason=response.reason or "refused")
             _show(method, response, out)
             if receipt_file is not None:
                 receipt = await client.receipt(response)

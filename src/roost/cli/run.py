@@ -13,14 +13,15 @@ from pathlib import Path
 
 import click
 
-from roost.cli.common import echo_json, fail_cleanly
+from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.config import load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
-from roost.errors import StateError
+from roost.errors import StateError, TransportError
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
 from roost.pki.updater import TrustUpdater
+from roost.reasons import Reason
 
 __all__ = ["device", "hub", "run_until_signalled"]
 
@@ -62,7 +63,7 @@ def _logging(verbose: bool) -> None:
     )
 
 
-@click.group()
+@click.group(cls=RoostGroup)
 def hub() -> None:
     """The home hub: records cameras, announces itself, hands devices over."""
 
@@ -126,8 +127,9 @@ def hub_status(config_file: Path, as_json: bool) -> None:
     try:
         doc = fetch_status(host, port)
     except OSError as exc:
-        raise StateError(
-            f"hub is not answering at {host}:{port}: {exc}", reason="not-running"
+        # Nothing answered: unreachable (docs/exit-codes.md), whether it is down or elsewhere.
+        raise TransportError(
+            f"hub is not answering at {host}:{port}: {exc}", reason=Reason.NOT_RUNNING
         ) from exc
     if as_json:
         echo_json(doc)
@@ -135,7 +137,7 @@ def hub_status(config_file: Path, as_json: bool) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
-@click.group()
+@click.group(cls=RoostGroup)
 def device() -> None:
     """A camera: captures frames and streams them to the best trusted hub."""
 
@@ -176,7 +178,11 @@ def device_status(config_file: Path, as_json: bool) -> None:
     try:
         doc = json.loads(config.status_file.read_bytes())
     except FileNotFoundError as exc:
-        raise StateError(f"{config.name} has not run yet", reason="not-running") from exc
+        raise StateError(f"{config.name} has not run yet", reason=Reason.NOT_RUNNING) from exc
+    except ValueError as exc:
+        raise StateError(f"{config.status_file} is not JSON: {exc}", reason=Reason.CORRUPT) from exc
+    if not isinstance(doc, dict):
+        raise StateError(f"{config.status_file} is not a status document", reason=Reason.CORRUPT)
     doc["age_s"] = round(time.time() - float(doc.get("written_at", 0)), 1)
     if as_json:
         echo_json(doc)

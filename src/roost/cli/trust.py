@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from roost.cli.common import echo_json, fail_cleanly
+from roost.cli.common import RoostGroup, echo_json, fail_cleanly, fail_with
+from roost.cli.exitcodes import ExitCode
 from roost.errors import StateError, VerificationError
 from roost.pki.cainfo import decode_cainfo
 from roost.pki.certs import certs_from_pem
@@ -19,10 +20,8 @@ from roost.pki.updater import FetchOutcome, TrustUpdater
 
 __all__ = ["trust"]
 
-EXIT_NOT_PUBLISHED = 3
 
-
-@click.group()
+@click.group(cls=RoostGroup)
 def trust() -> None:
     """The two-slot trust store devices, hubs and remote clients keep."""
 
@@ -56,14 +55,16 @@ def status(state_dir: Path, as_json: bool) -> None:
 
 @trust.command()
 @click.argument("state_dir", metavar="STATE", type=click.Path(path_type=Path, file_okay=False))
-@fail_cleanly
+@fail_with(ExitCode.FAILED)
 def update(state_dir: Path) -> None:
     """Fetch the successor of the newest slot once (exit 0 stored, 3 not published, 1 error)."""
+    # Those three codes are this command's documented contract (README), older than the
+    # table in docs/exit-codes.md: every Roost error exits 1, still printed with its reason.
     updater = TrustUpdater(state_dir)
     outcome = asyncio.run(updater.update_once())
     echo_json({"outcome": outcome.value, **updater.state.summary()})
     if outcome is FetchOutcome.NOT_PUBLISHED:
-        sys.exit(EXIT_NOT_PUBLISHED)
+        sys.exit(ExitCode.NOT_PUBLISHED)
 
 
 @trust.command()

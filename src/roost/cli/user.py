@@ -12,10 +12,12 @@ from pathlib import Path
 
 import click
 
-from roost.errors import RoostError
+from roost.cli.common import RoostGroup, fail_cleanly
+from roost.errors import StateError
 from roost.guard.card import format_card, generate_card
 from roost.guard.suites import DEFAULT_PAIR_KDF, DEFAULT_PASSWORD_KDF, KdfParams
 from roost.guard.userstore import SqliteUserStore, make_user
+from roost.reasons import Reason
 
 __all__ = ["user"]
 
@@ -39,14 +41,7 @@ def _read_password() -> str:
     return password
 
 
-def _open(state: Path) -> SqliteUserStore:
-    try:
-        return SqliteUserStore.in_state_dir(state)
-    except RoostError as error:
-        raise click.ClickException(str(error)) from error
-
-
-@click.group()
+@click.group(cls=RoostGroup)
 def user() -> None:
     """Guard users: password plus a card of random response codes."""
 
@@ -75,6 +70,7 @@ def user() -> None:
     type=click.IntRange(1, KdfParams.MAX_LOG2_N),
     help="scrypt log2(N) for each response code.",
 )
+@fail_cleanly
 def add(
     state: Path,
     user_id: str,
@@ -86,11 +82,13 @@ def add(
 ) -> None:
     """Register USER: ask for the password twice, then issue and show the card once."""
     if not 1 <= len(user_id.encode("utf-8")) <= 64:
-        raise click.ClickException("user ids are 1 to 64 bytes")
-    store = _open(state)
+        raise click.BadParameter("user ids are 1 to 64 bytes", param_hint="USER")
+    store = SqliteUserStore.in_state_dir(state)
     try:
         if store.load(user_id) is not None and not replace:
-            raise click.ClickException(f"user {user_id!r} exists; use --replace to re-issue")
+            raise StateError(
+                f"user {user_id!r} exists; use --replace to re-issue", reason=Reason.USER_EXISTS
+            )
         password = _read_password()
         card = generate_card(pairs)
         record = make_user(
@@ -101,8 +99,6 @@ def add(
             pair_kdf=KdfParams(code_cost),
         )
         store.add(record, replace_existing=replace)
-    except RoostError as error:
-        raise click.ClickException(str(error)) from error
     finally:
         store.close()
     text = format_card(user_id, card)
@@ -117,9 +113,10 @@ def add(
 
 @user.command("list")
 @_STATE
+@fail_cleanly
 def list_users(state: Path) -> None:
     """Show users with their pair count, access counter, failures and lock-out."""
-    store = _open(state)
+    store = SqliteUserStore.in_state_dir(state)
     try:
         rows = store.list_users()
     finally:
@@ -133,13 +130,12 @@ def list_users(state: Path) -> None:
 @user.command("remove")
 @_STATE
 @click.argument("user_id", metavar="USER")
+@fail_cleanly
 def remove(state: Path, user_id: str) -> None:
     """Delete USER and all its verifiers."""
-    store = _open(state)
+    store = SqliteUserStore.in_state_dir(state)
     try:
         store.remove(user_id)
-    except RoostError as error:
-        raise click.ClickException(str(error)) from error
     finally:
         store.close()
     click.echo(f"user {user_id} removed")
@@ -148,13 +144,12 @@ def remove(state: Path, user_id: str) -> None:
 @user.command("reset-counter")
 @_STATE
 @click.argument("user_id", metavar="USER")
+@fail_cleanly
 def reset_counter(state: Path, user_id: str) -> None:
     """Clear USER's failure counter and lock-out (the access counter only moves forward)."""
-    store = _open(state)
+    store = SqliteUserStore.in_state_dir(state)
     try:
         store.reset_failures(user_id)
-    except RoostError as error:
-        raise click.ClickException(str(error)) from error
     finally:
         store.close()
     click.echo(f"user {user_id}: failures cleared")

@@ -34,8 +34,10 @@ class RedirectConfig:
     """Bounds of the redirect plan (documented in docs/hcsp.md)."""
 
     batch_size: int = 8
-    batch_spacing: float = 1.0
-    max_jitter: float = 0.5
+    # What a hub runs with when its config leaves [redirect] out; the hub daemon uses the
+    # configured spacing as the jitter bound too, so both defaults are the same 0.25 s.
+    batch_spacing: float = 0.25
+    max_jitter: float = 0.25
     in_flight_grace: float = 3.0
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from roost.cli.exitcodes import ExitCode
 from roost.cli.main import _register, cli
 
 _register()
@@ -59,10 +60,10 @@ def test_init_issue_roll_activate_status(tmp_path: Path) -> None:
 
 def test_wrong_input_gets_clear_errors_and_loses_nothing(tmp_path: Path) -> None:
     ca = str(tmp_path / "ca")
-    assert run("ca", "status", ca)[0] == 1
+    assert run("ca", "status", ca)[0] == ExitCode.STATE
     assert run("ca", "init", ca, "--publish-url", "https://h/")[0] == 0
     code, out = run("ca", "init", ca, "--publish-url", "https://h/")
-    assert code == 1 and "already holds an authority" in out
+    assert code == ExitCode.STATE and "already holds an authority" in out
     code, out = run("ca", "issue", ca, "--role", "toaster", "--out", str(tmp_path / "x"))
     assert code == 2 and "toaster" in out
     code, out = run("ca", "issue", ca, "--role", "broker", "--out", str(tmp_path / "b"))
@@ -71,11 +72,11 @@ def test_wrong_input_gets_clear_errors_and_loses_nothing(tmp_path: Path) -> None
     assert run("ca", "issue", ca, "--role", "hub", "--out", out_dir)[0] == 0
     before = (tmp_path / "hub" / "key.pem").read_bytes()
     code, out = run("ca", "issue", ca, "--role", "hub", "--out", out_dir)
-    assert code == 1 and "refusing to overwrite" in out
+    assert code == ExitCode.STATE and "refusing to overwrite" in out
     assert (tmp_path / "hub" / "key.pem").read_bytes() == before
     (tmp_path / "ca" / "authority.json").write_text("{broken")
     code, out = run("ca", "roll", ca)
-    assert code == 1 and "corrupt" in out
+    assert code == ExitCode.STATE and "corrupt" in out
 
 
 def test_trust_init_status_check(tmp_path: Path) -> None:
@@ -85,19 +86,20 @@ def test_trust_init_status_check(tmp_path: Path) -> None:
     state = str(tmp_path / "dev")
     code, out = run("trust", "init", state, "--ca-info", str(tmp_path / "h" / "ca-info.bin"))
     assert code == 0 and last_json(out)["current"] == 1
-    assert run("trust", "init", state, "--ca-info", str(tmp_path / "h" / "ca-info.bin"))[0] == 1
+    again = run("trust", "init", state, "--ca-info", str(tmp_path / "h" / "ca-info.bin"))
+    assert again[0] == ExitCode.STATE
     code, out = run(
         "trust", "check", state, "--cert", str(tmp_path / "h" / "cert.pem"), "--no-fetch"
     )
     doc = last_json(out)
     assert code == 0 and doc["verified_by"] == "current" and doc["generation"] == 1
-    # A certificate from a self-made CA fails (exit 1) and the store is unchanged.
+    # A certificate from a self-made CA fails verification and the store is unchanged.
     rogue = str(tmp_path / "rogue")
     run("ca", "init", rogue, "--publish-url", "https://127.0.0.1:1/ca/")
     run("ca", "issue", rogue, "--role", "hub", "--out", str(tmp_path / "r"), "--ip", "127.0.0.1")
     code, out = run(
         "trust", "check", state, "--cert", str(tmp_path / "r" / "cert.pem"), "--no-fetch"
     )
-    assert code == 1 and "does not verify" in out
+    assert code == ExitCode.VERIFICATION and "does not verify" in out
     status = last_json(run("trust", "status", state, "--json")[1])
     assert status["current"] == 1 and status["prepared"] is None

@@ -7,7 +7,7 @@ import random
 
 from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import HubDown, WinnerChanged
-from roost.hcsp.redirect import RedirectPlanner, fair_share
+from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
 from tests.helpers.fake_lan import FakeLan
 from tests.helpers.pki import Node
 
@@ -120,12 +120,14 @@ def test_losing_hub_plans_a_capacity_limited_batched_jittered_redirect() -> None
     share = fair_share(winner, loser_core.live_hubs(now), loser_node.identifier)
     assert share == winner.free_capacity == 10
 
-    planner = RedirectPlanner()
+    config = RedirectConfig()
+    planner = RedirectPlanner(config)
     rng = random.Random(11)
     batches = planner.plan(devices, winner, now, rng, share=share)
     assert [len(b.devices) for b in batches] == [8, 2]
-    assert now <= batches[0].due_at <= now + 0.5
-    assert batches[0].due_at + 1.0 <= batches[1].due_at <= batches[0].due_at + 1.5
+    assert now <= batches[0].due_at <= now + config.max_jitter
+    spacing, jitter = config.batch_spacing, config.max_jitter
+    assert batches[0].due_at + spacing <= batches[1].due_at <= batches[0].due_at + spacing + jitter
     assert planner.due(now - 0.001) == []
     first = planner.due(batches[0].due_at)
     assert first == devices[:8]
