@@ -120,6 +120,8 @@ _MAX_MS = 86_400_000
 # 2**53: JSON numbers stay exact in every JSON implementation below this.
 _MAX_COUNT = 1 << 53
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+# Reason is a StrEnum: its members hash and compare as their string values.
+_REASONS: frozenset[str] = frozenset(Reason)
 
 
 # --------------------------------------------------------------------------- field kinds
@@ -226,7 +228,7 @@ class _Reason(_Kind):
     __slots__ = ()
 
     def check(self, value: object) -> None:
-        if not isinstance(value, str) or value not in Reason._value2member_map_:
+        if not isinstance(value, str) or value not in _REASONS:
             raise _bad("reason is not in the catalogue")
 
     def to_json(self, value: Any) -> object:
