@@ -63,7 +63,8 @@ from roost.hcsp.documents import Endpoint, HubAddress, Subscribe, encode_documen
 from roost.hub.api import fetch_status
 from roost.pki.authority import Authority, IssuedLeaf
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
-from roost.pki.trust import TrustState, save_state
+from roost.pki.trust import TrustState
+from roost.pki.truststore import save_state
 
 _HOST = "127.0.0.1"
 _HUBS = 8

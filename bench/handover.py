@@ -77,7 +77,8 @@ from roost.hub.recorder import Recorder
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.tls import client_context
-from roost.pki.trust import TrustState, save_state
+from roost.pki.trust import TrustState
+from roost.pki.truststore import save_state
 from roost.pki.updater import TrustUpdater
 
 _HOST = "127.0.0.1"

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from roost.errors import RoostError
 
-__all__ = ["DESCRIPTIONS", "Reason", "RejectionCounter", "log_rejection"]
+__all__ = ["DESCRIPTIONS", "Reason", "RejectionCounter", "catalogue_markdown", "log_rejection"]
 
 
 class Reason(enum.StrEnum):
@@ -76,6 +76,8 @@ class Reason(enum.StrEnum):
     BACKOFF = "backoff"
     # Certificates and trust (section 1, section 2).
     CHAIN = "chain"
+    BAD_CERT = "bad-cert"
+    BAD_KEY = "bad-key"
     NO_ANCHOR = "no-anchor"
     NO_ID = "no-id"
     ID_MISMATCH = "id-mismatch"
@@ -160,6 +162,7 @@ class Reason(enum.StrEnum):
     DUPLICATE_SEQ = "duplicate-seq"
     UNKNOWN_SEQ = "unknown-seq"
     SEQ_EXHAUSTED = "seq-exhausted"
+    ALREADY_ACKED = "already-acked"
     USER_EXISTS = "user-exists"
     BAD_ARGS = "bad-args"
     NOT_RUNNING = "not-running"
@@ -214,6 +217,8 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.SOURCE_BUSY: "the source holds its share of slots already",
     Reason.BACKOFF: "a retry inside its back-off window",
     Reason.CHAIN: "a certificate does not chain to a trusted CA generation",
+    Reason.BAD_CERT: "a certificate that does not parse or breaks its profile",
+    Reason.BAD_KEY: "a key of the wrong type or curve",
     Reason.NO_ANCHOR: "no trusted CA generation is loaded",
     Reason.NO_ID: "a certificate with no single node identifier",
     Reason.ID_MISMATCH: "an identifier that is not the hash of the certificate's key",
@@ -294,6 +299,7 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.DUPLICATE_SEQ: "a sequence number already spooled",
     Reason.UNKNOWN_SEQ: "a sequence number the spool did not allocate",
     Reason.SEQ_EXHAUSTED: "sequence numbers are exhausted",
+    Reason.ALREADY_ACKED: "a frame below the acknowledged sequence number",
     Reason.USER_EXISTS: "the user already exists",
     Reason.BAD_ARGS: "command arguments out of range",
     Reason.NOT_RUNNING: "the daemon is not running",
@@ -362,3 +368,15 @@ def log_rejection(
         return
     more = f" ({suppressed} more since the last line)" if suppressed else ""
     logger.info("%s %s: %s%s", what, source, error.reason, more)
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as the Markdown table docs/architecture.md carries
+    (``python -m roost.reasons`` prints it)."""
+    lines = ["| reason | meaning |", "|---|---|"]
+    lines += [f"| `{reason.value}` | {DESCRIPTIONS[reason]} |" for reason in Reason]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(catalogue_markdown())

@@ -24,7 +24,8 @@ from roost.pki.cainfo import MAX_CAINFO_SIZE
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.download import DownloadServer, download_tls_context
 from roost.pki.tls import client_context, peer_certificate, server_context
-from roost.pki.trust import TrustState, save_state
+from roost.pki.trust import TrustState
+from roost.pki.truststore import save_state
 from roost.pki.updater import FetchOutcome, TrustUpdater, UpdateConfig
 from tests.helpers.net import free_port
 

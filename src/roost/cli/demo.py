@@ -22,7 +22,8 @@ from roost.errors import VerificationError
 from roost.pki.authority import Authority
 from roost.pki.certs import Role
 from roost.pki.download import DownloadServer, download_tls_context
-from roost.pki.trust import TrustState, save_state
+from roost.pki.trust import TrustState
+from roost.pki.truststore import save_state
 from roost.pki.updater import TrustUpdater, UpdateConfig
 
 __all__ = ["demo"]

@@ -36,7 +36,8 @@ from roost.hub.remote import start_remote
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.tls import client_context
-from roost.pki.trust import TrustState, save_state
+from roost.pki.trust import TrustState
+from roost.pki.truststore import save_state
 from roost.pki.updater import TrustUpdater, UpdateConfig
 
 __all__ = ["home_act", "rogue_hub_config"]

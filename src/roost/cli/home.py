@@ -14,7 +14,8 @@ from roost.files import atomic_write
 from roost.hcsp.aio import DEFAULT_PORT
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
-from roost.pki.trust import TrustState, save_state
+from roost.pki.trust import TrustState
+from roost.pki.truststore import save_state
 
 __all__ = ["free_loopback_ports", "init_home", "make_home"]
 

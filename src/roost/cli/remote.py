@@ -20,7 +20,7 @@ from roost.guard.card import parse_card
 from roost.guard.log import checkpoint_to_json, decode_receipt, encode_receipt
 from roost.guard.remote import Response
 from roost.pki.tls import client_context
-from roost.pki.trust import load_state
+from roost.pki.truststore import load_state
 
 from .common import echo_json, fail_cleanly
 

@@ -13,7 +13,8 @@ from roost.cli.common import echo_json, fail_cleanly
 from roost.errors import StateError, VerificationError
 from roost.pki.cainfo import decode_cainfo
 from roost.pki.certs import certs_from_pem
-from roost.pki.trust import STATE_FILE, Slot, TrustState, load_state, save_state
+from roost.pki.trust import Slot, TrustState
+from roost.pki.truststore import STATE_FILE, load_state, save_state
 from roost.pki.updater import FetchOutcome, TrustUpdater
 
 __all__ = ["trust"]

@@ -2,7 +2,11 @@
 
 Usage authentication with random response codes (:mod:`.challenge`), per-message keys
 (:mod:`.ratchet`), session limits (:mod:`.session`) and a tamper-evident Merkle log
-(:mod:`.merkle`, :mod:`.log`). Every core is pure; the SQLite stores are the only I/O.
+(:mod:`.merkle`, :mod:`.log`) and remote calls (:mod:`.remote`) are pure cores. The
+adapters live beside them and are re-exported here too: :mod:`.aio` (the asyncio server
+and client), :mod:`.log` (the SQLite Merkle log) and :mod:`.userstore` (the SQLite user
+store). Importing this package therefore imports asyncio and sqlite3; a core that must stay
+pure imports the core modules directly.
 """
 
 from roost.guard.aio import GuardClient, GuardServer, GuardServerConfig, LogReceipts

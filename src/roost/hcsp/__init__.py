@@ -1,6 +1,8 @@
 """HCSP: signed hub announcements, election and redirect planning (PROTOCOL.md sections 3-4).
 
-Pure cores only; sockets and timers live in the daemon's adapters (STYLE.md).
+The modules re-exported here are pure cores (no sockets, no clock, no files). The asyncio
+adapter that runs the announce core on UDP sockets is :mod:`roost.hcsp.aio`; it is not
+imported here, so importing this package stays free of I/O.
 """
 
 from roost.hcsp.announce import (

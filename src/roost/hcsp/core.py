@@ -15,25 +15,27 @@ the LAN reaches the same winner (section 3, "Election").
 from __future__ import annotations
 
 import enum
-import hashlib
 import ipaddress
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from roost.errors import LocalProtocolError, RemoteProtocolError, RoostError, VerificationError
+from roost.errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    RoostError,
+    VerificationError,
+    peer_input,
+)
 from roost.hcsp.announce import (
     MAX_DATAGRAM,
-    SignedAnnouncement,
     check_preamble,
     decode_announcement,
     encode_announcement,
     verify_announcement_signature,
 )
+from roost.hcsp.certcache import CertificateCache, CertificateVerifier
 from roost.hcsp.documents import (
     MAX_CLIENTS,
     HubAddress,
@@ -42,7 +44,8 @@ from roost.hcsp.documents import (
     encode_document,
 )
 from roost.hcsp.election import Candidate, elect, rank_of
-from roost.hcsp.events import HcspEvent, HubDown, HubUp, HubUpdated, LiveHub, WinnerChanged
+from roost.hcsp.events import HcspEvent, LiveHub, WinnerChanged
+from roost.hcsp.hubtable import HubTable, serial_greater
 from roost.pki.certs import identifier_of, load_certificate
 from roost.ratelimit import SourceRateLimiter
 
@@ -54,23 +57,6 @@ __all__ = [
     "OwnHub",
     "serial_greater",
 ]
-
-# The injected trust check: chain the certificate to a trusted CA generation and return
-# the node identifier it proves, or raise VerificationError (section 1).
-CertificateVerifier = Callable[[x509.Certificate], str]
-
-_SERIAL_HALF = 1 << 63
-_SERIAL_MOD = 1 << 64
-
-
-def serial_greater(a: int, b: int) -> bool:
-    """RFC 1982 serial-number order on u64: True when ``a`` comes after ``b``.
-
-    Sequence numbers are Unix milliseconds (section 3), so wrap-around is centuries away;
-    serial order keeps the comparison well defined anyway, as keepalived's auth_hmac does.
-    """
-    difference = (a - b) % _SERIAL_MOD
-    return 0 < difference < _SERIAL_HALF
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,72 +144,6 @@ class _Outcome(enum.Enum):
     OWN_ECHO = "own-echo"
 
 
-class _HubState:
-    """Mutable table entry; ``live`` is False while only the replay mark is retained."""
-
-    __slots__ = (
-        "connected",
-        "endpoint",
-        "features",
-        "first_heard",
-        "highest_seq",
-        "identifier",
-        "last_seen",
-        "live",
-        "max_clients",
-        "rank",
-    )
-
-    def __init__(self, document: Subscribe, now: float) -> None:
-        self.identifier = document.sender.identifier
-        self.first_heard = now
-        self.live = True
-        self.highest_seq = document.seq
-        self.last_seen = now
-        self.endpoint = document.sender.endpoint
-        self.features = document.features
-        self.connected = document.connected
-        self.max_clients = document.max_clients
-        self.rank = rank_of(document.features, document.max_clients, self.identifier)
-
-    def update(self, document: Subscribe, now: float) -> bool:
-        """Advance to a newer verified announcement; True when anything visible changed."""
-        before = (self.endpoint, self.features, self.connected, self.max_clients)
-        self.highest_seq = document.seq
-        self.last_seen = now
-        self.endpoint = document.sender.endpoint
-        self.features = document.features
-        self.connected = document.connected
-        self.max_clients = document.max_clients
-        self.rank = rank_of(document.features, document.max_clients, self.identifier)
-        return before != (self.endpoint, self.features, self.connected, self.max_clients)
-
-    def snapshot(self) -> LiveHub:
-        return LiveHub(
-            identifier=self.identifier,
-            endpoint=self.endpoint,
-            features=self.features,
-            connected=self.connected,
-            max_clients=self.max_clients,
-            rank=self.rank,
-            first_heard=self.first_heard,
-            last_seen=self.last_seen,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _VerifiedCertificate:
-    identifier: str
-    public_key: ec.EllipticCurvePublicKey
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class _RejectedCertificate:
-    reason: str
-    expires_at: float
-
-
 def _normalise_host(host: str) -> str:
     """A socket's source host in the canonical text ``Endpoint`` uses.
 
@@ -249,13 +169,12 @@ class AnnounceCore:
     ) -> None:
         self._config = config
         self._own = own
-        self._verify_hub_certificate = verify_hub_certificate
-        self._hubs: dict[str, _HubState] = {}
+        self._hubs = HubTable(config.max_hubs, config.departed_retention)
         self._limiter = SourceRateLimiter(
             config.rate_per_second, config.rate_burst, config.max_sources
         )
-        self._certificates: OrderedDict[bytes, _VerifiedCertificate | _RejectedCertificate] = (
-            OrderedDict()
+        self._certificates = CertificateCache(
+            verify_hub_certificate, config.certificate_cache_size, config.certificate_cache_ttl
         )
         self._events: deque[HcspEvent] = deque()
         self._winner: LiveHub | None = None
@@ -274,10 +193,17 @@ class AnnounceCore:
     def receive_datagram(
         self, data: bytes, source: tuple[str, int], now: float, wall_ms: int
     ) -> None:
-        """Process one received datagram; rejections are counted, never raised."""
+        """Process one received datagram; rejections are counted, never raised.
+
+        Counted by reason: a peer's malformed or unverifiable datagram, and our own limits
+        refusing it (``rate-limited``, ``source-table-full``: RefusedError).
+        """
         self._advance(now)
         try:
-            outcome = self._accept(data, _normalise_host(source[0]), source[1], now, wall_ms)
+            # The receive boundary (STYLE.md, h11's rule): a shared helper's
+            # LocalProtocolError on these bytes is the sender's fault, not ours.
+            with peer_input():
+                outcome = self._accept(data, _normalise_host(source[0]), source[1], now, wall_ms)
         except RoostError as exc:
             self.counters.rejected[exc.reason] += 1
             return
@@ -318,10 +244,9 @@ class AnnounceCore:
             deadlines.append(due if due is not None else 0.0)
         timeout = self._down_timeout()
         ripening: list[float] = []
-        for state in self._hubs.values():
-            if state.live:
-                deadlines.append(state.last_seen + timeout)
-                ripening.append(state.first_heard + self._config.hold_down)
+        for state in self._hubs.live():
+            deadlines.append(state.last_seen + timeout)
+            ripening.append(state.first_heard + self._config.hold_down)
         if self._own_first_heard is not None:
             ripening.append(self._own_first_heard + self._config.hold_down)
         # A hold-down that has already ripened is no longer a deadline.
@@ -332,7 +257,8 @@ class AnnounceCore:
         """Expire silent hubs, forget old replay marks and re-run the election."""
         del wall_ms  # Kept for symmetry with receive_datagram; expiry runs on ``now``.
         self._advance(now)
-        self._expire(now)
+        # The same timeout get_timer computed the deadline with (see HubTable.expire).
+        self._events.extend(self._hubs.expire(now, self._down_timeout()))
         self._reelect(now)
 
     def set_load(self, connected: int, max_clients: int) -> None:
@@ -349,11 +275,7 @@ class AnnounceCore:
     def live_hubs(self, now: float) -> list[LiveHub]:
         """Verified live hubs, our own included, best rank first."""
         timeout = self._down_timeout()
-        hubs = [
-            state.snapshot()
-            for state in self._hubs.values()
-            if state.live and now < state.last_seen + timeout
-        ]
+        hubs = [state.snapshot() for state in self._hubs.live() if now < state.last_seen + timeout]
         own = self._own_snapshot(now)
         if own is not None:
             hubs.append(own)
@@ -394,22 +316,23 @@ class AnnounceCore:
         # 5. Freshness of ts against our wall clock.
         self._check_freshness(document.ts, wall_ms)
         # 6. Replay: seq must pass the high-water mark of that hub (serial order).
-        state = self._hubs.get(identifier)
-        if state is not None and not serial_greater(document.seq, state.highest_seq):
-            reason = "replay" if document.seq == state.highest_seq else "seq-not-increasing"
-            raise VerificationError(f"{identifier} sequence does not increase", reason=reason)
+        state = self._hubs.check_sequence(identifier, document.seq)
         # The advertised address is signed, but a hub could still lie about where it is;
         # it must be where the datagram came from unless we trust an override (section 3).
         self._check_source(document.sender, source_host)
         # Refuse a new hub before the public-key work when the table is full of live hubs.
-        if state is None and not self._has_room():
-            raise VerificationError("hub table is full of live hubs", reason="table-full")
+        self._hubs.check_room(state)
         # 7. Certificate chains to a trusted CA and names exactly the `from` identifier.
-        public_key = self._verified_key(announcement, identifier, now)
+        verdict, cached = self._certificates.verdict(announcement.certificate, now)
+        if cached:
+            self.counters.certificate_cache_hits += 1
+        public_key = verdict.public_key_for(identifier)
         # 8. Signature over every byte before sig_len, always checked.
         verify_announcement_signature(announcement, public_key)
         # 9. Only now does the high-water mark (and the rest of the entry) advance.
-        self._record(state, document, now)
+        event = self._hubs.record(state, document, now)
+        if event is not None:
+            self._events.append(event)
         return _Outcome.ACCEPTED
 
     def _check_freshness(self, ts: int, wall_ms: int) -> None:
@@ -428,83 +351,6 @@ class AnnounceCore:
             f"{sender.identifier} advertises {sender.endpoint.host} but sent from {source_host}",
             reason="source-mismatch",
         )
-
-    def _has_room(self) -> bool:
-        return len(self._hubs) < self._config.max_hubs or any(
-            not state.live for state in self._hubs.values()
-        )
-
-    def _evict_departed_if_full(self) -> None:
-        # Runs only after a new hub verified, so unverified datagrams can never push out
-        # a departed hub's replay mark (keepalived auth_hmac allocates after the HMAC too).
-        if len(self._hubs) < self._config.max_hubs:
-            return
-        departed = [state for state in self._hubs.values() if not state.live]
-        oldest = min(departed, key=lambda state: state.last_seen)
-        del self._hubs[oldest.identifier]
-
-    def _verified_key(
-        self, announcement: SignedAnnouncement, identifier: str, now: float
-    ) -> ec.EllipticCurvePublicKey:
-        fingerprint = hashlib.sha256(announcement.certificate).digest()
-        cached = self._certificates.get(fingerprint)
-        if cached is not None and cached.expires_at > now:
-            self._certificates.move_to_end(fingerprint)
-            self.counters.certificate_cache_hits += 1
-        else:
-            cached = self._verify_certificate(announcement.certificate, now)
-            self._certificates[fingerprint] = cached
-            self._certificates.move_to_end(fingerprint)
-            while len(self._certificates) > self._config.certificate_cache_size:
-                self._certificates.popitem(last=False)
-        if isinstance(cached, _RejectedCertificate):
-            raise VerificationError("certificate was rejected", reason=cached.reason)
-        if cached.identifier != identifier:
-            raise VerificationError(
-                f"certificate is {cached.identifier}, announcement claims {identifier}",
-                reason="wrong-id",
-            )
-        return cached.public_key
-
-    def _verify_certificate(
-        self, der: bytes, now: float
-    ) -> _VerifiedCertificate | _RejectedCertificate:
-        expires_at = now + self._config.certificate_cache_ttl
-        try:
-            certificate = load_certificate(der)
-            identifier = self._verify_hub_certificate(certificate)
-            public_key = certificate.public_key()
-            if not isinstance(public_key, ec.EllipticCurvePublicKey):
-                raise VerificationError("hub key is not ECDSA", reason="bad-key")
-            if not identifier.startswith("hcsp:") or identifier_of(certificate) != identifier:
-                raise VerificationError("certificate is not a hub's", reason="not-a-hub")
-        except RoostError as exc:
-            # Negative verdicts are cached too, so a flood of one bad certificate from
-            # many spoofed sources costs one path validation per cache lifetime.
-            return _RejectedCertificate(exc.reason, expires_at)
-        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
-            # cryptography parses some certificate parts lazily (extensions, the key) and
-            # reports junk as ValueError, or as InvalidVersion, which is not a ValueError
-            # and which load_certificate lets through; a hostile certificate must end as a
-            # counted rejection, never an exception (PROTOCOL.md preamble).
-            return _RejectedCertificate("bad-cert", expires_at)
-        return _VerifiedCertificate(identifier, public_key, expires_at)
-
-    def _record(self, state: _HubState | None, document: Subscribe, now: float) -> None:
-        if state is None:
-            self._evict_departed_if_full()
-            state = _HubState(document, now)
-            self._hubs[state.identifier] = state
-            self._events.append(HubUp(state.snapshot()))
-        elif not state.live:
-            # A hub that comes back is a newcomer again: its hold-down restarts, so a hub
-            # in a restart loop cannot keep taking the devices (handover §3 item 5).
-            state.update(document, now)
-            state.live = True
-            state.first_heard = now
-            self._events.append(HubUp(state.snapshot()))
-        elif state.update(document, now):
-            self._events.append(HubUpdated(state.snapshot()))
 
     # --- liveness and election --------------------------------------------------------
 
@@ -529,21 +375,9 @@ class AnnounceCore:
         if self._own is None:
             return config.max_skew_intervals * config.advert_interval
         own_rank = rank_of(self._own.features, self._own_max, self._own.identifier)
-        above = sum(1 for s in self._hubs.values() if s.live and s.rank.beats(own_rank))
+        above = sum(1 for s in self._hubs.live() if s.rank.beats(own_rank))
         intervals = min(config.max_skew_intervals, config.skew_intervals_per_position * above)
         return intervals * config.advert_interval
-
-    def _expire(self, now: float) -> None:
-        timeout = self._down_timeout()
-        retention = self._config.departed_retention
-        for identifier, state in list(self._hubs.items()):
-            # Compared exactly as get_timer computes the deadline, so a timer that fires
-            # on time always expires the hub (no busy loop on float rounding).
-            if state.live and now >= state.last_seen + timeout:
-                state.live = False
-                self._events.append(HubDown(state.snapshot()))
-            elif not state.live and now - state.last_seen > retention:
-                del self._hubs[identifier]
 
     def _reelect(self, now: float) -> None:
         winner = self.winner(now)

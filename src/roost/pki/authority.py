@@ -11,6 +11,16 @@ State lives in one directory:
     dl-keys/<hex>.key       Ed25519 DL private keys (0600), named by public key
 
 Time is always an argument (`at`); the CLI passes the wall clock or `--at`.
+
+A generation appears whole or not at all (PROTOCOL.md section 2, "persists every change
+atomically"): it is written into a hidden staging directory ``.gen-N.tmp-PID`` beside the
+others, every file and the directory fsynced, renamed to ``gen-N`` and the parent fsynced;
+saving authority.json with the new record is the commit. A crash before the commit leaves
+a staging directory, or a ``gen-N`` that authority.json does not list; nothing reads
+either, and the next roll clears them before it starts. Two things may outlive such a
+crash on purpose: a DL key set generated for the interrupted roll (``dl-keys/``, never
+referenced), and the index row of the download certificate it had CA N-1 sign, because the
+index records every certificate ever signed.
 """
 
 from __future__ import annotations
@@ -18,6 +28,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import os
+import re
+import shutil
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from roost.errors import StateError
-from roost.files import atomic_write
+from roost.files import atomic_write, fsync_directory
 from roost.pki.cainfo import CAInfo, CAInfoBody, Flags, decode_cainfo, sign_body
 from roost.pki.certs import (
     LeafRequest,
@@ -50,6 +63,9 @@ _SETTINGS = "authority.json"
 _INDEX = "index.sqlite3"
 _YEAR = dt.timedelta(days=365)
 _LEAF_BACKDATE = dt.timedelta(hours=1)
+# Directories a generation passes through before it is committed, and ``gen-N`` itself.
+_STAGING_PREFIX = ".gen-"
+_GENERATION_DIR = re.compile(r"gen-([1-9][0-9]*)")
 
 
 @dataclass
@@ -223,7 +239,9 @@ class Authority:
         at: dt.datetime,
         revokes_previous: bool,
         new_dl_keys: Sequence[Ed25519PrivateKey] | None,
+        activate: bool = False,
     ) -> CAInfo:
+        self._discard_interrupted()
         gen_dir = self._gen_dir(generation)
         if gen_dir.exists():
             raise StateError(f"generation {generation} already exists", reason="exists")
@@ -254,11 +272,18 @@ class Authority:
         for key in dl_keys[: self.settings.dl_threshold]:
             signers[key.public_key().public_bytes_raw()] = key
         info_bytes = sign_body(body, signers.values())
-        _write_private(gen_dir / "ca-key.pem", key_to_pem(ca_key))
-        _write_new(gen_dir / "ca-cert.pem", cert_to_pem(ca_cert))
-        _write_new(gen_dir / "ca-info.bin", info_bytes)
+        staging = self.directory / f"{_STAGING_PREFIX}{generation}.tmp-{os.getpid()}"
+        staging.mkdir()
+        # atomic_write fsyncs every file and the staging directory after each rename.
+        _write_private(staging / "ca-key.pem", key_to_pem(ca_key))
+        _write_new(staging / "ca-cert.pem", cert_to_pem(ca_cert))
+        _write_new(staging / "ca-info.bin", info_bytes)
         if previous is not None:
-            self._issue_download_cert(generation, at)
+            self._issue_download_cert(staging, generation, at)
+        os.rename(staging, gen_dir)
+        fsync_directory(self.directory)
+        if activate:
+            self.settings.active = generation
         self.settings.generations.append(
             GenerationRecord(
                 generation,
@@ -269,10 +294,28 @@ class Authority:
                 [k.public_key().public_bytes_raw().hex() for k in dl_keys],
             )
         )
+        # The commit: until authority.json lists it, gen-N is debris of an interrupted roll.
         self._save()
         return decode_cainfo(info_bytes)
 
-    def _issue_download_cert(self, generation: int, at: dt.datetime) -> None:
+    def _discard_interrupted(self) -> None:
+        """Remove what a roll that crashed before its commit left behind (module docstring)."""
+        recorded = {record.generation for record in self.settings.generations}
+        for entry in sorted(self.directory.iterdir()):
+            match = _GENERATION_DIR.fullmatch(entry.name)
+            if match is not None and int(match.group(1)) not in recorded and entry.is_dir():
+                # Renamed to a staging name first, so a crash while deleting leaves debris
+                # the next roll recognises, never a half-empty gen-N.
+                doomed = entry.with_name(f"{_STAGING_PREFIX}{match.group(1)}.discard")
+                if doomed.exists():
+                    shutil.rmtree(doomed)
+                os.rename(entry, doomed)
+                fsync_directory(self.directory)
+                entry = doomed
+            if entry.name.startswith(_STAGING_PREFIX) and entry.is_dir():
+                shutil.rmtree(entry)
+
+    def _issue_download_cert(self, gen_dir: Path, generation: int, at: dt.datetime) -> None:
         """The server publishing N is certified by CA N-1, the one devices still trust."""
         host = urlsplit(self.settings.publish_url).hostname or "localhost"
         ips: list[str] = []
@@ -283,7 +326,6 @@ class Authority:
         except ValueError:
             dns.append(host)
         issued = self.issue(Role.DOWNLOAD, at, dns=dns, ips=ips, generation=generation - 1)
-        gen_dir = self._gen_dir(generation)
         _write_new(gen_dir / "download-cert.pem", cert_to_pem(issued.cert))
         _write_private(gen_dir / "download-key.pem", key_to_pem(issued.key))
 
@@ -300,11 +342,11 @@ class Authority:
         """
         generation = self.settings.newest + 1
         new_keys = self._new_dl_keys(rotate_dl_keys) if rotate_dl_keys else None
-        info = self._create_generation(generation, at, revoke_current, new_keys)
-        if revoke_current:
-            self.settings.active = generation
-            self._save()
-        return info
+        # With revocation, issuing moves in the same commit, so no crash can leave the
+        # compromised generation active beside its recorded replacement.
+        return self._create_generation(
+            generation, at, revoke_current, new_keys, activate=revoke_current
+        )
 
     def activate(self) -> int:
         """Issuing moves to the newest generation (S510)."""

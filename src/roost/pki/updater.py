@@ -25,7 +25,8 @@ from cryptography import x509
 from roost.errors import RemoteProtocolError, RoostError, TransportError, VerificationError
 from roost.pki.cainfo import MAX_CAINFO_SIZE, MEDIA_TYPE, decode_cainfo
 from roost.pki.tls import client_context, peer_certificate
-from roost.pki.trust import MAX_CATCH_UP, Slot, TrustState, load_state, save_state
+from roost.pki.trust import MAX_CATCH_UP, Slot, TrustState
+from roost.pki.truststore import load_state, save_state
 from roost.pki.verify import VerifiedNode, verify_server_name
 
 __all__ = [

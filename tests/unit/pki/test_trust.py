@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
-import os
-from pathlib import Path
 
 import pytest
 
-from roost.errors import StateError, VerificationError
+from roost.errors import VerificationError
 from roost.pki.cainfo import Flags
 from roost.pki.certs import Role
-from roost.pki.trust import STATE_FILE, Slot, TrustState, load_state, save_state
+from roost.pki.trust import Slot, TrustState
 from tests.helpers.dlkeys import Chain, build, dl_key
 from tests.helpers.pki import EPOCH, TestCA
 
@@ -134,37 +130,6 @@ def test_clockless_floor_enforces_expiry_not_not_yet_valid() -> None:
     assert again.time_floor == after.time_floor
 
 
-def test_persistence_round_trip_and_atomic_file(tmp_path: Path) -> None:
-    chain = Chain(2)
-    state = TrustState.provision(chain.infos[0]).accept(chain.infos[1])
-    save_state(tmp_path, state)
-    assert load_state(tmp_path) == state
-    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]
-
-
-def test_corrupt_or_forged_state_refused(tmp_path: Path) -> None:
-    with pytest.raises(StateError):
-        load_state(tmp_path)
-    (tmp_path / STATE_FILE).write_text("{not json")
-    with pytest.raises(StateError):
-        load_state(tmp_path)
-    # A hand-edited prepared slot that is not a valid successor is refused on load.
-    chain, other = Chain(2), Chain(2)
-    save_state(tmp_path, TrustState.provision(chain.infos[0]).accept(chain.infos[1]))
-    doc = json.loads((tmp_path / STATE_FILE).read_text())
-    doc["prepared"] = base64.b64encode(other.infos[1].raw).decode()
-    (tmp_path / STATE_FILE).write_text(json.dumps(doc))
-    with pytest.raises(StateError):
-        load_state(tmp_path)
-
-
-def test_state_file_permissions_and_no_temp_left(tmp_path: Path) -> None:
-    chain = Chain(1)
-    save_state(tmp_path, TrustState.provision(chain.infos[0]))
-    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
-    assert os.stat(tmp_path / STATE_FILE).st_size > 0
-
-
 def test_retired_generations_bridge_download_tls_but_never_revoked_ones() -> None:
     chain = Chain(3)
     chain.extend(flags=Flags.REVOKES_PREVIOUS)  # generation 4 revokes 3
@@ -177,10 +142,3 @@ def test_retired_generations_bridge_download_tls_but_never_revoked_ones() -> Non
     assert slid.current.generation == 4 and slid.prepared is None
     assert chain.infos[2].body.ca_cert_der not in slid.retired  # the compromised one
     assert chain.infos[1].body.ca_cert_der in slid.retired
-
-
-def test_retired_list_persists(tmp_path: Path) -> None:
-    chain = Chain(2)
-    state = TrustState.provision(chain.infos[0]).accept(chain.infos[1]).promote()
-    save_state(tmp_path, state)
-    assert load_state(tmp_path) == state
