@@ -152,7 +152,6 @@ class Reason(enum.StrEnum):
     TRANSACTION_MISMATCH = "transaction-mismatch"
     NO_MAPPED_ADDRESS = "no-mapped-address"
     BAD_SEAL = "bad-seal"
-    NOT_P256 = "not-p256"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -290,7 +289,6 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.TRANSACTION_MISMATCH: "a STUN response for another transaction",
     Reason.NO_MAPPED_ADDRESS: "a STUN success response without XOR-MAPPED-ADDRESS",
     Reason.BAD_SEAL: "a sealed request that does not open (wrong target, altered data)",
-    Reason.NOT_P256: "a key that is not on the P-256 curve",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",

@@ -75,7 +75,7 @@ def _check_p256(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> 
     if not isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) or not (
         isinstance(key.curve, ec.SECP256R1)
     ):
-        raise LocalProtocolError("key is not P-256", reason=Reason.NOT_P256)
+        raise LocalProtocolError("key is not P-256", reason=Reason.BAD_KEY)
 
 
 def _key_and_nonce(
