@@ -151,7 +151,7 @@ class _Identifier(_Kind):
     __slots__ = ()
 
     def check(self, value: object) -> None:
-        check_identifier(value)  # type: ignore[arg-type]
+        check_identifier(value)
 
 
 class _Int(_Kind):

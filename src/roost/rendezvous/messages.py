@@ -93,7 +93,7 @@ WAKE_SIZE = len(WAKE_MAGIC) + 1 + 8 + TOKEN_SIZE + TAG_SIZE
 _NODE_ID = re.compile(r"(?:hcsp|ab):[A-Za-z0-9_-]{22}")
 
 
-def check_identifier(identifier: str) -> None:
+def check_identifier(identifier: object) -> None:
     """Raise LocalProtocolError("bad-identifier") unless ``identifier`` is a node
     identifier (PROTOCOL.md section 1). Decoders convert it to the peer's fault."""
     if not isinstance(identifier, str) or _NODE_ID.fullmatch(identifier) is None:
