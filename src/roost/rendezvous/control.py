@@ -431,27 +431,8 @@ class Error(ControlMessage):
     session: int | None = None
 
 
-_OPS: dict[str, type[ControlMessage]] = {
-    cls.op: cls
-    for cls in (
-        Enroll,
-        Enrolled,
-        Lookup,
-        LookupResult,
-        Connect,
-        Connecting,
-        WakePush,
-        Present,
-        Request,
-        Accept,
-        Reject,
-        Start,
-        RelayOpen,
-        RelayClose,
-        Keepalive,
-        Error,
-    )
-}
+# Every op above, in the order of the module docstring's table.
+_OPS: dict[str, type[ControlMessage]] = {cls.op: cls for cls in ControlMessage.__subclasses__()}
 
 
 # --------------------------------------------------------------------------- encoding
