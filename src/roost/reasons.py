@@ -133,6 +133,25 @@ class Reason(enum.StrEnum):
     RECEIPT_REFUSED = "receipt-refused"
     WRONG_LOG_KEY = "wrong-log-key"
     LOG_CORRUPT = "log-corrupt"
+    # Rendezvous: broker datagrams, control channel, STUN, sealed requests (section 5).
+    BAD_IDENTIFIER = "bad-identifier"
+    BAD_CANDIDATE = "bad-candidate"
+    BAD_FAMILY = "bad-family"
+    TOO_MANY_CANDIDATES = "too-many-candidates"
+    COUNTER_NOT_INCREASING = "counter-not-increasing"
+    BAD_REGISTRATION_KEY = "bad-registration-key"
+    REPLY_TOO_LARGE = "reply-too-large"
+    BAD_CONTROL = "bad-control"
+    UNKNOWN_OP = "unknown-op"
+    MISSING_FIELD = "missing-field"
+    UNKNOWN_FIELD = "unknown-field"
+    BAD_FIELD = "bad-field"
+    NOT_BINDING = "not-binding"
+    BAD_ATTRIBUTE = "bad-attribute"
+    BAD_FINGERPRINT = "bad-fingerprint"
+    TRANSACTION_MISMATCH = "transaction-mismatch"
+    NO_MAPPED_ADDRESS = "no-mapped-address"
+    BAD_SEAL = "bad-seal"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -252,6 +271,24 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.RECEIPT_REFUSED: "the server refused a receipt",
     Reason.WRONG_LOG_KEY: "a receipt signed by another log key than the pinned one",
     Reason.LOG_CORRUPT: "the stored Merkle log does not match its checkpoints",
+    Reason.BAD_IDENTIFIER: "an identifier that is not hcsp: or ab: plus 22 base64url characters",
+    Reason.BAD_CANDIDATE: "a candidate that is not an unscoped IP address with a port 1-65535",
+    Reason.BAD_FAMILY: "an address family byte other than 4 (IPv4) or 6 (IPv6)",
+    Reason.TOO_MANY_CANDIDATES: "more candidate addresses than a message may carry",
+    Reason.COUNTER_NOT_INCREASING: "a registration or wake-up counter not above the last one",
+    Reason.BAD_REGISTRATION_KEY: "a registration key that is not 32 bytes",
+    Reason.REPLY_TOO_LARGE: "a reply larger than the datagram it answers (amplification)",
+    Reason.BAD_CONTROL: "a control body that is not a UTF-8 JSON object with a string op",
+    Reason.UNKNOWN_OP: "a control message with an op we do not know",
+    Reason.MISSING_FIELD: "a control message without a field its op requires",
+    Reason.UNKNOWN_FIELD: "a control message with a field its op does not define",
+    Reason.BAD_FIELD: "a control field of the wrong type, form or range",
+    Reason.NOT_BINDING: "a STUN message that is not the expected Binding request or response",
+    Reason.BAD_ATTRIBUTE: "a STUN attribute with a malformed value or in a forbidden place",
+    Reason.BAD_FINGERPRINT: "a STUN FINGERPRINT that does not match the message",
+    Reason.TRANSACTION_MISMATCH: "a STUN response for another transaction",
+    Reason.NO_MAPPED_ADDRESS: "a STUN success response without XOR-MAPPED-ADDRESS",
+    Reason.BAD_SEAL: "a sealed request that does not open (wrong target, altered data)",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",

@@ -1,0 +1,267 @@
+"""STUN Binding (RFC 8489) as the broker answers it and the issuer and agent ask it (pure).
+
+PROTOCOL.md section 5: the broker's UDP port answers Binding requests with
+XOR-MAPPED-ADDRESS, so a party learns its reflexive address from the very socket it will
+punch with. Message layout (RFC 8489 section 5), big-endian::
+
+    0b00 | u14 message type | u16 length (after the header, a multiple of 4)
+    | u32 magic cookie 0x2112A442 | 12-byte transaction id
+    | attribute… = u16 type | u16 value length | value | padding to a multiple of 4
+
+The decoder walks every attribute and keeps it (type and value; padding content is
+ignored, RFC 8489 section 14), so attributes we do not use (MESSAGE-INTEGRITY, USERNAME,
+PRIORITY, …) are skipped safely. FINGERPRINT (section 14.7) must be the last attribute
+and is verified when present: ``CRC-32(message before it) XOR 0x5354554E``, where the
+header's length already counts the FINGERPRINT. CRC-32 is ``zlib.crc32``, the standard
+library's ISO-HDLC CRC (the one RFC 8489 names), not a hand-written replacement.
+
+A response is sent to an unauthenticated source, so the broker should not answer a
+request smaller than the response (``check_reply_size`` in messages.py); our own client
+pads its requests with SOFTWARE so that they are never smaller than any response we build
+(``MAX_RESPONSE``), and the broker can hold every Roost client to that rule.
+
+Every decoder takes arbitrary bytes and returns a value or raises ``RemoteProtocolError``
+with a ``roost.reasons.Reason``, so a fuzz harness may call it directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from dataclasses import dataclass
+
+from roost.errors import LocalProtocolError, RemoteProtocolError, peer_input
+from roost.reasons import Reason
+from roost.rendezvous.messages import Candidate, IPAddress
+from roost.wire import Reader, Writer, check_size
+
+__all__ = [
+    "BINDING_ERROR",
+    "BINDING_REQUEST",
+    "BINDING_SUCCESS",
+    "CLIENT_SOFTWARE",
+    "FINGERPRINT",
+    "FINGERPRINT_XOR",
+    "HEADER_SIZE",
+    "MAGIC_COOKIE",
+    "MAX_RESPONSE",
+    "MAX_STUN_MESSAGE",
+    "MESSAGE_INTEGRITY",
+    "SOFTWARE",
+    "TRANSACTION_ID_SIZE",
+    "XOR_MAPPED_ADDRESS",
+    "StunAttribute",
+    "StunMessage",
+    "build_binding_request",
+    "build_binding_response",
+    "decode_stun",
+    "decode_xor_address",
+    "encode_stun",
+    "encode_xor_address",
+    "fingerprint_of",
+    "looks_like_stun",
+    "parse_binding_request",
+    "parse_binding_response",
+]
+
+MAGIC_COOKIE = 0x2112A442
+_COOKIE = MAGIC_COOKIE.to_bytes(4, "big")
+HEADER_SIZE = 20
+TRANSACTION_ID_SIZE = 12
+# RFC 8489 section 5: method Binding (0x001) in the request, success and error classes.
+BINDING_REQUEST = 0x0001
+BINDING_SUCCESS = 0x0101
+BINDING_ERROR = 0x0111
+# RFC 8489 section 18.3 attribute registry.
+MESSAGE_INTEGRITY = 0x0008
+XOR_MAPPED_ADDRESS = 0x0020
+SOFTWARE = 0x8022
+FINGERPRINT = 0x8028
+FINGERPRINT_XOR = 0x5354554E
+# RFC 8489 section 6.1: without path MTU knowledge a message should fit 576 bytes (IPv4)
+# or 1280 (IPv6); nothing larger is read.
+MAX_STUN_MESSAGE = 1280
+_XOR_FAMILY = {1: 4, 2: 16}
+_FAMILY_CODE = {4: 1, 6: 2}
+# Header, XOR-MAPPED-ADDRESS for IPv6 (4 + 20) and FINGERPRINT (8): our largest response.
+MAX_RESPONSE = HEADER_SIZE + 4 + 20 + 8
+# 23 characters pad to 24: 20 + 28 + 8 = 56 bytes, never smaller than MAX_RESPONSE.
+CLIENT_SOFTWARE = "roost/1 binding request"
+
+
+@dataclass(frozen=True, slots=True)
+class StunAttribute:
+    """One attribute: its type and value (padding removed)."""
+
+    type: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StunMessage:
+    """A decoded message; ``fingerprint`` says a FINGERPRINT ended it and verified."""
+
+    message_type: int
+    transaction_id: bytes
+    attributes: tuple[StunAttribute, ...] = ()
+    fingerprint: bool = False
+
+    def first(self, attribute_type: int) -> bytes | None:
+        """The value of the first attribute of that type, or None."""
+        for attribute in self.attributes:
+            if attribute.type == attribute_type:
+                return attribute.value
+        return None
+
+
+def looks_like_stun(data: bytes) -> bool:
+    """The cheap demultiplexing test of RFC 8489 section 5: two zero bits and the cookie."""
+    return len(data) >= HEADER_SIZE and data[0] < 0x40 and data[4:8] == _COOKIE
+
+
+def fingerprint_of(message_before: bytes) -> int:
+    """The FINGERPRINT value for the bytes before it (header length already final)."""
+    return (zlib.crc32(message_before) ^ FINGERPRINT_XOR) & 0xFFFFFFFF
+
+
+def encode_stun(message: StunMessage) -> bytes:
+    """Encode a message (zero padding), appending FINGERPRINT when ``message.fingerprint``."""
+    if not 0 <= message.message_type < 0x4000:
+        raise LocalProtocolError("STUN type above 14 bits", reason=Reason.LOCAL_PROTOCOL)
+    if len(message.transaction_id) != TRANSACTION_ID_SIZE:
+        raise LocalProtocolError("transaction id is not 12 bytes", reason=Reason.LOCAL_PROTOCOL)
+    body = Writer()
+    for attribute in message.attributes:
+        if attribute.type == FINGERPRINT:
+            raise LocalProtocolError("FINGERPRINT is added, not given", reason=Reason.BAD_ATTRIBUTE)
+        body.u16(attribute.type).u16(len(attribute.value)).raw(attribute.value)
+        body.raw(bytes(-len(attribute.value) % 4))
+    attributes = body.bytes()
+    length = len(attributes) + (8 if message.fingerprint else 0)
+    header = Writer().u16(message.message_type).u16(length).raw(_COOKIE)
+    data = header.raw(message.transaction_id).bytes() + attributes
+    if message.fingerprint:
+        data += Writer().u16(FINGERPRINT).u16(4).u32(fingerprint_of(data)).bytes()
+    if len(data) > MAX_STUN_MESSAGE:
+        raise LocalProtocolError(f"STUN message is {len(data)} bytes", reason=Reason.OVERSIZED)
+    return data
+
+
+def decode_stun(data: bytes) -> StunMessage:
+    """Parse any STUN message, checking the header, every attribute's bounds and the
+    FINGERPRINT if present; raises RemoteProtocolError."""
+    check_size(data, MAX_STUN_MESSAGE, "STUN message")
+    if not looks_like_stun(data):
+        raise RemoteProtocolError("not a STUN message", reason=Reason.BAD_MAGIC)
+    reader = Reader(data, "STUN message")
+    message_type = reader.u16()
+    length = reader.u16()
+    reader.take(4)
+    transaction_id = reader.take(TRANSACTION_ID_SIZE)
+    if length % 4:
+        raise RemoteProtocolError("STUN length not a multiple of 4", reason=Reason.MALFORMED)
+    if length > reader.remaining:
+        raise RemoteProtocolError("STUN message is truncated", reason=Reason.TRUNCATED)
+    if length < reader.remaining:
+        raise RemoteProtocolError("bytes after the STUN message", reason=Reason.TRAILING_BYTES)
+    attributes: list[StunAttribute] = []
+    fingerprint = False
+    while reader.remaining:
+        start = reader.position
+        attribute_type = reader.u16()
+        value = reader.take(reader.u16())
+        reader.take(-len(value) % 4)
+        if attribute_type != FINGERPRINT:
+            attributes.append(StunAttribute(attribute_type, value))
+            continue
+        # RFC 8489 section 14.7: FINGERPRINT is the last attribute, 4 bytes.
+        if reader.remaining or len(value) != 4:
+            raise RemoteProtocolError("misplaced FINGERPRINT", reason=Reason.BAD_ATTRIBUTE)
+        if int.from_bytes(value, "big") != fingerprint_of(bytes(data[:start])):
+            raise RemoteProtocolError("FINGERPRINT mismatch", reason=Reason.BAD_FINGERPRINT)
+        fingerprint = True
+    return StunMessage(message_type, transaction_id, tuple(attributes), fingerprint)
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def encode_xor_address(candidate: Candidate, transaction_id: bytes) -> bytes:
+    """The XOR-MAPPED-ADDRESS value (RFC 8489 section 14.2) for ``candidate``."""
+    mask = _COOKIE + transaction_id
+    packed = candidate.address.packed
+    xored = bytes(a ^ b for a, b in zip(packed, mask, strict=False))
+    return (
+        Writer()
+        .u8(0)
+        .u8(_FAMILY_CODE[candidate.family])
+        .u16(candidate.port ^ (MAGIC_COOKIE >> 16))
+        .raw(xored)
+        .bytes()
+    )
+
+
+def decode_xor_address(value: bytes, transaction_id: bytes) -> Candidate:
+    """The transport address an XOR-MAPPED-ADDRESS value carries; raises RemoteProtocolError."""
+    reader = Reader(value, "XOR-MAPPED-ADDRESS")
+    reader.u8()
+    family = reader.u8()
+    size = _XOR_FAMILY.get(family)
+    if size is None:
+        raise RemoteProtocolError(f"address family {family}", reason=Reason.BAD_FAMILY)
+    port = reader.u16() ^ (MAGIC_COOKIE >> 16)
+    if reader.remaining != size:
+        raise RemoteProtocolError("XOR-MAPPED-ADDRESS length", reason=Reason.BAD_ATTRIBUTE)
+    mask = _COOKIE + transaction_id
+    packed = bytes(a ^ b for a, b in zip(reader.take(size), mask, strict=False))
+    address: IPAddress = (
+        ipaddress.IPv4Address(packed) if size == 4 else ipaddress.IPv6Address(packed)
+    )
+    with peer_input():
+        return Candidate(address, port)
+
+
+# --------------------------------------------------------------------------- Binding
+
+
+def parse_binding_request(data: bytes) -> StunMessage:
+    """The broker's side: a Binding request, or RemoteProtocolError("not-binding")."""
+    message = decode_stun(data)
+    if message.message_type != BINDING_REQUEST:
+        raise RemoteProtocolError("not a Binding request", reason=Reason.NOT_BINDING)
+    return message
+
+
+def build_binding_response(request: StunMessage, mapped: Candidate) -> bytes:
+    """The success response naming ``mapped`` (the request's source address), with
+    XOR-MAPPED-ADDRESS and FINGERPRINT; at most ``MAX_RESPONSE`` bytes."""
+    value = encode_xor_address(mapped, request.transaction_id)
+    return encode_stun(
+        StunMessage(
+            BINDING_SUCCESS,
+            request.transaction_id,
+            (StunAttribute(XOR_MAPPED_ADDRESS, value),),
+            fingerprint=True,
+        )
+    )
+
+
+def build_binding_request(transaction_id: bytes, software: str = CLIENT_SOFTWARE) -> bytes:
+    """The client's Binding request: SOFTWARE (which also keeps the request at least as
+    large as the response) and FINGERPRINT. ``transaction_id`` is 12 random bytes."""
+    attributes = (StunAttribute(SOFTWARE, software.encode("utf-8")),) if software else ()
+    return encode_stun(StunMessage(BINDING_REQUEST, transaction_id, attributes, True))
+
+
+def parse_binding_response(data: bytes, transaction_id: bytes) -> Candidate:
+    """The client's side: the reflexive address in a success response to our
+    ``transaction_id``; raises RemoteProtocolError otherwise."""
+    message = decode_stun(data)
+    if message.transaction_id != transaction_id:
+        raise RemoteProtocolError("response to another request", reason=Reason.TRANSACTION_MISMATCH)
+    if message.message_type != BINDING_SUCCESS:
+        raise RemoteProtocolError("not a Binding success response", reason=Reason.NOT_BINDING)
+    value = message.first(XOR_MAPPED_ADDRESS)
+    if value is None:
+        raise RemoteProtocolError("no XOR-MAPPED-ADDRESS", reason=Reason.NO_MAPPED_ADDRESS)
+    return decode_xor_address(value, transaction_id)
