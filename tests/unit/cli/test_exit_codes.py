@@ -23,7 +23,7 @@ from roost.errors import (
     TransportError,
     VerificationError,
 )
-from roost.pki.trust import STATE_FILE
+from roost.pki.truststore import STATE_FILE
 from tests.helpers.net import free_port
 
 _register()
