@@ -387,31 +387,43 @@ def _raw_frame(mime: bytes) -> bytes:
     return _record(b"\x02" + struct.pack(">QQB", 1, 2, len(mime)) + mime + b"payload")
 
 
+_R = RemoteProtocolError
+_V = VerificationError
+_FRAME = _wire(FrameMessage(1, 0, "image/jpeg", b""))
+_ACK0 = _wire(AckMessage(0))
+_HELLO = _document(Hello(DEVICE, HUB, "camera", 0))
+_HELLO_OTHER_HUB = _document(Hello(DEVICE, OTHER_HUB, "camera", 0))
+_HELLO_OTHER_DEVICE = _document(Hello(OTHER_DEVICE, HUB, "camera", 0))
+_WELCOME = _document(Welcome(HUB, DEVICE, (), 1))
+_WELCOME_OTHER_DEVICE = _document(Welcome(HUB, OTHER_DEVICE, (), 1))
+_WELCOME_OTHER_HUB = _document(Welcome(OTHER_HUB, DEVICE, (), 1))
+_REDIRECT = _document(Redirect(HUB, DEVICE, TARGET, ()))
+
 # (name, side, opened first?, bytes, reason, error class)
 _MALFORMED: list[tuple[str, str, bool, bytes, str, type[RoostError]]] = [
-    ("oversized-length", "hub", True, b"\xff\xff\xff\xff", "oversized", RemoteProtocolError),
-    ("oversized-to-device", "device", True, b"\x00\x40\x00\x01", "oversized", RemoteProtocolError),
-    ("zero-length", "hub", True, b"\x00\x00\x00\x00", "empty", RemoteProtocolError),
-    ("unknown-type", "hub", True, _record(b"\x09abc"), "unknown-type", RemoteProtocolError),
-    ("bad-mime", "hub", True, _raw_frame(b"image\x01jpeg"), "bad-mime", RemoteProtocolError),
-    ("empty-mime", "hub", True, _raw_frame(b""), "bad-mime", RemoteProtocolError),
-    ("bad-utf8-hello", "hub", False, _record(b"\x01\xff\xfe<"), "bad-document", RemoteProtocolError),
-    ("bad-utf8-welcome", "device", False, _record(b"\x01\xc3("), "bad-document", RemoteProtocolError),
-    ("ack-ahead", "device", True, _wire(AckMessage(1)), "ack-ahead", RemoteProtocolError),
-    ("frame-before-hello", "hub", False, _wire(FrameMessage(1, 0, "image/jpeg", b"")), "bad-hello", RemoteProtocolError),
-    ("ack-before-hello", "hub", False, _wire(AckMessage(0)), "bad-hello", RemoteProtocolError),
-    ("welcome-instead-of-hello", "hub", False, _document(Welcome(HUB, DEVICE, (), 1)), "bad-hello", RemoteProtocolError),
-    ("hello-for-another-hub", "hub", False, _document(Hello(DEVICE, OTHER_HUB, "camera", 0)), "bad-hello", RemoteProtocolError),
-    ("hello-from-another-device", "hub", False, _document(Hello(OTHER_DEVICE, HUB, "camera", 0)), "bad-hello", RemoteProtocolError),
-    ("second-hello", "hub", True, _document(Hello(DEVICE, HUB, "camera", 0)), "unexpected-document", RemoteProtocolError),
-    ("ack-from-device", "hub", True, _wire(AckMessage(0)), "unexpected-message", RemoteProtocolError),
-    ("frame-from-hub", "device", True, _wire(FrameMessage(1, 0, "image/jpeg", b"")), "unexpected-message", RemoteProtocolError),
-    ("welcome-for-another-device", "device", False, _document(Welcome(HUB, OTHER_DEVICE, (), 1)), "bad-welcome", VerificationError),
-    ("welcome-from-another-hub", "device", False, _document(Welcome(OTHER_HUB, DEVICE, (), 1)), "bad-welcome", VerificationError),
-    ("redirect-instead-of-welcome", "device", False, _document(Redirect(HUB, DEVICE, TARGET, ())), "bad-welcome", RemoteProtocolError),
-    ("ack-before-welcome", "device", False, _wire(AckMessage(0)), "bad-welcome", RemoteProtocolError),
-    ("not-xml-document", "device", True, _record(b"\x01<hcsp"), "malformed-xml", RemoteProtocolError),
-]  # fmt: skip
+    ("oversized-length", "hub", True, b"\xff\xff\xff\xff", "oversized", _R),
+    ("oversized-to-device", "device", True, b"\x00\x40\x00\x01", "oversized", _R),
+    ("zero-length", "hub", True, b"\x00\x00\x00\x00", "empty", _R),
+    ("unknown-type", "hub", True, _record(b"\x09abc"), "unknown-type", _R),
+    ("bad-mime", "hub", True, _raw_frame(b"image\x01jpeg"), "bad-mime", _R),
+    ("empty-mime", "hub", True, _raw_frame(b""), "bad-mime", _R),
+    ("bad-utf8-hello", "hub", False, _record(b"\x01\xff\xfe<"), "bad-document", _R),
+    ("bad-utf8-welcome", "device", False, _record(b"\x01\xc3("), "bad-document", _R),
+    ("ack-ahead", "device", True, _wire(AckMessage(1)), "ack-ahead", _R),
+    ("frame-before-hello", "hub", False, _FRAME, "bad-hello", _R),
+    ("ack-before-hello", "hub", False, _ACK0, "bad-hello", _R),
+    ("welcome-instead-of-hello", "hub", False, _WELCOME, "bad-hello", _R),
+    ("hello-for-another-hub", "hub", False, _HELLO_OTHER_HUB, "bad-hello", _R),
+    ("hello-from-another-device", "hub", False, _HELLO_OTHER_DEVICE, "bad-hello", _R),
+    ("second-hello", "hub", True, _HELLO, "unexpected-document", _R),
+    ("ack-from-device", "hub", True, _ACK0, "unexpected-message", _R),
+    ("frame-from-hub", "device", True, _FRAME, "unexpected-message", _R),
+    ("welcome-for-another-device", "device", False, _WELCOME_OTHER_DEVICE, "bad-welcome", _V),
+    ("welcome-from-another-hub", "device", False, _WELCOME_OTHER_HUB, "bad-welcome", _V),
+    ("redirect-instead-of-welcome", "device", False, _REDIRECT, "bad-welcome", _R),
+    ("ack-before-welcome", "device", False, _ACK0, "bad-welcome", _R),
+    ("not-xml-document", "device", True, _record(b"\x01<hcsp"), "malformed-xml", _R),
+]
 
 
 @pytest.mark.parametrize(
