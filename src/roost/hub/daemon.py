@@ -1,10 +1,11 @@
 """The hub daemon: device channel server, recorder, plug-and-play module, redirects.
 
 Composition only: the protocol decisions live in the pure cores (`roost.hcsp.core`,
-`roost.hcsp.redirect`, `roost.hcsp.channel`, `roost.pki.trust`); this module moves bytes
-between them and the sockets (STYLE.md, "thin adapters"). Seed steps are named where they
-happen: S40 (announce at start-up), S110–S180 (a subscribe is received, verified and
-compared), S210–S260 (the losing hub redirects its clients).
+`roost.hcsp.redirect`, `roost.channel.HubChannelCore`, `roost.pki.trust`); this module
+moves bytes between them and the sockets (STYLE.md, "thin adapters"). Seed steps are named
+where they happen: S40 (announce at start-up), S110–S180 (a subscribe is received, verified
+and compared), S210–S260 (the losing hub redirects its clients). The daemon reads no files:
+its certificate, key and TLS context come from the composition root (``roost.cli.run``).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class DeviceSession:
     frames_stored: int = 0
     last_seq: int = 0
     redirected_to: str | None = None
-    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
     def transmit(self) -> None:
         """Flush the core's bytes and re-arm its deadline."""
