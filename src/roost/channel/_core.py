@@ -24,7 +24,7 @@ from roost.hcsp.channel import (
 )
 from roost.reasons import Reason
 
-__all__: list[str] = []
+__all__ = ["ChannelCore"]
 
 S = TypeVar("S", bound=enum.Enum)
 
