@@ -15,12 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from roost.cli.demo_home import rogue_hub_config
 from roost.cli.home import make_home
+from roost.cli.run import build_hub_daemon
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceStatus
-from roost.hcsp.channel import DocumentMessage
-from roost.hcsp.documents import Endpoint, HubAddress, Redirect, encode_document
+from roost.hcsp.documents import Endpoint, HubAddress
 from roost.hub.api import start_api
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
@@ -34,7 +34,7 @@ NO_FETCH = UpdateConfig(fetch_timeout=0.5)
 
 def _hub(config: HubConfig) -> HubDaemon:
     trust = TrustUpdater(config.trust_dir, config=NO_FETCH)
-    return HubDaemon(config, trust, Recorder(config.state_dir / "recordings", 1 << 30))
+    return build_hub_daemon(config, trust, Recorder(config.state_dir / "recordings", 1 << 30))
 
 
 async def _until(what: str, condition: Callable[[], object], seconds: float = 15.0) -> None:
@@ -103,8 +103,7 @@ async def test_redirect_to_endpoint_with_another_identifier_is_refused(scene: Sc
         )
         if impostor.identifier == scene.hub.identifier:
             impostor = HubAddress(scene.hub.identifier[:-1] + "B", impostor.endpoint)
-        redirect = Redirect(scene.hub.identifier, scene.device.identifier, impostor, ("hcsp",))
-        session.send(DocumentMessage(encode_document(redirect)))
+        session.send_redirect(impostor, ("hcsp",))
         await _until(
             "redirect refused",
             lambda: sum(scene.device.counters.redirects_refused.values()) == 1,
@@ -122,8 +121,7 @@ async def test_genuine_redirect_is_followed_and_nothing_is_lost(scene: Scene) ->
     await other.start()
     try:
         target = HubAddress(other.identifier, Endpoint("127.0.0.1", other.bound_port))
-        redirect = Redirect(scene.hub.identifier, scene.device.identifier, target, ("hcsp",))
-        scene.hub.sessions[scene.device.identifier].send(DocumentMessage(encode_document(redirect)))
+        scene.hub.sessions[scene.device.identifier].send_redirect(target, ("hcsp",))
         await _until(
             "camera on hub-2",
             lambda: (

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from roost.cli.common import console
 from roost.cli.home import make_home
+from roost.cli.run import build_hub_daemon
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
@@ -72,7 +73,7 @@ def rogue_hub_config(path: Path, victim: HubConfig, extra_peers: Sequence[int]) 
 
 def _hub(config: HubConfig) -> HubDaemon:
     trust = TrustUpdater(config.trust_dir, config=_NO_DOWNLOADS)
-    return HubDaemon(config, trust, Recorder(config.state_dir / "recordings", 1 << 30))
+    return build_hub_daemon(config, trust, Recorder(config.state_dir / "recordings", 1 << 30))
 
 
 async def _until(condition: Callable[[], bool], seconds: float) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -14,18 +15,39 @@ from pathlib import Path
 import click
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
-from roost.config import load_device_config, load_hub_config
+from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon
 from roost.device.spool import FrameSpool
 from roost.errors import StateError, TransportError
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
+from roost.pki.certs import certs_from_pem, key_from_pem
+from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
 
-__all__ = ["device", "hub", "run_until_signalled"]
+__all__ = ["build_hub_daemon", "device", "hub", "run_until_signalled"]
 
 _POLL_EVERY = 60.0
+
+
+def build_hub_daemon(
+    config: HubConfig, trust: TrustUpdater, recorder: Recorder, rng: random.Random | None = None
+) -> HubDaemon:
+    """Load the hub's certificate and key from the config's files and wire a HubDaemon.
+
+    The daemon reads no files itself: this is where they are read (the CLI is the
+    composition root).
+    """
+    return HubDaemon(
+        config,
+        trust,
+        recorder,
+        certificate=certs_from_pem(config.cert.read_bytes())[0],
+        private_key=key_from_pem(config.key.read_bytes()),
+        tls=ReloadableServerContext(config.cert, config.key, trust.state.anchors),
+        rng=rng,
+    )
 
 
 def _use_fast_loop() -> None:
@@ -83,7 +105,7 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     config = load_hub_config(config_file)
     trust = TrustUpdater(config.trust_dir)
     recorder = Recorder(config.state_dir / "recordings", config.retention_bytes)
-    daemon = HubDaemon(config, trust, recorder)
+    daemon = build_hub_daemon(config, trust, recorder)
     runners = []
     remote: list[tuple[GuardServer, SqliteMerkleLog]] = []
 

@@ -23,34 +23,27 @@ from typing import Any
 
 from cryptography import x509
 
+from roost.channel import ChannelCoreConfig
 from roost.config import DeviceConfig
 from roost.device.camera import SyntheticCamera
+from roost.device.channel import HubChannel, open_hub_channel
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceCountersView, DeviceStatus
-from roost.errors import RoostError, TransportError, VerificationError
+from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
 from roost.hcsp.aio import AnnounceTransport
-from roost.hcsp.channel import (
-    AckMessage,
-    ChannelDecoder,
-    DocumentMessage,
-    FrameMessage,
-    encode_message,
-)
 from roost.hcsp.core import AnnounceConfig, AnnounceCore
-from roost.hcsp.documents import Hello, Redirect, Welcome, decode_document, encode_document
+from roost.hcsp.documents import Redirect
 from roost.hcsp.events import HcspEvent, HubDown, LiveHub
 from roost.pki.certs import certs_from_pem
-from roost.pki.tls import client_context, peer_certificate
+from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
 from roost.status import TrustSummary
 
 __all__ = ["DeviceDaemon", "HubChannel"]
 
 log = logging.getLogger("roost.device")
-_READ_CHUNK = 64 * 1024
 _SEND_BATCH = 64
-_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -63,37 +56,6 @@ class DeviceCounters:
     failovers: int = 0
     frames_sent: int = 0
     frames_resent: int = 0
-
-
-class HubChannel:
-    """One authenticated channel to a hub: frames out, ACKs and redirects in."""
-
-    def __init__(
-        self,
-        hub_id: str,
-        endpoint: tuple[str, int],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        decoder: ChannelDecoder,
-    ) -> None:
-        self.hub_id = hub_id
-        self.endpoint = endpoint
-        self.reader = reader
-        self.writer = writer
-        self.decoder = decoder
-        self.last_sent = 0
-        self.acked = 0
-        self.opened_at = asyncio.get_running_loop().time()
-        self.sending = True
-        self.redirects: asyncio.Queue[Redirect] = asyncio.Queue(maxsize=4)
-        self.ack_changed = asyncio.Event()
-        self.closed = asyncio.Event()
-
-    def close(self) -> None:
-        self.sending = False
-        self.writer.close()
-        self.closed.set()
-        self.ack_changed.set()
 
 
 class DeviceDaemon:
@@ -223,28 +185,21 @@ class DeviceDaemon:
 
     async def open_channel(self, host: str, port: int, expected: str | None) -> HubChannel:
         """TLS to a hub, verify its identifier, hello/welcome; raises on any failure."""
-        ctx = self._client_context()
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ctx, limit=_READ_CHUNK), _CONNECT_TIMEOUT
+
+        def ignored(reason: str) -> None:
+            self.counters.redirects_refused[reason] += 1
+
+        return await open_hub_channel(
+            host,
+            port,
+            ssl_context=self._client_context(),
+            verify=lambda leaf: self._verify_with_update(leaf, expected),
+            device_id=self.identifier,
+            last_acked=self.spool.last_acked,
+            config=ChannelCoreConfig(drain_timeout=self.config.drain_timeout),
+            on_ack=self.spool.ack,
+            on_ignored=ignored,
         )
-        try:
-            leaf = peer_certificate(writer.get_extra_info("ssl_object"))
-            hub_id = await self._verify_with_update(leaf, expected)
-            if not hub_id.startswith("hcsp:"):
-                raise VerificationError("peer is not a hub", reason="not-hub")
-            hello = Hello(self.identifier, hub_id, "camera", self.spool.last_acked)
-            writer.write(encode_message(DocumentMessage(encode_document(hello))))
-            decoder = ChannelDecoder()
-            welcome = await asyncio.wait_for(self._read_welcome(reader, decoder), _CONNECT_TIMEOUT)
-            if welcome.hub != hub_id or welcome.device != self.identifier:
-                raise VerificationError("welcome names another party", reason="bad-welcome")
-        except BaseException:
-            writer.close()
-            raise
-        channel = HubChannel(hub_id, (host, port), reader, writer, decoder)
-        channel.acked = self.spool.last_acked
-        channel.last_sent = self.spool.last_acked
-        return channel
 
     def _client_context(self) -> ssl.SSLContext:
         """The TLS client context for the current trust generations, built once per change.
@@ -258,40 +213,10 @@ class DeviceDaemon:
             self._tls_cache = (key, ctx)
         return self._tls_cache[1]
 
-    async def _read_welcome(self, reader: asyncio.StreamReader, decoder: ChannelDecoder) -> Welcome:
-        while True:
-            data = await reader.read(_READ_CHUNK)
-            if not data:
-                raise TransportError("hub closed the channel before welcome", reason="refused")
-            for message in decoder.feed(data):
-                if isinstance(message, DocumentMessage):
-                    document = decode_document(message.xml)
-                    if isinstance(document, Welcome):
-                        return document
-                raise TransportError("expected welcome", reason="bad-welcome")
-
     async def _receive(self, channel: HubChannel) -> None:
-        """ACKs advance the spool; a redirect is queued for the connection loop."""
-        try:
-            while data := await channel.reader.read(_READ_CHUNK):
-                for message in channel.decoder.feed(data):
-                    if isinstance(message, AckMessage):
-                        if message.seq > channel.last_sent:
-                            raise TransportError("ACK beyond what was sent", reason="ack-ahead")
-                        self.spool.ack(message.seq)
-                        channel.acked = max(channel.acked, message.seq)
-                        channel.ack_changed.set()
-                    elif isinstance(message, DocumentMessage):
-                        document = decode_document(message.xml)
-                        if isinstance(document, Redirect) and document.device == self.identifier:
-                            with contextlib.suppress(asyncio.QueueFull):
-                                channel.redirects.put_nowait(document)
-                        else:
-                            self.counters.redirects_refused["unexpected-document"] += 1
-        except (RoostError, OSError, ConnectionError) as exc:
-            log.info("channel to %s ended: %s", channel.hub_id, exc)
-        finally:
-            channel.close()
+        """Until the channel ends: its reader advances the spool on every ACK and queues
+        redirects for the connection loop."""
+        await channel.closed.wait()
 
     async def _send(self, channel: HubChannel) -> None:
         """Everything unacknowledged goes out in order, then each new frame as it comes."""
@@ -304,16 +229,15 @@ class DeviceDaemon:
                     await self._new_frames.wait()
                     continue
                 for frame in frames:
-                    message = FrameMessage(
-                        frame.seq, frame.captured_at_ms, frame.mime, frame.payload
-                    )
-                    channel.writer.write(encode_message(message))
-                    channel.last_sent = frame.seq
+                    if not channel.sending:
+                        break
+                    channel.send_frame(frame.seq, frame.captured_at_ms, frame.mime, frame.payload)
                     self.counters.frames_sent += 1
                     if frame.seq <= resend_up_to:
                         self.counters.frames_resent += 1
                 await channel.writer.drain()
-        except (OSError, ConnectionError):
+        except (RoostError, OSError, ConnectionError) as exc:
+            log.info("sending to %s stopped: %s", channel.hub_id, exc)
             channel.close()
 
     async def _drain_and_close(self, channel: HubChannel) -> None:
@@ -321,18 +245,8 @@ class DeviceDaemon:
 
         Closing before the last ACK would make the next hub store those frames again.
         """
-        channel.sending = False
         self._new_frames.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.drain_timeout
-        while channel.acked < channel.last_sent and not channel.closed.is_set():
-            channel.ack_changed.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(channel.ack_changed.wait(), remaining)
-        channel.close()
+        await channel.drain_and_close()
 
     # ------------------------------------------------------------- connection manager
 

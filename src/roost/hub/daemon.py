@@ -1,10 +1,11 @@
 """The hub daemon: device channel server, recorder, plug-and-play module, redirects.
 
 Composition only: the protocol decisions live in the pure cores (`roost.hcsp.core`,
-`roost.hcsp.redirect`, `roost.hcsp.channel`, `roost.pki.trust`); this module moves bytes
-between them and the sockets (STYLE.md, "thin adapters"). Seed steps are named where they
-happen: S40 (announce at start-up), S110–S180 (a subscribe is received, verified and
-compared), S210–S260 (the losing hub redirects its clients).
+`roost.hcsp.redirect`, `roost.channel.HubChannelCore`, `roost.pki.trust`); this module
+moves bytes between them and the sockets (STYLE.md, "thin adapters"). Seed steps are named
+where they happen: S40 (announce at start-up), S110–S180 (a subscribe is received, verified
+and compared), S210–S260 (the losing hub redirects its clients). The daemon reads no files:
+its certificate, key and TLS context come from the composition root (``roost.cli.run``).
 """
 
 from __future__ import annotations
@@ -15,63 +16,98 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from roost.channel import (
+    ChannelClosed,
+    ChannelCoreConfig,
+    FramesReceived,
+    HelloReceived,
+    HubChannelCore,
+)
+from roost.clock import wall_ms_now
 from roost.config import HubConfig
-from roost.errors import RoostError, VerificationError
+from roost.errors import RefusedError, RoostError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
-from roost.hcsp.channel import (
-    AckMessage,
-    ChannelDecoder,
-    DocumentMessage,
-    FrameMessage,
-    encode_message,
-)
+from roost.hcsp.channel import FrameMessage
 from roost.hcsp.core import AnnounceConfig, AnnounceCore, OwnHub
-from roost.hcsp.documents import (
-    Endpoint,
-    Hello,
-    HubAddress,
-    Redirect,
-    Welcome,
-    decode_document,
-    encode_document,
-)
+from roost.hcsp.documents import Endpoint, HubAddress
 from roost.hcsp.events import HcspEvent, HubDown, HubUpdated, LiveHub, WinnerChanged
 from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
 from roost.hub.recorder import IncomingFrame, Recorder
 from roost.hub.status import HubCountersView, HubEntry, HubStatus, RemoteStatus
-from roost.pki.certs import certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext, peer_certificate
 from roost.pki.updater import TrustUpdater
+from roost.reasons import Reason
 from roost.status import TrustSummary
 
-__all__ = ["DeviceSession", "HubDaemon"]
+__all__ = ["AnnounceTransportFactory", "DeviceSession", "HubDaemon"]
 
 log = logging.getLogger("roost.hub")
 _READ_CHUNK = 256 * 1024
-_HELLO_TIMEOUT = 10.0
+
+# What builds the announcement transport around the daemon's announce core; the default
+# runs it on the config's UDP sockets, a test may hand in its own.
+AnnounceTransportFactory = Callable[[AnnounceCore, Callable[[HcspEvent], None]], AnnounceTransport]
 
 
-@dataclass
+@dataclass(eq=False)
 class DeviceSession:
-    """One authenticated device channel."""
+    """One device channel: its pure core (PROTOCOL.md section 4) and the stream it runs on.
+
+    ``transmit`` is the adapter's one flush (STYLE.md): it writes what the core wants sent,
+    re-arms the one timer for the core's deadline, and closes the stream once the core is
+    closed.
+    """
 
     device_id: str
     writer: asyncio.StreamWriter
     connected_at: float
+    core: HubChannelCore
     frames_stored: int = 0
     last_seq: int = 0
     redirected_to: str | None = None
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
-    def send(self, message: DocumentMessage | AckMessage) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode_message(message))
+    def transmit(self) -> None:
+        """Flush the core's bytes and re-arm its deadline."""
+        data = self.core.data_to_send()
+        if data and not self.writer.is_closing():
+            self.writer.write(data)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.core.get_timer()
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        if self.core.is_closed:
+            self.writer.close()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(_loop_now())
+        self.transmit()
+        if self.core.is_closed:
+            # A silent client never answers TLS close_notify, so a plain close would leave
+            # the reader waiting; aborting wakes it to count the hello timeout and finish.
+            self.writer.transport.abort()
+
+    def send_redirect(self, target: HubAddress, features: Sequence[str]) -> None:
+        """Send a redirect to ``target`` over this channel (seed S210–S260)."""
+        self.core.send_redirect(target, features)
+        self.transmit()
+
+    def close(self) -> None:
+        """Close the channel from the hub's side."""
+        self.core.close()
+        self.transmit()
 
 
 @dataclass
@@ -91,24 +127,35 @@ class HubDaemon:
         config: HubConfig,
         trust: TrustUpdater,
         recorder: Recorder,
+        *,
+        certificate: x509.Certificate,
+        private_key: ec.EllipticCurvePrivateKey,
+        tls: ReloadableServerContext,
         rng: random.Random | None = None,
+        announce_transport: AnnounceTransportFactory | None = None,
+        channel: ChannelCoreConfig | None = None,
     ) -> None:
+        """Wire a hub from what the composition root loaded (``roost.cli.run``).
+
+        ``certificate`` and ``private_key`` are the hub's own; ``tls`` is the listener's
+        context over the same pair and the trust store's anchors.
+        """
         self.config = config
         self.trust = trust
         self.recorder = recorder
         self.rng = rng or random.Random()
+        self.channel_config = channel or ChannelCoreConfig()
         self.counters = HubCounters()
         self.sessions: dict[str, DeviceSession] = {}
-        cert = certs_from_pem(config.cert.read_bytes())[0]
-        self.certificate = cert
-        node, _, _ = trust.state.verify_node(cert)
+        self.certificate = certificate
+        node, _, _ = trust.state.verify_node(certificate)
         self.identifier = node.identifier
         own = OwnHub(
             address=HubAddress(self.identifier, Endpoint(*config.advertise)),
             features=config.features,
             max_clients=config.max_devices,
-            private_key=key_from_pem(config.key.read_bytes()),
-            certificate_der=cert.public_bytes(Encoding.DER),
+            private_key=private_key,
+            certificate_der=certificate.public_bytes(Encoding.DER),
         )
         announce = config.announce
         self.core = AnnounceCore(
@@ -127,8 +174,11 @@ class HubDaemon:
                 max_jitter=config.redirect_spacing,
             )
         )
-        self.announcer = AnnounceTransport(self.core, announce.udp, self._on_event)
-        self.tls = ReloadableServerContext(config.cert, config.key, trust.state.anchors)
+        if announce_transport is None:
+            self.announcer = AnnounceTransport(self.core, announce.udp, self._on_event)
+        else:
+            self.announcer = announce_transport(self.core, self._on_event)
+        self.tls = tls
         self._server: asyncio.Server | None = None
         self._redirect_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -167,7 +217,7 @@ class HubDaemon:
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions.values()):
-            session.writer.close()
+            session.close()
         for task in list(self._tasks):
             task.cancel()
         if self._server is not None:
@@ -216,6 +266,7 @@ class HubDaemon:
     async def _serve_device(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        """Read the socket into the channel core, act on its events, flush what it sends."""
         session: DeviceSession | None = None
         try:
             leaf = peer_certificate(writer.get_extra_info("ssl_object"))
@@ -225,84 +276,90 @@ class HubDaemon:
                 self.counters.connections_rejected[exc.reason] += 1
                 self._fetch_after_failure(leaf)
                 return
-            if not device_id.startswith("ab:"):
-                self.counters.connections_rejected["not-device"] += 1
+            try:
+                core = HubChannelCore(
+                    self.channel_config,
+                    hub_id=self.identifier,
+                    device_id=device_id,
+                    now=_loop_now(),
+                )
+            except VerificationError as exc:
+                self.counters.connections_rejected[exc.reason] += 1
                 return
-            decoder = ChannelDecoder()
-            hello = await asyncio.wait_for(self._read_hello(reader, decoder), _HELLO_TIMEOUT)
-            if hello is None or hello.device != device_id or hello.hub != self.identifier:
-                self.counters.connections_rejected["bad-hello"] += 1
-                return
-            if device_id not in self.sessions and len(self.sessions) >= self.config.max_devices:
-                self.counters.connections_rejected["full"] += 1
-                return
-            previous = self.sessions.get(device_id)
-            if previous is not None:
-                previous.writer.close()
-            session = DeviceSession(device_id, writer, _loop_now())
-            self.sessions[device_id] = session
-            self._load_changed()
-            welcome = Welcome(
-                self.identifier, device_id, self.config.features, self.config.max_devices
-            )
-            session.send(DocumentMessage(encode_document(welcome)))
-            await self._pump(reader, decoder, session)
+            session = DeviceSession(device_id, writer, _loop_now(), core)
+            session.transmit()
+            while True:
+                data = await reader.read(_READ_CHUNK)
+                core.receive_data(data, _loop_now())
+                await self._handle_channel_events(session)
+                session.transmit()
+                if core.is_closed:
+                    break
         except RoostError as exc:
             self.counters.channel_errors[exc.reason] += 1
         except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
             self.counters.channel_errors["disconnected"] += 1
         finally:
-            if session is not None and self.sessions.get(session.device_id) is session:
-                del self.sessions[session.device_id]
-                self._load_changed()
+            if session is not None:
+                session.close()
+                if self.sessions.get(session.device_id) is session:
+                    del self.sessions[session.device_id]
+                    self._load_changed()
             writer.close()
 
-    async def _read_hello(
-        self, reader: asyncio.StreamReader, decoder: ChannelDecoder
-    ) -> Hello | None:
-        while True:
-            data = await reader.read(_READ_CHUNK)
-            if not data:
-                return None
-            messages = decoder.feed(data)
-            if messages:
-                first = messages[0]
-                if len(messages) > 1 or not isinstance(first, DocumentMessage):
-                    return None
-                document = decode_document(first.xml)
-                return document if isinstance(document, Hello) else None
+    async def _handle_channel_events(self, session: DeviceSession) -> None:
+        core = session.core
+        while (event := core.next_event()) is not None:
+            if isinstance(event, HelloReceived):
+                self._admit(session)
+            elif isinstance(event, FramesReceived):
+                await self._store(session, event.frames)
+            elif isinstance(event, ChannelClosed):
+                self._count_close(event)
 
-    async def _pump(
-        self, reader: asyncio.StreamReader, decoder: ChannelDecoder, session: DeviceSession
-    ) -> None:
-        """Store frames and acknowledge them once durable (section 4, ACK)."""
-        while data := await reader.read(_READ_CHUNK):
-            frames: list[IncomingFrame] = []
-            received_ms = time.time_ns() // 1_000_000
-            for message in decoder.feed(data):
-                if isinstance(message, FrameMessage):
-                    frames.append(
-                        IncomingFrame(
-                            session.device_id,
-                            message.seq,
-                            message.captured_at_ms,
-                            message.mime,
-                            message.payload,
-                            received_ms,
-                        )
-                    )
-                else:
-                    self.counters.channel_errors["unexpected-message"] += 1
-            if not frames:
-                continue
-            results = await asyncio.to_thread(self.recorder.store_many, frames)
-            stored = sum(results)
-            self.counters.frames_stored += stored
-            self.counters.frames_duplicate += len(results) - stored
-            session.frames_stored += stored
-            session.last_seq = max(f.seq for f in frames)
-            # Frames arrive in order on one stream, so the newest seq acknowledges them all.
-            session.send(AckMessage(session.last_seq))
+    def _admit(self, session: DeviceSession) -> None:
+        """A verified hello arrived: welcome the device unless the hub is full.
+
+        A second channel from the same device replaces the first (docs/hub-and-device.md).
+        """
+        device_id = session.device_id
+        if device_id not in self.sessions and len(self.sessions) >= self.config.max_devices:
+            session.core.refuse(Reason.FULL)
+            return
+        previous = self.sessions.get(device_id)
+        if previous is not None:
+            previous.close()
+        session.connected_at = _loop_now()
+        self.sessions[device_id] = session
+        self._load_changed()
+        session.core.accept(self.config.features, self.config.max_devices)
+
+    async def _store(self, session: DeviceSession, frames: Sequence[FrameMessage]) -> None:
+        """Store one read's frames and acknowledge them once durable (section 4, ACK)."""
+        received_ms = wall_ms_now()
+        incoming = [
+            IncomingFrame(
+                session.device_id, f.seq, f.captured_at_ms, f.mime, f.payload, received_ms
+            )
+            for f in frames
+        ]
+        results = await asyncio.to_thread(self.recorder.store_many, incoming)
+        stored = sum(results)
+        self.counters.frames_stored += stored
+        self.counters.frames_duplicate += len(results) - stored
+        session.frames_stored += stored
+        session.last_seq = max(f.seq for f in frames)
+        # Frames arrive in order on one stream, so the newest seq acknowledges them all.
+        session.core.send_ack(session.last_seq)
+        session.transmit()
+
+    def _count_close(self, event: ChannelClosed) -> None:
+        if event.error is None:
+            return  # an orderly end: the device left, or the hub closed the channel
+        if event.reason == Reason.BAD_HELLO or isinstance(event.error, RefusedError):
+            self.counters.connections_rejected[event.reason] += 1
+        else:
+            self.counters.channel_errors[event.reason] += 1
 
     # ------------------------------------------------------------ election and redirects
 
@@ -347,13 +404,7 @@ class HubDaemon:
             session = self.sessions.get(device_id)
             if session is None or target is None:
                 continue
-            redirect = Redirect(
-                self.identifier,
-                device_id,
-                HubAddress(target.identifier, target.endpoint),
-                target.features,
-            )
-            session.send(DocumentMessage(encode_document(redirect)))
+            session.send_redirect(HubAddress(target.identifier, target.endpoint), target.features)
             session.redirected_to = target.identifier
             self.counters.redirects_sent += 1
         self._arm_redirects()
