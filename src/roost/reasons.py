@@ -59,6 +59,18 @@ class Reason(enum.StrEnum):
     NOT_HUB = "not-hub"
     FULL = "full"
     DISCONNECTED = "disconnected"
+    MISSING_ATTRIBUTE = "missing-attribute"
+    BAD_INTEGER = "bad-integer"
+    BAD_FEATURES = "bad-features"
+    BAD_ID = "bad-id"
+    MALFORMED_XML = "malformed-xml"
+    BAD_ROOT = "bad-root"
+    BAD_BODY = "bad-body"
+    BAD_ENDPOINT = "bad-endpoint"
+    BAD_HUB_ADDRESS = "bad-hub-address"
+    BAD_UTF8 = "bad-utf8"
+    XML_FORBIDDEN = "xml-forbidden"
+    BAD_APP = "bad-app"
     # Announcements (section 3).
     NOT_SUBSCRIBE = "not-subscribe"
     NOT_A_HUB = "not-a-hub"
@@ -120,6 +132,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_METHOD = "unknown-method"
     NO_FRAME = "no-frame"
     STREAM = "stream"
+    STREAM_ERROR = "stream-error"
     CONNECT = "connect"
     # Merkle log and receipts (section 6, tamper evidence).
     NO_LOG = "no-log"
@@ -202,6 +215,18 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.NOT_HUB: "a peer that should be a hub presented another role",
     Reason.FULL: "the hub has no room for another device",
     Reason.DISCONNECTED: "the peer closed or reset the connection",
+    Reason.MISSING_ATTRIBUTE: "an XML element lacks a required attribute",
+    Reason.BAD_INTEGER: "an XML attribute that is not a decimal integer in range",
+    Reason.BAD_FEATURES: "a feature list that is too long or holds a name that is not a short token",
+    Reason.BAD_ID: "a node identifier of the wrong shape",
+    Reason.MALFORMED_XML: "a document that is not well-formed XML",
+    Reason.BAD_ROOT: "a document whose root is not an hcsp element in the namespace",
+    Reason.BAD_BODY: "a document whose body element is missing or unknown",
+    Reason.BAD_ENDPOINT: "an address that is not host:port with a valid IP and port",
+    Reason.BAD_HUB_ADDRESS: "a hub address that is not identifier;ip=host:port",
+    Reason.BAD_UTF8: "text that is not UTF-8",
+    Reason.XML_FORBIDDEN: "a DTD, entity or other construct the hardened parser refuses",
+    Reason.BAD_APP: "a hello whose app attribute is not a short token",
     Reason.NOT_SUBSCRIBE: "an announcement whose document is not a subscribe",
     Reason.NOT_A_HUB: "an announcement signed by a certificate that is not a hub's",
     Reason.STALE: "a timestamp older than the freshness window",
@@ -258,6 +283,7 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.CALL_IN_FLIGHT: "a second call while one is unanswered",
     Reason.UNKNOWN_METHOD: "a remote call names no known method",
     Reason.NO_FRAME: "no frame is recorded for that camera",
+    Reason.STREAM_ERROR: "the stream under a guard session failed (reset, TLS error)",
     Reason.STREAM: "the guard stream failed",
     Reason.CONNECT: "the connection could not be opened",
     Reason.NO_LOG: "the server keeps no log",

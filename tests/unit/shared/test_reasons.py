@@ -18,21 +18,48 @@ _SRC = Path(__file__).resolve().parents[3] / "src" / "roost"
 _ARCHITECTURE = Path(__file__).resolve().parents[3] / "docs" / "architecture.md"
 
 
+def _trees() -> list[tuple[Path, ast.Module]]:
+    return [
+        (path, ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+        for path in sorted(_SRC.rglob("*.py"))
+    ]
+
+
+def _reason_positions(trees: list[tuple[Path, ast.Module]]) -> dict[str, int]:
+    """Functions of src that take a ``reason`` parameter, with its positional index."""
+    positions: dict[str, int] = {}
+    for _, tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                names = [arg.arg for arg in node.args.posonlyargs + node.args.args]
+                if "reason" in names:
+                    offset = 1 if names and names[0] in ("self", "cls") else 0
+                    positions[node.name] = names.index("reason") - offset
+    return positions
+
+
 def _reason_literals() -> dict[str, list[str]]:
-    """Every string literal given as ``reason=…`` or ``default_reason = …`` in src."""
+    """Every string literal given as a reason in src: ``reason=…``, ``default_reason = …``,
+    or the positional ``reason`` argument of a src function that takes one."""
+    trees = _trees()
+    positions = _reason_positions(trees)
     found: dict[str, list[str]] = {}
-    for path in sorted(_SRC.rglob("*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for path, tree in trees:
         for node in ast.walk(tree):
             values: list[ast.expr] = []
-            if (isinstance(node, ast.keyword) and node.arg == "reason") or (
-                isinstance(node, ast.Assign)
-                and any(
-                    isinstance(target, ast.Name) and target.id == "default_reason"
-                    for target in node.targets
-                )
+            if isinstance(node, ast.keyword) and node.arg == "reason":
+                values.append(node.value)
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id == "default_reason"
+                for target in node.targets
             ):
                 values.append(node.value)
+            elif isinstance(node, ast.Call):
+                callee = node.func
+                name = callee.id if isinstance(callee, ast.Name) else getattr(callee, "attr", "")
+                index = positions.get(name)
+                if index is not None and 0 <= index < len(node.args):
+                    values.append(node.args[index])
             for value in values:
                 if isinstance(value, ast.Constant) and isinstance(value.value, str):
                     where = f"{path.relative_to(_SRC)}:{getattr(value, 'lineno', 0)}"
