@@ -217,7 +217,7 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.DISCONNECTED: "the peer closed or reset the connection",
     Reason.MISSING_ATTRIBUTE: "an XML element lacks a required attribute",
     Reason.BAD_INTEGER: "an XML attribute that is not a decimal integer in range",
-    Reason.BAD_FEATURES: "a feature list that is too long or holds a name that is not a short token",
+    Reason.BAD_FEATURES: "too many features, or a feature that is not a short token",
     Reason.BAD_ID: "a node identifier of the wrong shape",
     Reason.MALFORMED_XML: "a document that is not well-formed XML",
     Reason.BAD_ROOT: "a document whose root is not an hcsp element in the namespace",

@@ -20,7 +20,7 @@ from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.download import DownloadServer, download_tls_context
 from roost.pki.schedule import Action, GenerationTimes, plan
 
-__all__ = ["ca"]
+__all__ = ["ca", "tick_authority"]
 
 _YEAR = dt.timedelta(days=365)
 

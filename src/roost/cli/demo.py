@@ -26,7 +26,7 @@ from roost.pki.trust import TrustState
 from roost.pki.truststore import save_state
 from roost.pki.updater import TrustUpdater, UpdateConfig
 
-__all__ = ["demo"]
+__all__ = ["authority_act", "demo"]
 
 _YEAR = dt.timedelta(days=365)
 

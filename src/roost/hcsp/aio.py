@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import socket
 import struct
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from roost.clock import wall_ms_now
 from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import HcspEvent
 
@@ -39,10 +39,6 @@ class UdpConfig:
     interfaces: tuple[str, ...] = ()
     peers: tuple[tuple[str, int], ...] = field(default_factory=tuple)
     receive_buffer: int = 1 << 20
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -121,7 +117,7 @@ class AnnounceTransport:
 
     def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
         assert self._loop is not None
-        self.core.receive_datagram(data, source, self._loop.time(), wall_ms())
+        self.core.receive_datagram(data, source, self._loop.time(), wall_ms_now())
         self._service()
 
     def _destinations(self) -> Sequence[tuple[str, int]]:
@@ -148,7 +144,7 @@ class AnnounceTransport:
     def _on_timer(self) -> None:
         assert self._loop is not None
         self._timer = None
-        self.core.handle_timer(self._loop.time(), wall_ms())
+        self.core.handle_timer(self._loop.time(), wall_ms_now())
         self._service()
 
     def _service(self) -> None:
@@ -156,7 +152,7 @@ class AnnounceTransport:
         if self._loop is None or self._transport is None:
             return
         now = self._loop.time()
-        for datagram in self.core.datagrams_to_send(now, wall_ms()):
+        for datagram in self.core.datagrams_to_send(now, wall_ms_now()):
             self._send(datagram)
         while (event := self.core.next_event()) is not None:
             self.on_event(event)

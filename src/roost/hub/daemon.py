@@ -48,7 +48,7 @@ from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
 from roost.status import TrustSummary
 
-__all__ = ["AnnounceTransportFactory", "DeviceSession", "HubDaemon"]
+__all__ = ["AnnounceTransportFactory", "DeviceSession", "HubCounters", "HubDaemon"]
 
 log = logging.getLogger("roost.hub")
 _READ_CHUNK = 256 * 1024

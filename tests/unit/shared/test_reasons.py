@@ -38,6 +38,28 @@ def _reason_positions(trees: list[tuple[Path, ast.Module]]) -> dict[str, int]:
     return positions
 
 
+def _is_default_reason(node: ast.AST) -> bool:
+    return isinstance(node, ast.Assign) and any(
+        isinstance(target, ast.Name) and target.id == "default_reason" for target in node.targets
+    )
+
+
+def _reason_values(node: ast.AST, positions: dict[str, int]) -> list[ast.expr]:
+    """The expressions ``node`` passes as a reason, if any."""
+    if isinstance(node, ast.keyword):
+        return [node.value] if node.arg == "reason" else []
+    if _is_default_reason(node):
+        assert isinstance(node, ast.Assign)
+        return [node.value]
+    if isinstance(node, ast.Call):
+        callee = node.func
+        name = callee.id if isinstance(callee, ast.Name) else getattr(callee, "attr", "")
+        index = positions.get(name)
+        if index is not None and 0 <= index < len(node.args):
+            return [node.args[index]]
+    return []
+
+
 def _reason_literals() -> dict[str, list[str]]:
     """Every string literal given as a reason in src: ``reason=…``, ``default_reason = …``,
     or the positional ``reason`` argument of a src function that takes one."""
@@ -46,20 +68,7 @@ def _reason_literals() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for path, tree in trees:
         for node in ast.walk(tree):
-            values: list[ast.expr] = []
-            if isinstance(node, ast.keyword) and node.arg == "reason":
-                values.append(node.value)
-            elif isinstance(node, ast.Assign) and any(
-                isinstance(target, ast.Name) and target.id == "default_reason"
-                for target in node.targets
-            ):
-                values.append(node.value)
-            elif isinstance(node, ast.Call):
-                callee = node.func
-                name = callee.id if isinstance(callee, ast.Name) else getattr(callee, "attr", "")
-                index = positions.get(name)
-                if index is not None and 0 <= index < len(node.args):
-                    values.append(node.args[index])
+            values = _reason_values(node, positions)
             for value in values:
                 if isinstance(value, ast.Constant) and isinstance(value.value, str):
                     where = f"{path.relative_to(_SRC)}:{getattr(value, 'lineno', 0)}"
