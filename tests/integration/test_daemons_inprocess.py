@@ -13,7 +13,7 @@ import pytest
 from roost.cli.demo_home import rogue_hub_config
 from roost.cli.home import make_home
 from roost.config import HubConfig, load_device_config, load_hub_config
-from roost.device.daemon import DeviceDaemon
+from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.hcsp.channel import DocumentMessage
 from roost.hcsp.documents import Endpoint, HubAddress, Redirect, encode_document
@@ -58,6 +58,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
         device_config,
         TrustUpdater(device_config.trust_dir, config=NO_FETCH),
         FrameSpool(None, 1000, 1 << 26),
+        read_own_certificate(device_config),
     )
     await hub.start()
     await device.start()
