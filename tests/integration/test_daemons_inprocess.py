@@ -139,3 +139,18 @@ async def test_genuine_redirect_is_followed_and_nothing_is_lost(scene: Scene) ->
         assert len(on_one | on_two) == scene.device.spool.added
     finally:
         await other.stop()
+
+
+async def test_a_channel_that_ends_fails_over_and_reconnects(scene: Scene) -> None:
+    device = scene.device
+    assert device.channel is not None and device.state == "streaming"
+    assert device.counters.connects == 1 and device.counters.failovers == 0
+    device.channel.close()
+    await _until(
+        "camera back on hub-1",
+        lambda: device.counters.connects == 2 and device.state == "streaming",
+    )
+    assert device.counters.failovers == 1
+    assert device.channel is not None and device.channel.hub_id == scene.hub.identifier
+    await _until("flushed", lambda: device.spool.buffered == 0)
+    assert set(scene.hub.recorder.seqs(device.identifier)) == set(range(1, device.spool.added + 1))
