@@ -5,7 +5,8 @@ live hub it has verified itself (it listens to the same announcements as the hub
 a redirect only when it arrives over that channel and only to a hub whose certificate
 carries the named identifier (seed FIG. 8B), drains the old channel before closing it so
 no frame is stored twice, and fails over with jittered back-off when its hub goes away.
-Every frame stays in the spool until a hub acknowledges it.
+Every frame stays in the spool until a hub acknowledges it. The manager's decisions are
+made by the pure core in `roost.device.manager`; this module performs them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from roost.hcsp.channel import (
 )
 from roost.hcsp.core import AnnounceConfig, AnnounceCore
 from roost.hcsp.documents import Hello, Redirect, Welcome, decode_document, encode_document
-from roost.hcsp.events import HcspEvent, HubDown, LiveHub
+from roost.hcsp.events import HcspEvent, HubDown
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context, peer_certificate
 from roost.pki.updater import TrustUpdater
@@ -267,10 +268,6 @@ class DeviceDaemon:
         if isinstance(event, HubDown) and channel and event.hub.identifier == channel.hub_id:
             self._hub_lost.set()
 
-    def _candidates(self, now: float) -> list[LiveHub]:
-        """Verified live hubs, best first, skipping those that just failed us."""
-        return self.manager.candidates(now)
-
     # ------------------------------------------------------------------ channel (§4)
 
     async def open_channel(self, host: str, port: int, expected: str | None) -> HubChannel:
@@ -390,6 +387,8 @@ class DeviceDaemon:
 
     async def _connection_loop(self) -> None:
         """Performs what the connection manager decides, and tells it how each step went."""
+        # The manager runs on the loop's clock: channel.opened_at and the announce core's
+        # live-hub times are read from it too.
         loop = asyncio.get_running_loop()
         while not self._stopping:
             action = self.manager.next_action(loop.time())
@@ -428,6 +427,7 @@ class DeviceDaemon:
         self.manager.connect_succeeded(channel.hub_id, channel.opened_at)
         self._hub_lost.clear()
         self._channel_tasks = self._start_channel(channel)
+        self.channel = channel
 
     async def _run_channel(self) -> None:
         """Stream until the channel ends, its hub goes down or it brings a redirect."""
@@ -475,6 +475,7 @@ class DeviceDaemon:
         self._redirected = None
         self._hub_lost.clear()
         self._channel_tasks = self._start_channel(new)
+        self.channel = new
 
     def _close_channel(self) -> None:
         """Drop the channel whose hub went away; there is nobody left to drain to."""
