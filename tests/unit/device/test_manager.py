@@ -449,11 +449,13 @@ def test_invalid_configuration_is_refused(changes: dict[str, object]) -> None:
 # --------------------------------------------------------------------------- properties
 
 HUBS = [live(n, connected=n % 3, max_clients=2 + n % 2) for n in range(1, 5)]
+# The adapter's faithful answers come most often, so deep states are reached; the other
+# inputs arrive out of turn, and a stop is rare because nothing follows it.
 OPS = (
-    "next",
-    "next",
-    "answer",
-    "answer",
+    *["next"] * 3,
+    *["answer"] * 6,
+    *["advance"] * 3,
+    "hubs",
     "hubs",
     "connected",
     "connect-failed",
@@ -461,7 +463,6 @@ OPS = (
     "redirect-failed",
     "redirect-completed",
     "lost",
-    "advance",
     "stop",
 )
 
@@ -470,7 +471,7 @@ OPS = (
 @given(
     st.lists(
         st.tuples(st.sampled_from(OPS), st.integers(0, 15), st.floats(0.0, 3.0)),
-        max_size=80,
+        max_size=120,
     ),
     st.randoms(use_true_random=False),
 )
@@ -510,7 +511,7 @@ def test_random_inputs_raise_only_local_protocol_errors_and_honour_holds(
                 )
             elif op == "advance":
                 clock.advance(seconds)
-            else:
+            elif pick == 15:
                 m.stopped()
         except LocalProtocolError:
             pass
@@ -544,3 +545,51 @@ def _answer(m: ConnectionManager, action: Action | None, pick: int, now: float) 
             m.hub_lost(action.hub_id, now)
         else:
             m.redirect_received(redirect_to(HUBS[pick % 4], action.hub_id), now)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(("act", "act", "act", "act", "hubs", "lost", "redirect")),
+            st.integers(0, 15),
+        ),
+        max_size=120,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_a_faithful_adapter_never_connects_to_a_held_hub(
+    steps: list[tuple[str, int]], rng: random.Random
+) -> None:
+    """Every action answered as a real adapter would; failures are the common outcome."""
+    m = ConnectionManager(config(), rng)
+    clock = FakeClock()
+    for op, pick in steps:
+        if op == "hubs":
+            m.hubs_changed([h for i, h in enumerate(HUBS) if pick >> i & 1], clock.now)
+            continue
+        if op == "lost":
+            if m.hub_id is not None:
+                m.hub_lost(m.hub_id, clock.now)
+            continue
+        action = m.next_action(clock.now)
+        _check(m, action, clock.now)
+        if isinstance(action, Connect):
+            clock.advance(pick / 10)
+            if pick % 4 == 0:
+                m.connect_succeeded(action.expected_id or HUBS[pick % 4].identifier, clock.now)
+            else:
+                m.connect_failed(action.expected_id, "refused", clock.now)
+        elif isinstance(action, Wait):
+            clock.now = max(clock.now, action.until) if pick % 2 else clock.now + pick / 100
+        elif isinstance(action, FollowRedirect):
+            clock.now = max(clock.now, action.not_before)
+            if pick % 2:
+                m.redirect_completed(clock.now)
+            else:
+                m.redirect_failed("connect", clock.now)
+        elif isinstance(action, Stream) and op == "redirect":
+            m.redirect_received(redirect_to(HUBS[pick % 4], action.hub_id), clock.now)
+        elif isinstance(action, Stream):
+            clock.advance(pick / 5)
+        assert m.backoff <= BACKOFF_MAX * 1.2
