@@ -58,7 +58,7 @@ from _common import HubProcesses, cpu_seconds, machine_facts, print_result, stat
 from roost.cli.common import now_utc
 from roost.cli.home import free_loopback_ports
 from roost.config import AnnounceSettings, DeviceConfig, to_toml
-from roost.device.daemon import DeviceDaemon
+from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import RoostError
 from roost.files import atomic_write
@@ -259,7 +259,7 @@ def _build_fleet(device_dirs: list[tuple[str, Path]], hub_a: Hub, fps: float) ->
         config = _device_config(f"device-{index + 1}", directory, hub_a, fps)
         trust = TrustUpdater(config.trust_dir)
         spool = FrameSpool(None, config.max_buffer_frames, config.max_buffer_bytes)
-        fleet.daemons.append(DeviceDaemon(config, trust, spool))
+        fleet.daemons.append(DeviceDaemon(config, trust, spool, read_own_certificate(config)))
         fleet.spools.append(spool)
         fleet.captured.append([])
         # Built now so the raw TLS measurement times handshakes only.

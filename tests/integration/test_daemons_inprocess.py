@@ -17,7 +17,7 @@ from roost.cli.demo_home import rogue_hub_config
 from roost.cli.home import make_home
 from roost.cli.run import build_hub_daemon
 from roost.config import HubConfig, load_device_config, load_hub_config
-from roost.device.daemon import DeviceDaemon
+from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceStatus
 from roost.hcsp.documents import Endpoint, HubAddress
@@ -57,6 +57,7 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
         device_config,
         TrustUpdater(device_config.trust_dir, config=NO_FETCH),
         FrameSpool(None, 1000, 1 << 26),
+        read_own_certificate(device_config),
     )
     await hub.start()
     await device.start()
@@ -168,3 +169,18 @@ async def test_status_documents_of_running_daemons_read_back(scene: Scene) -> No
     stored = samples[("roost_hub_frames_stored_total", ())]
     assert snapshot.counters.frames_stored <= served.counters.frames_stored <= stored
     assert not [name for name, _ in samples if name.startswith("roost_hub_remote_")]
+
+
+async def test_a_channel_that_ends_fails_over_and_reconnects(scene: Scene) -> None:
+    device = scene.device
+    assert device.channel is not None and device.state == "streaming"
+    assert device.counters.connects == 1 and device.counters.failovers == 0
+    device.channel.close()
+    await _until(
+        "camera back on hub-1",
+        lambda: device.counters.connects == 2 and device.state == "streaming",
+    )
+    assert device.counters.failovers == 1
+    assert device.channel is not None and device.channel.hub_id == scene.hub.identifier
+    await _until("flushed", lambda: device.spool.buffered == 0)
+    assert set(scene.hub.recorder.seqs(device.identifier)) == set(range(1, device.spool.added + 1))

@@ -24,7 +24,7 @@ from roost.cli.common import console
 from roost.cli.home import make_home
 from roost.cli.run import build_hub_daemon
 from roost.config import HubConfig, load_device_config, load_hub_config
-from roost.device.daemon import DeviceDaemon
+from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import VerificationError
 from roost.files import atomic_write
@@ -156,7 +156,8 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool]:
     for j in range(1, cameras + 1):
         config = load_device_config(workdir / f"device-{j}.toml")
         trust = TrustUpdater(config.trust_dir, config=_NO_DOWNLOADS)
-        devices.append(DeviceDaemon(config, trust, FrameSpool(None, 10_000, 1 << 28)))
+        spool = FrameSpool(None, 10_000, 1 << 28)
+        devices.append(DeviceDaemon(config, trust, spool, read_own_certificate(config)))
 
     def on(hub: HubDaemon) -> bool:
         return all(d.channel is not None and d.channel.hub_id == hub.identifier for d in devices)

@@ -16,7 +16,7 @@ import click
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.config import HubConfig, load_device_config, load_hub_config
-from roost.device.daemon import DeviceDaemon
+from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import StateError, TransportError
 from roost.hub.daemon import HubDaemon
@@ -176,7 +176,7 @@ def device_run(config_file: Path, verbose: bool) -> None:
     spool = FrameSpool(
         config.state_dir / "spool.sqlite3", config.max_buffer_frames, config.max_buffer_bytes
     )
-    daemon = DeviceDaemon(config, trust, spool)
+    daemon = DeviceDaemon(config, trust, spool, read_own_certificate(config))
 
     async def start() -> None:
         await daemon.start()

@@ -5,7 +5,8 @@ live hub it has verified itself (it listens to the same announcements as the hub
 a redirect only when it arrives over that channel and only to a hub whose certificate
 carries the named identifier (seed FIG. 8B), drains the old channel before closing it so
 no frame is stored twice, and fails over with jittered back-off when its hub goes away.
-Every frame stays in the spool until a hub acknowledges it.
+Every frame stays in the spool until a hub acknowledges it. The manager's decisions are
+made by the pure core in `roost.device.manager`; this module performs them.
 """
 
 from __future__ import annotations
@@ -17,33 +18,77 @@ import json
 import logging
 import random
 import ssl
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 
 from roost.channel import ChannelCoreConfig
+from roost.clock import SYSTEM_CLOCK, Clock
 from roost.config import DeviceConfig
 from roost.device.camera import SyntheticCamera
 from roost.device.channel import HubChannel, open_hub_channel
+from roost.device.manager import (
+    Close,
+    Connect,
+    ConnectionManager,
+    Drain,
+    FollowRedirect,
+    Idle,
+    ManagerConfig,
+    Stream,
+    Wait,
+)
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceCountersView, DeviceStatus
 from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
-from roost.hcsp.aio import AnnounceTransport
+from roost.hcsp.aio import AnnounceTransport, UdpConfig
 from roost.hcsp.core import AnnounceConfig, AnnounceCore
-from roost.hcsp.documents import Redirect
-from roost.hcsp.events import HcspEvent, HubDown, LiveHub
+from roost.hcsp.events import HcspEvent, HubDown
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
 from roost.status import TrustSummary
 
-__all__ = ["DeviceDaemon", "HubChannel"]
+__all__ = [
+    "AnnounceTransportFactory",
+    "DeviceCounters",
+    "DeviceDaemon",
+    "HubChannel",
+    "manager_config",
+    "read_own_certificate",
+]
 
 log = logging.getLogger("roost.device")
 _SEND_BATCH = 64
+# The errors a failed connection attempt raises; each is counted by its reason.
+_CONNECT_ERRORS = (RoostError, OSError, TimeoutError, ConnectionError)
+
+AnnounceTransportFactory = Callable[
+    [AnnounceCore, UdpConfig, Callable[[HcspEvent], None]], AnnounceTransport
+]
+"""Builds the announcement listener; ``AnnounceTransport`` itself is the default."""
+
+
+def read_own_certificate(config: DeviceConfig) -> x509.Certificate:
+    """This device's leaf certificate: the first one in ``config.cert``."""
+    return certs_from_pem(config.cert.read_bytes())[0]
+
+
+def manager_config(config: DeviceConfig) -> ManagerConfig:
+    """The connection manager's constants for this device (section 4)."""
+    return ManagerConfig(
+        backoff_initial=config.backoff_initial,
+        backoff_max=config.backoff_max,
+        min_dwell=config.min_dwell,
+        # A candidate that failed to connect waits out the longest back-off; the hub just
+        # lost only the shortest, so a hub that merely restarted is soon tried again.
+        failed_hold=config.backoff_max,
+        lost_hold=config.backoff_initial,
+        hubs=config.hubs,
+    )
 
 
 @dataclass
@@ -66,17 +111,22 @@ class DeviceDaemon:
         config: DeviceConfig,
         trust: TrustUpdater,
         spool: FrameSpool,
+        certificate: x509.Certificate,
         camera: SyntheticCamera | None = None,
         rng: random.Random | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        announce_transport: AnnounceTransportFactory = AnnounceTransport,
     ) -> None:
+        """``certificate`` is this device's own leaf (the one in ``config.cert``)."""
         self.config = config
         self.trust = trust
         self.spool = spool
         self.camera = camera or SyntheticCamera(config.name, config.width, config.height)
         self.rng = rng or random.Random()
+        self.clock = clock
         self.counters = DeviceCounters()
-        cert = certs_from_pem(config.cert.read_bytes())[0]
-        node, _, _ = trust.state.verify_node(cert)
+        node, _, _ = trust.state.verify_node(certificate)
         self.identifier = node.identifier
         announce = config.announce
         self.core = AnnounceCore(
@@ -88,13 +138,16 @@ class DeviceDaemon:
             None,
             self._verify_hub_certificate,
         )
-        self.listener = AnnounceTransport(self.core, announce.udp, self._on_event)
+        self.listener = announce_transport(self.core, announce.udp, self._on_event)
+        self.manager = ConnectionManager(manager_config(config), self.rng, self.counters)
         self.channel: HubChannel | None = None
-        self.state = "starting"
+        self.state = self.manager.state.value
         self._new_frames = asyncio.Event()
         self._hub_lost = asyncio.Event()
         self._hubs_changed = asyncio.Event()
-        self._failed_until: dict[str, float] = {}
+        self._channel_tasks: tuple[asyncio.Task[None], asyncio.Task[None]] | None = None
+        # A redirect target's channel, opened and waiting for the old one to drain.
+        self._redirected: HubChannel | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._tls_cache: tuple[tuple[bytes, bytes], ssl.SSLContext] | None = None
@@ -110,14 +163,17 @@ class DeviceDaemon:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.manager.stopped()
+        self.state = self.manager.state.value
         self.listener.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.channel is not None:
-            self.channel.close()
+        for channel in (self.channel, self._redirected):
+            if channel is not None:
+                channel.close()
         self.write_status()
 
     # --------------------------------------------------------------------------- frames
@@ -125,7 +181,7 @@ class DeviceDaemon:
     def capture_one(self) -> int:
         """Capture and spool one frame; returns its sequence number."""
         seq = self.spool.next_seq()
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = self.clock.wall_ms()
         self.spool.add(seq, now_ms, self.camera.mime, self.camera.capture(seq, now_ms))
         self.counters.captured += 1
         self._new_frames.set()
@@ -168,18 +224,12 @@ class DeviceDaemon:
     # ---------------------------------------------------------------- announcements (§3)
 
     def _on_event(self, event: HcspEvent) -> None:
+        now = asyncio.get_running_loop().time()
+        self.manager.hubs_changed(self.core.live_hubs(now), now)
         self._hubs_changed.set()
         channel = self.channel
         if isinstance(event, HubDown) and channel and event.hub.identifier == channel.hub_id:
             self._hub_lost.set()
-
-    def _candidates(self, now: float) -> list[LiveHub]:
-        """Verified live hubs, best first, skipping those that just failed us."""
-        return [
-            hub
-            for hub in self.core.live_hubs(now)
-            if self._failed_until.get(hub.identifier, 0.0) <= now and hub.free_capacity > 0
-        ]
 
     # ------------------------------------------------------------------ channel (§4)
 
@@ -251,73 +301,106 @@ class DeviceDaemon:
     # ------------------------------------------------------------- connection manager
 
     async def _connection_loop(self) -> None:
-        backoff = self.config.backoff_initial
+        """Performs what the connection manager decides, and tells it how each step went."""
+        # The manager runs on the loop's clock: channel.opened_at and the announce core's
+        # live-hub times are read from it too.
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            channel = await self._connect_best(loop.time())
-            if channel is None:
-                self.state = "searching"
+            action = self.manager.next_action(loop.time())
+            self.state = self.manager.state.value
+            if isinstance(action, Connect):
+                await self._connect_best(action)
+            elif isinstance(action, Wait):
+                # A search ends early when the hubs change; the manager decides whether a
+                # change matters, so every change just asks it again.
                 self._hubs_changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hubs_changed.wait(), backoff)
-                backoff = min(self.config.backoff_max, backoff * 2) * self.rng.uniform(0.8, 1.2)
-                continue
-            backoff = self.config.backoff_initial
-            await self._run_channel(channel)
-
-    async def _connect_best(self, now: float) -> HubChannel | None:
-        targets: list[tuple[str, int, str | None]] = [
-            (hub.endpoint.host, hub.endpoint.port, hub.identifier) for hub in self._candidates(now)
-        ]
-        targets += [(host, port, None) for host, port in self.config.hubs]
-        for host, port, expected in targets:
-            try:
-                channel = await self.open_channel(host, port, expected)
-            except (RoostError, OSError, TimeoutError, ConnectionError) as exc:
-                reason = getattr(exc, "reason", type(exc).__name__)
-                self.counters.connect_failures[str(reason)] += 1
-                if expected is not None:
-                    self._failed_until[expected] = now + self.config.backoff_max
-                continue
-            self.counters.connects += 1
-            return channel
-        return None
-
-    async def _run_channel(self, channel: HubChannel) -> None:
-        """Stream on `channel` until it ends, following redirects; then return."""
-        loop = asyncio.get_running_loop()
-        self._hub_lost.clear()
-        tasks = self._start_channel(channel)
-        while True:
-            redirect_wait = asyncio.create_task(channel.redirects.get())
-            lost = asyncio.create_task(self._hub_lost.wait())
-            done, _ = await asyncio.wait(
-                {tasks[0], redirect_wait, lost}, return_when=asyncio.FIRST_COMPLETED
-            )
-            lost.cancel()
-            if redirect_wait not in done:
-                # The hub went away: it closed the channel, or its announcements stopped.
-                redirect_wait.cancel()
-                channel.close()
-                for task in tasks:
-                    task.cancel()
-                self.counters.failovers += 1
-                self._failed_until[channel.hub_id] = loop.time() + self.config.backoff_initial
-                self.channel = None
-                self.state = "failing-over"
-                await asyncio.sleep(self.config.backoff_initial * self.rng.uniform(0.5, 1.5))
+                    await asyncio.wait_for(
+                        self._hubs_changed.wait(), max(0.0, action.until - loop.time())
+                    )
+            elif isinstance(action, Stream):
+                await self._run_channel()
+            elif isinstance(action, FollowRedirect):
+                await self._follow(action)
+            elif isinstance(action, Drain):
+                await self._switch_to_redirected()
+            elif isinstance(action, Close):
+                self._close_channel()
+            else:
+                assert isinstance(action, Idle)
                 return
-            new = await self._follow(channel, redirect_wait.result())
-            if new is None:
-                continue  # refused: stay on the old hub, its tasks keep running
-            # Drain while the old receiver still collects ACKs, then let it go.
-            await self._drain_and_close(channel)
-            for task in tasks:
-                task.cancel()
-            self.counters.redirects_followed += 1
-            channel = new
-            self._hub_lost.clear()
-            tasks = self._start_channel(channel)
+
+    async def _connect_best(self, action: Connect) -> None:
+        """One connection attempt of the manager's round; streaming starts on success."""
+        loop = asyncio.get_running_loop()
+        try:
+            channel = await self.open_channel(action.host, action.port, action.expected_id)
+        except _CONNECT_ERRORS as exc:
+            reason = str(getattr(exc, "reason", type(exc).__name__))
+            self.manager.connect_failed(action.expected_id, reason, loop.time())
+            return
+        self.manager.connect_succeeded(channel.hub_id, channel.opened_at)
+        self._hub_lost.clear()
+        self._channel_tasks = self._start_channel(channel)
+        self.channel = channel
+
+    async def _run_channel(self) -> None:
+        """Stream until the channel ends, its hub goes down or it brings a redirect."""
+        loop = asyncio.get_running_loop()
+        channel, tasks = self.channel, self._channel_tasks
+        assert channel is not None and tasks is not None
+        redirect_wait = asyncio.create_task(channel.redirects.get())
+        lost = asyncio.create_task(self._hub_lost.wait())
+        done, _ = await asyncio.wait(
+            {tasks[0], redirect_wait, lost}, return_when=asyncio.FIRST_COMPLETED
+        )
+        lost.cancel()
+        if redirect_wait in done:
+            self.manager.redirect_received(redirect_wait.result(), loop.time())
+            return
+        # The hub went away: it closed the channel, or its announcements stopped.
+        redirect_wait.cancel()
+        self.manager.hub_lost(channel.hub_id, loop.time())
+
+    async def _follow(self, action: FollowRedirect) -> None:
+        """Open the redirect target; only a hub proving the named identifier is accepted."""
+        loop = asyncio.get_running_loop()
+        dwell = action.not_before - loop.time()
+        if dwell > 0:
+            # Minimum dwell time: a device never bounces between hubs faster than this.
+            await asyncio.sleep(dwell)
+        target = action.target
+        try:
+            new = await self.open_channel(
+                target.endpoint.host, target.endpoint.port, target.identifier
+            )
+        except _CONNECT_ERRORS as exc:
+            self.manager.redirect_failed(str(getattr(exc, "reason", "connect")), loop.time())
+            return  # refused: stay on the old hub, its tasks keep running
+        self._redirected = new
+        self.manager.redirect_completed(new.opened_at)
+
+    async def _switch_to_redirected(self) -> None:
+        """Drain the old channel while its receiver still collects ACKs, then use the new."""
+        old, new, tasks = self.channel, self._redirected, self._channel_tasks
+        assert old is not None and new is not None and tasks is not None
+        await self._drain_and_close(old)
+        for task in tasks:
+            task.cancel()
+        self._redirected = None
+        self._hub_lost.clear()
+        self._channel_tasks = self._start_channel(new)
+        self.channel = new
+
+    def _close_channel(self) -> None:
+        """Drop the channel whose hub went away; there is nobody left to drain to."""
+        channel, tasks = self.channel, self._channel_tasks
+        if channel is not None:
+            channel.close()
+        for task in tasks or ():
+            task.cancel()
+        self.channel = None
+        self._channel_tasks = None
 
     def _start_channel(self, channel: HubChannel) -> tuple[asyncio.Task[None], asyncio.Task[None]]:
         self.channel = channel
@@ -326,22 +409,6 @@ class DeviceDaemon:
             asyncio.create_task(self._receive(channel)),
             asyncio.create_task(self._send(channel)),
         )
-
-    async def _follow(self, channel: HubChannel, redirect: Redirect) -> HubChannel | None:
-        """Open the redirect target; only a hub proving the named identifier is accepted."""
-        loop = asyncio.get_running_loop()
-        dwell = channel.opened_at + self.config.min_dwell - loop.time()
-        if dwell > 0:
-            # Minimum dwell time: a device never bounces between hubs faster than this.
-            await asyncio.sleep(dwell)
-        target = redirect.target
-        try:
-            return await self.open_channel(
-                target.endpoint.host, target.endpoint.port, target.identifier
-            )
-        except (RoostError, OSError, TimeoutError, ConnectionError) as exc:
-            self.counters.redirects_refused[str(getattr(exc, "reason", "connect"))] += 1
-            return None
 
     # ------------------------------------------------------------------------- status
 
@@ -372,7 +439,7 @@ class DeviceDaemon:
                 announcements_accepted=self.core.counters.accepted,
                 announcements_rejected=dict(self.core.counters.rejected),
             ),
-            written_at=time.time(),
+            written_at=self.clock.wall_ms() / 1000,
         )
 
     def write_status(self) -> None:
