@@ -5,7 +5,14 @@ Usage authentication with random response codes (:mod:`.challenge`), per-message
 (:mod:`.merkle`, :mod:`.log`). Every core is pure; the SQLite stores are the only I/O.
 """
 
-from roost.guard.aio import GuardClient, GuardServer, GuardServerConfig, LogReceipts
+from roost.guard.aio import (
+    ByteStreamReader,
+    ByteStreamWriter,
+    GuardClient,
+    GuardServer,
+    GuardServerConfig,
+    LogReceipts,
+)
 from roost.guard.card import Card, format_card, generate_card, normalize_code, parse_card
 from roost.guard.challenge import (
     AuthConfig,
@@ -51,6 +58,8 @@ from roost.reasons import RejectionCounter
 __all__ = [
     "SUITES",
     "AuthConfig",
+    "ByteStreamReader",
+    "ByteStreamWriter",
     "Card",
     "Checkpoint",
     "Direction",
