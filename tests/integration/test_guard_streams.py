@@ -22,6 +22,7 @@ from roost.guard.aio import GuardClient, GuardServer, GuardServerConfig
 from roost.guard.card import Card, generate_card
 from roost.guard.log import verify_receipt
 from roost.guard.remote import CallResult
+from roost.guard.session import SessionLimits
 from roost.guard.suites import KdfParams
 from roost.guard.userstore import MemoryUserStore, SqliteUserStore, make_user
 from roost.hub.daemon import HubDaemon
@@ -230,6 +231,70 @@ async def test_a_closed_stream_is_a_transport_error_for_the_client() -> None:
         await asyncio.wait_for(serving, 5.0)
     finally:
         await server.stop()
+
+
+def _waiting_handler(method: str, args: tuple[bytes, ...]) -> CallResult:
+    """Streams one item, then waits for a next one that never comes (a silent camera)."""
+
+    async def first_then_nothing() -> AsyncIterator[Sequence[bytes]]:
+        yield [b"first"]
+        await asyncio.Event().wait()
+        yield [b"never"]
+
+    return first_then_nothing()
+
+
+async def _log_in_waiting(
+    config: GuardServerConfig,
+) -> tuple[GuardServer, GuardClient, asyncio.Task[None]]:
+    store = MemoryUserStore()
+    card = generate_card(20)
+    store.add(make_user("owner", PASSWORD, card, password_kdf=FAST, pair_kdf=FAST))
+    server = GuardServer(lambda: store, _waiting_handler, config=config)
+    await server.open()
+    server_end, client_end = _memory_pair()
+    serving = asyncio.create_task(
+        server.serve_stream(server_end, server_end, peer="memory", channel_binding=b"")
+    )
+    client = await GuardClient.over_stream(
+        client_end,
+        client_end,
+        channel_binding=b"",
+        user_id="owner",
+        password=PASSWORD,
+        answer=lambda labels: [card.code_for(x) for x in labels],
+        limits=SessionLimits(idle_s=60.0),
+    )
+    return server, client, serving
+
+
+async def test_the_idle_limit_interrupts_a_handler_waiting_for_its_next_item() -> None:
+    server, client, serving = await _log_in_waiting(
+        GuardServerConfig(limits=SessionLimits(idle_s=0.3))
+    )
+    try:
+        stream = client.call_stream("wait")
+        first = await anext(stream)
+        assert first.more and first.results == (b"first",)
+        # Nothing more comes: the session passes its idle limit with the handler waiting.
+        with pytest.raises(TransportError):
+            await anext(stream)
+        await asyncio.wait_for(serving, 5.0 * time_unit())
+        assert server.counters.sessions_expired == 1
+    finally:
+        await server.stop()
+
+
+async def test_stop_ends_a_streamed_answer_at_once() -> None:
+    server, client, serving = await _log_in_waiting(GuardServerConfig())
+    stream = client.call_stream("wait")
+    assert (await anext(stream)).results == (b"first",)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await server.stop()
+    assert serving.done() and loop.time() - started < 2.0
+    with pytest.raises(TransportError):
+        await anext(stream)
 
 
 # --- watch from a real hub ---------------------------------------------------------------

@@ -168,7 +168,7 @@ class GuardServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-login")
         self._login_server: LoginServer | None = None
         self._server: asyncio.Server | None = None
-        self._tasks: dict[asyncio.Task[None], ByteStreamWriter] = {}
+        self._tasks: dict[asyncio.Task[None], _ServerStream] = {}
         self.rejections = RejectionCounter()
         self.counters = GuardServerCounters()
         self._per_source: collections.Counter[str] = collections.Counter()
@@ -213,10 +213,11 @@ class GuardServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        # Closing each stream ends its handler at its next read; cancelling instead would
-        # leave asyncio's stream callback to report the cancelled task.
-        for writer in self._tasks.values():
-            writer.close()
+        # Ending each stream ends its task at its next read (and any streamed answer at
+        # once); cancelling the task instead would leave asyncio's stream callback to
+        # report the cancelled task.
+        for stream in list(self._tasks.values()):
+            stream.abort("closed")
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=5.0)
             for task in pending:
@@ -265,9 +266,6 @@ class GuardServer:
             self.rejections.count(error)
             writer.close()
             return
-        self._tasks[task] = writer
-        self._per_source[peer] += 1
-        self.counters.connections += 1
         core = RemoteServerCore(
             self._login_server,
             limits=self.config.limits,
@@ -276,8 +274,12 @@ class GuardServer:
             login_timeout_s=self.config.login_timeout_s,
             now=self._clock(),
         )
+        stream = _ServerStream(self, core, reader, writer)
+        self._tasks[task] = stream
+        self._per_source[peer] += 1
+        self.counters.connections += 1
         try:
-            await _ServerStream(self, core, reader, writer).run()
+            await stream.run()
         finally:
             self._tasks.pop(task, None)
             self._per_source[peer] -= 1
@@ -310,6 +312,13 @@ class _ServerStream:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._calls_seen = 0
+        self._streaming: asyncio.Task[None] | None = None
+
+    def abort(self, reason: str) -> None:
+        """End the stream now (shutdown): the core closes, the stream is closed and a
+        streamed answer in progress stops waiting for its next item."""
+        self._core.close(reason)
+        self._transmit()
 
     async def run(self) -> None:
         core, server = self._core, self._server
@@ -363,7 +372,17 @@ class _ServerStream:
         try:
             result = server._handler(event.method, event.args)
             if isinstance(result, AsyncIterator):
-                await self._stream(event.call_id, result)
+                # Its own task, so that an end of the stream (timer, stop) interrupts a
+                # handler waiting for its next item (a camera that sends nothing).
+                self._streaming = asyncio.create_task(self._stream(event.call_id, result))
+                try:
+                    await self._streaming
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # this stream's own task is being cancelled
+                finally:
+                    self._streaming = None
                 return
             if inspect.isawaitable(result):
                 result = await result
@@ -417,6 +436,8 @@ class _ServerStream:
         self._arm_timer()
         if core.closed:
             self._writer.close()
+            if self._streaming is not None:
+                self._streaming.cancel()
 
     def _arm_timer(self) -> None:
         deadline = self._core.get_timer()
