@@ -134,6 +134,8 @@ class Reason(enum.StrEnum):
     STREAM = "stream"
     STREAM_ERROR = "stream-error"
     CONNECT = "connect"
+    SESSION_IDLE_EXPIRED = "session-idle-expired"
+    SESSION_LIFETIME_EXPIRED = "session-lifetime-expired"
     # Merkle log and receipts (section 6, tamper evidence).
     NO_LOG = "no-log"
     UNKNOWN_LEAF = "unknown-leaf"
@@ -286,6 +288,8 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.STREAM_ERROR: "the stream under a guard session failed (reset, TLS error)",
     Reason.STREAM: "the guard stream failed",
     Reason.CONNECT: "the connection could not be opened",
+    Reason.SESSION_IDLE_EXPIRED: "the session passed its idle limit; log in again",
+    Reason.SESSION_LIFETIME_EXPIRED: "the session passed its absolute limit; log in again",
     Reason.NO_LOG: "the server keeps no log",
     Reason.UNKNOWN_LEAF: "a receipt asked for a leaf the log does not hold",
     Reason.NO_SUCH_LEAF: "no such leaf in the log",

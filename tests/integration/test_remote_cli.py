@@ -125,3 +125,22 @@ def test_wrong_password_and_unknown_device_fail_cleanly(home: LoopbackHome) -> N
     assert missing.returncode == ExitCode.REFUSED and "no-frame" in missing.stderr
     wrong_hub = _call(home, "status", "--hub-id", "hcsp:" + "A" * 20)
     assert wrong_hub.returncode == ExitCode.VERIFICATION and "Traceback" not in wrong_hub.stderr
+
+
+def test_owner_watches_the_next_frames_into_a_directory(home: LoopbackHome) -> None:
+    base = home.path.parent
+    watched = _call(home, "watch", home.device_id(1), "--frames", "3", "--out", "frames")
+    assert watched.returncode == 0, watched.stderr
+    shown = [json.loads(line) for line in watched.stdout.splitlines()]
+    seqs = [frame["seq"] for frame in shown]
+    assert len(seqs) == 3 and seqs == sorted(set(seqs))
+    assert all(frame["mime"] == "image/jpeg" for frame in shown)
+    files = sorted((base / "frames").iterdir())
+    assert [path.name for path in files] == [f"{seq:020d}.jpg" for seq in seqs]
+    assert all(path.read_bytes()[:2] == b"\xff\xd8" for path in files)
+    assert [path.stat().st_size for path in files] == [frame["bytes"] for frame in shown]
+    # --frames belongs to watch; above the hub's bound the hub refuses cleanly.
+    misplaced = _call(home, "status", "--frames", "2")
+    assert misplaced.returncode != 0 and "Traceback" not in misplaced.stderr
+    too_many = _call(home, "watch", home.device_id(1), "--frames", "1000")
+    assert too_many.returncode == ExitCode.REFUSED and "bad-args" in too_many.stderr

@@ -14,7 +14,7 @@ import click
 from cryptography import x509
 
 from roost.config import parse_hostport
-from roost.errors import ConfigError, RefusedError, VerificationError
+from roost.errors import ConfigError, RefusedError, RemoteProtocolError, VerificationError
 from roost.guard.aio import GuardClient
 from roost.guard.card import parse_card
 from roost.guard.log import checkpoint_to_json, decode_receipt, encode_receipt
@@ -87,6 +87,41 @@ def _show(method: str, response: Response, out: Path | None) -> None:
     echo_json(shown)
 
 
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+
+
+def _frame_of(response: Response) -> tuple[int, int, str, bytes]:
+    """``(seq, captured_at_ms, mime, payload)`` of a latest-frame or watch answer."""
+    results = response.results
+    if len(results) != 3 or len(results[0]) != 16:
+        raise RemoteProtocolError("a frame answer has three fields", reason="malformed")
+    seq, captured_at_ms = struct.unpack(">QQ", results[0])
+    return seq, captured_at_ms, results[1].decode("ascii", "replace"), results[2]
+
+
+async def _watch(client: GuardClient, args: Sequence[bytes], out: Path) -> Response | None:
+    """Write each streamed frame to ``out`` as it arrives; print one JSON line per frame."""
+    out.mkdir(parents=True, exist_ok=True)
+    last: Response | None = None
+    async for response in client.call_stream("watch", *args):
+        if not response.ok:
+            raise RefusedError("the hub refused watch", reason=response.reason or "refused")
+        seq, captured_at_ms, mime, payload = _frame_of(response)
+        target = out / f"{seq:020d}.{_EXTENSIONS.get(mime, 'bin')}"
+        target.write_bytes(payload)
+        echo_json(
+            {
+                "seq": seq,
+                "captured_at_ms": captured_at_ms,
+                "mime": mime,
+                "bytes": len(payload),
+                "written": str(target),
+            }
+        )
+        last = response
+    return last
+
+
 @remote.command("call")
 @click.argument("address")
 @click.argument("method")
@@ -122,7 +157,18 @@ def _show(method: str, response: Response, out: Path | None) -> None:
     help="A receipt kept earlier: check the hub's log still extends it (no rewrite).",
 )
 @click.option("--log-key-id", default=None, help="Require the log key with this id (hex).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="latest-frame: the file to write; watch: the directory for the frames.",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(min=1),
+    default=None,
+    help="watch: how many frames to stream (the hub's default and bound apply).",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @fail_cleanly
 def call(
@@ -137,11 +183,18 @@ def call(
     since_receipt: Path | None,
     log_key_id: str | None,
     out: Path | None,
+    frames: int | None,
     timeout: float,
 ) -> None:
     """Log in to ADDRESS (host:port) as --user and call METHOD (status, latest-frame
-    DEVICE_ID, …). The password is asked for, or read as the first line of standard input.
+    DEVICE_ID, watch DEVICE_ID --frames N --out DIR, …). The password is asked for, or
+    read as the first line of standard input.
     """
+    if frames is not None and method != "watch":
+        raise click.UsageError("--frames goes with the watch method")
+    call_args = [arg.encode("utf-8") for arg in args]
+    if frames is not None:
+        call_args.append(str(frames).encode("ascii"))
     try:
         host, port = parse_hostport(address)
     except ConfigError as exc:
@@ -174,11 +227,19 @@ def call(
                     f"{earlier.checkpoint.size} → {newer.size}, same key",
                     err=True,
                 )
-            response = await client.call(method, *(arg.encode("utf-8") for arg in args))
-            if not response.ok:
-                # The hub answered and said no: a refusal, not a broken wire rule.
-                raise RefusedError(f"the hub refused {method}", reason=response.reason or "refused")
-            _show(method, response, out)
+            if method == "watch":
+                streamed = await _watch(client, call_args, out or Path("watch-frames"))
+                if streamed is None:
+                    return
+                response = streamed
+            else:
+                response = await client.call(method, *call_args)
+                if not response.ok:
+                    # The hub answered and said no: a refusal, not a broken wire rule.
+                    raise RefusedError(
+                        f"the hub refused {method}", reason=response.reason or "refused"
+                    )
+                _show(method, response, out)
             if receipt_file is not None:
                 receipt = await client.receipt(response)
                 key_id = str(checkpoint_to_json(receipt.checkpoint)["key_id"])

@@ -9,7 +9,14 @@ store). Importing this package therefore imports asyncio and sqlite3; a core tha
 pure imports the core modules directly.
 """
 
-from roost.guard.aio import GuardClient, GuardServer, GuardServerConfig, LogReceipts
+from roost.guard.aio import (
+    ByteStreamReader,
+    ByteStreamWriter,
+    GuardClient,
+    GuardServer,
+    GuardServerConfig,
+    LogReceipts,
+)
 from roost.guard.card import Card, format_card, generate_card, normalize_code, parse_card
 from roost.guard.challenge import (
     AuthConfig,
@@ -55,6 +62,8 @@ from roost.reasons import RejectionCounter
 __all__ = [
     "SUITES",
     "AuthConfig",
+    "ByteStreamReader",
+    "ByteStreamWriter",
     "Card",
     "Checkpoint",
     "Direction",

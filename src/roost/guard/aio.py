@@ -1,10 +1,15 @@
 """asyncio adapter for remote calls over a guard session (docs/guard.md, "Remote calls").
 
-Moves ``u32 length | body`` records between a TLS stream and the pure cores of
-:mod:`roost.guard.remote`. The login steps run scrypt (tens of milliseconds), so they run
-on one worker thread that also owns the user store's SQLite connection; calls and the
-Merkle log stay on the event loop. Time comes from the injected ``clock`` (monotonic, for
-limits) and ``wall_ms`` (for checkpoints and lock-out).
+Moves bytes between a stream and the pure cores of :mod:`roost.guard.remote`. Any stream
+with ``read``/``write``/``drain``/``close`` will do (:class:`ByteStreamReader`,
+:class:`ByteStreamWriter`; asyncio's streams are such): :meth:`GuardServer.serve_stream`
+and :meth:`GuardClient.over_stream` take one already open with its channel binding, and
+the TLS listener and :meth:`GuardClient.connect` are thin wrappers that open TLS and bind
+to the hub's certificate. Only the login's work items (the password KDF, tens of
+milliseconds, and the user store's reads and writes) run on one worker thread, which owns
+the store's SQLite connection; parsing, proof checks, calls and the Merkle log stay on the
+event loop. Time comes from the injected ``clock`` (monotonic, for limits) and ``wall_ms``
+(for checkpoints and lock-out).
 """
 
 from __future__ import annotations
@@ -12,54 +17,54 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
+import inspect
 import json
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.errors import (
     RefusedError,
     RoostError,
     StateError,
-    TransportError,
-    VerificationError,
 )
-from roost.framing import RECORD_HEADER_SIZE, encode_record, record_length
+from roost.guard.aio_client import GuardClient
 from roost.guard.challenge import AuthConfig, LoginServer
 from roost.guard.log import (
-    Checkpoint,
-    Receipt,
     SqliteMerkleLog,
     checkpoint_document,
     covering_checkpoint,
-    decode_checkpoint_document,
     encode_receipt,
-    verify_receipt,
 )
 from roost.guard.remote import (
-    CONSISTENCY_METHOD,
-    RECEIPT_METHOD,
     CallHandler,
-    RemoteClientCore,
+    CallReceived,
+    CloseCause,
+    LoggedIn,
+    RemoteEvent,
     RemoteServerCore,
-    Response,
-    receipt_from_response,
+    StreamClosed,
+    WorkRequested,
     tls_server_end_point,
 )
 from roost.guard.session import SessionLimits
+from roost.guard.streams import READ_CHUNK, STREAM_ERRORS, ByteStreamReader, ByteStreamWriter
 from roost.guard.userstore import UserDirectory
-from roost.pki.tls import peer_certificate
 from roost.ratelimit import SourceRateLimiter
 from roost.reasons import RejectionCounter
 
-__all__ = ["GuardClient", "GuardServer", "GuardServerConfig", "LogReceipts"]
+__all__ = [
+    "ByteStreamReader",
+    "ByteStreamWriter",
+    "GuardClient",
+    "GuardServer",
+    "GuardServerConfig",
+    "LogReceipts",
+]
 
 
 def _wall_ms() -> int:
@@ -97,21 +102,6 @@ class LogReceipts:
         self.log.commit()
 
 
-async def _read_record(reader: asyncio.StreamReader, max_body: int) -> bytes | None:
-    """The next record body, or None at a clean end of stream between records."""
-    try:
-        header = await reader.readexactly(RECORD_HEADER_SIZE)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise TransportError("stream ended inside a record", reason="truncated") from None
-    length = record_length(header, max_body)
-    try:
-        return await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise TransportError("stream ended inside a record", reason="truncated") from None
-
-
 @dataclass(frozen=True, slots=True)
 class GuardServerConfig:
     """Bounds for the remote listener (one frozen config per component, STYLE.md)."""
@@ -142,11 +132,15 @@ class GuardServerCounters:
 
 
 class GuardServer:
-    """TLS listener: each connection logs in (password, then the challenge codes), then
+    """Runs guard sessions: each stream logs in (password, then the challenge codes), then
     makes calls answered by ``handler``; every message goes to the log when one is given.
 
-    ``open_user_store`` is called once, on the login worker thread, and must return the
-    user directory (``SqliteUserStore.in_state_dir(...)``); the store is used only there.
+    :meth:`start` listens on TLS; :meth:`serve_stream` runs one session on any stream
+    already open (a relayed or QUIC stream) after :meth:`open`. ``open_user_store`` is
+    called once, on the login worker thread, and must return the user directory
+    (``SqliteUserStore.in_state_dir(...)``); the store is used only on that thread, and
+    only the login's work items (the password KDF and the directory reads and writes) run
+    there. Everything else runs on the event loop.
     """
 
     def __init__(
@@ -154,7 +148,7 @@ class GuardServer:
         open_user_store: Callable[[], UserDirectory],
         handler: CallHandler,
         *,
-        server_certificate_der: bytes,
+        server_certificate_der: bytes | None = None,
         config: GuardServerConfig | None = None,
         receipts: LogReceipts | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -163,14 +157,18 @@ class GuardServer:
         self.config = config or GuardServerConfig()
         self._open_user_store = open_user_store
         self._handler = handler
-        self._binding = tls_server_end_point(server_certificate_der)
+        self._binding = (
+            tls_server_end_point(server_certificate_der)
+            if server_certificate_der is not None
+            else None
+        )
         self._receipts = receipts
         self._clock = clock
         self._wall_ms = wall_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-login")
         self._login_server: LoginServer | None = None
         self._server: asyncio.Server | None = None
-        self._tasks: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._tasks: dict[asyncio.Task[None], _ServerStream] = {}
         self.rejections = RejectionCounter()
         self.counters = GuardServerCounters()
         self._per_source: collections.Counter[str] = collections.Counter()
@@ -180,10 +178,18 @@ class GuardServer:
             self.config.max_sources,
         )
 
+    async def open(self) -> None:
+        """Open the user store on the login worker (once; :meth:`start` does it)."""
+        if self._login_server is None:
+            loop = asyncio.get_running_loop()
+            self._login_server = await loop.run_in_executor(self._executor, self._make_login_server)
+
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
-        loop = asyncio.get_running_loop()
-        self._login_server = await loop.run_in_executor(self._executor, self._make_login_server)
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=ssl_context)
+        """Listen on TLS; each connection's channel binding is ``tls-server-end-point``."""
+        if self._binding is None:
+            raise StateError("a TLS listener needs server_certificate_der", reason="bad-config")
+        await self.open()
+        self._server = await asyncio.start_server(self._accept_tls, host, port, ssl=ssl_context)
 
     def _make_login_server(self) -> LoginServer:
         directory = self._open_user_store()
@@ -207,10 +213,11 @@ class GuardServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        # Closing each stream ends its handler at its next read; cancelling instead would
-        # leave asyncio's stream callback to report the cancelled task.
-        for writer in self._tasks.values():
-            writer.close()
+        # Ending each stream ends its task at its next read (and any streamed answer at
+        # once); cancelling the task instead would leave asyncio's stream callback to
+        # report the cancelled task.
+        for stream in list(self._tasks.values()):
+            stream.abort("closed")
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=5.0)
             for task in pending:
@@ -222,17 +229,35 @@ class GuardServer:
             self._receipts.commit()
         self._executor.shutdown(wait=True)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    async def _accept_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._binding is not None
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if isinstance(peer, tuple) else "?"
+        await self.serve_stream(reader, writer, peer=source, channel_binding=self._binding)
+
+    async def serve_stream(
+        self,
+        reader: ByteStreamReader,
+        writer: ByteStreamWriter,
+        *,
+        peer: str,
+        channel_binding: bytes,
+    ) -> None:
+        """Run one guard session on an open stream until it ends, then close the stream.
+
+        ``peer`` is the source the per-source limits count (an address); ``channel_binding``
+        is what both ends bind the login to (docs/guard.md, "Binding and server check").
+        """
+        if self._login_server is None:
+            raise StateError("open() the guard server first", reason="not-running")
+        task = asyncio.current_task()
+        assert task is not None
         try:
             if len(self._tasks) >= self.config.max_connections:
                 raise RefusedError("every remote slot is taken", reason="busy")
-            if self._per_source[source] >= self.config.max_connections_per_source:
-                raise RefusedError(f"{source} holds too many streams", reason="source-busy")
-            self._connect_limit.take(source, self._clock())
+            if self._per_source[peer] >= self.config.max_connections_per_source:
+                raise RefusedError(f"{peer} holds too many streams", reason="source-busy")
+            self._connect_limit.take(peer, self._clock())
         except RefusedError as error:
             if error.reason in ("busy", "source-busy"):
                 self.counters.refused_busy += 1
@@ -241,237 +266,197 @@ class GuardServer:
             self.rejections.count(error)
             writer.close()
             return
-        self._tasks[task] = writer
-        self._per_source[source] += 1
+        core = RemoteServerCore(
+            self._login_server,
+            limits=self.config.limits,
+            receipts=self._receipts,
+            channel_binding=channel_binding,
+            login_timeout_s=self.config.login_timeout_s,
+            now=self._clock(),
+        )
+        stream = _ServerStream(self, core, reader, writer)
+        self._tasks[task] = stream
+        self._per_source[peer] += 1
         self.counters.connections += 1
         try:
-            await self._serve(reader, writer)
+            await stream.run()
         finally:
             self._tasks.pop(task, None)
-            self._per_source[source] -= 1
-            if not self._per_source[source]:
-                del self._per_source[source]
+            self._per_source[peer] -= 1
+            if not self._per_source[peer]:
+                del self._per_source[peer]
             if self._receipts is not None:
                 self._receipts.commit()
             writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError, asyncio.CancelledError):
+            with contextlib.suppress(*STREAM_ERRORS, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._login_server is not None
-        core = RemoteServerCore(
-            self._login_server,
-            self._handler,
-            limits=self.config.limits,
-            receipts=self._receipts,
-            channel_binding=self._binding,
-        )
-        loop = asyncio.get_running_loop()
-        login_deadline = self._clock() + self.config.login_timeout_s
-        timer: asyncio.TimerHandle
-        # Login steps run on the worker thread, so until one returns with a session the
-        # timer only looks at these loop-side flags and never touches the core.
-        logged_in = timed_out = False
 
-        def on_timer() -> None:
-            # One timer per stream, re-armed when it fires (a session's deadline only moves
-            # later) and once at login, so a call costs no timer work (aioquic's pattern).
-            nonlocal timer, timed_out
-            now = self._clock()
-            if not logged_in:
-                if now < login_deadline:
-                    timer = loop.call_later(login_deadline - now, on_timer)
-                    return
-                timed_out = True
-                self.counters.logins_failed += 1
-                self.rejections.count(StateError("login timed out", reason="login-timeout"))
-            else:
-                core.handle_timer(now)
-                deadline = core.next_deadline()
-                if not core.closed and deadline is not None:
-                    timer = loop.call_later(max(deadline - now, 0.0), on_timer)
-                    return
-                self.counters.sessions_expired += 1
-            writer.close()
-
-        timer = loop.call_later(self.config.login_timeout_s, on_timer)
-        try:
-            while not core.closed and not timed_out:
-                body = await _read_record(reader, core.max_record)
-                if body is None or core.closed or timed_out:
-                    return
-                if not logged_in:
-                    step = functools.partial(
-                        core.receive, body, now=self._clock(), wall_ms=self._wall_ms()
-                    )
-                    replies = await loop.run_in_executor(self._executor, step)
-                    if timed_out:
-                        return
-                    if core.closed:
-                        self.counters.logins_failed += 1
-                    elif core.session is not None:
-                        logged_in = True
-                        self.counters.logins_ok += 1
-                        # The session's limits replace the login timeout (earlier or later).
-                        timer.cancel()
-                        deadline = core.next_deadline()
-                        assert deadline is not None
-                        timer = loop.call_later(max(deadline - self._clock(), 0.0), on_timer)
-                else:
-                    replies = core.receive(body, now=self._clock(), wall_ms=self._wall_ms())
-                    self.counters.calls += 1
-                    if self._receipts is not None:
-                        # Durable before the answer leaves: a receipt can be asked for at once.
-                        self._receipts.commit()
-                for reply in replies:
-                    writer.write(encode_record(reply))
-                await writer.drain()
-        except RoostError as error:
-            if core.closed or timed_out:
-                return  # the timer closed the stream under the read, or already counted
-            # Counted where it arose when it is a session rejection; framing errors here.
-            self.counters.stream_errors += 1
-            self.rejections.count(error)
-            core.close(error.reason)
-        except (OSError, ssl.SSLError):
-            if not core.closed and not timed_out:
-                self.counters.stream_errors += 1
-                core.close("stream-error")
-        finally:
-            timer.cancel()
-
-
-AnswerCodes = Callable[[tuple[str, ...]], Awaitable[Sequence[str]] | Sequence[str]]
-
-
-class GuardClient:
-    """A logged-in remote session: :meth:`call` sends one request and waits for its
-    response; :meth:`receipt` fetches and verifies the log receipt of a response's
-    request. Create with :meth:`connect`."""
+class _ServerStream:
+    """Moves one stream's bytes through its :class:`RemoteServerCore`: reads in chunks,
+    runs the core's work items on the login worker and its calls through the handler,
+    flushes in :meth:`_transmit`, and keeps ONE timer armed for ``core.get_timer()``."""
 
     def __init__(
         self,
-        core: RemoteClientCore,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        clock: Callable[[], float],
-        timeout_s: float,
+        server: GuardServer,
+        core: RemoteServerCore,
+        reader: ByteStreamReader,
+        writer: ByteStreamWriter,
     ) -> None:
+        self._server = server
         self._core = core
         self._reader = reader
         self._writer = writer
-        self._clock = clock
-        self._timeout_s = timeout_s
-        self._lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._calls_seen = 0
+        self._streaming: asyncio.Task[None] | None = None
 
-    @property
-    def counter(self) -> int:
-        """The access counter after this login (the seed's access count)."""
-        return self._core.counter
+    def abort(self, reason: str) -> None:
+        """End the stream now (shutdown): the core closes, the stream is closed and a
+        streamed answer in progress stops waiting for its next item."""
+        self._core.close(reason)
+        self._transmit()
 
-    @classmethod
-    async def connect(
-        cls,
-        host: str,
-        port: int,
-        ssl_context: ssl.SSLContext,
-        *,
-        user_id: str,
-        password: str,
-        answer: AnswerCodes,
-        limits: SessionLimits | None = None,
-        config: AuthConfig | None = None,
-        min_counter: int = 0,
-        check_server: Callable[[x509.Certificate], object] | None = None,
-        timeout_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> GuardClient:
-        """Open TLS, check the server certificate, log in.
-
-        TLS only proves the certificate chains to a trusted CA, which devices' certificates
-        also do: ``check_server`` must confirm it is the expected hub (role, identifier)
-        before the password leaves, and raise otherwise.
-        """
+    async def run(self) -> None:
+        core, server = self._core, self._server
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=ssl_context), timeout_s
-            )
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            raise TransportError(f"cannot reach {host}:{port}: {exc}", reason="connect") from exc
+            self._transmit()  # arms the login deadline
+            while not core.closed:
+                data = await self._reader.read(READ_CHUNK)
+                if core.closed:
+                    break  # the timer ended the stream under the read
+                if data:
+                    core.receive_data(data, now=server._clock(), wall_ms=server._wall_ms())
+                else:
+                    core.receive_eof()
+                await self._handle_events()
+                self._transmit()
+                await self._writer.drain()
+        except STREAM_ERRORS:
+            if not core.closed:
+                server.counters.stream_errors += 1
+                core.close("stream")
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            # Whatever is left is bookkeeping (the close); no more work or calls run.
+            while (event := core.next_event()) is not None:
+                self._count(event)
+
+    async def _handle_events(self) -> None:
+        core, server = self._core, self._server
+        while (event := core.next_event()) is not None:
+            if isinstance(event, WorkRequested):
+                # The one thing that leaves the loop: the KDF or a user-store access, on
+                # the single worker that owns the store's SQLite connection.
+                try:
+                    result = await self._loop.run_in_executor(server._executor, event.item.run)
+                except RoostError as error:
+                    core.work_failed(
+                        event.item, error, now=server._clock(), wall_ms=server._wall_ms()
+                    )
+                else:
+                    core.work_done(
+                        event.item, result, now=server._clock(), wall_ms=server._wall_ms()
+                    )
+            elif isinstance(event, CallReceived):
+                await self._call(event)
+            else:
+                self._count(event)
+
+    async def _call(self, event: CallReceived) -> None:
+        core, server = self._core, self._server
         try:
-            leaf = peer_certificate(writer.get_extra_info("ssl_object"))
-            der = leaf.public_bytes(Encoding.DER)
-            if check_server is not None:
-                check_server(leaf)
-            core = RemoteClientCore(
-                user_id,
-                password,
-                config=config,
-                limits=limits,
-                channel_binding=tls_server_end_point(der),
-                min_counter=min_counter,
-            )
-            client = cls(core, reader, writer, clock=clock, timeout_s=timeout_s)
-            labels = core.receive_challenge(await client._exchange(core.hello()))
-            codes = answer(labels)
-            if not isinstance(codes, Sequence):
-                codes = await codes
-            core.receive_result(await client._exchange(core.answer(codes)), now=clock())
-            return client
-        except BaseException:
-            writer.close()
-            raise
+            result = server._handler(event.method, event.args)
+            if isinstance(result, AsyncIterator):
+                # Its own task, so that an end of the stream (timer, stop) interrupts a
+                # handler waiting for its next item (a camera that sends nothing).
+                self._streaming = asyncio.create_task(self._stream(event.call_id, result))
+                try:
+                    await self._streaming
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # this stream's own task is being cancelled
+                finally:
+                    self._streaming = None
+                return
+            if inspect.isawaitable(result):
+                result = await result
+        except RoostError as error:
+            core.refuse(event.call_id, error, now=server._clock(), wall_ms=server._wall_ms())
+            return
+        core.answer(event.call_id, result, now=server._clock(), wall_ms=server._wall_ms())
 
-    async def _exchange(self, body: bytes) -> bytes:
+    async def _stream(self, call_id: int, items: AsyncIterator[Sequence[bytes]]) -> None:
+        # Each item is sealed and written as its own "more" record as soon as it exists,
+        # with the stream's back-pressure (drain) between items (docs/guard.md).
+        core, server = self._core, self._server
         try:
-            self._writer.write(encode_record(body))
-            await self._writer.drain()
-            async with asyncio.timeout(self._timeout_s):
-                reply = await _read_record(self._reader, self._core.max_record)
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            raise TransportError(f"guard stream failed: {exc}", reason="stream") from exc
-        if reply is None:
-            raise TransportError("server closed the stream", reason="closed")
-        return reply
+            async for item in items:
+                if core.closed:
+                    return
+                core.send_item(call_id, item, now=server._clock())
+                self._transmit()
+                await self._writer.drain()
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
+        core.end_stream(call_id, now=server._clock(), wall_ms=server._wall_ms())
 
-    async def call(self, method: str, *args: bytes) -> Response:
-        async with self._lock:
-            frame = self._core.request(method, args, now=self._clock())
-            return self._core.receive_response(await self._exchange(frame), now=self._clock())
+    def _count(self, event: RemoteEvent) -> None:
+        counters = self._server.counters
+        if isinstance(event, LoggedIn):
+            counters.logins_ok += 1
+        elif isinstance(event, StreamClosed):
+            if event.cause in (CloseCause.LOGIN_FAILED, CloseCause.LOGIN_TIMEOUT):
+                counters.logins_failed += 1
+            elif event.cause is CloseCause.SESSION_ENDED:
+                counters.sessions_expired += 1
+            elif event.cause is CloseCause.PEER_ERROR:
+                counters.stream_errors += 1
 
-    async def receipt(self, response: Response, *, log_key: bytes | None = None) -> Receipt:
-        """The verified receipt for ``response``'s request; pin ``log_key`` (raw Ed25519
-        public key) when it is known out of band."""
-        if response.leaf_index is None:
-            raise StateError("the server keeps no log", reason="no-log")
-        answer = await self.call(RECEIPT_METHOD, response.leaf_index.to_bytes(8, "big"))
-        receipt = receipt_from_response(answer, response.request_digest)
-        if receipt.leaf_index != response.leaf_index:
-            raise VerificationError("receipt is for another leaf", reason="receipt-mismatch")
-        verify_receipt(receipt)
-        if log_key is not None and receipt.checkpoint.public_key != log_key:
-            raise VerificationError("receipt signed by another log key", reason="wrong-log-key")
-        return receipt
+    def _transmit(self) -> None:
+        """Write what the core wants sent and re-arm the one timer (STYLE.md adapters)."""
+        core = self._core
+        counters = self._server.counters
+        counters.calls += core.calls - self._calls_seen
+        self._calls_seen = core.calls
+        data = core.data_to_send()
+        if data and not self._writer.is_closing():
+            receipts = self._server._receipts
+            if receipts is not None and core.session is not None:
+                # Durable before the answer leaves: a receipt can be asked for at once.
+                receipts.commit()
+            self._writer.write(data)
+        self._arm_timer()
+        if core.closed:
+            self._writer.close()
+            if self._streaming is not None:
+                self._streaming.cancel()
 
-    async def log_extends(self, receipt: Receipt) -> Checkpoint:
-        """Check the server's log still contains everything ``receipt`` was issued against:
-        its current checkpoint, signed by the same key, with a consistency proof from the
-        receipt's size (RFC 9162 §2.1.4). Returns the newer checkpoint; raises
-        VerificationError when the log was rewritten or forked."""
-        size = receipt.checkpoint.size
-        answer = await self.call(CONSISTENCY_METHOD, size.to_bytes(8, "big"))
-        if not answer.ok or len(answer.results) != 1:
-            raise VerificationError(
-                f"server refused a consistency proof: {answer.reason}", reason="no-consistency"
-            )
-        verify_receipt(receipt, later=answer.results[0])
-        newer, _ = decode_checkpoint_document(answer.results[0])
-        return newer
+    def _arm_timer(self) -> None:
+        deadline = self._core.get_timer()
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            # A session's deadline only moves later; the armed timer fires early, finds
+            # nothing due and re-arms, so a call costs no timer work (aioquic's pattern).
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(deadline - self._server._clock(), 0.0)
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
+        self._timer_at = deadline
 
-    async def close(self) -> None:
-        if self._core.session is not None:
-            self._core.session.close("closed")
-        self._writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self._writer.wait_closed()
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._core.handle_timer(self._server._clock())
+        self._transmit()

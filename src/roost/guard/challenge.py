@@ -12,15 +12,25 @@ re-exported here. Four messages::
 The transcript hash covers the Hello (without the password), the Challenge bytes and an
 optional channel binding, and every MAC input starts with the suite name; so a replayed
 proof, a stripped suite offer or a swapped suite fails verification on both sides.
+
+The server answers each message in steps (:meth:`ServerHandshake.hello_steps`,
+:meth:`ServerHandshake.proof_steps`): a generator that yields a :class:`LoginWork` item
+whenever it needs the password KDF (tens of milliseconds) or the user directory, and takes
+the item's result back. An adapter runs those items on a worker thread and everything else
+(parsing, challenge selection, proof checks) where it likes; :func:`run_inline` runs them
+in place, which is what :meth:`ServerHandshake.receive_hello` and ``receive_proof`` do.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import os
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from roost.errors import (
     LocalProtocolError,
@@ -68,10 +78,12 @@ from roost.guard.userstore import (
     SALT_SIZE,
     LockoutPolicy,
     UserDirectory,
+    UserRecord,
     after_failure,
+    check_password_digest,
     client_keys_for_code,
     is_locked,
-    verify_password,
+    password_secret,
 )
 from roost.reasons import RejectionCounter
 
@@ -87,9 +99,13 @@ __all__ = [
     "LoginClient",
     "LoginResult",
     "LoginServer",
+    "LoginSteps",
+    "LoginWork",
+    "PasswordKdf",
     "Proof",
     "Reject",
     "ServerHandshake",
+    "StoreAccess",
     "decode_accept",
     "decode_challenge",
     "decode_hello",
@@ -100,6 +116,7 @@ __all__ = [
     "encode_hello",
     "encode_proof",
     "encode_reject",
+    "run_inline",
 ]
 
 SESSION_ID_SIZE = 16
@@ -298,6 +315,60 @@ class LoginClient:
             raise LocalProtocolError(f"login client is {self._state.value}, not {state.value}")
 
 
+# --- Server work items ---------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class LoginWork:
+    """Something a login step needs done off the event loop; ``run()`` gives the result
+    the step takes back."""
+
+    def run(self) -> object:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordKdf(LoginWork):
+    """The password KDF (scrypt, about 30 ms at the default cost): the one CPU-heavy part of
+    a server login."""
+
+    secret: bytes = field(repr=False)
+    salt: bytes
+    params: KdfParams
+
+    def run(self) -> bytes:
+        return scrypt(self.secret, self.salt, self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAccess(LoginWork):
+    """A read or write of the user directory (``load``, ``record-failure``,
+    ``record-success``). SQLite connections belong to the thread that opened them, so an
+    adapter runs these where it opened the store."""
+
+    what: str
+    operation: Callable[[], object] = field(repr=False)
+
+    def run(self) -> object:
+        return self.operation()
+
+
+# A login step: yields work items, takes each result back, returns the reply.
+LoginSteps = Generator[LoginWork, object, _T]
+
+
+def run_inline(steps: LoginSteps[_T]) -> _T:
+    """Run every work item of ``steps`` in place and return the step's result."""
+    result: object = None
+    try:
+        while True:
+            result = steps.send(result).run()
+    except StopIteration as done:
+        return cast(_T, done.value)
+
+
 # --- Server core ---------------------------------------------------------------------------
 
 
@@ -346,16 +417,27 @@ class ServerHandshake:
 
     def receive_hello(self, data: bytes, *, now: float, wall_ms: int) -> bytes:
         """Check the password and return the Challenge bytes to send."""
-        try:
-            return self._receive_hello(data, now, wall_ms)
-        except RoostError as error:
-            self._fail(error)
-            raise
+        return run_inline(self.hello_steps(data, now=now, wall_ms=wall_ms))
 
     def receive_proof(self, data: bytes, *, now: float, wall_ms: int) -> tuple[bytes, LoginResult]:
         """Verify all n proofs; return the Accept bytes and the session material."""
+        return run_inline(self.proof_steps(data, now=now, wall_ms=wall_ms))
+
+    def hello_steps(self, data: bytes, *, now: float, wall_ms: int) -> LoginSteps[bytes]:
+        """:meth:`receive_hello` as steps: yields the user lookup, the password KDF and, on a
+        wrong password, the failure record."""
+        return self._counted(self._receive_hello(data, now, wall_ms))
+
+    def proof_steps(
+        self, data: bytes, *, now: float, wall_ms: int
+    ) -> LoginSteps[tuple[bytes, LoginResult]]:
+        """:meth:`receive_proof` as steps: yields the user lookup and the failure or
+        success record."""
+        return self._counted(self._receive_proof(data, now, wall_ms))
+
+    def _counted(self, steps: LoginSteps[_T]) -> LoginSteps[_T]:
         try:
-            return self._receive_proof(data, now, wall_ms)
+            return (yield from steps)
         except RoostError as error:
             self._fail(error)
             raise
@@ -365,7 +447,26 @@ class ServerHandshake:
         self._pair_keys = []
         self._server.rejections.count(error)
 
-    def _receive_hello(self, data: bytes, now: float, wall_ms: int) -> bytes:
+    def _load(self, user_id: str) -> LoginSteps[UserRecord | None]:
+        directory = self._server.directory
+        record = yield StoreAccess("load", functools.partial(directory.load, user_id))
+        return cast(UserRecord | None, record)
+
+    def _record_failure(self, record: UserRecord, wall_ms: int) -> LoginSteps[None]:
+        failed = after_failure(record, wall_ms, self._server.config.lockout)
+        operation = functools.partial(
+            self._server.directory.record_failure,
+            record.user_id,
+            failed.failures,
+            failed.locked_until_ms,
+        )
+        yield StoreAccess("record-failure", operation)
+
+    def _kdf(self, secret: bytes, salt: bytes, params: KdfParams) -> LoginSteps[bytes]:
+        digest = yield PasswordKdf(secret, salt, params)
+        return cast(bytes, digest)
+
+    def _receive_hello(self, data: bytes, now: float, wall_ms: int) -> LoginSteps[bytes]:
         if self._state is not _ServerState.AWAIT_HELLO:
             raise RemoteProtocolError("hello out of order", reason="unexpected-message")
         self._state = _ServerState.FAILED
@@ -376,22 +477,23 @@ class ServerHandshake:
         chosen = next((name for name in config.suites if name in hello.suites), None)
         if chosen is None:
             raise VerificationError("no common suite", reason="suite-not-allowed")
-        record = self._server.directory.load(hello.user_id)
+        record = yield from self._load(hello.user_id)
         if record is None:
             # Spend the same KDF time as for a real user, so timing does not reveal
             # which user ids exist.
-            scrypt(b"", b"\0" * SALT_SIZE, KdfParams(log2_n=14))
+            yield from self._kdf(b"", b"\0" * SALT_SIZE, KdfParams(log2_n=14))
             raise VerificationError("unknown user", reason="unknown-user")
         if is_locked(record, wall_ms):
             raise VerificationError("user locked out", reason="locked-out")
+        verifier = record.password
+        candidate = yield from self._kdf(
+            password_secret(hello.password), verifier.salt, verifier.kdf
+        )
         try:
-            verify_password(record.password, hello.password)
-        except VerificationError:
-            failed = after_failure(record, wall_ms, config.lockout)
-            self._server.directory.record_failure(
-                record.user_id, failed.failures, failed.locked_until_ms
-            )
-            raise
+            check_password_digest(verifier, candidate)
+        except VerificationError as wrong:
+            yield from self._record_failure(record, wall_ms)
+            raise wrong
         if len(record.pairs) < config.min_pairs:
             raise StateError("user has too few registered pairs", reason="too-few-pairs")
         # n is itself random within the configured bounds (PROTOCOL.md §6).
@@ -419,7 +521,9 @@ class ServerHandshake:
         self._state = _ServerState.AWAIT_PROOF
         return encoded
 
-    def _receive_proof(self, data: bytes, now: float, wall_ms: int) -> tuple[bytes, LoginResult]:
+    def _receive_proof(
+        self, data: bytes, now: float, wall_ms: int
+    ) -> LoginSteps[tuple[bytes, LoginResult]]:
         if self._state is not _ServerState.AWAIT_PROOF:
             # A challenge set is single use: once answered (rightly or not), a second
             # proof for it is refused.
@@ -431,7 +535,7 @@ class ServerHandshake:
         if now > self._deadline:
             raise VerificationError("challenge expired", reason="challenge-expired")
         proof = decode_proof(data)
-        directory, user_id = self._server.directory, self._hello.user_id
+        user_id = self._hello.user_id
         ok = len(proof.proofs) == len(self._pair_keys)
         client_keys = []
         for index, ((stored_key, _), item) in enumerate(
@@ -441,15 +545,17 @@ class ServerHandshake:
             # Every pair is checked even after a mismatch so timing does not say which.
             ok &= hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
             client_keys.append(client_key)
-        record = directory.load(user_id)
+        record = yield from self._load(user_id)
         if record is None:
             raise StateError("user vanished during login", reason="unknown-user")
         if not ok:
-            failed = after_failure(record, wall_ms, self._server.config.lockout)
-            directory.record_failure(user_id, failed.failures, failed.locked_until_ms)
+            yield from self._record_failure(record, wall_ms)
             raise VerificationError("wrong response codes", reason="bad-proof")
         # The counter advances only on success, and only from the value we sent.
-        if not directory.record_success(user_id, self._challenge.counter):
+        success = functools.partial(
+            self._server.directory.record_success, user_id, self._challenge.counter
+        )
+        if not (yield StoreAccess("record-success", success)):
             raise VerificationError("counter moved during login", reason="stale-counter")
         signature = _server_signature(
             self._suite, [server_key for _, server_key in self._pair_keys], self._transcript

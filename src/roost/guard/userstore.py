@@ -37,10 +37,12 @@ __all__ = [
     "UserDirectory",
     "UserRecord",
     "after_failure",
+    "check_password_digest",
     "client_keys_for_code",
     "hash_password",
     "is_locked",
     "make_user",
+    "password_secret",
     "verify_password",
 ]
 
@@ -85,8 +87,9 @@ class LockoutPolicy:
     max_lock_ms: int = 3_600_000
 
 
-def _password_bytes(password: str) -> bytes:
-    # NFC so the same password typed on two keyboards derives the same key.
+def password_secret(password: str) -> bytes:
+    """The bytes the password KDF takes: NFC-normalised UTF-8, so the same password typed
+    on two keyboards derives the same key."""
     return unicodedata.normalize("NFC", password).encode("utf-8")
 
 
@@ -94,12 +97,17 @@ def hash_password(
     password: str, kdf: KdfParams = DEFAULT_PASSWORD_KDF, random_bytes: RandomBytes = os.urandom
 ) -> PasswordVerifier:
     salt = random_bytes(SALT_SIZE)
-    return PasswordVerifier(salt, scrypt(_password_bytes(password), salt, kdf), kdf)
+    return PasswordVerifier(salt, scrypt(password_secret(password), salt, kdf), kdf)
 
 
 def verify_password(verifier: PasswordVerifier, password: str) -> None:
     """Raise ``VerificationError`` unless ``password`` matches; constant-time compare."""
-    candidate = scrypt(_password_bytes(password), verifier.salt, verifier.kdf)
+    check_password_digest(verifier, scrypt(password_secret(password), verifier.salt, verifier.kdf))
+
+
+def check_password_digest(verifier: PasswordVerifier, candidate: bytes) -> None:
+    """Raise ``VerificationError`` unless ``candidate`` (the KDF of the offered password,
+    computed elsewhere) is the stored digest; constant-time compare."""
     if not hmac.compare_digest(candidate, verifier.digest):
         raise VerificationError("wrong password", reason="bad-password")
 

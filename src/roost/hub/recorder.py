@@ -27,7 +27,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +148,7 @@ class Recorder:
         self._db.executescript(_SCHEMA)
         self._check_schema()
         self._known_dirs: set[str] = set()
+        self._listeners: list[Callable[[list[IncomingFrame]], None]] = []
         self.stored = 0
         self.duplicates = 0
         self.expired = 0
@@ -204,7 +205,23 @@ class Recorder:
                 self.stored += len(accepted)
                 self._bytes_stored += sum(len(frame.payload) for frame, _, _ in accepted)
                 self._enforce_retention()
+            listeners = list(self._listeners)
+        if accepted:
+            stored = [frame for frame, _, _ in accepted]
+            for listener in listeners:
+                listener(stored)
         return results
+
+    def add_listener(self, listener: Callable[[list[IncomingFrame]], None]) -> None:
+        """Call ``listener`` with the frames of every batch once they are durable (on the
+        storing thread, outside the lock); it must be quick and must not raise."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[list[IncomingFrame]], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
 
     def close(self) -> None:
         """Close the index; the recorder must not be used afterwards."""
