@@ -63,6 +63,7 @@ __all__ = [
     "GuardClient",
     "GuardServer",
     "GuardServerConfig",
+    "GuardServerCounters",
     "LogReceipts",
 ]
 
