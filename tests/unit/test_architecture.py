@@ -48,16 +48,30 @@ CORE_MODULES = (
     "roost.pki.schedule",
     "roost.pki.verify",
     "roost.pki.trust",
+    "roost.hcsp.hubtable",
+    "roost.hcsp.certcache",
+    "roost.channel",
+    "roost.channel.state",
+    "roost.channel.events",
+    "roost.channel._core",
+    "roost.channel.hub",
+    "roost.channel.device",
+    "roost.device.manager",
+    "roost.guard.calls",
+    "roost.rendezvous.messages",
+    "roost.rendezvous.control",
+    "roost.rendezvous.stun",
+    "roost.rendezvous.seal",
 )
 
 # Cores that are being written alongside this list. Each is checked as soon as it can be
 # imported; `pkg.*` stands for every module of that package except its adapters.
 PENDING_CORE_MODULES = (
-    "roost.channel.*",
-    "roost.device.manager",
-    "roost.hcsp.hubtable",
-    "roost.hcsp.certcache",
-    "roost.rendezvous.*",
+    "roost.rendezvous.registry",
+    "roost.rendezvous.broker",
+    "roost.rendezvous.punch",
+    "roost.rendezvous.agent",
+    "roost.rendezvous.issuer",
 )
 _ADAPTER_NAMES = frozenset({"aio"})
 
