@@ -18,7 +18,7 @@ from roost.hub.api import fetch_status
 from tests.helpers.home import LoopbackHome
 from tests.helpers.waits import wait_until
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 @pytest.fixture
