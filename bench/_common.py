@@ -23,8 +23,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from roost.config import load_hub_config
+from roost.errors import StateError
+from roost.hub.runfile import HubRunState, read_run_file
+
 __all__ = [
     "HubProcesses",
+    "bound_addresses",
     "cpu_model",
     "cpu_seconds",
     "load_average",
@@ -73,6 +78,21 @@ class HubProcesses:
             if process.poll() is None:
                 process.kill()
                 process.wait(5)
+
+
+def bound_addresses(config: Path, process: subprocess.Popen[bytes] | None) -> HubRunState | None:
+    """The ports hub `process` bound, from the run.json it writes; None before it has.
+
+    The benchmarks' hubs bind port 0, so nothing can take a chosen port first; a file left
+    by an earlier, killed process names another pid and is not taken for this one's.
+    """
+    if process is None:
+        return None
+    try:
+        state = read_run_file(load_hub_config(config).run_file)
+    except StateError:
+        return None
+    return state if state.pid == process.pid else None
 
 
 @contextlib.contextmanager

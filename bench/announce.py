@@ -46,7 +46,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from rich.table import Table
 
-from _common import HubProcesses, cpu_seconds, machine_facts, print_result, state_dir, stop_process
+from _common import (
+    HubProcesses,
+    bound_addresses,
+    cpu_seconds,
+    machine_facts,
+    print_result,
+    state_dir,
+    stop_process,
+)
 from roost.cli.common import now_utc
 from roost.cli.home import free_loopback_ports
 from roost.config import to_toml
@@ -180,13 +188,16 @@ def _identity(authority: Authority, at: Any) -> Identity:
 class HubProcess:
     name: str
     config: Path
-    api_port: int
     udp_port: int
     identifier: str
     process: subprocess.Popen[bytes] | None = None
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
-        return fetch_status(_HOST, self.api_port, timeout)
+        # The hub binds its API on port 0 and reports the port in run.json.
+        bound = bound_addresses(self.config, self.process)
+        if bound is None:
+            raise ConnectionRefusedError(f"{self.name} has not reported its API port")
+        return fetch_status(*bound.api, timeout)
 
     def start(self, log: Path) -> None:
         self.process = _PROCESSES.start(self.config, log)
@@ -216,7 +227,6 @@ def _write_hub(
     peer_udp: int,
 ) -> HubProcess:
     at = now_utc()
-    tcp, api = free_loopback_ports(2, socket.SOCK_STREAM)
     node = home / name
     issued = authority.issue(Role.HUB, at, ips=[_HOST])
     atomic_write(node / "key.pem", key_to_pem(issued.key), mode=0o600)
@@ -227,9 +237,11 @@ def _write_hub(
         "state_dir": name,
         "cert": f"{name}/cert.pem",
         "key": f"{name}/key.pem",
-        "listen": f"{_HOST}:{tcp}",
-        "advertise": f"{_HOST}:{tcp}",
-        "api": f"{_HOST}:{api}",
+        # TCP listeners bind port 0 (reported in run.json); the UDP announce ports are
+        # chosen in advance because each hub must know where to send the other's.
+        "listen": f"{_HOST}:0",
+        "advertise": f"{_HOST}:0",
+        "api": f"{_HOST}:0",
         "features": list(features),
         "max_devices": 16,
         "retention_mb": 16,
@@ -243,7 +255,7 @@ def _write_hub(
     }
     path = home / f"{name}.toml"
     path.write_text(to_toml(config, f"bench/announce.py {name}"))
-    return HubProcess(name, path, api, udp, issued.identifier or "")
+    return HubProcess(name, path, udp, issued.identifier or "")
 
 
 def _forged_pool(authority: Authority, kinds: list[str]) -> tuple[list[bytes], bytes | None]:

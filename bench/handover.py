@@ -54,7 +54,15 @@ from typing import Any
 
 from rich.table import Table
 
-from _common import HubProcesses, cpu_seconds, machine_facts, print_result, state_dir, stop_process
+from _common import (
+    HubProcesses,
+    bound_addresses,
+    cpu_seconds,
+    machine_facts,
+    print_result,
+    state_dir,
+    stop_process,
+)
 from roost.cli.common import now_utc
 from roost.cli.home import free_loopback_ports
 from roost.config import AnnounceSettings, DeviceConfig, to_toml
@@ -67,6 +75,7 @@ from roost.hcsp.announce import decode_announcement
 from roost.hcsp.documents import Subscribe, decode_document
 from roost.hub.api import fetch_status
 from roost.hub.recorder import Recorder
+from roost.hub.runfile import HubRunState
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.tls import client_context
@@ -83,19 +92,37 @@ _PROCESSES = HubProcesses()
 
 @dataclass
 class Hub:
-    """One hub process and the ports it was configured with."""
+    """One hub process, its announce port and the TCP ports it reports having bound."""
 
     name: str
     config: Path
-    listen_port: int
-    api_port: int
     udp_port: int
     identifier: str
     state_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    _bound: HubRunState | None = field(default=None, init=False, repr=False)
+
+    def bound(self) -> HubRunState | None:
+        """What the running process wrote to run.json, or None before it has bound."""
+        if self.process is None:
+            return None
+        if self._bound is None or self._bound.pid != self.process.pid:
+            self._bound = bound_addresses(self.config, self.process)
+        return self._bound
+
+    @property
+    def listen_port(self) -> int:
+        state = self.bound()
+        if state is None:
+            raise RuntimeError(f"{self.name} has not reported its bound ports")
+        return state.listen[1]
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
-        return fetch_status(_HOST, self.api_port, timeout)
+        state = self.bound()
+        if state is None:
+            # Not bound yet answers like a listener that is not up yet.
+            raise ConnectionRefusedError(f"{self.name} has not reported its API port")
+        return fetch_status(*state.api, timeout)
 
 
 @dataclass
@@ -138,7 +165,10 @@ def _provision(
 ) -> tuple[list[Hub], list[tuple[str, Path]], int]:
     """Authority, two hub identities and configs, N device identities and trust stores."""
     at = now_utc()
-    dl_port, a_tcp, a_api, b_tcp, b_api = free_loopback_ports(5, socket.SOCK_STREAM)
+    # The download URL is signed into CA information and peers must know each other's
+    # unicast announce ports before any starts, so those are chosen now; the hubs' TCP
+    # listeners bind port 0 and report what they bound in run.json.
+    dl_port = free_loopback_ports(1, socket.SOCK_STREAM)[0]
     a_udp, b_udp, watch_udp = free_loopback_ports(3, socket.SOCK_DGRAM)
     # The download URL points at a closed loopback port: the trust updaters poll it and get
     # "not published yet", which is what a home without a rollover sees.
@@ -155,19 +185,19 @@ def _provision(
 
     hubs = []
     specs = [
-        ("hub-a", ("hcsp", "webs"), a_tcp, a_api, a_udp, b_udp),
-        ("hub-b", ("hcsp", "webs", "db"), b_tcp, b_api, b_udp, a_udp),
+        ("hub-a", ("hcsp", "webs"), a_udp, b_udp),
+        ("hub-b", ("hcsp", "webs", "db"), b_udp, a_udp),
     ]
-    for name, features, tcp, api, udp, other_udp in specs:
+    for name, features, udp, other_udp in specs:
         identifier = provision(name, Role.HUB)
         config = {
             "name": name,
             "state_dir": name,
             "cert": f"{name}/cert.pem",
             "key": f"{name}/key.pem",
-            "listen": f"{_HOST}:{tcp}",
-            "advertise": f"{_HOST}:{tcp}",
-            "api": f"{_HOST}:{api}",
+            "listen": f"{_HOST}:0",
+            "advertise": f"{_HOST}:0",
+            "api": f"{_HOST}:0",
             "features": list(features),
             "max_devices": devices,
             "retention_mb": 4096,
@@ -182,7 +212,7 @@ def _provision(
         }
         path = home / f"{name}.toml"
         path.write_text(to_toml(config, f"bench/handover.py {name} ({identifier})"))
-        hubs.append(Hub(name, path, tcp, api, udp, identifier, home / name))
+        hubs.append(Hub(name, path, udp, identifier, home / name))
     device_dirs = []
     for index in range(devices):
         name = f"device-{index + 1}"

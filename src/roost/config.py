@@ -78,6 +78,11 @@ class HubConfig:
     def trust_dir(self) -> Path:
         return self.state_dir / "trust"
 
+    @property
+    def run_file(self) -> Path:
+        """Where a running hub reports its pid and bound addresses (docs/testing.md)."""
+        return self.state_dir / "run.json"
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:

@@ -15,8 +15,10 @@ from typing import Any
 
 from roost.cli.home import make_home
 from roost.config import load_device_config, load_hub_config
+from roost.errors import StateError
 from roost.hub.api import fetch_status
 from roost.hub.recorder import Recorder
+from roost.hub.runfile import HubRunState, read_run_file
 from tests.helpers.waits import time_unit, wait_until
 
 
@@ -82,10 +84,34 @@ class LoopbackHome:
         for name in list(self.processes):
             self.kill(name)
 
-    def hub_status(self, index: int) -> dict[str, Any] | None:
-        host, port = load_hub_config(self.path / f"hub-{index}.toml").api
+    def hub_run_state(self, index: int) -> HubRunState | None:
+        """Hub `index`'s bound addresses, from the run.json its running process wrote.
+
+        None while it has not bound everything yet, and when the file was left by an
+        earlier process of that hub (a killed one never removes it).
+        """
+        process = self.processes.get(f"hub-{index}")
+        if process is None:
+            return None
         try:
-            return fetch_status(host, port, timeout=2)
+            state = read_run_file(load_hub_config(self.path / f"hub-{index}.toml").run_file)
+        except StateError:
+            return None
+        return state if state.pid == process.pid else None
+
+    def wait_bound(self, index: int, seconds: float = 20) -> HubRunState:
+        """Wait for hub `index` to report its bound addresses; returns them."""
+        self.wait_for(f"hub-{index} run.json", lambda: self.hub_run_state(index), seconds)
+        state = self.hub_run_state(index)
+        assert state is not None
+        return state
+
+    def hub_status(self, index: int) -> dict[str, Any] | None:
+        state = self.hub_run_state(index)
+        if state is None:
+            return None
+        try:
+            return fetch_status(*state.api, timeout=2)
         except OSError:
             return None
 

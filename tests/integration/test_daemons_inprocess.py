@@ -20,12 +20,14 @@ from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceStatus
+from roost.errors import StateError
 from roost.hcsp.documents import Endpoint, HubAddress
 from roost.hub.api import start_api
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
 from roost.hub.status import HubStatus
 from roost.pki.updater import TrustUpdater, UpdateConfig
+from roost.reasons import Reason
 from tests.helpers.waits import async_wait_until, scaled
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,6 +69,47 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
     finally:
         await device.stop()
         await hub.stop()
+
+
+async def test_a_hub_configured_with_port_0_announces_the_port_it_bound(scene: Scene) -> None:
+    # `roost init --loopback` leaves every hub TCP port to the kernel.
+    assert scene.hub.config.listen[1] == scene.hub.config.advertise[1] == 0
+    port = scene.hub.bound_port
+    assert port > 0 and scene.hub.bound_address == ("127.0.0.1", port)
+    assert scene.hub.advertised == Endpoint("127.0.0.1", port)
+    assert scene.hub.status().endpoint == f"127.0.0.1:{port}"
+    # The camera knew no hub port: it dialled the one the verified announcement named.
+    now = asyncio.get_running_loop().time()
+    heard = {hub.identifier: hub.endpoint for hub in scene.device.core.live_hubs(now)}
+    assert heard == {scene.hub.identifier: Endpoint("127.0.0.1", port)}
+
+    # A fixed advertise port (one forwarded to this hub, say) is announced as configured,
+    # whatever the listener bound. Fewer features keep hub-1 the winner, so nobody dials it.
+    config = load_hub_config(scene.path / "hub-2.toml")
+    forwarded = dataclasses.replace(config, advertise=("127.0.0.1", 40000), features=("hcsp",))
+    other = _hub(forwarded)
+    await other.start()
+    try:
+        assert other.bound_port not in (0, 40000)
+        assert other.status().endpoint == "127.0.0.1:40000"
+        await _until(
+            "hub-1 hears hub-2",
+            lambda: len(scene.hub.status().hubs) == 2,
+        )
+        entries = {hub.identifier: hub.endpoint for hub in scene.hub.status().hubs}
+        assert entries[other.identifier] == "127.0.0.1:40000"
+        assert entries[scene.hub.identifier] == f"127.0.0.1:{port}"
+    finally:
+        await other.stop()
+
+
+async def test_a_hub_that_has_not_started_has_no_announce_core(tmp_path: Path) -> None:
+    make_home(tmp_path, hubs=1, devices=0, loopback=True)
+    hub = _hub(load_hub_config(tmp_path / "hub-1.toml"))
+    with pytest.raises(StateError) as raised:
+        hub.status()
+    assert raised.value.reason == Reason.NOT_RUNNING
+    await hub.stop()  # stopping a hub that never started is harmless
 
 
 @pytest.mark.slow

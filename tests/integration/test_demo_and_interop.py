@@ -37,7 +37,8 @@ def test_openssl_s_client_with_device_certificate_reaches_hub(tmp_path: Path) ->
     try:
         home.start("hub-1")
         home.wait_for("hub-1 API", lambda: home.hub_status(1) is not None, 20)
-        listen = (tmp_path / "home" / "hub-1.toml").read_text().split('listen = "')[1].split('"')[0]
+        # The hub binds port 0 and reports the bound device-channel port in run.json.
+        listen = "{}:{}".format(*home.wait_bound(1).listen)
         device = tmp_path / "home" / "device-1"
         ca = tmp_path / "home" / "ca" / "gen-1" / "ca-cert.pem"
         result = subprocess.run(

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from roost.cli.exitcodes import ExitCode
-from roost.config import load_hub_config
 from tests.helpers.home import LoopbackHome
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -67,9 +66,10 @@ def home(tmp_path: Path) -> Iterator[LoopbackHome]:
 def _call(
     home: LoopbackHome, *args: str, password: str = PASSWORD
 ) -> subprocess.CompletedProcess[str]:
-    config = load_hub_config(home.path / "hub-1.toml")
-    assert config.remote is not None
-    address = f"{config.remote[0]}:{config.remote[1]}"
+    # The hub binds its remote entrance on port 0 and reports the port in run.json.
+    remote = home.wait_bound(1).remote
+    assert remote is not None
+    address = f"{remote[0]}:{remote[1]}"
     base = home.path.parent
     return roost(
         "remote",

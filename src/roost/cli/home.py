@@ -24,7 +24,13 @@ _HUB_FEATURES = [("hcsp", "webs"), ("hcsp", "webs", "db"), ("hcsp", "webs", "db"
 
 
 def free_loopback_ports(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
-    """Distinct ports free on 127.0.0.1 now (all held open until every one is chosen)."""
+    """Distinct ports free on 127.0.0.1 now (all held open until every one is chosen).
+
+    Only for a port others must know before its owner binds it: a peer's unicast
+    announcement port, or the download URL signed into CA information. Another process
+    may take such a port before its owner binds it, so a listener that can bind port 0
+    and report what it bound (a hub's run.json) does that instead (docs/testing.md).
+    """
     sockets = []
     try:
         for _ in range(count):
@@ -49,7 +55,12 @@ def make_home(
         raise StateError(f"{home} is not empty", reason="exists")
     home.mkdir(parents=True, exist_ok=True)
     at = now_utc()
-    dl_port, *tcp = free_loopback_ports(1 + 3 * hubs, socket.SOCK_STREAM)
+    # The download URL is signed into the CA information, so its port is chosen now.
+    dl_port = free_loopback_ports(1, socket.SOCK_STREAM)[0]
+    # Announcements are unicast on loopback: every peer must know where to send them
+    # before any of them starts, so these UDP ports are chosen now too. The hubs' TCP
+    # listeners bind port 0 instead and report the bound ports in STATE_DIR/run.json;
+    # devices learn a hub's bound channel port from its verified announcement.
     udp = free_loopback_ports(hubs + devices, socket.SOCK_DGRAM) if loopback else []
     host = "127.0.0.1"
     authority = Authority.init(home / "ca", f"https://{host}:{dl_port}/ca/", at)
@@ -77,7 +88,7 @@ def make_home(
         name = f"hub-{i + 1}"
         identifier = provision(name, Role.HUB, [host] if loopback else [])
         hub_ids.append(identifier)
-        listen_port = tcp[3 * i] if loopback else DEFAULT_PORT
+        listen_port = 0 if loopback else DEFAULT_PORT
         config = {
             "name": name,
             "state_dir": name,
@@ -85,9 +96,9 @@ def make_home(
             "key": f"{name}/key.pem",
             "listen": f"{host if loopback else '0.0.0.0'}:{listen_port}",
             "advertise": f"{host}:{listen_port}",
-            "api": f"{host}:{tcp[3 * i + 1] if loopback else 8080}",
+            "api": f"{host}:{0 if loopback else 8080}",
             # The owner's guard sessions (roost user add, roost remote call).
-            "remote": f"{host}:{tcp[3 * i + 2]}" if loopback else f"0.0.0.0:{REMOTE_PORT}",
+            "remote": f"{host}:0" if loopback else f"0.0.0.0:{REMOTE_PORT}",
             "features": list(_HUB_FEATURES[min(i, len(_HUB_FEATURES) - 1)]),
             "max_devices": max_devices,
             "retention_mb": 512,
@@ -125,7 +136,9 @@ def make_home(
 @click.argument("home", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--hubs", default=2, show_default=True)
 @click.option("--devices", default=3, show_default=True)
-@click.option("--loopback", is_flag=True, help="Everything on 127.0.0.1 with free ports.")
+@click.option(
+    "--loopback", is_flag=True, help="Everything on 127.0.0.1; hubs bind free ports (see run.json)."
+)
 @click.option("--max-devices", default=8, show_default=True, help="Per hub.")
 @click.option("--fps", default=5.0, show_default=True)
 @fail_cleanly

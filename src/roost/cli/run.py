@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import signal
 import time
@@ -21,6 +22,7 @@ from roost.device.spool import FrameSpool
 from roost.errors import StateError, TransportError
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
+from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write_run_file
 from roost.pki.certs import certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
@@ -112,18 +114,25 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     async def start() -> None:
         await daemon.start()
         runners.append(await start_api(daemon, *config.api))
-        started: dict[str, object] = {
-            "hub": daemon.identifier,
-            "listening": daemon.bound_port,
-            "api": config.api,
-        }
+        remote_address = None
         if config.remote is not None:
             remote.append(await start_remote(daemon))
             daemon.guard = remote[0][0]
-            started["remote"] = [config.remote[0], remote[0][0].bound_port]
-        echo_json(started)
+            remote_address = (config.remote[0], remote[0][0].bound_port)
+        # Every listener may be configured with port 0: report the ports really bound,
+        # on stdout and in run.json, once all of them are (docs/testing.md).
+        state = HubRunState(
+            pid=os.getpid(),
+            listen=daemon.bound_address,
+            advertise=(daemon.advertised.host, daemon.advertised.port),
+            api=(config.api[0], runners[0].bound_port),
+            remote=remote_address,
+        )
+        write_run_file(config.run_file, state)
+        echo_json({"hub": daemon.identifier, **json.loads(state.to_json())})
 
     async def stop() -> None:
+        remove_run_file(config.run_file)
         for runner in runners:
             await runner.cleanup()
         for server, merkle_log in remote:
@@ -145,7 +154,7 @@ def hub_status(config_file: Path, as_json: bool) -> None:
     config = load_hub_config(config_file)
     from roost.hub.api import fetch_status
 
-    host, port = config.api
+    host, port = _api_address(config)
     try:
         doc = fetch_status(host, port)
     except OSError as exc:
@@ -157,6 +166,21 @@ def hub_status(config_file: Path, as_json: bool) -> None:
         echo_json(doc)
         return
     click.echo(json.dumps(doc, indent=2))
+
+
+def _api_address(config: HubConfig) -> tuple[str, int]:
+    """The configured API address, or the bound one from run.json when configured as port 0."""
+    if config.api[1] != 0:
+        return config.api
+    try:
+        return read_run_file(config.run_file).api
+    except StateError as exc:
+        if exc.reason != Reason.NOT_RUNNING:
+            raise
+        # No run file: the hub never finished starting, or it stopped (docs/exit-codes.md).
+        raise TransportError(
+            f"hub {config.name} is not running (no {config.run_file})", reason=Reason.NOT_RUNNING
+        ) from exc
 
 
 @click.group(cls=RoostGroup)

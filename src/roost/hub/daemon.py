@@ -33,7 +33,7 @@ from roost.channel import (
 )
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
-from roost.errors import RefusedError, RoostError, VerificationError
+from roost.errors import RefusedError, RoostError, StateError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import FrameMessage
@@ -150,23 +150,13 @@ class HubDaemon:
         self.certificate = certificate
         node, _, _ = trust.state.verify_node(certificate)
         self.identifier = node.identifier
-        own = OwnHub(
-            address=HubAddress(self.identifier, Endpoint(*config.advertise)),
-            features=config.features,
-            max_clients=config.max_devices,
-            private_key=private_key,
-            certificate_der=certificate.public_bytes(Encoding.DER),
-        )
-        announce = config.announce
-        self.core = AnnounceCore(
-            AnnounceConfig(
-                advert_interval=announce.interval,
-                hold_down=announce.hold_down,
-                freshness_window_ms=announce.freshness_ms,
-            ),
-            own,
-            self._verify_hub_certificate,
-        )
+        self._private_key = private_key
+        self._announce_transport = announce_transport
+        # Built in start(), once the listener is bound: the announcement names the bound
+        # port when the config's advertise port is 0 (the `from` endpoint, PROTOCOL.md section 3).
+        self._core: AnnounceCore | None = None
+        self._announcer: AnnounceTransport | None = None
+        self._advertised: Endpoint | None = None
         self.planner = RedirectPlanner(
             RedirectConfig(
                 batch_size=config.redirect_batch,
@@ -174,10 +164,6 @@ class HubDaemon:
                 max_jitter=config.redirect_spacing,
             )
         )
-        if announce_transport is None:
-            self.announcer = AnnounceTransport(self.core, announce.udp, self._on_event)
-        else:
-            self.announcer = announce_transport(self.core, self._on_event)
         self.tls = tls
         self._server: asyncio.Server | None = None
         self._redirect_timer: asyncio.TimerHandle | None = None
@@ -189,6 +175,7 @@ class HubDaemon:
     # ------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        """Bind the device listener (port 0 picks a free one), then start announcing."""
         host, port = self.config.listen
         self._server = await asyncio.start_server(
             self._serve_device,
@@ -200,18 +187,84 @@ class HubDaemon:
             # 100 drops some and TCP retries them only after a second or more.
             backlog=max(128, self.config.max_devices),
         )
-        # Seed S40: announce at start-up, then every interval (the core schedules it).
-        await self.announcer.start()
+        try:
+            self._wire_announce()
+            # Seed S40: announce at start-up, then every interval (the core schedules it).
+            await self.announcer.start()
+        except BaseException:
+            self._server.close()
+            raise
         log.info("hub %s listening on %s:%s", self.identifier, host, self.bound_port)
+
+    def _wire_announce(self) -> None:
+        """Build the announce core and its transport for the endpoint peers must dial.
+
+        An advertise port of 0 follows the bound listener, so a hub configured with port 0
+        announces where it really listens; any other advertise port is announced as
+        configured (a forwarded port, say). A misconfigured own hub fails here, at start-up.
+        """
+        advertise_host, advertise_port = self.config.advertise
+        self._advertised = Endpoint(advertise_host, advertise_port or self.bound_port)
+        own = OwnHub(
+            address=HubAddress(self.identifier, self._advertised),
+            features=self.config.features,
+            max_clients=self.config.max_devices,
+            private_key=self._private_key,
+            certificate_der=self.certificate.public_bytes(Encoding.DER),
+        )
+        announce = self.config.announce
+        self._core = AnnounceCore(
+            AnnounceConfig(
+                advert_interval=announce.interval,
+                hold_down=announce.hold_down,
+                freshness_window_ms=announce.freshness_ms,
+            ),
+            own,
+            self._verify_hub_certificate,
+        )
+        if self._announce_transport is None:
+            self._announcer = AnnounceTransport(self._core, announce.udp, self._on_event)
+        else:
+            self._announcer = self._announce_transport(self._core, self._on_event)
+
+    @property
+    def core(self) -> AnnounceCore:
+        """The announce core (section 3); it exists once ``start()`` has bound the listener."""
+        if self._core is None:
+            raise StateError("the hub has not started", reason=Reason.NOT_RUNNING)
+        return self._core
+
+    @property
+    def announcer(self) -> AnnounceTransport:
+        """The announce core's UDP transport; it exists once ``start()`` ran."""
+        if self._announcer is None:
+            raise StateError("the hub has not started", reason=Reason.NOT_RUNNING)
+        return self._announcer
+
+    @property
+    def advertised(self) -> Endpoint:
+        """The device-channel endpoint this hub announces (the bound port for port 0)."""
+        if self._advertised is None:
+            raise StateError("the hub has not started", reason=Reason.NOT_RUNNING)
+        return self._advertised
+
+    @property
+    def bound_address(self) -> tuple[str, int]:
+        """The host and port the device listener is bound to."""
+        if self._server is None or not self._server.sockets:
+            raise StateError("the hub is not listening", reason=Reason.NOT_RUNNING)
+        name = self._server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
 
     @property
     def bound_port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The port the device listener is bound to (the real one when configured as 0)."""
+        return self.bound_address[1]
 
     async def stop(self) -> None:
-        self.announcer.close()
+        """Stop announcing, close every channel and the listener."""
+        if self._announcer is not None:
+            self._announcer.close()
         if self._redirect_timer is not None:
             self._redirect_timer.cancel()
         if self._server is not None:
@@ -419,7 +472,7 @@ class HubDaemon:
         return HubStatus(
             identifier=self.identifier,
             name=self.config.name,
-            endpoint=Endpoint(*self.config.advertise).format(),
+            endpoint=self.advertised.format(),
             features=tuple(self.config.features),
             max_devices=self.config.max_devices,
             connected=tuple(sorted(self.sessions)),
