@@ -73,6 +73,9 @@ class HubConfig:
     # Where the owner's remote (guard) sessions arrive; None: no remote entrance.
     remote: tuple[str, int] | None = None
     source: Path | None = None
+    # Refused channels and announcements are logged at most once per source host per
+    # this many seconds (PROTOCOL.md preamble); every one is still counted.
+    refusal_log_interval: float = 60.0
 
     @property
     def trust_dir(self) -> Path:
@@ -100,6 +103,9 @@ class DeviceConfig:
     drain_timeout: float = 2.0
     hubs: tuple[tuple[str, int], ...] = field(default_factory=tuple)
     source: Path | None = None
+    # Refused redirects and failed connections are logged at most once per hub host per
+    # this many seconds (PROTOCOL.md preamble); every one is still counted.
+    refusal_log_interval: float = 60.0
 
     @property
     def trust_dir(self) -> Path:

@@ -174,9 +174,7 @@ class HubChannel:
                 self._dispatch()
                 self.transmit()
         except (OSError, ConnectionError) as exc:
-            log.info("channel to %s ended: %s", self.hub_id, exc)
-            if not self._welcomed.is_set():
-                self._settle(exc)
+            self._ended(exc)
         finally:
             self.close()
 
@@ -193,8 +191,17 @@ class HubChannel:
                 self.opened_at = self._loop.time()
                 self._settle(None)
             elif isinstance(event, ChannelClosed) and event.error is not None:
-                log.info("channel to %s ended: %s", self.hub_id, event.error)
-                self._settle(event.error)
+                self._ended(event.error)
+
+    def _ended(self, error: BaseException) -> None:
+        """An established channel's end is logged here, once per channel. Before the
+        welcome the error goes to :meth:`wait_welcome`'s caller instead, which counts it
+        and logs it at most once per hub host per interval (PROTOCOL.md preamble), so a
+        hub refusing every attempt does not cost a line per attempt."""
+        if self._welcomed.is_set():
+            log.info("channel to %s ended: %s", self.hub_id, error)
+        else:
+            self._settle(error)
 
     def _settle(self, error: BaseException | None) -> None:
         if not self._welcomed.is_set():
