@@ -54,6 +54,17 @@ class AnnounceSettings:
     hold_down: float = _ANNOUNCE.hold_down
     freshness_ms: int = _ANNOUNCE.freshness_window_ms
 
+    def core_config(
+        self, refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
+    ) -> AnnounceConfig:
+        """The announce core's config these settings choose; hubs and devices both use it."""
+        return AnnounceConfig(
+            advert_interval=self.interval,
+            hold_down=self.hold_down,
+            freshness_window_ms=self.freshness_ms,
+            refusal_log_interval=refusal_log_interval,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
@@ -75,7 +86,7 @@ class HubConfig:
     source: Path | None = None
     # Refused channels and announcements are logged at most once per source host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
-    refusal_log_interval: float = 60.0
+    refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
 
     @property
     def trust_dir(self) -> Path:
@@ -105,7 +116,7 @@ class DeviceConfig:
     source: Path | None = None
     # Refused redirects and failed connections are logged at most once per hub host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
-    refusal_log_interval: float = 60.0
+    refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
 
     @property
     def trust_dir(self) -> Path:

@@ -45,7 +45,7 @@ from roost.device.status import DeviceCountersView, DeviceStatus
 from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
 from roost.hcsp.aio import AnnounceTransport, UdpConfig
-from roost.hcsp.core import AnnounceConfig, AnnounceCore
+from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import HcspEvent, HubDown
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context
@@ -135,12 +135,7 @@ class DeviceDaemon:
         self.identifier = node.identifier
         announce = config.announce
         self.core = AnnounceCore(
-            AnnounceConfig(
-                advert_interval=announce.interval,
-                hold_down=announce.hold_down,
-                freshness_window_ms=announce.freshness_ms,
-                refusal_log_interval=config.refusal_log_interval,
-            ),
+            announce.core_config(config.refusal_log_interval),
             None,
             self._verify_hub_certificate,
         )

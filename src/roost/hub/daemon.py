@@ -37,7 +37,7 @@ from roost.errors import RefusedError, RoostError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import FrameMessage
-from roost.hcsp.core import AnnounceConfig, AnnounceCore, OwnHub
+from roost.hcsp.core import AnnounceCore, OwnHub
 from roost.hcsp.documents import Endpoint, HubAddress
 from roost.hcsp.events import HcspEvent, HubDown, HubUpdated, LiveHub, WinnerChanged
 from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
@@ -162,12 +162,7 @@ class HubDaemon:
         )
         announce = config.announce
         self.core = AnnounceCore(
-            AnnounceConfig(
-                advert_interval=announce.interval,
-                hold_down=announce.hold_down,
-                freshness_window_ms=announce.freshness_ms,
-                refusal_log_interval=config.refusal_log_interval,
-            ),
+            announce.core_config(config.refusal_log_interval),
             own,
             self._verify_hub_certificate,
         )
