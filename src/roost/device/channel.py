@@ -25,6 +25,7 @@ from roost.channel import (
     RedirectReceived,
     WelcomeReceived,
 )
+from roost.channel.aio import flush_channel
 from roost.errors import TransportError
 from roost.hcsp.documents import Redirect
 from roost.pki.tls import peer_certificate
@@ -148,15 +149,7 @@ class HubChannel:
 
     def transmit(self) -> None:
         """Write what the core wants sent and re-arm the one timer for its deadline."""
-        data = self.core.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.core.get_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = flush_channel(self.core, self.writer, self._timer, self._on_timer)
         if self.core.is_closed:
             self.close()
 

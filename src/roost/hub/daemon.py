@@ -31,6 +31,7 @@ from roost.channel import (
     HelloReceived,
     HubChannelCore,
 )
+from roost.channel.aio import flush_channel
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
 from roost.errors import RefusedError, RoostError, VerificationError
@@ -78,15 +79,7 @@ class DeviceSession:
 
     def transmit(self) -> None:
         """Flush the core's bytes and re-arm its deadline."""
-        data = self.core.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.core.get_timer()
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        self._timer = flush_channel(self.core, self.writer, self._timer, self._on_timer)
         if self.core.is_closed:
             self.writer.close()
 
