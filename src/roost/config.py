@@ -54,6 +54,17 @@ class AnnounceSettings:
     hold_down: float = _ANNOUNCE.hold_down
     freshness_ms: int = _ANNOUNCE.freshness_window_ms
 
+    def core_config(
+        self, refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
+    ) -> AnnounceConfig:
+        """The announce core's config these settings choose; hubs and devices both use it."""
+        return AnnounceConfig(
+            advert_interval=self.interval,
+            hold_down=self.hold_down,
+            freshness_window_ms=self.freshness_ms,
+            refusal_log_interval=refusal_log_interval,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
@@ -73,6 +84,9 @@ class HubConfig:
     # Where the owner's remote (guard) sessions arrive; None: no remote entrance.
     remote: tuple[str, int] | None = None
     source: Path | None = None
+    # Refused channels and announcements are logged at most once per source host per
+    # this many seconds (PROTOCOL.md preamble); every one is still counted.
+    refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
 
     @property
     def trust_dir(self) -> Path:
@@ -105,6 +119,9 @@ class DeviceConfig:
     drain_timeout: float = 2.0
     hubs: tuple[tuple[str, int], ...] = field(default_factory=tuple)
     source: Path | None = None
+    # Refused redirects and failed connections are logged at most once per hub host per
+    # this many seconds (PROTOCOL.md preamble); every one is still counted.
+    refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
 
     @property
     def trust_dir(self) -> Path:

@@ -384,18 +384,20 @@ class RejectionCounter:
 def log_rejection(
     logger: logging.Logger,
     counter: RejectionCounter,
-    error: RoostError,
+    error: RoostError | str,
     *,
     source: str,
     now: float,
     what: str = "refused",
 ) -> None:
-    """Count ``error`` and write one INFO line for it when the logging rule allows."""
+    """Count ``error`` (an error, or a bare reason where the failure is an ``OSError``)
+    and write one INFO line for it when the logging rule allows."""
     suppressed = counter.count(error, source=source, now=now)
     if suppressed is None:
         return
+    reason = error if isinstance(error, str) else error.reason
     more = f" ({suppressed} more since the last line)" if suppressed else ""
-    logger.info("%s %s: %s%s", what, source, error.reason, more)
+    logger.info("%s %s: %s%s", what, source, reason, more)
 
 
 def catalogue_markdown() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -81,7 +82,12 @@ async def _until(what: str, condition: Callable[[], bool], seconds: float = 10.0
 
 @pytest.fixture
 async def hub(home: Home) -> AsyncIterator[HubDaemon]:
-    config = home.hub_config
+    async with _running_hub(home, home.hub_config) as daemon:
+        yield daemon
+
+
+@contextlib.asynccontextmanager
+async def _running_hub(home: Home, config: HubConfig) -> AsyncIterator[HubDaemon]:
     daemon = HubDaemon(
         config,
         home.hub_trust,
@@ -185,6 +191,51 @@ async def test_ack_from_a_device_ends_its_channel(home: Home, hub: HubDaemon) ->
     await _until("counted", lambda: hub.counters.channel_errors["unexpected-message"] == 1)
     assert not hub.sessions
     writer.close()
+
+
+async def test_a_flood_of_malformed_channels_is_logged_once_per_interval(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PROTOCOL.md preamble: every refusal is counted, one line per source per interval."""
+    interval = 3.0 * time_unit()
+    config = dataclasses.replace(home.hub_config, refusal_log_interval=interval)
+    flood = 6
+    loop = asyncio.get_running_loop()
+
+    def refused() -> int:
+        return sum(hub.counters.connections_rejected.values()) + sum(
+            hub.counters.channel_errors.values()
+        )
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "roost.hub"]
+
+    async def malformed() -> None:
+        # A record whose body is no channel message: the hub refuses it before any hello.
+        _, writer = await _device_client(home, hub)
+        writer.write(b"\x00\x00\x00\x05junk!")
+        await writer.drain()
+        writer.close()
+
+    with caplog.at_level(logging.INFO, logger="roost.hub"):
+        async with _running_hub(home, config) as hub:
+            caplog.clear()
+            await malformed()
+            await _until("first refusal counted", lambda: refused() == 1)
+            first_seen = loop.time()
+            for _ in range(flood - 1):
+                await malformed()
+            await _until("flood counted", lambda: refused() == flood)
+            assert loop.time() - first_seen < interval, "the flood outlasted the interval"
+            (line,) = lines()
+            assert line.startswith("device channel from 127.0.0.1: ")
+            assert "more since the last line" not in line
+            # Once the interval has passed, the next refusal's line reports the silent ones.
+            await asyncio.sleep(max(0.0, first_seen + interval - loop.time()) + 0.05)
+            await malformed()
+            await _until("last refusal counted", lambda: refused() == flood + 1)
+            assert len(lines()) == 2
+            assert lines()[1].endswith(f"({flood - 1} more since the last line)")
 
 
 # --------------------------------------------------------------------- the device side

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from roost.hub.recorder import Recorder
 from roost.hub.status import HubStatus
 from roost.pki.updater import TrustUpdater, UpdateConfig
 from roost.reasons import Reason
+from tests.helpers.net import free_port
 from tests.helpers.waits import async_wait_until, scaled
 
 pytestmark = pytest.mark.timeout(60)
@@ -227,3 +229,36 @@ async def test_a_channel_that_ends_fails_over_and_reconnects(scene: Scene) -> No
     assert device.channel is not None and device.channel.hub_id == scene.hub.identifier
     await _until("flushed", lambda: device.spool.buffered == 0)
     assert set(scene.hub.recorder.seqs(device.identifier)) == set(range(1, device.spool.added + 1))
+
+
+async def test_failed_connects_are_counted_each_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PROTOCOL.md preamble: every failed attempt is counted, one line per hub host per
+    interval, however fast the back-off retries."""
+    make_home(tmp_path, hubs=1, devices=1, loopback=True, fps=5.0)
+    config = dataclasses.replace(
+        load_device_config(tmp_path / "device-1.toml"),
+        # Nothing listens there: every attempt is refused by the kernel at once.
+        hubs=(("127.0.0.1", free_port()),),
+        backoff_initial=0.02,
+        backoff_max=0.05,
+        refusal_log_interval=600.0,
+    )
+    device = DeviceDaemon(
+        config,
+        TrustUpdater(config.trust_dir, config=NO_FETCH),
+        FrameSpool(None, 1000, 1 << 26),
+        read_own_certificate(config),
+    )
+    with caplog.at_level(logging.INFO, logger="roost.device"):
+        await device.start()
+        try:
+            await _until(
+                "five failed attempts", lambda: sum(device.counters.connect_failures.values()) >= 5
+            )
+        finally:
+            await device.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "roost.device"]
+    failed = [line for line in lines if line.startswith("connect failed to 127.0.0.1")]
+    assert len(failed) == 1, lines

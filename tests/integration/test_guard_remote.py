@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -155,19 +156,28 @@ async def test_login_calls_and_a_receipt_that_verifies(remote: Remote) -> None:
         await second.close()
 
 
-async def test_wrong_codes_are_refused_then_the_user_is_locked_out(remote: Remote) -> None:
+async def test_wrong_codes_are_refused_then_the_user_is_locked_out(
+    remote: Remote, caplog: pytest.LogCaptureFixture
+) -> None:
     wrong = lambda labels: ["ZZZZZZZZ"] * len(labels)  # noqa: E731
-    for _ in range(3):
-        with pytest.raises(VerificationError) as refused:
-            await remote.connect(wrong)
-        assert refused.value.reason == "refused"
-    # Locked: even the right codes are refused now.
-    with pytest.raises(VerificationError):
-        await remote.connect()
-    await _served(remote.server)
+    with caplog.at_level(logging.INFO, logger="roost.guard"):
+        for _ in range(3):
+            with pytest.raises(VerificationError) as refused:
+                await remote.connect(wrong)
+            assert refused.value.reason == "refused"
+        # Locked: even the right codes are refused now.
+        with pytest.raises(VerificationError):
+            await remote.connect()
+        await _served(remote.server)
     assert remote.server.counters.logins_failed == 4
     assert remote.server.rejections["bad-proof"] == 3
     assert remote.server.rejections["locked-out"] == 1
+    # Four failed logins from one source within the interval: one line, reason and source
+    # only (PROTOCOL.md preamble), never the user id.
+    lines = [r.getMessage() for r in caplog.records if r.name == "roost.guard"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("remote session from 127.0.0.1: ")
+    assert "owner" not in lines[0]
 
 
 async def test_wrong_password_is_refused(remote: Remote) -> None:
@@ -282,7 +292,10 @@ def test_tls_context_refuses_below_tls13() -> None:
     assert client_context([]).minimum_version is ssl.TLSVersion.TLSv1_3
 
 
-async def test_one_source_cannot_flood_the_login_worker(tmp_path: Path) -> None:
+async def test_one_source_cannot_flood_the_login_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="roost.guard")
     started = await _start(
         tmp_path,
         GuardServerConfig(
@@ -321,6 +334,11 @@ async def test_one_source_cannot_flood_the_login_worker(tmp_path: Path) -> None:
         assert started.server.rejections["source-busy"] == 1
         assert started.server.rejections["rate-limited"] == 2
         assert counters.logins_ok == 0
+        # Three refused streams from one source within the interval: one line.
+        lines = [r.getMessage() for r in caplog.records if r.name == "roost.guard"]
+        assert [line for line in lines if line.startswith("remote stream from")] == [
+            "remote stream from 127.0.0.1: source-busy"
+        ]
     finally:
         await started.server.stop()
         started.merkle_log.close()

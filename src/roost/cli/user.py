@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import click
@@ -83,8 +84,7 @@ def add(
     """Register USER: ask for the password twice, then issue and show the card once."""
     if not 1 <= len(user_id.encode("utf-8")) <= 64:
         raise click.BadParameter("user ids are 1 to 64 bytes", param_hint="USER")
-    store = SqliteUserStore.in_state_dir(state)
-    try:
+    with closing(SqliteUserStore.in_state_dir(state)) as store:
         if store.load(user_id) is not None and not replace:
             raise StateError(
                 f"user {user_id!r} exists; use --replace to re-issue", reason=Reason.USER_EXISTS
@@ -99,8 +99,6 @@ def add(
             pair_kdf=KdfParams(code_cost),
         )
         store.add(record, replace_existing=replace)
-    finally:
-        store.close()
     text = format_card(user_id, card)
     if card_file is None:
         click.echo(text, nl=False)
@@ -116,11 +114,8 @@ def add(
 @fail_cleanly
 def list_users(state: Path) -> None:
     """Show users with their pair count, access counter, failures and lock-out."""
-    store = SqliteUserStore.in_state_dir(state)
-    try:
+    with closing(SqliteUserStore.in_state_dir(state)) as store:
         rows = store.list_users()
-    finally:
-        store.close()
     click.echo(f"{'user':<24} {'pairs':>5} {'counter':>8} {'failures':>8}  locked until (ms)")
     for user_id, pair_count, counter, failures, locked_until in rows:
         locked = str(locked_until) if locked_until else "-"
@@ -133,11 +128,8 @@ def list_users(state: Path) -> None:
 @fail_cleanly
 def remove(state: Path, user_id: str) -> None:
     """Delete USER and all its verifiers."""
-    store = SqliteUserStore.in_state_dir(state)
-    try:
+    with closing(SqliteUserStore.in_state_dir(state)) as store:
         store.remove(user_id)
-    finally:
-        store.close()
     click.echo(f"user {user_id} removed")
 
 
@@ -147,9 +139,6 @@ def remove(state: Path, user_id: str) -> None:
 @fail_cleanly
 def reset_counter(state: Path, user_id: str) -> None:
     """Clear USER's failure counter and lock-out (the access counter only moves forward)."""
-    store = SqliteUserStore.in_state_dir(state)
-    try:
+    with closing(SqliteUserStore.in_state_dir(state)) as store:
         store.reset_failures(user_id)
-    finally:
-        store.close()
     click.echo(f"user {user_id}: failures cleared")

@@ -25,6 +25,7 @@ from roost.channel import (
     RedirectReceived,
     WelcomeReceived,
 )
+from roost.channel.aio import flush_channel
 from roost.errors import TransportError
 from roost.hcsp.documents import Redirect
 from roost.pki.tls import peer_certificate
@@ -148,15 +149,7 @@ class HubChannel:
 
     def transmit(self) -> None:
         """Write what the core wants sent and re-arm the one timer for its deadline."""
-        data = self.core.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.core.get_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = flush_channel(self.core, self.writer, self._timer, self._on_timer)
         if self.core.is_closed:
             self.close()
 
@@ -174,9 +167,7 @@ class HubChannel:
                 self._dispatch()
                 self.transmit()
         except (OSError, ConnectionError) as exc:
-            log.info("channel to %s ended: %s", self.hub_id, exc)
-            if not self._welcomed.is_set():
-                self._settle(exc)
+            self._ended(exc)
         finally:
             self.close()
 
@@ -193,8 +184,17 @@ class HubChannel:
                 self.opened_at = self._loop.time()
                 self._settle(None)
             elif isinstance(event, ChannelClosed) and event.error is not None:
-                log.info("channel to %s ended: %s", self.hub_id, event.error)
-                self._settle(event.error)
+                self._ended(event.error)
+
+    def _ended(self, error: BaseException) -> None:
+        """An established channel's end is logged here, once per channel. Before the
+        welcome the error goes to :meth:`wait_welcome`'s caller instead, which counts it
+        and logs it at most once per hub host per interval (PROTOCOL.md preamble), so a
+        hub refusing every attempt does not cost a line per attempt."""
+        if self._welcomed.is_set():
+            log.info("channel to %s ended: %s", self.hub_id, error)
+        else:
+            self._settle(error)
 
     def _settle(self, error: BaseException | None) -> None:
         if not self._welcomed.is_set():

@@ -45,11 +45,12 @@ from roost.device.status import DeviceCountersView, DeviceStatus
 from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
 from roost.hcsp.aio import AnnounceTransport, UdpConfig
-from roost.hcsp.core import AnnounceConfig, AnnounceCore
+from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import HcspEvent, HubDown
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
+from roost.reasons import RejectionCounter, log_rejection
 from roost.status import TrustSummary
 
 __all__ = [
@@ -126,15 +127,15 @@ class DeviceDaemon:
         self.rng = rng or random.Random()
         self.clock = clock
         self.counters = DeviceCounters()
+        # The logging rule for refused redirects and failed connections (PROTOCOL.md
+        # preamble): one line per hub host per interval; the counts status reads stay in
+        # ``counters`` (the connection manager keeps them).
+        self.refusals = RejectionCounter(config.refusal_log_interval)
         node, _, _ = trust.state.verify_node(certificate)
         self.identifier = node.identifier
         announce = config.announce
         self.core = AnnounceCore(
-            AnnounceConfig(
-                advert_interval=announce.interval,
-                hold_down=announce.hold_down,
-                freshness_window_ms=announce.freshness_ms,
-            ),
+            announce.core_config(config.refusal_log_interval),
             None,
             self._verify_hub_certificate,
         )
@@ -238,6 +239,7 @@ class DeviceDaemon:
 
         def ignored(reason: str) -> None:
             self.counters.redirects_refused[reason] += 1
+            self._log_refusal(reason, host, "document ignored from")
 
         return await open_hub_channel(
             host,
@@ -290,6 +292,11 @@ class DeviceDaemon:
             log.info("sending to %s stopped: %s", channel.hub_id, exc)
             channel.close()
 
+    def _log_refusal(self, reason: str, host: str, what: str) -> None:
+        """Log a counted refusal when the rule allows: reason and hub host only."""
+        now = asyncio.get_running_loop().time()
+        log_rejection(log, self.refusals, reason, source=host, now=now, what=what)
+
     async def _drain_and_close(self, channel: HubChannel) -> None:
         """Stop sending, wait until the hub acknowledged what it got, then close.
 
@@ -338,6 +345,7 @@ class DeviceDaemon:
         except _CONNECT_ERRORS as exc:
             reason = str(getattr(exc, "reason", type(exc).__name__))
             self.manager.connect_failed(action.expected_id, reason, loop.time())
+            self._log_refusal(reason, action.host, "connect failed to")
             return
         self.manager.connect_succeeded(channel.hub_id, channel.opened_at)
         self._hub_lost.clear()
@@ -375,7 +383,9 @@ class DeviceDaemon:
                 target.endpoint.host, target.endpoint.port, target.identifier
             )
         except _CONNECT_ERRORS as exc:
-            self.manager.redirect_failed(str(getattr(exc, "reason", "connect")), loop.time())
+            reason = str(getattr(exc, "reason", "connect"))
+            self.manager.redirect_failed(reason, loop.time())
+            self._log_refusal(reason, target.endpoint.host, "redirect refused to")
             return  # refused: stay on the old hub, its tasks keep running
         self._redirected = new
         self.manager.redirect_completed(new.opened_at)

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import inspect
 import json
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -55,7 +56,7 @@ from roost.guard.session import SessionLimits
 from roost.guard.streams import READ_CHUNK, STREAM_ERRORS, ByteStreamReader, ByteStreamWriter
 from roost.guard.userstore import UserDirectory
 from roost.ratelimit import SourceRateLimiter
-from roost.reasons import RejectionCounter
+from roost.reasons import RejectionCounter, log_rejection
 
 __all__ = [
     "ByteStreamReader",
@@ -66,6 +67,9 @@ __all__ = [
     "GuardServerCounters",
     "LogReceipts",
 ]
+
+
+log = logging.getLogger("roost.guard")
 
 
 def _wall_ms() -> int:
@@ -118,6 +122,9 @@ class GuardServerConfig:
     connect_rate_per_source: float = 0.5
     connect_burst_per_source: float = 10.0
     max_sources: int = 4096
+    # Refused and failed streams are logged at most once per source per this many seconds
+    # (PROTOCOL.md preamble); every one is still counted.
+    refusal_log_interval: float = 60.0
 
 
 @dataclass(slots=True)
@@ -170,7 +177,11 @@ class GuardServer:
         self._login_server: LoginServer | None = None
         self._server: asyncio.Server | None = None
         self._tasks: dict[asyncio.Task[None], _ServerStream] = {}
-        self.rejections = RejectionCounter()
+        self.rejections = RejectionCounter(self.config.refusal_log_interval)
+        # The logging rule for sessions that end in a refusal the cores already counted
+        # in ``rejections`` (a failed login, a peer's broken record): this one only keeps
+        # the per-source interval, so nothing is counted twice.
+        self._session_log = RejectionCounter(self.config.refusal_log_interval)
         self.counters = GuardServerCounters()
         self._per_source: collections.Counter[str] = collections.Counter()
         self._connect_limit = SourceRateLimiter(
@@ -264,7 +275,15 @@ class GuardServer:
                 self.counters.refused_busy += 1
             else:  # the source's bucket or the source table
                 self.counters.refused_rate += 1
-            self.rejections.count(error)
+            # The reason and the source only: never a user id or anything the peer sent.
+            log_rejection(
+                log,
+                self.rejections,
+                error,
+                source=peer,
+                now=self._clock(),
+                what="remote stream from",
+            )
             writer.close()
             return
         core = RemoteServerCore(
@@ -275,7 +294,7 @@ class GuardServer:
             login_timeout_s=self.config.login_timeout_s,
             now=self._clock(),
         )
-        stream = _ServerStream(self, core, reader, writer)
+        stream = _ServerStream(self, core, reader, writer, peer)
         self._tasks[task] = stream
         self._per_source[peer] += 1
         self.counters.connections += 1
@@ -304,8 +323,10 @@ class _ServerStream:
         core: RemoteServerCore,
         reader: ByteStreamReader,
         writer: ByteStreamWriter,
+        peer: str,
     ) -> None:
         self._server = server
+        self._peer = peer
         self._core = core
         self._reader = reader
         self._writer = writer
@@ -416,10 +437,25 @@ class _ServerStream:
         elif isinstance(event, StreamClosed):
             if event.cause in (CloseCause.LOGIN_FAILED, CloseCause.LOGIN_TIMEOUT):
                 counters.logins_failed += 1
+                self._log_refusal(event.reason)
             elif event.cause is CloseCause.SESSION_ENDED:
                 counters.sessions_expired += 1
             elif event.cause is CloseCause.PEER_ERROR:
                 counters.stream_errors += 1
+                self._log_refusal(event.reason)
+
+    def _log_refusal(self, reason: str) -> None:
+        """A line for a refused session when the rule allows (PROTOCOL.md preamble): the
+        reason and the source only, never the user id or what the peer sent."""
+        server = self._server
+        log_rejection(
+            log,
+            server._session_log,
+            reason,
+            source=self._peer,
+            now=server._clock(),
+            what="remote session from",
+        )
 
     def _transmit(self) -> None:
         """Write what the core wants sent and re-arm the one timer (STYLE.md adapters)."""

@@ -32,7 +32,15 @@ from roost.hcsp.documents import (
     encode_document,
 )
 from roost.hcsp.election import Candidate, HubRank, elect, rank_of
-from roost.hcsp.events import HcspEvent, HubDown, HubUp, HubUpdated, LiveHub, WinnerChanged
+from roost.hcsp.events import (
+    AnnouncementRefused,
+    HcspEvent,
+    HubDown,
+    HubUp,
+    HubUpdated,
+    LiveHub,
+    WinnerChanged,
+)
 from roost.hcsp.redirect import RedirectBatch, RedirectConfig, RedirectPlanner, fair_share
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "AnnounceConfig",
     "AnnounceCore",
     "AnnounceCounters",
+    "AnnouncementRefused",
     "Candidate",
     "CertificateVerifier",
     "Document",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -18,9 +19,11 @@ from dataclasses import dataclass, field
 
 from roost.clock import wall_ms_now
 from roost.hcsp.core import AnnounceCore
-from roost.hcsp.events import HcspEvent
+from roost.hcsp.events import AnnouncementRefused, HcspEvent
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "AnnounceTransport", "UdpConfig"]
+
+log = logging.getLogger("roost.hcsp")
 
 DEFAULT_GROUP = "239.255.77.77"
 DEFAULT_PORT = 17320
@@ -41,6 +44,17 @@ class UdpConfig:
     receive_buffer: int = 1 << 20
 
 
+def _log_refusal(event: AnnouncementRefused) -> None:
+    more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
+    log.info(
+        "announcement refused from %s:%s: %s%s",
+        event.source_host,
+        event.source_port,
+        event.reason,
+        more,
+    )
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, owner: AnnounceTransport) -> None:
         self.owner = owner
@@ -53,7 +67,11 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class AnnounceTransport:
-    """Runs one `AnnounceCore` on real sockets; `on_event` receives every core event."""
+    """Runs one `AnnounceCore` on real sockets; `on_event` receives the core's events.
+
+    ``AnnouncementRefused`` is the one exception: it asks for a log line (PROTOCOL.md
+    preamble), which this adapter writes itself, so the daemons never see it.
+    """
 
     def __init__(
         self,
@@ -155,7 +173,10 @@ class AnnounceTransport:
         for datagram in self.core.datagrams_to_send(now, wall_ms_now()):
             self._send(datagram)
         while (event := self.core.next_event()) is not None:
-            self.on_event(event)
+            if isinstance(event, AnnouncementRefused):
+                _log_refusal(event)
+            else:
+                self.on_event(event)
         deadline = self.core.get_timer()
         if self._timer is not None and (deadline is None or self._timer.when() != deadline):
             self._timer.cancel()

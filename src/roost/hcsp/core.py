@@ -44,10 +44,11 @@ from roost.hcsp.documents import (
     encode_document,
 )
 from roost.hcsp.election import Candidate, elect, rank_of
-from roost.hcsp.events import HcspEvent, LiveHub, WinnerChanged
+from roost.hcsp.events import AnnouncementRefused, HcspEvent, LiveHub, WinnerChanged
 from roost.hcsp.hubtable import HubTable, serial_greater
 from roost.pki.certs import identifier_of, load_certificate
 from roost.ratelimit import SourceRateLimiter
+from roost.reasons import RejectionCounter
 
 __all__ = [
     "AnnounceConfig",
@@ -80,6 +81,9 @@ class AnnounceConfig:
     max_sources: int = 1024
     certificate_cache_size: int = 256
     certificate_cache_ttl: float = 60.0
+    # Refusals are logged at most once per source host per this many seconds (PROTOCOL.md
+    # preamble); the core queues an AnnouncementRefused event when a line is due.
+    refusal_log_interval: float = 60.0
     # (hub identifier, host) pairs: a hub that advertises ``host`` although its datagrams
     # come from elsewhere (NAT, several interfaces), which this receiver chooses to trust.
     trusted_advertised_addresses: frozenset[tuple[str, str]] = frozenset()
@@ -94,6 +98,7 @@ class AnnounceConfig:
             "max_sources": self.max_sources,
             "certificate_cache_size": self.certificate_cache_size,
             "certificate_cache_ttl": self.certificate_cache_ttl,
+            "refusal_log_interval": self.refusal_log_interval,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -185,6 +190,8 @@ class AnnounceCore:
         self._last_seq = -1
         self._next_advert_at: float | None = None
         self.counters = AnnounceCounters()
+        # The logging rule only; ``counters.rejected`` stays the count status reads.
+        self._refusal_log = RejectionCounter(config.refusal_log_interval, config.max_sources)
         if own is not None:
             self._check_own(own)
 
@@ -199,13 +206,15 @@ class AnnounceCore:
         refusing it (``rate-limited``, ``source-table-full``: RefusedError).
         """
         self._advance(now)
+        host = _normalise_host(source[0])
         try:
             # The receive boundary (STYLE.md, h11's rule): a shared helper's
             # LocalProtocolError on these bytes is the sender's fault, not ours.
             with peer_input():
-                outcome = self._accept(data, _normalise_host(source[0]), source[1], now, wall_ms)
+                outcome = self._accept(data, host, source[1], now, wall_ms)
         except RoostError as exc:
             self.counters.rejected[exc.reason] += 1
+            self._note_refusal(exc, host, source[1], now)
             return
         if outcome is _Outcome.OWN_ECHO:
             self.counters.own_echoes += 1
@@ -334,6 +343,16 @@ class AnnounceCore:
         if event is not None:
             self._events.append(event)
         return _Outcome.ACCEPTED
+
+    def _note_refusal(self, error: RoostError, host: str, port: int, now: float) -> None:
+        """Queue a log line for a refusal when the rule allows (PROTOCOL.md preamble).
+
+        Keyed by host, not host and port: a flood from many sockets of one host is one
+        source for logging, while the rate limit above still keys by host and port.
+        """
+        suppressed = self._refusal_log.count(error, source=host, now=now)
+        if suppressed is not None:
+            self._events.append(AnnouncementRefused(host, port, error.reason, suppressed))
 
     def _check_freshness(self, ts: int, wall_ms: int) -> None:
         window = self._config.freshness_window_ms

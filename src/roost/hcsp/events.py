@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from roost.hcsp.documents import Endpoint
 from roost.hcsp.election import HubRank
 
-__all__ = ["HcspEvent", "HubDown", "HubUp", "HubUpdated", "LiveHub", "WinnerChanged"]
+__all__ = [
+    "AnnouncementRefused",
+    "HcspEvent",
+    "HubDown",
+    "HubUp",
+    "HubUpdated",
+    "LiveHub",
+    "WinnerChanged",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +77,20 @@ class WinnerChanged(HcspEvent):
 
     winner: LiveHub | None
     previous: LiveHub | None
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncementRefused(HcspEvent):
+    """A datagram from ``source_host`` was refused and a log line for that host is due.
+
+    Every refusal is counted in ``AnnounceCounters.rejected``; this event is queued at most
+    once per source host per ``refusal_log_interval`` (PROTOCOL.md preamble), so a flood
+    costs one event per host per interval. ``suppressed`` is how many refusals from that
+    host were counted silently since its previous event; ``source_port`` is the port of
+    the datagram that made this line due.
+    """
+
+    source_host: str
+    source_port: int
+    reason: str
+    suppressed: int

@@ -53,17 +53,16 @@ class HubState:
         self.identifier = document.sender.identifier
         self.first_heard = now
         self.live = True
-        self.highest_seq = document.seq
-        self.last_seen = now
-        self.endpoint = document.sender.endpoint
-        self.features = document.features
-        self.connected = document.connected
-        self.max_clients = document.max_clients
-        self.rank = rank_of(document.features, document.max_clients, self.identifier)
+        self._take(document, now)
 
     def update(self, document: Subscribe, now: float) -> bool:
         """Advance to a newer verified announcement; True when anything visible changed."""
         before = (self.endpoint, self.features, self.connected, self.max_clients)
+        self._take(document, now)
+        return before != (self.endpoint, self.features, self.connected, self.max_clients)
+
+    def _take(self, document: Subscribe, now: float) -> None:
+        """What a verified announcement sets, the first one and every newer one alike."""
         self.highest_seq = document.seq
         self.last_seen = now
         self.endpoint = document.sender.endpoint
@@ -71,7 +70,6 @@ class HubState:
         self.connected = document.connected
         self.max_clients = document.max_clients
         self.rank = rank_of(document.features, document.max_clients, self.identifier)
-        return before != (self.endpoint, self.features, self.connected, self.max_clients)
 
     def snapshot(self) -> LiveHub:
         """The immutable view events and the election work on."""

@@ -31,13 +31,14 @@ from roost.channel import (
     HelloReceived,
     HubChannelCore,
 )
+from roost.channel.aio import flush_channel
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
 from roost.errors import RefusedError, RoostError, StateError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import FrameMessage
-from roost.hcsp.core import AnnounceConfig, AnnounceCore, OwnHub
+from roost.hcsp.core import AnnounceCore, OwnHub
 from roost.hcsp.documents import Endpoint, HubAddress
 from roost.hcsp.events import HcspEvent, HubDown, HubUpdated, LiveHub, WinnerChanged
 from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
@@ -45,7 +46,7 @@ from roost.hub.recorder import IncomingFrame, Recorder
 from roost.hub.status import HubCountersView, HubEntry, HubStatus, RemoteStatus
 from roost.pki.tls import ReloadableServerContext, peer_certificate
 from roost.pki.updater import TrustUpdater
-from roost.reasons import Reason
+from roost.reasons import Reason, RejectionCounter, log_rejection
 from roost.status import TrustSummary
 
 __all__ = ["AnnounceTransportFactory", "DeviceSession", "HubCounters", "HubDaemon"]
@@ -78,15 +79,7 @@ class DeviceSession:
 
     def transmit(self) -> None:
         """Flush the core's bytes and re-arm its deadline."""
-        data = self.core.data_to_send()
-        if data and not self.writer.is_closing():
-            self.writer.write(data)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.core.get_timer()
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+        self._timer = flush_channel(self.core, self.writer, self._timer, self._on_timer)
         if self.core.is_closed:
             self.writer.close()
 
@@ -146,6 +139,9 @@ class HubDaemon:
         self.rng = rng or random.Random()
         self.channel_config = channel or ChannelCoreConfig()
         self.counters = HubCounters()
+        # The logging rule for device-channel refusals (PROTOCOL.md preamble): one line
+        # per peer host per interval; ``counters`` keeps the counts status reads.
+        self.refusals = RejectionCounter(config.refusal_log_interval)
         self.sessions: dict[str, DeviceSession] = {}
         self.certificate = certificate
         node, _, _ = trust.state.verify_node(certificate)
@@ -214,11 +210,7 @@ class HubDaemon:
         )
         announce = self.config.announce
         self._core = AnnounceCore(
-            AnnounceConfig(
-                advert_interval=announce.interval,
-                hold_down=announce.hold_down,
-                freshness_window_ms=announce.freshness_ms,
-            ),
+            announce.core_config(self.config.refusal_log_interval),
             own,
             self._verify_hub_certificate,
         )
@@ -321,12 +313,14 @@ class HubDaemon:
     ) -> None:
         """Read the socket into the channel core, act on its events, flush what it sends."""
         session: DeviceSession | None = None
+        host = _peer_host(writer)
+        rejected = self.counters.connections_rejected
         try:
             leaf = peer_certificate(writer.get_extra_info("ssl_object"))
             try:
                 device_id = self._verify_node(leaf)
             except VerificationError as exc:
-                self.counters.connections_rejected[exc.reason] += 1
+                self._count_refusal(rejected, exc, host)
                 self._fetch_after_failure(leaf)
                 return
             try:
@@ -337,21 +331,21 @@ class HubDaemon:
                     now=_loop_now(),
                 )
             except VerificationError as exc:
-                self.counters.connections_rejected[exc.reason] += 1
+                self._count_refusal(rejected, exc, host)
                 return
             session = DeviceSession(device_id, writer, _loop_now(), core)
             session.transmit()
             while True:
                 data = await reader.read(_READ_CHUNK)
                 core.receive_data(data, _loop_now())
-                await self._handle_channel_events(session)
+                await self._handle_channel_events(session, host)
                 session.transmit()
                 if core.is_closed:
                     break
         except RoostError as exc:
-            self.counters.channel_errors[exc.reason] += 1
+            self._count_refusal(self.counters.channel_errors, exc, host)
         except (TimeoutError, ConnectionError, OSError, asyncio.IncompleteReadError):
-            self.counters.channel_errors["disconnected"] += 1
+            self._count_refusal(self.counters.channel_errors, "disconnected", host)
         finally:
             if session is not None:
                 session.close()
@@ -360,7 +354,7 @@ class HubDaemon:
                     self._load_changed()
             writer.close()
 
-    async def _handle_channel_events(self, session: DeviceSession) -> None:
+    async def _handle_channel_events(self, session: DeviceSession, host: str) -> None:
         core = session.core
         while (event := core.next_event()) is not None:
             if isinstance(event, HelloReceived):
@@ -368,7 +362,7 @@ class HubDaemon:
             elif isinstance(event, FramesReceived):
                 await self._store(session, event.frames)
             elif isinstance(event, ChannelClosed):
-                self._count_close(event)
+                self._count_close(event, host)
 
     def _admit(self, session: DeviceSession) -> None:
         """A verified hello arrived: welcome the device unless the hub is full.
@@ -406,13 +400,23 @@ class HubDaemon:
         session.core.send_ack(session.last_seq)
         session.transmit()
 
-    def _count_close(self, event: ChannelClosed) -> None:
+    def _count_close(self, event: ChannelClosed, host: str) -> None:
         if event.error is None:
             return  # an orderly end: the device left, or the hub closed the channel
         if event.reason == Reason.BAD_HELLO or isinstance(event.error, RefusedError):
-            self.counters.connections_rejected[event.reason] += 1
+            self._count_refusal(self.counters.connections_rejected, event.reason, host)
         else:
-            self.counters.channel_errors[event.reason] += 1
+            self._count_refusal(self.counters.channel_errors, event.reason, host)
+
+    def _count_refusal(
+        self, counts: collections.Counter[str], error: RoostError | str, host: str
+    ) -> None:
+        """Count a refused or failed channel for status, and log it when the rule allows
+        (PROTOCOL.md preamble: once per source per interval); reason and host only."""
+        counts[error if isinstance(error, str) else error.reason] += 1
+        log_rejection(
+            log, self.refusals, error, source=host, now=_loop_now(), what="device channel from"
+        )
 
     # ------------------------------------------------------------ election and redirects
 
@@ -523,6 +527,12 @@ class HubDaemon:
             stream_errors=counters.stream_errors,
             rejected=self.guard.rejections.as_dict(),
         )
+
+
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    """The peer's host, the source the logging rule keys by (its port changes per try)."""
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
 
 def _loop_now() -> float:

@@ -7,12 +7,13 @@ document explains; these tests make that impossible to merge.
 from __future__ import annotations
 
 import ast
+import logging
 from pathlib import Path
 
 import pytest
 
 from roost.errors import RemoteProtocolError, RoostError
-from roost.reasons import DESCRIPTIONS, Reason, RejectionCounter
+from roost.reasons import DESCRIPTIONS, Reason, RejectionCounter, log_rejection
 
 _SRC = Path(__file__).resolve().parents[3] / "src" / "roost"
 _ARCHITECTURE = Path(__file__).resolve().parents[3] / "docs" / "architecture.md"
@@ -123,3 +124,21 @@ def test_source_table_is_bounded() -> None:
     # The oldest sources were forgotten, so s0 is logged again at once.
     assert counter.count("malformed", source="s0", now=51.0) == 0
     assert counter.count("malformed", source="s49", now=52.0) is None
+
+
+def test_log_rejection_writes_one_line_per_source_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("roost.test-reasons")
+    counter = RejectionCounter(log_interval=10.0)
+    error = RemoteProtocolError("bad bytes from 10.0.0.1 with details", reason="malformed")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for now in (0.0, 1.0, 2.0):
+            log_rejection(logger, counter, error, source="10.0.0.1", now=now)
+        # A bare reason serves where the failure is an OSError with no reason of its own.
+        log_rejection(logger, counter, "disconnected", source="10.0.0.1", now=10.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 10.0.0.1: malformed",
+        "refused 10.0.0.1: disconnected (2 more since the last line)",
+    ]
+    assert counter["malformed"] == 3 and counter["disconnected"] == 1
