@@ -38,7 +38,7 @@ from roost.errors import RoostError, TransportError
 from roost.reasons import Reason
 from roost.rendezvous.control import RelayRecord, encode_relay
 from roost.rendezvous.messages import ACK_MAGIC, REGISTRATION_MAGIC, WAKE_MAGIC
-from roost.rendezvous.punch import Address, Puncher, PunchState, is_probe
+from roost.rendezvous.punch import Address, Puncher, PunchEvent, PunchState, is_probe
 from roost.rendezvous.stun import looks_like_stun
 
 __all__ = [
@@ -360,11 +360,18 @@ class PunchDriver:
     come in through ``mux.on_probe``; one ``loop.call_at`` for the core's next deadline.
 
     The driver keeps answering the peer's probes after the result is known (the peer may
-    still be probing) until ``close``.
+    still be probing) until ``close``. ``on_event`` sees each ``PunchEvent`` (a learned
+    peer-reflexive address, the direct path, the failure) as it happens.
     """
 
-    def __init__(self, mux: UdpMux, puncher: Puncher) -> None:
+    def __init__(
+        self,
+        mux: UdpMux,
+        puncher: Puncher,
+        on_event: Callable[[PunchEvent], None] | None = None,
+    ) -> None:
         self._mux = mux
+        self._on_event = on_event
         self.puncher = puncher
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -389,11 +396,12 @@ class PunchDriver:
                 self._mux.sendto(datagram, address)
             except (TransportError, OSError) as exc:
                 _log.debug("probe to %s not sent: %s", address, exc)
-        while self.puncher.next_event() is not None:
-            pass
-        if self.puncher.state in (PunchState.DIRECT, PunchState.FAILED):
-            if not self._settled.done():
-                self._settled.set_result(self.puncher.result)
+        while (event := self.puncher.next_event()) is not None:
+            if self._on_event is not None:
+                self._on_event(event)
+        settled = self.puncher.state in (PunchState.DIRECT, PunchState.FAILED)
+        if settled and not self._settled.done():
+            self._settled.set_result(self.puncher.result)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
