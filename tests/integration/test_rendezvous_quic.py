@@ -407,3 +407,52 @@ async def test_relay_then_direct_takeover_keeps_the_stream(ca: TestCA, hub: Node
         server.close()
         hub_mux.close()
         issuer_mux.close()
+
+
+async def test_drain_waits_for_acknowledgements_on_a_slow_path(ca: TestCA, hub: Node) -> None:
+    server_path, client_path = memory_pair()
+    server, client = await session_pair(
+        hub, server_path, client_path, verify_target([ca.cert], EPOCH, hub.identifier)
+    )
+    try:
+        reader, writer = client.stream()
+        writer.write(b"0" * (1024 * 1024))
+        # Nothing reads on the server yet, but QUIC acknowledges what arrives, so drain
+        # returns once most of the megabyte is through; its wait is on acknowledgements.
+        waited = asyncio.create_task(writer.drain())
+        await asyncio.sleep(0)
+        assert not waited.done()
+        await asyncio.wait_for(waited, TIMEOUT)
+        assert client._unacknowledged(reader.stream_id) <= 256 * 1024
+        server_reader, _ = await asyncio.wait_for(server.accept_stream(), TIMEOUT)
+        assert len(await read_exactly(server_reader, 1024 * 1024)) == 1024 * 1024
+    finally:
+        client.close()
+        server.close()
+
+
+async def test_keepalive_holds_an_idle_session_open(ca: TestCA, hub: Node) -> None:
+    sessions = []
+    for keepalive in (0.1, None):
+        server_path, client_path = memory_pair()
+        serving = asyncio.create_task(
+            quic_serve(
+                server_path, certificate_der=der(hub), private_key=hub.key, idle_timeout_s=0.6
+            )
+        )
+        client = await quic_connect(
+            client_path,
+            verify_server=verify_target([ca.cert], EPOCH, hub.identifier),
+            idle_timeout_s=0.6,
+            keepalive_s=keepalive,
+        )
+        sessions.append((await serving, client))
+    try:
+        await asyncio.sleep(1.5)
+        (kept_server, kept_client), (idle_server, idle_client) = sessions
+        assert not kept_client.closed and not kept_server.closed
+        assert idle_client.closed and idle_server.closed
+    finally:
+        for pair in sessions:
+            for session in pair:
+                session.close()

@@ -79,6 +79,8 @@ _MAX_PENDING_STREAMS = 8
 # Bytes one stream may hold unread before it is reset: a peer cannot make us buffer more.
 _MAX_UNREAD = 4 * 1024 * 1024
 _MIN_INITIAL = 1200
+# Unacknowledged bytes of one stream above which ``drain`` waits.
+_HIGH_WATER = 256 * 1024
 
 
 def verify_target(
@@ -137,9 +139,15 @@ class QuicStream:
             self._session._send(self.stream_id, data, end=False)
 
     async def drain(self) -> None:
-        """Let the loop run the transmission; ConnectionResetError if the session ended."""
-        if self._session.closed:
-            raise ConnectionResetError("QUIC session is closed")
+        """Wait while more than ``_HIGH_WATER`` bytes of this stream are unacknowledged (a
+        slow relay must not make us buffer a whole video); ConnectionResetError if the
+        session ends meanwhile (the idle timeout bounds the wait)."""
+        while True:
+            if self._session.closed:
+                raise ConnectionResetError("QUIC session is closed")
+            if self._session._unacknowledged(self.stream_id) <= _HIGH_WATER:
+                break
+            await self._session._wait_progress()
         await asyncio.sleep(0)
 
     def close(self) -> None:
@@ -181,6 +189,7 @@ class QuicSession:
         self._streams: dict[int, QuicStream] = {}
         self._incoming: deque[QuicStream] = deque()
         self._incoming_ready = asyncio.Event()
+        self._progress = asyncio.Event()
         self._handshake = self._loop.create_future()
         self._terminated = self._loop.create_future()
         self._ping_uid = 0
@@ -211,6 +220,7 @@ class QuicSession:
         self._quic.receive_datagram(data, _PATH_ADDRESS, now)
         self._process_events()
         self.transmit()
+        self._progress.set()
 
     def _accept_initial(self, data: bytes) -> bool:
         """The server's connection starts with the client's first Initial (RFC 9000
@@ -268,10 +278,22 @@ class QuicSession:
         self._incoming_ready.set()
         return stream
 
+    def _unacknowledged(self, stream_id: int) -> int:
+        # aioquic keeps a stream's sent-but-unacknowledged bytes in its sender's buffer and
+        # offers no public accessor; without it (another aioquic) drain does not wait.
+        streams = getattr(self._quic, "_streams", {})
+        sender = getattr(streams.get(stream_id), "sender", None)
+        return len(getattr(sender, "_buffer", b""))
+
+    async def _wait_progress(self) -> None:
+        self._progress.clear()
+        await self._progress.wait()
+
     def _terminate(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
+        self._progress.set()
         self.close_reason = reason
         for stream in self._streams.values():
             stream._end()
