@@ -488,8 +488,9 @@ async def quic_serve(
         negotiated = await session.wait_handshake(timeout_s)
         if negotiated != alpn:
             raise TransportError(f"ALPN {negotiated!r}", reason=Reason.BAD_ALPN)
-    except BaseException:
-        session.close("handshake failed")
+    except BaseException as exc:
+        # The peer learns the reason only (STYLE.md), never our message.
+        session.close(exc.reason if isinstance(exc, RoostError) else Reason.ERROR)
         raise
     return session
 
@@ -523,8 +524,9 @@ async def quic_connect(
         session.transmit()
         session.close()
         raise
-    except BaseException:
-        session.close("handshake failed")
+    except BaseException as exc:
+        # The peer learns the reason only (STYLE.md), never our message.
+        session.close(exc.reason if isinstance(exc, RoostError) else Reason.ERROR)
         raise
     session.server_certificate_der = certificate.public_bytes(serialization.Encoding.DER)
     return session
