@@ -378,11 +378,17 @@ async def test_relay_then_direct_takeover_keeps_the_stream(ca: TestCA, hub: Node
         relayed = broker.records
         assert relayed > 0
         # A direct path comes up: each side switches at its own moment; the hub first,
-        # while the issuer is still sending on the relay.
+        # while the issuer is still sending on the relay but already accepts the hub's
+        # packets on the direct path.
+        direct_to_hub = issuer_mux.path_to(hub_mux.local_address)
+        client.add_path(direct_to_hub)
         server.switch_path(hub_mux.path_to(issuer_mux.local_address))
         for chunk in chunks[100:150]:
             writer.write(chunk)
-        client.switch_path(issuer_mux.path_to(hub_mux.local_address))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        relayed_by_issuer = issuer_relay.datagrams_sent
+        client.switch_path(direct_to_hub)
         for chunk in chunks[150:]:
             writer.write(chunk)
         writer.close()
@@ -402,6 +408,10 @@ async def test_relay_then_direct_takeover_keeps_the_stream(ca: TestCA, hub: Node
         assert hub_mux.received.get("quic", 0) > 0 and issuer_mux.received.get("quic", 0) > 0
         assert broker.records == records_before
         assert server.path.switches == client.path.switches == 1
+        assert issuer_mux.received.get("unrouted", 0) == 0
+        # The issuer kept the relay until its own switch, and the hub's packets reached it
+        # directly meanwhile.
+        assert issuer_relay.datagrams_sent == relayed_by_issuer > 0
     finally:
         client.close()
         server.close()

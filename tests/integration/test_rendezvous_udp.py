@@ -300,3 +300,14 @@ def test_candidates_and_socket_addresses_agree() -> None:
     assert socket_address(("::1", 5, 0, 0)) == Candidate.parse("[::1]:5").as_tuple()
     with pytest.raises(TransportError):
         socket_address(("not an ip", 5))
+
+
+async def test_a_second_path_to_the_same_peer_is_the_same_path() -> None:
+    mux = await UdpMux.open(LOOPBACK)
+    try:
+        first = mux.path_to(("127.0.0.1", 9))
+        assert mux.path_to(("127.0.0.1", 9)) is first
+        first.close()
+        assert mux.path_to(("127.0.0.1", 9)) is not first
+    finally:
+        mux.close()

@@ -211,13 +211,18 @@ class SwitchingPath:
     def send(self, datagram: bytes) -> None:
         self.current.send(datagram)
 
+    def add(self, path: DatagramPath) -> None:
+        """Receive from ``path`` too, without sending on it yet: a side whose peer found
+        the direct path first gets the peer's packets there before it switches itself."""
+        if not any(held is path for held in self.paths):
+            self.paths.append(path)
+            path.set_receiver(self._deliver)
+
     def switch_to(self, path: DatagramPath) -> None:
         """Send on ``path`` from now on; keep receiving from the earlier ones."""
         if path is self.current:
             return
-        if path not in self.paths:
-            self.paths.append(path)
-            path.set_receiver(self._deliver)
+        self.add(path)
         self.current = path
         self.switches += 1
 

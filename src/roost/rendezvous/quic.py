@@ -405,6 +405,11 @@ class QuicSession:
         """The session's paths; ``path.current`` is the one sent on."""
         return self._path
 
+    def add_path(self, path: DatagramPath) -> None:
+        """Accept the session's datagrams from ``path`` as well, still sending on the
+        current one (the peer may switch to a direct path before we do)."""
+        self._path.add(path)
+
     def switch_path(self, path: DatagramPath) -> None:
         """Send on ``path`` from now on (relay -> direct takeover); keep receiving on the
         old one. A PING goes out at once so the new path carries traffic and refreshes
