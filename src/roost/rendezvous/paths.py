@@ -337,14 +337,16 @@ class UdpMux(asyncio.DatagramProtocol):
     def path_to(
         self, peer: Sequence[object], on_datagram: DatagramHandler | None = None
     ) -> UdpPath:
-        """The path toward ``peer``; QUIC datagrams from it are routed to the path. An open
-        path to the same peer is closed and replaced."""
+        """The path toward ``peer``: QUIC datagrams from it are routed to the path. While
+        one is open it is returned again (with ``on_datagram``, when given, as its new
+        receiver), so a session is never cut off by a second caller."""
         address = socket_address(peer)
-        old = self._paths.get(address)
-        if old is not None:
-            old.close()
-        path = UdpPath(self, address, on_datagram)
-        self._paths[address] = path
+        path = self._paths.get(address)
+        if path is None:
+            path = UdpPath(self, address, on_datagram)
+            self._paths[address] = path
+        elif on_datagram is not None:
+            path.set_receiver(on_datagram)
         return path
 
     def _forget(self, path: UdpPath) -> None:
