@@ -167,6 +167,11 @@ class Reason(enum.StrEnum):
     TRANSACTION_MISMATCH = "transaction-mismatch"
     NO_MAPPED_ADDRESS = "no-mapped-address"
     BAD_SEAL = "bad-seal"
+    WRONG_SESSION = "wrong-session"
+    UNKNOWN_NONCE = "unknown-nonce"
+    HANDSHAKE_TIMEOUT = "handshake-timeout"
+    BAD_ALPN = "bad-alpn"
+    PATH_CLOSED = "path-closed"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -319,6 +324,11 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.TRANSACTION_MISMATCH: "a STUN response for another transaction",
     Reason.NO_MAPPED_ADDRESS: "a STUN success response without XOR-MAPPED-ADDRESS",
     Reason.BAD_SEAL: "a sealed request that does not open (wrong target, altered data)",
+    Reason.WRONG_SESSION: "a punch probe for another session than ours",
+    Reason.UNKNOWN_NONCE: "a punch answer that does not carry the nonce we probed with",
+    Reason.HANDSHAKE_TIMEOUT: "the QUIC handshake did not complete in time",
+    Reason.BAD_ALPN: "the QUIC peer did not agree on the roost/1 application protocol",
+    Reason.PATH_CLOSED: "a datagram was sent on a path that is closed",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",

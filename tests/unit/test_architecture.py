@@ -73,7 +73,8 @@ PENDING_CORE_MODULES = (
     "roost.rendezvous.agent",
     "roost.rendezvous.issuer",
 )
-_ADAPTER_NAMES = frozenset({"aio"})
+# The broker's data path adapters (BROKER.md, QX): the shared UDP socket and QUIC over it.
+_ADAPTER_NAMES = frozenset({"aio", "paths", "quic"})
 
 # The single place allowed to read the time: cores take `now` from it through their callers.
 ALLOWED = {"roost.clock": frozenset({"time"})}

@@ -1,0 +1,537 @@
+"""The session of a brokered connection: QUIC over any datagram path (PROTOCOL.md section 5).
+
+aioquic's ``QuicConnection`` is sans-I/O; this adapter feeds it the datagrams of one
+``DatagramPath`` (direct UDP, the broker's relay, or the one switching between them) and
+sends what it wants sent, with one ``loop.call_at`` for its next deadline (STYLE.md,
+adapters). aioquic's own asyncio ``connect``/``serve`` are not used: they own a socket,
+and the session must share the party's one UDP socket or run inside relay records.
+
+Trust (section 5, step 9). The target hub is the QUIC server with its own hub certificate
+and key (ECDSA P-256); QUIC always runs TLS 1.3 (RFC 9001 section 4.2; aioquic implements
+nothing older). The client sets aioquic's ``verify_mode`` to ``CERT_NONE`` because
+aioquic's verifier checks validity dates against the wall clock, which PROTOCOL.md
+section 1 forbids for clockless nodes; aioquic still checks the CertificateVerify
+signature with the presented certificate's key and the Finished MAC, so the server holds
+that certificate's key. Right after the handshake, before any stream is handed out, the
+caller's ``verify_server(certificate)`` decides: chain to the trust store at its time floor
+and the target identifier (``verify_target`` builds that check from ``roost.pki.verify``).
+A refusal closes the connection and raises its VerificationError.
+
+Paths. aioquic is always given one constant network address, so it never sees a path
+change and never runs path validation: which path carries the datagrams is ours to
+choose. A direct path is only taken after the puncher's nonce exchange proved the peer
+answers there, and every QUIC packet is authenticated by the connection's keys, so a
+datagram accepted from either path cannot inject anything. ``switch_path`` sends on the
+new path from then on and keeps receiving from the old one until the session closes.
+
+A stream is exposed as the guard's ``ByteStreamReader``/``ByteStreamWriter``
+(``roost.guard.streams``): ``read(n)`` returns ``b""`` at the stream's end, ``close`` ends
+both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from aioquic._buffer import Buffer  # aioquic.buffer re-exports it without __all__.
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    PingAcknowledged,
+    StreamDataReceived,
+    StreamReset,
+)
+from aioquic.quic.packet import QuicPacketType, pull_quic_header
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from roost.errors import RoostError, TransportError, VerificationError
+from roost.pki.verify import verify_node
+from roost.reasons import Reason
+from roost.rendezvous.paths import DatagramPath, SwitchingPath
+
+__all__ = [
+    "ALPN",
+    "QuicSession",
+    "QuicStream",
+    "quic_connect",
+    "quic_serve",
+    "verify_target",
+]
+
+_log = logging.getLogger(__name__)
+
+ALPN = "roost/1"
+# The one address aioquic sees for every path (see the module docstring).
+_PATH_ADDRESS = ("0.0.0.0", 0)
+# Application error code of a close after our certificate check refused the server.
+_VERIFICATION_FAILED = 0x100
+# Streams the peer may open before one is accepted; aioquic's stream limit bounds the rest.
+_MAX_PENDING_STREAMS = 8
+# Bytes one stream may hold unread before it is reset: a peer cannot make us buffer more.
+_MAX_UNREAD = 4 * 1024 * 1024
+_MIN_INITIAL = 1200
+# Unacknowledged bytes of one stream above which ``drain`` waits.
+_HIGH_WATER = 256 * 1024
+
+
+def verify_target(
+    anchors: Sequence[x509.Certificate], time_floor: dt.datetime, identifier: str
+) -> Callable[[x509.Certificate], None]:
+    """The issuer's check of the target's certificate: chains to ``anchors`` at the trust
+    store's time floor (no wall clock, section 1) and carries ``identifier`` in its SAN
+    URI; raises VerificationError ("chain", "wrong-id")."""
+
+    def check(certificate: x509.Certificate) -> None:
+        verify_node(certificate, anchors, time_floor, expected_identifier=identifier)
+
+    return check
+
+
+class QuicStream:
+    """One bidirectional QUIC stream as a guard stream (reader and writer at once)."""
+
+    def __init__(self, session: QuicSession, stream_id: int) -> None:
+        self._session = session
+        self.stream_id = stream_id
+        self._inbox = bytearray()
+        self._eof = False
+        self._closing = False
+        self._ready = asyncio.Event()
+
+    def _feed(self, data: bytes, end: bool) -> None:
+        if self._eof:
+            return
+        self._inbox += data
+        if len(self._inbox) > _MAX_UNREAD:
+            self._session._reset(self.stream_id)
+            end = True
+        if end:
+            self._eof = True
+        self._ready.set()
+
+    def _end(self) -> None:
+        self._eof = True
+        self._ready.set()
+
+    async def read(self, n: int) -> bytes:
+        """At most ``n`` bytes as they arrive; ``b""`` at the end of the stream."""
+        while not self._inbox and not self._eof:
+            self._ready.clear()
+            await self._ready.wait()
+        data = bytes(self._inbox[:n])
+        del self._inbox[:n]
+        return data
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` on the stream; ConnectionResetError once closed."""
+        if self._closing or self._session.closed:
+            raise ConnectionResetError("QUIC stream is closed")
+        if data:
+            self._session._send(self.stream_id, data, end=False)
+
+    async def drain(self) -> None:
+        """Wait while more than ``_HIGH_WATER`` bytes of this stream are unacknowledged (a
+        slow relay must not make us buffer a whole video); ConnectionResetError if the
+        session ends meanwhile (the idle timeout bounds the wait)."""
+        while True:
+            if self._session.closed:
+                raise ConnectionResetError("QUIC session is closed")
+            if self._session._unacknowledged(self.stream_id) <= _HIGH_WATER:
+                break
+            await self._session._wait_progress()
+        await asyncio.sleep(0)
+
+    def close(self) -> None:
+        """End the stream both ways: a FIN to the peer and ``b""`` to our reader."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._session.closed:
+            self._session._send(self.stream_id, b"", end=True)
+        self._end()
+
+    async def wait_closed(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return self._closing or self._session.closed
+
+
+class QuicSession:
+    """One QUIC connection over a datagram path; built by ``quic_serve``/``quic_connect``."""
+
+    def __init__(
+        self,
+        path: DatagramPath,
+        configuration: QuicConfiguration,
+        *,
+        keepalive_s: float | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._configuration = configuration
+        self.is_client = configuration.is_client
+        self._path = path if isinstance(path, SwitchingPath) else SwitchingPath(path)
+        self._quic: QuicConnection | None = None
+        if self.is_client:
+            self._quic = QuicConnection(configuration=configuration)
+        self._timer: asyncio.TimerHandle | None = None
+        self._keepalive_s = keepalive_s
+        self._last_sent = self._loop.time()
+        self._streams: dict[int, QuicStream] = {}
+        self._incoming: deque[QuicStream] = deque()
+        self._incoming_ready = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._handshake = self._loop.create_future()
+        self._terminated = self._loop.create_future()
+        self._ping_uid = 0
+        self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self.server_certificate_der = b""
+        self.closed = False
+        self.close_reason = ""
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.datagrams_sent = 0
+        self.datagrams_received = 0
+        self._path.set_receiver(self._on_datagram)
+
+    # ------------------------------------------------------------------ datagrams in
+
+    def _on_datagram(self, data: bytes) -> None:
+        self.datagram_received(data, self._loop.time())
+
+    def datagram_received(self, data: bytes, now: float) -> None:
+        """One datagram of this session from any of its paths."""
+        if self.closed:
+            return
+        self.datagrams_received += 1
+        self.bytes_received += len(data)
+        if self._quic is None and not self._accept_initial(data):
+            return
+        assert self._quic is not None
+        self._quic.receive_datagram(data, _PATH_ADDRESS, now)
+        self._process_events()
+        self.transmit()
+        self._progress.set()
+
+    def _accept_initial(self, data: bytes) -> bool:
+        """The server's connection starts with the client's first Initial (RFC 9000
+        section 14.1: padded to 1200 bytes at least); anything else before it is dropped."""
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length
+            )
+        except ValueError:
+            return False
+        if (
+            header.packet_type != QuicPacketType.INITIAL
+            or header.version not in self._configuration.supported_versions
+            or len(data) < _MIN_INITIAL
+        ):
+            return False
+        self._quic = QuicConnection(
+            configuration=self._configuration,
+            original_destination_connection_id=header.destination_cid,
+        )
+        return True
+
+    def _process_events(self) -> None:
+        assert self._quic is not None
+        while (event := self._quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                if not self._handshake.done():
+                    self._handshake.set_result(event.alpn_protocol)
+            elif isinstance(event, StreamDataReceived):
+                stream = self._streams.get(event.stream_id)
+                if stream is None:
+                    stream = self._peer_stream(event.stream_id)
+                if stream is not None:
+                    stream._feed(event.data, event.end_stream)
+            elif isinstance(event, StreamReset):
+                reset = self._streams.get(event.stream_id)
+                if reset is not None:
+                    reset._end()
+            elif isinstance(event, PingAcknowledged):
+                sent_at, waiter = self._pings.pop(event.uid, (0.0, None))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result((self._loop.time() - sent_at) * 1000.0)
+            elif isinstance(event, ConnectionTerminated):
+                self._terminate(event.reason_phrase or f"error {event.error_code}")
+
+    def _peer_stream(self, stream_id: int) -> QuicStream | None:
+        # Client-initiated bidirectional streams have ids 0, 4, 8... (RFC 9000 section
+        # 2.1); the client accepts nothing the server opens, and the queue is bounded.
+        if self.is_client or stream_id % 4 != 0 or len(self._incoming) >= _MAX_PENDING_STREAMS:
+            self._reset(stream_id)
+            return None
+        stream = QuicStream(self, stream_id)
+        self._streams[stream_id] = stream
+        self._incoming.append(stream)
+        self._incoming_ready.set()
+        return stream
+
+    def _unacknowledged(self, stream_id: int) -> int:
+        # aioquic keeps a stream's sent-but-unacknowledged bytes in its sender's buffer and
+        # offers no public accessor; without it (another aioquic) drain does not wait.
+        streams = getattr(self._quic, "_streams", {})
+        sender = getattr(streams.get(stream_id), "sender", None)
+        return len(getattr(sender, "_buffer", b""))
+
+    async def _wait_progress(self) -> None:
+        self._progress.clear()
+        await self._progress.wait()
+
+    def _terminate(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._progress.set()
+        self.close_reason = reason
+        for stream in self._streams.values():
+            stream._end()
+        self._incoming_ready.set()
+        error = TransportError(f"QUIC session ended: {reason}", reason=Reason.CLOSED)
+        for future in (self._handshake, self._terminated):
+            if not future.done():
+                if future is self._handshake:
+                    future.set_exception(error)
+                else:
+                    future.set_result(None)
+        for _, waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._pings.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._path.close()
+
+    # ------------------------------------------------------------------ datagrams out
+
+    def _send(self, stream_id: int, data: bytes, *, end: bool) -> None:
+        assert self._quic is not None
+        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        self.transmit()
+
+    def _reset(self, stream_id: int) -> None:
+        assert self._quic is not None
+        try:
+            self._quic.reset_stream(stream_id, 0)
+            self._quic.stop_stream(stream_id, 0)
+        except ValueError:
+            pass
+
+    def transmit(self) -> None:
+        """Send what the connection wants sent and re-arm the one timer."""
+        quic = self._quic
+        if quic is None:
+            return
+        now = self._loop.time()
+        for data, _ in quic.datagrams_to_send(now):
+            self.datagrams_sent += 1
+            self.bytes_sent += len(data)
+            self._last_sent = now
+            try:
+                self._path.send(data)
+            except (RoostError, OSError) as exc:
+                # A lost datagram: QUIC's loss recovery sends the content again.
+                _log.debug("QUIC datagram not sent: %s", exc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = quic.get_timer()
+        if self._keepalive_s is not None and self._handshake.done():
+            keepalive_at = self._last_sent + self._keepalive_s
+            deadline = keepalive_at if deadline is None else min(deadline, keepalive_at)
+        if deadline is not None and not self.closed:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        quic = self._quic
+        if quic is None or self.closed:
+            return
+        now = self._loop.time()
+        if self._keepalive_s is not None and now >= self._last_sent + self._keepalive_s:
+            self._ping_uid += 1
+            quic.send_ping(self._ping_uid)
+        timer = quic.get_timer()
+        if timer is not None and now >= timer:
+            quic.handle_timer(now)
+        self._process_events()
+        self.transmit()
+
+    # ------------------------------------------------------------------ public
+
+    async def wait_handshake(self, timeout_s: float) -> str | None:
+        """The negotiated ALPN once the handshake completed; TransportError on timeout."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._handshake), timeout_s)
+        except TimeoutError as exc:
+            raise TransportError(
+                "QUIC handshake timed out", reason=Reason.HANDSHAKE_TIMEOUT
+            ) from exc
+
+    def stream(self) -> tuple[QuicStream, QuicStream]:
+        """Open a new bidirectional stream (client side): ``(reader, writer)``."""
+        if self.closed or self._quic is None:
+            raise TransportError("QUIC session is closed", reason=Reason.CLOSED)
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=False)
+        stream = QuicStream(self, stream_id)
+        self._streams[stream_id] = stream
+        return stream, stream
+
+    async def accept_stream(self) -> tuple[QuicStream, QuicStream]:
+        """The next stream the peer opened (server side); TransportError once closed.
+        A stream becomes known with its first bytes."""
+        while not self._incoming:
+            if self.closed:
+                raise TransportError("QUIC session is closed", reason=Reason.CLOSED)
+            self._incoming_ready.clear()
+            await self._incoming_ready.wait()
+        stream = self._incoming.popleft()
+        return stream, stream
+
+    @property
+    def path(self) -> SwitchingPath:
+        """The session's paths; ``path.current`` is the one sent on."""
+        return self._path
+
+    def add_path(self, path: DatagramPath) -> None:
+        """Accept the session's datagrams from ``path`` as well, still sending on the
+        current one (the peer may switch to a direct path before we do)."""
+        self._path.add(path)
+
+    def switch_path(self, path: DatagramPath) -> None:
+        """Send on ``path`` from now on (relay -> direct takeover); keep receiving on the
+        old one. A PING goes out at once so the new path carries traffic and refreshes
+        the round-trip estimate."""
+        self._path.switch_to(path)
+        if self._quic is not None and not self.closed:
+            self._ping_uid += 1
+            self._quic.send_ping(self._ping_uid)
+            self.transmit()
+
+    async def ping(self, timeout_s: float = 5.0) -> float:
+        """One PING's round trip in milliseconds."""
+        if self._quic is None or self.closed:
+            raise TransportError("QUIC session is closed", reason=Reason.CLOSED)
+        self._ping_uid += 1
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        self._pings[self._ping_uid] = (self._loop.time(), waiter)
+        self._quic.send_ping(self._ping_uid)
+        self.transmit()
+        return await asyncio.wait_for(waiter, timeout_s)
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """aioquic's smoothed round-trip estimate in milliseconds (None before a sample).
+        aioquic keeps it on its recovery object without a public accessor."""
+        quic = self._quic
+        recovery = getattr(quic, "_loss", None) if quic is not None else None
+        if recovery is None or not getattr(recovery, "_rtt_initialized", False):
+            return None
+        return float(recovery._rtt_smoothed) * 1000.0
+
+    def close(self, reason: str = "") -> None:
+        """Close the connection (CONNECTION_CLOSE to the peer), every stream and path."""
+        if self.closed:
+            return
+        if self._quic is not None:
+            self._quic.close(reason_phrase=reason)
+            self.transmit()
+        self._terminate(reason or "closed")
+
+    async def wait_closed(self) -> None:
+        """Until the connection ended, by either side or the idle timeout."""
+        await asyncio.shield(self._terminated)
+
+
+def _configuration(*, is_client: bool, alpn: str, idle_timeout_s: float) -> QuicConfiguration:
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[alpn],
+        idle_timeout=idle_timeout_s,
+        verify_mode=ssl.CERT_NONE,
+    )
+
+
+def _peer_certificate(quic: QuicConnection) -> x509.Certificate:
+    # aioquic keeps the presented leaf on its TLS context; there is no public accessor.
+    certificate = getattr(quic.tls, "_peer_certificate", None)
+    if not isinstance(certificate, x509.Certificate):
+        raise VerificationError("server presented no certificate", reason=Reason.NO_PEER_CERT)
+    return certificate
+
+
+async def quic_serve(
+    path: DatagramPath,
+    *,
+    certificate_der: bytes,
+    private_key: ec.EllipticCurvePrivateKey,
+    alpn: str = ALPN,
+    idle_timeout_s: float = 60.0,
+    timeout_s: float = 10.0,
+    keepalive_s: float | None = None,
+) -> QuicSession:
+    """Be the QUIC server on ``path`` with the hub's certificate and key; returns once the
+    handshake completed. TransportError("handshake-timeout") after ``timeout_s``."""
+    configuration = _configuration(is_client=False, alpn=alpn, idle_timeout_s=idle_timeout_s)
+    configuration.certificate = x509.load_der_x509_certificate(certificate_der)
+    configuration.private_key = private_key
+    session = QuicSession(path, configuration, keepalive_s=keepalive_s)
+    session.server_certificate_der = certificate_der
+    try:
+        negotiated = await session.wait_handshake(timeout_s)
+        if negotiated != alpn:
+            raise TransportError(f"ALPN {negotiated!r}", reason=Reason.BAD_ALPN)
+    except BaseException as exc:
+        # The peer learns the reason only (STYLE.md), never our message.
+        session.close(exc.reason if isinstance(exc, RoostError) else Reason.ERROR)
+        raise
+    return session
+
+
+async def quic_connect(
+    path: DatagramPath,
+    *,
+    verify_server: Callable[[x509.Certificate], None],
+    alpn: str = ALPN,
+    idle_timeout_s: float = 60.0,
+    timeout_s: float = 10.0,
+    keepalive_s: float | None = None,
+) -> QuicSession:
+    """Be the QUIC client on ``path``; returns once the handshake completed and
+    ``verify_server`` accepted the server certificate (its VerificationError is raised
+    after the connection is closed)."""
+    configuration = _configuration(is_client=True, alpn=alpn, idle_timeout_s=idle_timeout_s)
+    session = QuicSession(path, configuration, keepalive_s=keepalive_s)
+    quic = session._quic
+    assert quic is not None
+    quic.connect(_PATH_ADDRESS, now=asyncio.get_running_loop().time())
+    session.transmit()
+    try:
+        negotiated = await session.wait_handshake(timeout_s)
+        if negotiated != alpn:
+            raise TransportError(f"ALPN {negotiated!r}", reason=Reason.BAD_ALPN)
+        certificate = _peer_certificate(quic)
+        verify_server(certificate)
+    except VerificationError as exc:
+        quic.close(error_code=_VERIFICATION_FAILED, reason_phrase=exc.reason)
+        session.transmit()
+        session.close()
+        raise
+    except BaseException as exc:
+        # The peer learns the reason only (STYLE.md), never our message.
+        session.close(exc.reason if isinstance(exc, RoostError) else Reason.ERROR)
+        raise
+    session.server_certificate_der = certificate.public_bytes(serialization.Encoding.DER)
+    return session
