@@ -346,6 +346,38 @@ class NatLab:
         """`run` of ``python -m MODULE ARGS`` with the test's interpreter."""
         return self.run(ns, [sys.executable, "-m", module, *args], **popen)
 
+    def delay(self, side: Side, delay_ms: float, queue: int = 0) -> subprocess.Popen[bytes]:
+        """Delay every UDP datagram the side's host sends or receives by `delay_ms`.
+
+        An NFQUEUE delayer (`tests.helpers.nfqdelay`) runs in the host namespace and holds
+        each datagram before accepting it, so addresses, NAT and conntrack are untouched and
+        a round trip from the host gains twice the delay. The rules are added only once the
+        delayer has bound its queue, and bypass it if the delayer is gone.
+        """
+        delayer = self.python(
+            side.host,
+            "tests.helpers.nfqdelay",
+            "--queue",
+            str(queue),
+            "--delay-ms",
+            str(delay_ms),
+            stdout=subprocess.PIPE,
+        )
+        assert delayer.stdout is not None
+        ready = delayer.stdout.readline().decode().strip()
+        if ready != f"ready queue {queue}":
+            raise RuntimeError(f"the NFQUEUE delayer did not start: {ready!r}")
+        queue_args = ["-p", "udp", "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+        self.exec(
+            side.host,
+            ["iptables", "-w", "-t", "mangle", "-A", "OUTPUT", "!", "-o", "lo", *queue_args],
+        )
+        self.exec(
+            side.host,
+            ["iptables", "-w", "-t", "mangle", "-A", "INPUT", "!", "-i", "lo", *queue_args],
+        )
+        return delayer
+
     @contextmanager
     def inside(self, ns: str) -> Iterator[None]:
         """Switch the calling thread into `ns` for the block, then back.

@@ -375,3 +375,36 @@ def test_delay_forwarder_adds_its_delay_each_way(record_property: pytest.RecordP
     # And not wildly more: the forwarder holds each datagram for the delay, not longer
     # (the tolerance is for a loaded two-core machine).
     assert statistics.median(delayed) <= 2 * delay_ms / 1000 + scaled(0.05)
+
+
+@pytest.mark.parametrize("nat", [NatType.PORT_RESTRICTED, NatType.PUBLIC], ids=lambda t: t.value)
+def test_nfqueue_delay_keeps_addresses_and_adds_its_delay(
+    nat: NatType, record_property: pytest.RecordProperty
+) -> None:
+    _require_lab()
+    delay_ms = 10.0
+    with NatLab(nat) as lab:
+        lab.spawn(lab.inet, lambda: _echo((BROKER_IP, 3478)))
+        # A plain reflector too, to see the source address the far end sees.
+        reflector = lab.udp_socket(lab.inet, (REFLECTOR_IP, 3478))
+        host = lab.udp_socket(lab.a.host)
+        host.sendto(b"who", reflector.getsockname())
+        before = _receive(reflector, 1.0)
+        # The echo task binds asynchronously; wait for its first answer before measuring.
+        _round_trips(host, (BROKER_IP, 3478), 1)
+        direct = _round_trips(host, (BROKER_IP, 3478), 20)
+        lab.delay(lab.a, delay_ms)
+        delayed = _round_trips(host, (BROKER_IP, 3478), 20)
+        host.sendto(b"who", reflector.getsockname())
+        after = _receive(reflector, 1.0)
+    summary = (
+        f"{nat.value}: direct median {statistics.median(direct) * 1000:.3f} ms; delayed min "
+        f"{min(delayed) * 1000:.3f} median {statistics.median(delayed) * 1000:.3f} ms"
+    )
+    record_property("nfqueue_delay", summary)
+    print(summary)
+    assert before is not None and after is not None
+    # Same socket, same mapping: the delay changed nothing the far end can see but time.
+    assert after[1] == before[1]
+    assert min(delayed) >= 2 * delay_ms / 1000
+    assert statistics.median(delayed) <= 2 * delay_ms / 1000 + scaled(0.05)
