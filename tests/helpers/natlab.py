@@ -252,6 +252,9 @@ class NatLab:
             self._attach(f"p{lower}")
             self.ip(side.host, "addr", "add", f"{side.host_ip}/24", "dev", "wan")
             self.ip(side.host, "link", "set", "wan", "up")
+            # Like any internet host it has a default route; a private address sent to is
+            # looked up on the bridge, finds no one and is lost (no "network unreachable").
+            self.ip(side.host, "route", "add", "default", "dev", "wan")
             return
         router = side.router
         self._add_namespace(router)
@@ -259,6 +262,7 @@ class NatLab:
         self._attach(f"p{lower}")
         self.ip(router, "addr", "add", f"{side.wan_ip}/24", "dev", "wan")
         self.ip(router, "link", "set", "wan", "up")
+        self.ip(router, "route", "add", "default", "dev", "wan")
         lan_prefix = _LAN_PREFIXES[side.name]
         self._veth(router, "lan", side.host, "eth0")
         self.ip(router, "addr", "add", f"{lan_prefix}.1/24", "dev", "lan")

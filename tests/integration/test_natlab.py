@@ -165,10 +165,44 @@ def test_lab_leaves_nothing_behind() -> None:
     with pytest.raises(RuntimeError, match="boom"), lab:
         made = lab.namespaces()
         assert len(made) == 5
+        sleeper = lab.run(lab.b.host, ["sleep", "60"])
+        task = lab.spawn(lab.a.host, lambda: asyncio.sleep(60))
+        sock = lab.udp_socket(lab.inet)
         raise RuntimeError("boom")
     existing = {line.split()[0] for line in _ip_netns_list()}
     assert not existing & set(made), f"namespaces left behind: {existing & set(made)}"
     assert lab.namespaces() == []
+    assert sleeper.poll() is not None
+    assert task.done()
+    assert sock.fileno() == -1
+
+
+def test_a_coroutine_and_a_process_run_inside_their_namespace() -> None:
+    _require_lab()
+    with NatLab(NatType.SYMMETRIC) as lab:
+
+        async def own_address() -> str:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.connect((BROKER_IP, 9))
+            try:
+                return str(probe.getsockname()[0])
+            finally:
+                probe.close()
+
+        assert lab.spawn(lab.a.host, own_address).result(scaled(10)) == lab.a.host_ip
+        assert lab.a.router is not None
+        shown = lab.run(lab.a.router, ["ip", "-4", "-o", "addr"], stdout=subprocess.PIPE)
+        out, _ = shown.communicate(timeout=scaled(10))
+        assert lab.a.wan_ip in out.decode() and lab.a.host_ip not in out.decode()
+        # The test's own thread is back in its own namespace after `inside`.
+        with lab.inside(lab.a.host):
+            pass
+        assert not any(lab.a.wan_ip in line for line in _own_addresses())
+
+
+def _own_addresses() -> list[str]:
+    done = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True, timeout=10)
+    return done.stdout.splitlines()
 
 
 def _ip_netns_list() -> list[str]:
