@@ -271,6 +271,46 @@ def test_mapping_expires_without_keepalive_and_survives_with_one() -> None:
         assert again is not None and again[1] == mapped["kept"]
 
 
+@pytest.mark.slow
+def test_a_replied_flow_needs_the_stream_timeout_shortened_too() -> None:
+    # Why `set_udp_timeouts` sets both sysctls: once a flow has seen a reply and carries
+    # another packet over 2 s later (measured: 1 s later does not), conntrack switches it
+    # to the stream timeout, so
+    # shortening only nf_conntrack_udp_timeout leaves a registered mapping alive for the
+    # stream timeout (120 s by default).
+    _require_lab()
+    timeout_s = 3
+    with NatLab(NatType.PORT_RESTRICTED, NatType.PORT_RESTRICTED) as lab:
+        assert lab.a.router is not None and lab.b.router is not None
+        lab.sysctl(lab.a.router, "net.netfilter.nf_conntrack_udp_timeout", str(timeout_s))
+        lab.set_udp_timeouts(lab.b.router, timeout_s)
+        assert lab.udp_timeouts(lab.a.router)[0] == timeout_s
+        assert lab.udp_timeouts(lab.a.router)[1] > 2 * timeout_s
+        broker = lab.udp_socket(lab.inet, (BROKER_IP, 3478))
+        hosts = {side.name: lab.udp_socket(side.host) for side in (lab.a, lab.b)}
+        mapped: dict[str, Address] = {}
+        for name, sock in hosts.items():
+            sock.sendto(b"register", broker.getsockname())
+            received = _receive(broker, 1.0)
+            assert received is not None
+            mapped[name] = received[1]
+            broker.sendto(b"ack", received[1])
+            assert _receive(sock, 1.0) is not None
+        # One more registration after the kernel's two-second mark makes each flow a stream.
+        time.sleep(2.5)
+        for sock in hosts.values():
+            sock.sendto(b"register", broker.getsockname())
+            assert _receive(broker, 1.0) is not None
+        last = time.monotonic()
+        time.sleep(max(0.0, last + 2 * timeout_s + 0.5 - time.monotonic()))
+        for name in hosts:
+            broker.sendto(b"wake", mapped[name])
+        only_unreplied = _receive(hosts["A"], 1.0)
+        both = _receive(hosts["B"], DROP_WAIT)
+    assert only_unreplied is not None, "the stream timeout did not keep the flow alive"
+    assert both is None, "with both timeouts shortened the flow outlived 2 timeouts"
+
+
 def _remap_case(lab: NatLab) -> tuple[Address, Address, bool, bool]:
     """A host registers with the broker; a peer sends to that address before the host has
     sent to the peer; then the host sends to the peer. Returns (what the broker saw, what
