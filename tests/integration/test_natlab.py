@@ -11,6 +11,7 @@ import select
 import socket
 import statistics
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import cast
@@ -377,7 +378,7 @@ def test_symmetric_peer_sees_a_peer_reflexive_port_and_its_answer_arrives() -> N
     assert via_seen and not via_registered
 
 
-async def _echo(bind: Address) -> None:
+async def _echo(bind: Address, ready: threading.Event) -> None:
     """An echo reflector on the lab's internet, run on a loop inside the namespace."""
     loop = asyncio.get_running_loop()
 
@@ -390,6 +391,7 @@ async def _echo(bind: Address) -> None:
             self.transport.sendto(data, addr)
 
     transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=bind)
+    ready.set()
     try:
         await asyncio.sleep(scaled(60))
     finally:
@@ -415,7 +417,9 @@ def test_delay_forwarder_adds_its_delay_each_way(record_property: pytest.RecordP
     _require_lab()
     delay_ms = 10.0
     with NatLab(NatType.PORT_RESTRICTED) as lab:
-        echo = lab.spawn(lab.inet, lambda: _echo((BROKER_IP, 3478)))
+        echo_ready = threading.Event()
+        echo = lab.spawn(lab.inet, lambda: _echo((BROKER_IP, 3478), echo_ready))
+        assert echo_ready.wait(scaled(10))
         forwarder_address = (REFLECTOR_IP, 3478)
         forwarder = lab.python(
             lab.inet,
@@ -458,14 +462,14 @@ def test_nfqueue_delay_keeps_addresses_and_adds_its_delay(
     _require_lab()
     delay_ms = 10.0
     with NatLab(nat) as lab:
-        lab.spawn(lab.inet, lambda: _echo((BROKER_IP, 3478)))
+        echo_ready = threading.Event()
+        lab.spawn(lab.inet, lambda: _echo((BROKER_IP, 3478), echo_ready))
+        assert echo_ready.wait(scaled(10))
         # A plain reflector too, to see the source address the far end sees.
         reflector = lab.udp_socket(lab.inet, (REFLECTOR_IP, 3478))
         host = lab.udp_socket(lab.a.host)
         host.sendto(b"who", reflector.getsockname())
         before = _receive(reflector, 1.0)
-        # The echo task binds asynchronously; wait for its first answer before measuring.
-        _round_trips(host, (BROKER_IP, 3478), 1)
         direct = _round_trips(host, (BROKER_IP, 3478), 20)
         lab.delay(lab.a, delay_ms)
         delayed = _round_trips(host, (BROKER_IP, 3478), 20)
