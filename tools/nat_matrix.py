@@ -156,7 +156,8 @@ def expected_path(a: NatType, b: NatType) -> str:
     The matrix relies on the lab's routers dropping unsolicited inbound UDP addressed to
     themselves (as home routers do): one that accepts it leaves a conntrack entry behind,
     Linux then gives the host's next packet to that peer another source port, and two
-    port-restricted sides could end on relay (tests/integration/test_natlab.py shows it).
+    port-restricted sides end on relay (tests/integration/test_natlab.py and
+    test_natlab_punch.py show it).
     """
     if a.mapping is None or b.mapping is None:
         return "relay"
@@ -257,7 +258,9 @@ def render(observed: MappingType[tuple[NatType, NatType], str] | None = None) ->
         "198.18.0.3) and per side a router namespace (WAN on the bridge, iptables, ip_forward)",
         "with a host namespace behind it on its own 10.x.y.0/24 LAN; a public side's host sits",
         "on the bridge. `tests/integration/test_natlab.py` measures each type's mapping and",
-        "filtering against the table above.",
+        "filtering against the table above, and `tests/integration/test_natlab_punch.py`",
+        "punches every cell with plain UDP probes (no broker) and asserts the expected path;",
+        "the observed column is for the broker's own matrix test (QUIC, live frames).",
         "",
     ]
     return "\n".join(lines)
