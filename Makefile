@@ -18,7 +18,7 @@ demo: $(STAMP)
 # Tests need openssl and curl (interop); install them with apt-get when missing.
 system-deps:
 	@missing=""; \
-	for tool in openssl:openssl curl:curl ip:iproute2 chromium:chromium; do \
+	for tool in openssl:openssl curl:curl ip:iproute2 iptables:iptables chromium:chromium; do \
 	  cmd=$${tool%%:*}; pkg=$${tool##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
@@ -28,14 +28,14 @@ system-deps:
 	fi
 
 test: $(STAMP) system-deps
-	$(VENV)/bin/ruff format --check src tests bench
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench tools
+	$(VENV)/bin/ruff check src tests bench tools
 	$(VENV)/bin/mypy --strict src
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format src tests bench
-	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench tools
+	$(VENV)/bin/ruff check --fix src tests bench tools
 	$(VENV)/bin/mypy --strict src
 
 clean:
