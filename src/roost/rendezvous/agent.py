@@ -9,9 +9,10 @@ every input carries ``now`` (monotonic seconds), randomness comes from the injec
 
 * ``datagrams_to_send()``: RREG datagrams, all for the broker's UDP address.
 * ``records_to_send()``: ``(channel, body)`` control bodies; the adapter frames each with
-  ``roost.framing.encode_record`` on that channel's TLS connection. The adapter writes them
-  *before* acting on the events taken in the same turn, so a ``reject`` reaches the broker
-  before the ``CloseConnection`` that follows it.
+  ``roost.framing.encode_record`` on that channel's TLS connection. A channel's ``Open…``
+  event comes before its first record; the adapter keeps a channel's records until its
+  connection is up, and acts on ``CloseConnection`` only after writing every record taken
+  in the same turn, so a ``reject`` reaches the broker before the connection closes.
 * ``next_event()``: :class:`OpenEnrollConnection`, :class:`OpenHeldConnection`,
   :class:`OpenPresentConnection` (open mutual TLS to the broker as channel ``channel``; the
   first record is already queued), :class:`CloseConnection`, the work item
