@@ -321,7 +321,9 @@ class IssuerCore:
     def stun_result(self, candidate: Candidate | None, now: float) -> None:
         """The reflexive address from STUN, or None when STUN got no answer."""
         self._check_now(now)
-        if self._stun_done:
+        if self._stun_done or self._state is IssuerState.IDLE:
+            # Late (the timeout passed) or never asked: nothing waits for it.
+            self._ignore(Reason.UNEXPECTED_MESSAGE)
             return
         self._stun_done = True
         self._stun_at = None
@@ -371,8 +373,12 @@ class IssuerCore:
     ) -> None:
         """The looked-up certificate chains to the trust store and names the target."""
         self._check_now(now)
-        if self._state is not IssuerState.VERIFYING or certificate != self._certificate:
-            raise LocalProtocolError("no verification of this certificate is pending")
+        if self._certificate is None or certificate != self._certificate:
+            raise LocalProtocolError("no verification of this certificate was asked")
+        if self._state is not IssuerState.VERIFYING:
+            # The attempt ended (a broker error, a lost connection) while the check ran.
+            self._ignore(Reason.UNEXPECTED_MESSAGE)
+            return
         self._public_key = public_key
         self._move(IssuerInput.VERIFIED)
         if self._stun_done:
@@ -381,8 +387,8 @@ class IssuerCore:
     def certificate_refused(self, reason: Reason, now: float) -> None:
         """The looked-up certificate failed verification with ``reason``."""
         self._check_now(now)
-        if self._state is not IssuerState.VERIFYING:
-            raise LocalProtocolError("no certificate verification is pending")
+        if self._certificate is None:
+            raise LocalProtocolError("no certificate verification was asked")
         self._fail(IssuerInput.REFUSED, reason, now)
 
     def punch_succeeded(self, addr: tuple[str, int], now: float) -> None:
@@ -540,7 +546,9 @@ class IssuerCore:
         self._deadline_reason = reason
 
     def _took(self, step: str, now: float) -> None:
-        self._timings[f"{step}_ms"] = self._ms(self._marks[step], now)
+        since = self._marks.get(step)
+        if since is not None:
+            self._timings[f"{step}_ms"] = self._ms(since, now)
 
     @staticmethod
     def _ms(since: float, now: float) -> int:
