@@ -3,11 +3,34 @@
 - ``messages``: the UDP datagrams RREG, RACK and RWAK, candidates, tags and counters.
 - ``control``: the TLS control channel's JSON ops and relay records.
 - ``stun``: STUN Binding (RFC 8489) for reflexive addresses.
-- ``seal``: the password sealed to the target's certificate key.
+- ``seal``: the user and password sealed to the target's certificate key.
+- ``agent`` (with ``agent_events``): the equipment side of a brokered connection.
+- ``issuer``: the issuing side (``roost connect``).
+- ``sessions``, ``state``: what both ends share, and their transition tables.
 
-docs/broker.md, "Wire formats (implemented)", describes them.
+docs/broker.md, "Wire formats (implemented)" and "The two ends", describes them.
 """
 
-from roost.rendezvous import control, messages, seal, stun
+from roost.rendezvous import (
+    agent,
+    agent_events,
+    control,
+    issuer,
+    messages,
+    seal,
+    sessions,
+    state,
+    stun,
+)
 
-__all__ = ["control", "messages", "seal", "stun"]
+__all__ = [
+    "agent",
+    "agent_events",
+    "control",
+    "issuer",
+    "messages",
+    "seal",
+    "sessions",
+    "state",
+    "stun",
+]
