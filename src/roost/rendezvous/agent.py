@@ -272,7 +272,7 @@ class AgentCore:
         self._key = key
         self.counters.enrollments += 1
         if interval_ms > 0:
-            self._interval = interval_ms / 1000.0
+            self._interval = max(interval_ms / 1000.0, self.config.min_interval)
         if self._enroll_channel is not None:
             self._events.append(CloseConnection(self._enroll_channel))
             self._enroll_channel = None

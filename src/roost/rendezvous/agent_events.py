@@ -43,6 +43,8 @@ class AgentConfig:
     # jitter around it (step 2: every 20 s ± 20 %, so NAT mappings of about 30 s live on).
     interval: float = 20.0
     jitter: float = 0.2
+    # A broker's interval below this is raised to it: a bad answer cannot make us flood.
+    min_interval: float = 1.0
     # A RACK later than this counts as missing; after ``missed_racks`` in a row the agent
     # holds a TLS connection instead (step 2).
     rack_timeout: float = 3.0
@@ -62,6 +64,7 @@ class AgentConfig:
     def __post_init__(self) -> None:
         for name in (
             "interval",
+            "min_interval",
             "rack_timeout",
             "keepalive_interval",
             "enroll_retry",
