@@ -19,7 +19,9 @@ from roost.hcsp.aio import UdpConfig
 from roost.reasons import Reason
 
 __all__ = [
+    "BROKER_LOCAL_DEFAULT",
     "AnnounceSettings",
+    "BrokerLink",
     "DeviceConfig",
     "HubConfig",
     "connection_table",
@@ -66,6 +68,48 @@ class AnnounceSettings:
         )
 
 
+# --------------------------------------------------------------------------------------
+# The hub's link to a broker (docs/broker.md, "Config": the hub config's ``[broker]`` table).
+# Kept apart from the broker's own config (``broker.toml``), which has its block elsewhere.
+
+# The agent's UDP bind when ``local`` is left out: every address, a port the system picks.
+BROKER_LOCAL_DEFAULT = "0.0.0.0:0"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLink:
+    """The ``[broker]`` table of a hub config: where the hub's agent reaches the broker."""
+
+    # The broker's TLS control port (enrollment, held connection, present).
+    address: tuple[str, int]
+    # The broker's UDP port (registrations, wake-ups, STUN).
+    udp: tuple[str, int]
+    # The agent's one UDP socket (registrations, wake-ups, probes, QUIC) binds here.
+    local: tuple[str, int] = ("0.0.0.0", 0)
+
+
+def _broker_link(doc: _Table) -> BrokerLink | None:
+    if not doc.has("broker"):
+        return None
+    section = doc.table("broker")
+    return BrokerLink(
+        address=_remote_endpoint(section, "address"),
+        udp=_remote_endpoint(section, "udp"),
+        local=section.hostport("local", BROKER_LOCAL_DEFAULT),
+    )
+
+
+def _remote_endpoint(section: _Table, key: str) -> tuple[str, int]:
+    # A broker is dialled: port 0 and the unspecified address name nothing to reach.
+    host, port = section.hostport(key)
+    if port == 0 or host in ("", "0.0.0.0", "::"):
+        raise section.error(key, f"must name a reachable HOST:PORT, not {host}:{port}")
+    return host, port
+
+
+# --------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class HubConfig:
     name: str
@@ -83,6 +127,8 @@ class HubConfig:
     redirect_spacing: float = _REDIRECT.batch_spacing
     # Where the owner's remote (guard) sessions arrive; None: no remote entrance.
     remote: tuple[str, int] | None = None
+    # The agent's link to a broker (``[broker]``); None: the hub is not reachable that way.
+    broker: BrokerLink | None = None
     source: Path | None = None
     # Refused channels and announcements are logged at most once per source host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
@@ -311,6 +357,7 @@ def load_hub_config(path: Path) -> HubConfig:
         redirect_batch=batch,
         redirect_spacing=spacing,
         remote=doc.hostport("remote") if doc.has("remote") else None,
+        broker=_broker_link(doc),
         source=path,
     )
 

@@ -172,6 +172,20 @@ class Reason(enum.StrEnum):
     HANDSHAKE_TIMEOUT = "handshake-timeout"
     BAD_ALPN = "bad-alpn"
     PATH_CLOSED = "path-closed"
+    # Rendezvous: the two ends of a brokered connection (agent.py, issuer.py).
+    UNKNOWN_HUB = "unknown-hub"
+    HUB_OFFLINE = "hub-offline"
+    RELAY_LIMIT = "relay-limit"
+    NOT_ENROLLED = "not-enrolled"
+    ENROLL_FAILED = "enroll-failed"
+    UNKNOWN_SESSION = "unknown-session"
+    RACK_MISSING = "rack-missing"
+    UNKNOWN_COUNTER = "unknown-counter"
+    PUNCH_FAILED = "punch-failed"
+    LOOKUP_TIMEOUT = "lookup-timeout"
+    ACCEPT_TIMEOUT = "accept-timeout"
+    RELAY_TIMEOUT = "relay-timeout"
+    SETUP_TIMEOUT = "setup-timeout"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -329,6 +343,19 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.HANDSHAKE_TIMEOUT: "the QUIC handshake did not complete in time",
     Reason.BAD_ALPN: "the QUIC peer did not agree on the roost/1 application protocol",
     Reason.PATH_CLOSED: "a datagram was sent on a path that is closed",
+    Reason.UNKNOWN_HUB: "the broker has no enrolled hub of that identifier",
+    Reason.HUB_OFFLINE: "the hub is enrolled but neither registered nor holding a connection",
+    Reason.RELAY_LIMIT: "a relayed session reached its byte or time limit, or the hub's cap",
+    Reason.NOT_ENROLLED: "a wake-up or registration step before the agent has its key",
+    Reason.ENROLL_FAILED: "the enrollment connection closed before the broker answered",
+    Reason.UNKNOWN_SESSION: "a control message for a session this side does not hold",
+    Reason.RACK_MISSING: "registrations went unanswered; a held TLS connection replaces UDP",
+    Reason.UNKNOWN_COUNTER: "a RACK for a registration counter the agent is not waiting for",
+    Reason.PUNCH_FAILED: "no direct path answered by the punch deadline; the relay is asked",
+    Reason.LOOKUP_TIMEOUT: "the broker did not answer the lookup in time",
+    Reason.ACCEPT_TIMEOUT: "the hub did not accept or reject the request in time",
+    Reason.RELAY_TIMEOUT: "the broker did not open the relay in time",
+    Reason.SETUP_TIMEOUT: "a brokered session did not reach a direct or relayed path in time",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",

@@ -63,6 +63,11 @@ CORE_MODULES = (
     "roost.rendezvous.stun",
     "roost.rendezvous.seal",
     "roost.rendezvous.punch",
+    "roost.rendezvous.agent",
+    "roost.rendezvous.agent_events",
+    "roost.rendezvous.issuer",
+    "roost.rendezvous.sessions",
+    "roost.rendezvous.state",
 )
 
 # Cores that are being written alongside this list. Each is checked as soon as it can be
@@ -70,8 +75,6 @@ CORE_MODULES = (
 PENDING_CORE_MODULES = (
     "roost.rendezvous.registry",
     "roost.rendezvous.broker",
-    "roost.rendezvous.agent",
-    "roost.rendezvous.issuer",
 )
 # Adapter modules a `pkg.*` pattern skips (none of the pending entries uses a pattern now).
 _ADAPTER_NAMES = frozenset({"aio"})

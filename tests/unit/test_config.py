@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from roost.config import (
+    BROKER_LOCAL_DEFAULT,
+    BrokerLink,
     DeviceConfig,
     connection_table,
     load_device_config,
@@ -145,3 +147,47 @@ def test_parse_hostport_refuses_what_is_not_host_port(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_hostport(text)
     assert parse_hostport("[::1]:80") == ("::1", 80)
+
+
+# ---------------------------------------------------------------- the hub's [broker] table
+
+
+def test_the_broker_table_is_read_with_local_defaulting_to_any_address(tmp_path: Path) -> None:
+    assert load_hub_config(_hub(tmp_path)).broker is None
+    hub = load_hub_config(_hub(tmp_path, broker={"address": "127.0.0.1:7443", "udp": "[::1]:3478"}))
+    assert hub.broker == BrokerLink(("127.0.0.1", 7443), ("::1", 3478), ("0.0.0.0", 0))
+    assert parse_hostport(BROKER_LOCAL_DEFAULT) == hub.broker.local
+    hub = load_hub_config(
+        _hub(
+            tmp_path,
+            broker={"address": "192.0.2.5:7443", "udp": "192.0.2.5:3478", "local": "0.0.0.0:41000"},
+        )
+    )
+    assert hub.broker is not None and hub.broker.local == ("0.0.0.0", 41000)
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"udp": "127.0.0.1:3478"}, "lacks broker.'address'"),
+        ({"address": "127.0.0.1:7443"}, "lacks broker.'udp'"),
+        ({"address": "localhost", "udp": "127.0.0.1:3478"}, "broker.address holds"),
+        ({"address": "127.0.0.1:7443", "udp": "127.0.0.1:99999"}, "broker.udp holds"),
+        ({"address": "127.0.0.1:0", "udp": "127.0.0.1:3478"}, "broker.address must name"),
+        ({"address": "127.0.0.1:7443", "udp": "0.0.0.0:3478"}, "broker.udp must name"),
+        ({"address": "127.0.0.1:7443", "udp": "127.0.0.1:3478", "local": 5}, "broker.local must"),
+        ({"address": 7443, "udp": "127.0.0.1:3478"}, "broker.address must be a string"),
+    ],
+)
+def test_a_bad_broker_table_is_a_config_error_naming_the_key(
+    tmp_path: Path, table: dict[str, object], words: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_hub_config(_hub(tmp_path, broker=table))
+    assert words in str(caught.value) and caught.value.reason == "bad-config"
+
+
+def test_a_broker_key_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_hub_config(_hub(tmp_path, broker="127.0.0.1:7443"))
+    assert "broker must be a table" in str(caught.value)

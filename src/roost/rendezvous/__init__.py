@@ -3,16 +3,41 @@
 - ``messages``: the UDP datagrams RREG, RACK and RWAK, candidates, tags and counters.
 - ``control``: the TLS control channel's JSON ops and relay records.
 - ``stun``: STUN Binding (RFC 8489) for reflexive addresses.
-- ``seal``: the password sealed to the target's certificate key.
+- ``seal``: the user and password sealed to the target's certificate key.
 - ``punch``: hole-punching probes and the ``Puncher`` core.
+- ``agent`` (with ``agent_events``): the equipment side of a brokered connection.
+- ``issuer``: the issuing side (``roost connect``).
+- ``sessions``, ``state``: what both ends share, and their transition tables.
 
 The adapters ``paths`` (the shared UDP socket, relay and switching paths) and ``quic`` (QUIC
 sessions over a path, with aioquic) are imported by name, not here, so the pure codecs stay
 free of asyncio.
 
-docs/broker.md, "Wire formats (implemented)", describes them.
+docs/broker.md, "Wire formats (implemented)" and "The two ends", describes them.
 """
 
-from roost.rendezvous import control, messages, punch, seal, stun
+from roost.rendezvous import (
+    agent,
+    agent_events,
+    control,
+    issuer,
+    messages,
+    punch,
+    seal,
+    sessions,
+    state,
+    stun,
+)
 
-__all__ = ["control", "messages", "punch", "seal", "stun"]
+__all__ = [
+    "agent",
+    "agent_events",
+    "control",
+    "issuer",
+    "messages",
+    "punch",
+    "seal",
+    "sessions",
+    "state",
+    "stun",
+]

@@ -48,7 +48,13 @@ from roost.rendezvous.messages import (
     verify_registration,
     verify_wake,
 )
-from roost.rendezvous.seal import MAX_PASSWORD, open_request, seal_request
+from roost.rendezvous.seal import (
+    MAX_PASSWORD,
+    MAX_USER,
+    SealedCredentials,
+    open_request,
+    seal_request,
+)
 from roost.rendezvous.stun import (
     FINGERPRINT,
     MAGIC_COOKIE,
@@ -180,20 +186,27 @@ def test_round_trip(name: str, strategy: Any, round_trip: Any) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
+    st.text(min_size=1, max_size=20).filter(
+        lambda s: len(s.encode("utf-8", "surrogatepass")) <= MAX_USER
+    ),
     st.text(max_size=80).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) <= MAX_PASSWORD),
     candidate_lists,
 )
-def test_seal_round_trip(password: str, issuer_candidates: tuple[Candidate, ...]) -> None:
+def test_seal_round_trip(
+    user: str, password: str, issuer_candidates: tuple[Candidate, ...]
+) -> None:
     try:
-        sealed = seal_request(TARGET.public_key(), TARGET_ID, issuer_candidates, password)
+        sealed = seal_request(TARGET.public_key(), TARGET_ID, issuer_candidates, user, password)
     except RoostError as error:
         # Only lone surrogates, which UTF-8 cannot carry, are refused.
         assert error.reason == "bad-field"
         return
-    assert open_request(TARGET, TARGET_ID, sealed, issuer_candidates) == password
+    assert open_request(TARGET, TARGET_ID, sealed, issuer_candidates) == SealedCredentials(
+        user, password
+    )
 
 
-def _open(data: bytes) -> str:
+def _open(data: bytes) -> SealedCredentials:
     return open_request(TARGET, TARGET_ID, data, FIXED_CANDIDATES)
 
 

@@ -69,6 +69,7 @@ REGISTRATION_KEY = hashlib.sha256(b"roost rendezvous vector registration key").d
 TARGET_KEY = fixed_key("roost rendezvous vector target hub")
 EPHEMERAL_KEY = fixed_key("roost rendezvous vector issuer ephemeral")
 TARGET_ID = identifier_for_key(Role.HUB, TARGET_KEY.public_key())
+USER = "owner"
 PASSWORD = "correct horse battery staple"
 TOKEN = bytes(range(16))
 TRANSACTION_ID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
@@ -91,7 +92,7 @@ CERTIFICATE = bytes.fromhex("3082") + bytes(range(64))
 def sealed() -> bytes:
     """The sealed request of the vector (fixed ephemeral key)."""
     return seal_request(
-        TARGET_KEY.public_key(), TARGET_ID, ISSUER_CANDIDATES, PASSWORD, EPHEMERAL_KEY
+        TARGET_KEY.public_key(), TARGET_ID, ISSUER_CANDIDATES, USER, PASSWORD, EPHEMERAL_KEY
     )
 
 

@@ -38,7 +38,7 @@ from roost.rendezvous.messages import (
     verify_registration,
     verify_wake,
 )
-from roost.rendezvous.seal import open_request
+from roost.rendezvous.seal import SealedCredentials, open_request
 from roost.rendezvous.stun import (
     BINDING_REQUEST,
     BINDING_SUCCESS,
@@ -113,7 +113,7 @@ def test_wake_vector() -> None:
 def test_sealed_vector_opens_and_follows_the_documented_key_schedule() -> None:
     sealed = _stored("sealed")
     assert open_request(GEN.TARGET_KEY, GEN.TARGET_ID, sealed, GEN.ISSUER_CANDIDATES) == (
-        GEN.PASSWORD
+        SealedCredentials(GEN.USER, GEN.PASSWORD)
     )
     # Rebuild the key schedule from seal.py's docstring with the raw primitives.
     ephemeral = sealed[1:66]
@@ -130,8 +130,9 @@ def test_sealed_vector_opens_and_follows_the_documented_key_schedule() -> None:
     okm = HKDF(hashes.SHA256(), 44, salt=None, info=info).derive(shared)
     associated = b"\x01" + encode_candidates(GEN.ISSUER_CANDIDATES)
     plaintext = AESGCM(okm[:32]).decrypt(okm[32:], sealed[66:], associated)
-    password = GEN.PASSWORD.encode()
-    assert plaintext == struct.pack(">H", len(password)) + password + bytes(64 - 2 - len(password))
+    user, password = GEN.USER.encode(), GEN.PASSWORD.encode()
+    fields = bytes([len(user)]) + user + struct.pack(">H", len(password)) + password
+    assert plaintext == fields + bytes(64 - len(fields))
 
 
 def test_relay_vector() -> None:
