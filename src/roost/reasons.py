@@ -167,6 +167,19 @@ class Reason(enum.StrEnum):
     TRANSACTION_MISMATCH = "transaction-mismatch"
     NO_MAPPED_ADDRESS = "no-mapped-address"
     BAD_SEAL = "bad-seal"
+    NOT_ENROLLED = "not-enrolled"
+    NOT_EQUIPMENT = "not-equipment"
+    UNKNOWN_TARGET = "unknown-target"
+    TARGET_OFFLINE = "target-offline"
+    BAD_TOKEN = "bad-token"
+    TOKEN_REUSED = "token-reused"
+    UNKNOWN_SESSION = "unknown-session"
+    SESSION_LIMIT = "session-limit"
+    RELAY_LIMIT = "relay-limit"
+    RELAY_EXPIRED = "relay-expired"
+    WAKE_TIMEOUT = "wake-timeout"
+    ANSWER_TIMEOUT = "answer-timeout"
+    IDLE_TIMEOUT = "idle-timeout"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -319,6 +332,19 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.TRANSACTION_MISMATCH: "a STUN response for another transaction",
     Reason.NO_MAPPED_ADDRESS: "a STUN success response without XOR-MAPPED-ADDRESS",
     Reason.BAD_SEAL: "a sealed request that does not open (wrong target, altered data)",
+    Reason.NOT_ENROLLED: "a registration or keepalive from an identifier the broker has not enrolled",
+    Reason.NOT_EQUIPMENT: "an enrollment or presence without a verified hub or device certificate",
+    Reason.UNKNOWN_TARGET: "a lookup or connect for an identifier the broker has not enrolled",
+    Reason.TARGET_OFFLINE: "a lookup or connect for an enrolled target that is not live",
+    Reason.BAD_TOKEN: "a presence with a token the broker did not issue or has forgotten",
+    Reason.TOKEN_REUSED: "a presence with a token already presented once",
+    Reason.UNKNOWN_SESSION: "a session number that is not open on this connection",
+    Reason.SESSION_LIMIT: "too many connection requests open (per connection or overall)",
+    Reason.RELAY_LIMIT: "a relay past its byte limit or the hub's relayed-session cap",
+    Reason.RELAY_EXPIRED: "a relayed session past its time limit",
+    Reason.WAKE_TIMEOUT: "the target did not present its wake-up token in time",
+    Reason.ANSWER_TIMEOUT: "the target did not accept or reject the request in time",
+    Reason.IDLE_TIMEOUT: "a broker connection silent past its idle limit",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",
