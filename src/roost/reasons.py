@@ -332,7 +332,7 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.TRANSACTION_MISMATCH: "a STUN response for another transaction",
     Reason.NO_MAPPED_ADDRESS: "a STUN success response without XOR-MAPPED-ADDRESS",
     Reason.BAD_SEAL: "a sealed request that does not open (wrong target, altered data)",
-    Reason.NOT_ENROLLED: "a registration or keepalive from an identifier the broker has not enrolled",
+    Reason.NOT_ENROLLED: "a registration or keepalive from an identifier not enrolled",
     Reason.NOT_EQUIPMENT: "an enrollment or presence without a verified hub or device certificate",
     Reason.UNKNOWN_TARGET: "a lookup or connect for an identifier the broker has not enrolled",
     Reason.TARGET_OFFLINE: "a lookup or connect for an enrolled target that is not live",
