@@ -284,3 +284,23 @@ def test_roost_broker_run_answers_stun_and_status_reads_it(home: Path) -> None:
             process.kill()
             process.wait()
     assert process.returncode == 0
+
+
+async def test_a_client_certificate_of_another_ca_is_refused(
+    tmp_path: Path, home: Path, broker: BrokerDaemon
+) -> None:
+    from roost.pki.certs import Role, cert_to_pem, key_to_pem
+    from tests.helpers.pki import TestCA
+
+    stranger = TestCA().issue(Role.HUB)
+    (tmp_path / "cert.pem").write_bytes(cert_to_pem(stranger.cert))
+    (tmp_path / "key.pem").write_bytes(key_to_pem(stranger.key))
+    anchors = certs_from_pem((home / "ca" / "gen-1" / "ca-cert.pem").read_bytes())
+    context = client_context(anchors, tmp_path / "cert.pem", tmp_path / "key.pem")
+    with pytest.raises((ConnectionError, OSError, asyncio.IncompleteReadError)):
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(LOOPBACK, broker.tls_port, ssl=context), scaled(5.0)
+        )
+        # TLS 1.3 reports the server's refusal of a client certificate on the first read.
+        await _call(reader, writer, "enroll")
+    assert broker.status().counters.enrollments == 0

@@ -96,7 +96,17 @@ class BrokerCounters:
 
 
 class _Channel:
-    __slots__ = ("certificate", "deadline", "held", "id", "issued", "peer", "session", "source")
+    __slots__ = (
+        "certificate",
+        "deadline",
+        "held",
+        "id",
+        "issued",
+        "peer",
+        "rtt_ms",
+        "session",
+        "source",
+    )
 
     def __init__(
         self, channel_id: int, peer: str | None, certificate: bytes | None, source: str
@@ -111,6 +121,7 @@ class _Channel:
         self.issued = False
         self.held = False
         self.deadline = 0.0
+        self.rtt_ms = 0
 
 
 class _Session:
@@ -331,6 +342,18 @@ class BrokerCore:
         self._channels[channel_id] = channel
         self._arm_channel(channel, now)
 
+    def channel_rtt(self, channel_id: int, rtt_ms: int) -> None:
+        """The connection's measured round trip (the adapter reads the kernel's estimate):
+        ``start`` tells that side to wait half of it less (section 5, step 6)."""
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel.rtt_ms = max(0, int(rtt_ms))
+
+    def _start_in(self, channel_id: int | None) -> int:
+        channel = self._channels.get(channel_id) if channel_id is not None else None
+        rtt = channel.rtt_ms if channel is not None else 0
+        return max(0, self.config.start_delay_ms - rtt // 2)
+
     def close_channel(self, channel_id: int, now: float) -> None:
         """The connection closed (either side); its sessions end."""
         channel = self._channels.pop(channel_id, None)
@@ -548,14 +571,21 @@ class BrokerCore:
         entry = self.registry.get(session.target)
         reflexive = (entry.reflexive,) if entry is not None and entry.reflexive else ()
         target_candidates = _unique(reflexive + message.candidates)
-        delay = self.config.start_delay_ms
+        # Both sides should probe at the same moment: start_delay_ms after this send,
+        # each told to wait half its own round trip less (DCUtR's synchronisation).
+        deadline = self.config.deadline_ms
         self._send(
             session.issuer,
-            control.Start(session.id, target_candidates, delay, self.config.deadline_ms),
+            control.Start(session.id, target_candidates, self._start_in(session.issuer), deadline),
         )
         self._send(
             session.target_channel,
-            control.Start(session.id, _unique(session.candidates), delay, self.config.deadline_ms),
+            control.Start(
+                session.id,
+                _unique(session.candidates),
+                self._start_in(session.target_channel),
+                deadline,
+            ),
         )
         session.deadline = 0.0
 

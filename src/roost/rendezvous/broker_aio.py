@@ -23,7 +23,9 @@ import contextlib
 import json
 import logging
 import random
+import socket
 import ssl
+import struct
 import time
 import urllib.request
 from typing import Any
@@ -267,6 +269,7 @@ class BrokerDaemon:
                 data = await reader.read(_READ_CHUNK)
                 if not data:
                     break
+                self.core.channel_rtt(channel, _rtt_ms(writer))
                 for body in framer.feed(data):
                     self.core.receive_record(channel, body, _loop_now())
                 self.transmit()
@@ -323,6 +326,27 @@ class BrokerDaemon:
 
 def _loop_now() -> float:
     return asyncio.get_running_loop().time()
+
+
+# Linux's struct tcp_info: tcpi_rtt (microseconds) is the u32 at byte 68.
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_OFFSET = 68
+
+
+def _rtt_ms(writer: asyncio.StreamWriter) -> int:
+    """The kernel's smoothed round-trip estimate for the connection, 0 when unknown."""
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None:
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+    except OSError:
+        return 0
+    if len(info) < _TCPI_RTT_OFFSET + 4:
+        return 0
+    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
+    return int(rtt_us // 1000)
 
 
 # ---------------------------------------------------------------------- HTTP API

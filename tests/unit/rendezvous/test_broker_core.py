@@ -453,3 +453,16 @@ def test_config_rejects_nonsense() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad} accepted")
+
+
+def test_start_in_ms_takes_half_of_each_sides_round_trip_off() -> None:
+    h, _, key = registered()
+    issuer, session, token = connect(h, key)
+    target = h.channel(HUB)
+    h.send(target, "present", token=token)
+    h.core.channel_rtt(issuer, 100)
+    h.core.channel_rtt(target, 500)
+    h.send(target, "accept", session=session, candidates=())
+    (to_issuer,) = h.took(issuer)
+    (to_target,) = h.took(target)
+    assert (to_issuer.start_in_ms, to_target.start_in_ms) == (150, 0)
