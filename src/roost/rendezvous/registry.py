@@ -12,7 +12,7 @@ at the front and :meth:`Registry.expire` does bounded work per call (no scan). A
 connection keeps an entry live whatever its last registration; when ``expire`` meets one
 at the front it moves it to the back and forgets its stale addresses. The entry carries no
 copy of the identifier (the dictionary's key is the only one); with it, an entry costs
-about 330 bytes (``tests/unit/rendezvous/test_registry.py`` measures it).
+about 300 bytes (``tests/unit/rendezvous/test_registry.py`` measures it).
 
 TTL is three registration intervals (section 5): an entry whose last registration or
 enrollment is older than that is not live, and is forgotten by the next ``expire`` that
