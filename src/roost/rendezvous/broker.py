@@ -35,7 +35,6 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from dataclasses import dataclass
 
 from roost.errors import RefusedError, RoostError, VerificationError
 from roost.ratelimit import SourceRateLimiter
@@ -50,6 +49,7 @@ from roost.rendezvous.broker_events import (
     SessionInput,
     SessionState,
 )
+from roost.rendezvous.broker_state import Address, BrokerCounters, ChannelRecord, SessionRecord
 from roost.rendezvous.messages import (
     MAX_CANDIDATES,
     REGISTRATION_KEY_SIZE,
@@ -67,100 +67,9 @@ from roost.rendezvous.messages import (
 from roost.rendezvous.registry import Registry
 
 __all__ = ["BrokerCore", "BrokerCounters"]
-
-Address = tuple[str, int]
 _MAX_DATAGRAM = stun.MAX_STUN_MESSAGE
 _MAX_U32 = 0xFFFFFFFF
 _EQUIPMENT_PREFIXES = ("hcsp:", "ab:")
-
-
-@dataclass(slots=True)
-class BrokerCounters:
-    """Totals since start (the status document and /metrics read them)."""
-
-    stun_answers: int = 0
-    registrations: int = 0
-    enrollments: int = 0
-    lookups: int = 0
-    connects: int = 0
-    wakes_sent: int = 0
-    wake_pushes: int = 0
-    presents: int = 0
-    accepts: int = 0
-    rejects: int = 0
-    relayed_sessions: int = 0
-    relayed_bytes: int = 0
-    relay_closes: int = 0
-    keepalives: int = 0
-    expired: int = 0
-
-
-class _Channel:
-    __slots__ = (
-        "certificate",
-        "deadline",
-        "held",
-        "id",
-        "issued",
-        "peer",
-        "rtt_ms",
-        "session",
-        "source",
-    )
-
-    def __init__(
-        self, channel_id: int, peer: str | None, certificate: bytes | None, source: str
-    ) -> None:
-        self.id = channel_id
-        self.peer = peer
-        self.certificate = certificate
-        self.source = source
-        # The session this channel takes part in (issuer: the one it asked for; target:
-        # the one it presented for).
-        self.session: int | None = None
-        self.issued = False
-        self.held = False
-        self.deadline = 0.0
-        self.rtt_ms = 0
-
-
-class _Session:
-    __slots__ = (
-        "candidates",
-        "deadline",
-        "id",
-        "issuer",
-        "relay_bytes",
-        "sealed",
-        "state",
-        "target",
-        "target_channel",
-        "token",
-        "udp_address",
-        "wake_until",
-    )
-
-    def __init__(
-        self,
-        session_id: int,
-        token: bytes,
-        target: str,
-        issuer: int,
-        candidates: tuple[Candidate, ...],
-        sealed: bytes,
-    ) -> None:
-        self.id = session_id
-        self.token = token
-        self.target = target
-        self.issuer = issuer
-        self.candidates = candidates
-        self.sealed = sealed
-        self.state = SessionState.WAKING
-        self.target_channel: int | None = None
-        self.udp_address: Address | None = None
-        self.wake_until = 0.0
-        self.deadline = 0.0
-        self.relay_bytes = 0
 
 
 class BrokerCore:
@@ -192,8 +101,8 @@ class BrokerCore:
             config.target_rate, config.target_burst, config.max_sources
         )
         self._wake_global = SourceRateLimiter(config.global_wake_rate, config.global_wake_burst, 1)
-        self._channels: dict[int, _Channel] = {}
-        self._sessions: dict[int, _Session] = {}
+        self._channels: dict[int, ChannelRecord] = {}
+        self._sessions: dict[int, SessionRecord] = {}
         self._tokens: dict[bytes, int] = {}
         self._relaying: dict[str, int] = {}
         self._datagrams: list[tuple[bytes, Address]] = []
@@ -316,7 +225,7 @@ class BrokerCore:
         self._datagrams.append((ack, addr))
         self.counters.registrations += 1
 
-    def _send_wake(self, session: _Session, now: float) -> None:
+    def _send_wake(self, session: SessionRecord, now: float) -> None:
         key = self.registry.key_of(session.target)
         if key is None or session.udp_address is None:
             return
@@ -338,7 +247,7 @@ class BrokerCore:
     ) -> None:
         """A TLS connection opened; ``peer_identifier`` is the verified client identity
         (None for an issuer without a certificate), ``certificate`` its DER."""
-        channel = _Channel(channel_id, peer_identifier, certificate, source_host)
+        channel = ChannelRecord(channel_id, peer_identifier, certificate, source_host)
         self._channels[channel_id] = channel
         self._arm_channel(channel, now)
 
@@ -364,11 +273,11 @@ class BrokerCore:
         if channel.session is not None and channel.session in self._sessions:
             self._end(self._sessions[channel.session], Reason.DISCONNECTED, skip=channel_id)
 
-    def _close(self, channel: _Channel, reason: Reason, now: float) -> None:
+    def _close(self, channel: ChannelRecord, reason: Reason, now: float) -> None:
         self._events.append(CloseChannel(channel.id, reason))
         self.close_channel(channel.id, now)
 
-    def _arm_channel(self, channel: _Channel, now: float) -> None:
+    def _arm_channel(self, channel: ChannelRecord, now: float) -> None:
         limit = self.config.ttl_s if channel.held else self.config.channel_idle_s
         channel.deadline = now + limit
         self._push_timer(channel.deadline, "c", channel.id)
@@ -377,7 +286,9 @@ class BrokerCore:
         if channel_id is not None and channel_id in self._channels:
             self._records.append((channel_id, control.encode_control_message(message)))
 
-    def _error(self, channel: _Channel, error: RoostError, now: float, session: int | None) -> None:
+    def _error(
+        self, channel: ChannelRecord, error: RoostError, now: float, session: int | None
+    ) -> None:
         self._refuse(error, channel.source, now)
         with_session = session if session is not None and 0 <= session <= _MAX_U32 else None
         self._send(channel.id, control.Error(Reason(error.reason), with_session))
@@ -408,7 +319,9 @@ class BrokerCore:
         except RoostError as exc:
             self._error(channel, exc, now, getattr(message, "session", None))
 
-    def _dispatch(self, channel: _Channel, message: control.ControlMessage, now: float) -> None:
+    def _dispatch(
+        self, channel: ChannelRecord, message: control.ControlMessage, now: float
+    ) -> None:
         if isinstance(message, control.Enroll):
             self._enroll(channel, now)
         elif isinstance(message, control.Keepalive):
@@ -432,12 +345,12 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ equipment ops
 
-    def _equipment(self, channel: _Channel) -> str:
+    def _equipment(self, channel: ChannelRecord) -> str:
         if channel.peer is None or not channel.peer.startswith(_EQUIPMENT_PREFIXES):
             raise RefusedError("no verified equipment identity", reason=Reason.NOT_EQUIPMENT)
         return channel.peer
 
-    def _enroll(self, channel: _Channel, now: float) -> None:
+    def _enroll(self, channel: ChannelRecord, now: float) -> None:
         identifier = self._equipment(channel)
         self._targets.take(identifier, now)
         key = self._rng.randbytes(REGISTRATION_KEY_SIZE)
@@ -450,7 +363,7 @@ class BrokerCore:
         self._send(channel.id, control.Enrolled(identifier, key, self.config.interval_ms))
         self.counters.enrollments += 1
 
-    def _keepalive(self, channel: _Channel) -> None:
+    def _keepalive(self, channel: ChannelRecord) -> None:
         identifier = self._equipment(channel)
         if not channel.held or identifier not in self.registry:
             raise RefusedError("keepalive before enroll", reason=Reason.NOT_ENROLLED)
@@ -459,7 +372,7 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ issuer ops
 
-    def _check_target(self, channel: _Channel, target: str, now: float) -> bytes:
+    def _check_target(self, channel: ChannelRecord, target: str, now: float) -> bytes:
         self._targets.take(target, now)
         entry = self.registry.get(target)
         if entry is None or entry.certificate is None:
@@ -468,12 +381,12 @@ class BrokerCore:
             raise RefusedError("target is not live", reason=Reason.TARGET_OFFLINE)
         return entry.certificate
 
-    def _lookup(self, channel: _Channel, message: control.Lookup, now: float) -> None:
+    def _lookup(self, channel: ChannelRecord, message: control.Lookup, now: float) -> None:
         certificate = self._check_target(channel, message.target, now)
         self._send(channel.id, control.LookupResult(message.target, certificate))
         self.counters.lookups += 1
 
-    def _connect(self, channel: _Channel, message: control.Connect, now: float) -> None:
+    def _connect(self, channel: ChannelRecord, message: control.Connect, now: float) -> None:
         if channel.session is not None or channel.issued:
             raise RefusedError("one connection request per connection", reason=Reason.SESSION_LIMIT)
         if len(self._sessions) >= self.config.max_sessions:
@@ -487,7 +400,7 @@ class BrokerCore:
             raise RefusedError("no way to wake the target", reason=Reason.TARGET_OFFLINE)
         # The wake-up is the work a flood would buy: the global bucket goes last.
         self._wake_global.take("", now)
-        session = _Session(
+        session = SessionRecord(
             self._new_session_id(),
             self._new_token(),
             message.target,
@@ -522,14 +435,14 @@ class BrokerCore:
             if token not in self._tokens:
                 return token
 
-    def _next_wake_deadline(self, session: _Session, now: float) -> float:
+    def _next_wake_deadline(self, session: SessionRecord, now: float) -> float:
         if session.udp_address is None:
             return session.wake_until
         return min(now + self.config.wake_resend_s, session.wake_until)
 
     # ------------------------------------------------------------------ target ops
 
-    def _advance(self, session: _Session, event: SessionInput) -> None:
+    def _advance(self, session: SessionRecord, event: SessionInput) -> None:
         following = SESSION_TRANSITIONS.get((session.state, event))
         if following is None:
             raise RefusedError(
@@ -537,7 +450,7 @@ class BrokerCore:
             )
         session.state = following
 
-    def _present(self, channel: _Channel, message: control.Present, now: float) -> None:
+    def _present(self, channel: ChannelRecord, message: control.Present, now: float) -> None:
         identifier = self._equipment(channel)
         session_id = self._tokens.get(message.token)
         if session_id is None:
@@ -556,7 +469,9 @@ class BrokerCore:
         self._send(channel.id, control.Request(session.id, session.candidates, session.sealed))
         self._arm_session(session, now + self.config.answer_timeout_s)
 
-    def _own_session(self, channel: _Channel, session_id: int, target_side: bool) -> _Session:
+    def _own_session(
+        self, channel: ChannelRecord, session_id: int, target_side: bool
+    ) -> SessionRecord:
         session = self._sessions.get(session_id)
         if session is None or channel.session != session_id:
             raise RefusedError("no such session here", reason=Reason.UNKNOWN_SESSION)
@@ -564,7 +479,7 @@ class BrokerCore:
             raise RefusedError("only the target answers", reason=Reason.UNKNOWN_SESSION)
         return session
 
-    def _accept(self, channel: _Channel, message: control.Accept, now: float) -> None:
+    def _accept(self, channel: ChannelRecord, message: control.Accept, now: float) -> None:
         session = self._own_session(channel, message.session, target_side=True)
         self._advance(session, SessionInput.ACCEPT)
         self.counters.accepts += 1
@@ -589,7 +504,7 @@ class BrokerCore:
         )
         session.deadline = 0.0
 
-    def _reject(self, channel: _Channel, message: control.Reject) -> None:
+    def _reject(self, channel: ChannelRecord, message: control.Reject) -> None:
         session = self._own_session(channel, message.session, target_side=True)
         if session.state is not SessionState.REQUESTED:
             raise RefusedError("reject outside a request", reason=Reason.UNEXPECTED_MESSAGE)
@@ -599,7 +514,7 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ relay
 
-    def _relay_open(self, channel: _Channel, message: control.RelayOpen, now: float) -> None:
+    def _relay_open(self, channel: ChannelRecord, message: control.RelayOpen, now: float) -> None:
         session = self._own_session(channel, message.session, target_side=False)
         if session.state is SessionState.RELAYING:
             return  # The other side asked first; both already have the limits.
@@ -616,7 +531,7 @@ class BrokerCore:
         self._send(session.target_channel, opened)
         self._arm_session(session, now + self.config.relay_max_s)
 
-    def _relay_record(self, channel: _Channel, body: bytes, now: float) -> None:
+    def _relay_record(self, channel: ChannelRecord, body: bytes, now: float) -> None:
         try:
             record = control.decode_relay(body)
             session = self._own_session(channel, record.session, target_side=False)
@@ -635,7 +550,7 @@ class BrokerCore:
             self._records.append((other, body))
             self.counters.relayed_bytes += len(record.payload)
 
-    def _relay_close(self, channel: _Channel, message: control.RelayClose) -> None:
+    def _relay_close(self, channel: ChannelRecord, message: control.RelayClose) -> None:
         session = self._own_session(channel, message.session, target_side=False)
         self.counters.relay_closes += 1
         other = session.target_channel if channel.id == session.issuer else session.issuer
@@ -644,11 +559,11 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ sessions
 
-    def _arm_session(self, session: _Session, when: float) -> None:
+    def _arm_session(self, session: SessionRecord, when: float) -> None:
         session.deadline = when
         self._push_timer(when, "s", session.id)
 
-    def _session_timer(self, session: _Session, now: float) -> None:
+    def _session_timer(self, session: SessionRecord, now: float) -> None:
         if session.state is SessionState.WAKING:
             if now < session.wake_until:
                 self._send_wake(session, now)
@@ -664,7 +579,7 @@ class BrokerCore:
 
     def _end(
         self,
-        session: _Session,
+        session: SessionRecord,
         reason: Reason | None,
         *,
         relay: bool = False,
