@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/roost demo
 
-# Tests need openssl and curl (interop); install them with apt-get when missing.
+# Tests need openssl, curl (interop) and coturn's turnutils_stunclient (STUN); install them
+# with apt-get when missing.
 system-deps:
 	@missing=""; \
-	for tool in openssl:openssl curl:curl ip:iproute2 iptables:iptables chromium:chromium; do \
+	for tool in openssl:openssl curl:curl ip:iproute2 iptables:iptables chromium:chromium turnutils_stunclient:coturn; do \
 	  cmd=$${tool%%:*}; pkg=$${tool##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \

@@ -17,14 +17,18 @@ from roost.errors import ConfigError
 from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
 from roost.reasons import Reason
+from roost.rendezvous.broker_events import BrokerCoreConfig
 
 __all__ = [
     "BROKER_LOCAL_DEFAULT",
     "AnnounceSettings",
+    "BrokerConfig",
     "BrokerLink",
     "DeviceConfig",
     "HubConfig",
+    "broker_limits_table",
     "connection_table",
+    "load_broker_config",
     "load_device_config",
     "load_hub_config",
     "parse_hostport",
@@ -37,6 +41,10 @@ __all__ = [
 _ANNOUNCE = AnnounceConfig()
 _UDP = UdpConfig()
 _REDIRECT = RedirectConfig()
+_BROKER = BrokerCoreConfig()
+# Section 5: the broker's UDP port (STUN's 3478) and its TLS port.
+BROKER_UDP_PORT = 3478
+BROKER_TLS_PORT = 7443
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -219,6 +227,9 @@ class _Table:
 
     def has(self, key: str) -> bool:
         return key in self._doc
+
+    def keys(self) -> list[str]:
+        return list(self._doc)
 
     def _get(self, key: str, default: object) -> object:
         if key in self._doc:
@@ -414,3 +425,68 @@ def to_toml(doc: Mapping[str, object], comment: str = "") -> str:
         lines.append(f"[{name}]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- the broker
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """``broker.toml`` (docs/broker.md, "Configuration"): files, addresses and the core's
+    tunables (``interval_s`` at the top, the rest in ``[limits]``)."""
+
+    name: str
+    state_dir: Path
+    cert: Path
+    key: Path
+    udp: tuple[str, int]
+    tls: tuple[str, int]
+    api: tuple[str, int] | None
+    core: BrokerCoreConfig
+    max_channels: int = 4096
+    source: Path | None = None
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.state_dir / "trust"
+
+
+# Every core field but interval_s (a top-level key) may be set in [limits].
+_LIMIT_KEYS = tuple(f.name for f in fields(BrokerCoreConfig) if f.name != "interval_s")
+
+
+def broker_limits_table() -> dict[str, object]:
+    """The ``[limits]`` table of broker.toml at its defaults (for `roost init`)."""
+    return {key: getattr(_BROKER, key) for key in _LIMIT_KEYS}
+
+
+def load_broker_config(path: Path) -> BrokerConfig:
+    """Read ``broker.toml``; a :class:`ConfigError` names the file and the key."""
+    doc = _read(path)
+    limits = doc.table("limits")
+    unknown = sorted(set(limits.keys()) - set(_LIMIT_KEYS))
+    if unknown:
+        raise limits.invalid(f"has unknown keys {unknown}")
+    values: dict[str, Any] = {"interval_s": doc.number("interval_s", _BROKER.interval_s)}
+    for key in _LIMIT_KEYS:
+        default = getattr(_BROKER, key)
+        if isinstance(default, int):
+            values[key] = limits.integer(key, default)
+        else:
+            values[key] = limits.number(key, default)
+    try:
+        core = BrokerCoreConfig(**values)
+    except ValueError as exc:
+        raise limits.invalid(f"is invalid: {exc}") from exc
+    return BrokerConfig(
+        name=doc.string("name", path.stem),
+        state_dir=doc.path("state_dir"),
+        cert=doc.path("cert"),
+        key=doc.path("key"),
+        udp=doc.hostport("udp", f"0.0.0.0:{BROKER_UDP_PORT}"),
+        tls=doc.hostport("tls", f"0.0.0.0:{BROKER_TLS_PORT}"),
+        api=doc.hostport("api") if doc.has("api") else None,
+        core=core,
+        max_channels=doc.integer("max_channels", 4096, minimum=1),
+        source=path,
+    )

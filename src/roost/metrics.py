@@ -28,8 +28,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from roost.hub.status import HubStatus, RemoteStatus
+from roost.rendezvous.broker_status import BrokerStatus
 
 __all__ = [
+    "BROKER_METRICS",
     "HUB_METRICS",
     "MetricKind",
     "MetricRow",
@@ -302,5 +304,82 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "Guard logins, frames and calls refused, by reason.",
         "reason",
         _remote(lambda r: r.rejected),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------- the broker
+
+# The broker's /metrics (docs/broker.md, "Status and metrics"), from `BrokerStatus`.
+BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
+    info(
+        "roost_broker",
+        "This broker's name and addresses.",
+        ("name", "udp", "tls"),
+        lambda s: (s.name, s.udp, s.tls),
+    ),
+    gauge(
+        "roost_broker_registry_size",
+        "Enrolled identifiers the registry holds.",
+        lambda s: s.registry_size,
+    ),
+    gauge("roost_broker_channels", "Open TLS connections.", lambda s: s.channels),
+    gauge("roost_broker_sessions", "Open connection requests.", lambda s: s.sessions),
+    gauge("roost_broker_relaying", "Sessions relayed right now.", lambda s: s.relaying),
+    gauge("roost_broker_uptime_seconds", "Seconds since the broker started.", lambda s: s.uptime_s),
+    counter(
+        "roost_broker_stun_answers",
+        "STUN Binding requests answered.",
+        lambda s: s.counters.stun_answers,
+    ),
+    counter(
+        "roost_broker_registrations",
+        "Registrations verified and acknowledged.",
+        lambda s: s.counters.registrations,
+    ),
+    counter("roost_broker_enrollments", "Enrollments.", lambda s: s.counters.enrollments),
+    counter("roost_broker_lookups", "Lookups answered.", lambda s: s.counters.lookups),
+    counter(
+        "roost_broker_connects", "Connection requests accepted.", lambda s: s.counters.connects
+    ),
+    counter(
+        "roost_broker_wakes_sent",
+        "RWAK datagrams sent (first and resends).",
+        lambda s: s.counters.wakes_sent,
+    ),
+    counter(
+        "roost_broker_wake_pushes",
+        "Wake-ups pushed over held connections.",
+        lambda s: s.counters.wake_pushes,
+    ),
+    counter("roost_broker_presents", "Wake-up tokens presented.", lambda s: s.counters.presents),
+    counter("roost_broker_accepts", "Requests accepted by targets.", lambda s: s.counters.accepts),
+    counter("roost_broker_rejects", "Requests rejected by targets.", lambda s: s.counters.rejects),
+    counter(
+        "roost_broker_relayed_sessions",
+        "Sessions that opened the relay.",
+        lambda s: s.counters.relayed_sessions,
+    ),
+    counter(
+        "roost_broker_relayed_bytes",
+        "Payload bytes forwarded by the relay.",
+        lambda s: s.counters.relayed_bytes,
+    ),
+    counter(
+        "roost_broker_expired",
+        "Registry entries forgotten past their TTL.",
+        lambda s: s.counters.expired,
+    ),
+    counter_by(
+        "roost_broker_refusals",
+        "Datagrams, records and requests refused, by reason.",
+        "reason",
+        lambda s: s.counters.refusals,
+    ),
+    counter_by(
+        "roost_broker_connections_rejected",
+        "TLS connections refused before the core (certificate, capacity), by reason.",
+        "reason",
+        lambda s: s.counters.connections_rejected,
     ),
 )

@@ -173,8 +173,6 @@ class Reason(enum.StrEnum):
     BAD_ALPN = "bad-alpn"
     PATH_CLOSED = "path-closed"
     # Rendezvous: the two ends of a brokered connection (agent.py, issuer.py).
-    UNKNOWN_HUB = "unknown-hub"
-    HUB_OFFLINE = "hub-offline"
     RELAY_LIMIT = "relay-limit"
     NOT_ENROLLED = "not-enrolled"
     ENROLL_FAILED = "enroll-failed"
@@ -186,6 +184,16 @@ class Reason(enum.StrEnum):
     ACCEPT_TIMEOUT = "accept-timeout"
     RELAY_TIMEOUT = "relay-timeout"
     SETUP_TIMEOUT = "setup-timeout"
+    NOT_EQUIPMENT = "not-equipment"
+    UNKNOWN_TARGET = "unknown-target"
+    TARGET_OFFLINE = "target-offline"
+    BAD_TOKEN = "bad-token"
+    TOKEN_REUSED = "token-reused"
+    SESSION_LIMIT = "session-limit"
+    RELAY_EXPIRED = "relay-expired"
+    WAKE_TIMEOUT = "wake-timeout"
+    ANSWER_TIMEOUT = "answer-timeout"
+    IDLE_TIMEOUT = "idle-timeout"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -343,9 +351,7 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.HANDSHAKE_TIMEOUT: "the QUIC handshake did not complete in time",
     Reason.BAD_ALPN: "the QUIC peer did not agree on the roost/1 application protocol",
     Reason.PATH_CLOSED: "a datagram was sent on a path that is closed",
-    Reason.UNKNOWN_HUB: "the broker has no enrolled hub of that identifier",
-    Reason.HUB_OFFLINE: "the hub is enrolled but neither registered nor holding a connection",
-    Reason.RELAY_LIMIT: "a relayed session reached its byte or time limit, or the hub's cap",
+    Reason.RELAY_LIMIT: "a relay past its byte limit or the hub's relayed-session cap",
     Reason.NOT_ENROLLED: "a wake-up or registration step before the agent has its key",
     Reason.ENROLL_FAILED: "the enrollment connection closed before the broker answered",
     Reason.UNKNOWN_SESSION: "a control message for a session this side does not hold",
@@ -356,6 +362,16 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.ACCEPT_TIMEOUT: "the hub did not accept or reject the request in time",
     Reason.RELAY_TIMEOUT: "the broker did not open the relay in time",
     Reason.SETUP_TIMEOUT: "a brokered session did not reach a direct or relayed path in time",
+    Reason.NOT_EQUIPMENT: "an enrollment or presence without a verified hub or device certificate",
+    Reason.UNKNOWN_TARGET: "a lookup or connect for an identifier the broker has not enrolled",
+    Reason.TARGET_OFFLINE: "a lookup or connect for an enrolled target that is not live",
+    Reason.BAD_TOKEN: "a presence with a token the broker did not issue or has forgotten",
+    Reason.TOKEN_REUSED: "a presence with a token already presented once",
+    Reason.SESSION_LIMIT: "too many connection requests open (per connection or overall)",
+    Reason.RELAY_EXPIRED: "a relayed session past its time limit",
+    Reason.WAKE_TIMEOUT: "the target did not present its wake-up token in time",
+    Reason.ANSWER_TIMEOUT: "the target did not accept or reject the request in time",
+    Reason.IDLE_TIMEOUT: "a broker connection silent past its idle limit",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",

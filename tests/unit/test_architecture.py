@@ -71,7 +71,8 @@ CORE_MODULES = (
 )
 
 # Cores that are being written alongside this list. Each is checked as soon as it can be
-# imported; `pkg.*` stands for every module of that package except its adapters.
+# imported; `pkg.*` stands for every module of that package except its adapters (`aio`,
+# or any `…_aio` module such as `roost.rendezvous.broker_aio`).
 PENDING_CORE_MODULES = (
     "roost.rendezvous.registry",
     "roost.rendezvous.broker",
@@ -199,7 +200,7 @@ def _expand(pattern: str) -> list[str]:
     return sorted(
         f"{package}.{info.name}"
         for info in pkgutil.iter_modules(spec.submodule_search_locations)
-        if info.name not in _ADAPTER_NAMES
+        if info.name not in _ADAPTER_NAMES and not info.name.endswith("_aio")
     )
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 from pathlib import Path
 
 import click
 
 from roost.cli.common import echo_json, fail_cleanly, now_utc
-from roost.config import connection_table, redirect_table, to_toml
+from roost.config import (
+    BROKER_TLS_PORT,
+    BROKER_UDP_PORT,
+    broker_limits_table,
+    connection_table,
+    redirect_table,
+    to_toml,
+)
 from roost.errors import StateError
 from roost.files import atomic_write
 from roost.hcsp.aio import DEFAULT_PORT
@@ -16,8 +24,9 @@ from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.trust import TrustState
 from roost.pki.truststore import save_state
+from roost.rendezvous.broker_events import BrokerCoreConfig
 
-__all__ = ["free_loopback_ports", "init_home", "make_home"]
+__all__ = ["free_loopback_ports", "init_home", "make_home", "write_broker"]
 
 # Richer hubs come later in the list, so starting them in order shows a handover.
 _HUB_FEATURES = [("hcsp", "webs"), ("hcsp", "webs", "db"), ("hcsp", "webs", "db", "ai")]
@@ -129,7 +138,72 @@ def make_home(
         (home / f"{name}.toml").write_text(to_toml(config, comment))
     summary["hubs"] = hub_ids
     summary["devices"] = device_ids
+    summary["broker"] = write_broker(home, authority, at, loopback, hubs)
     return summary
+
+
+# Where the broker's API listens when the home is not on loopback.
+BROKER_API_PORT = 8090
+
+
+def write_broker(
+    home: Path, authority: Authority, at: dt.datetime, loopback: bool, hubs: int
+) -> dict[str, object]:
+    """``broker.toml`` and ``broker/`` (certificate of role broker, key, trust store), and a
+    ``[broker]`` table appended to every hub config (PROTOCOL.md section 5).
+
+    The broker's UDP and TLS ports are chosen here, not at start-up (port 0): every hub's
+    config names them, so they must be known before the broker runs. On loopback they are
+    free ports on 127.0.0.1 now; otherwise 3478 (UDP) and 7443 (TLS) on every address.
+    """
+    host = "127.0.0.1"
+    if loopback:
+        (udp_port,) = free_loopback_ports(1, socket.SOCK_DGRAM)
+        tls_port, api_port = free_loopback_ports(2, socket.SOCK_STREAM)
+        bind = host
+        names: dict[str, list[str]] = {"ips": [host], "dns": []}
+    else:
+        udp_port, tls_port, api_port = BROKER_UDP_PORT, BROKER_TLS_PORT, BROKER_API_PORT
+        bind = "0.0.0.0"
+        # The issuer checks the SAN holds the host it dialed: the machine's name and
+        # loopback here; `roost ca issue --role broker --ip …` makes one for a public address.
+        names = {"ips": [host], "dns": [socket.gethostname()]}
+    node_dir = home / "broker"
+    issued = authority.issue(Role.BROKER, at, dns=names["dns"], ips=names["ips"])
+    atomic_write(node_dir / "key.pem", key_to_pem(issued.key), mode=0o600)
+    atomic_write(node_dir / "cert.pem", cert_to_pem(issued.cert))
+    atomic_write(node_dir / "ca-info.bin", issued.ca_info)
+    save_state(node_dir / "trust", TrustState.provision(authority.ca_info(1)))
+    config = {
+        "name": "broker",
+        "state_dir": "broker",
+        "cert": "broker/cert.pem",
+        "key": "broker/key.pem",
+        "udp": f"{bind}:{udp_port}",
+        "tls": f"{bind}:{tls_port}",
+        "api": f"{host}:{api_port}",
+        "interval_s": BrokerCoreConfig().interval_s,
+        "limits": broker_limits_table(),
+    }
+    comment = "Roost rendezvous broker. Run: roost broker run --config broker.toml"
+    (home / "broker.toml").write_text(to_toml(config, comment))
+    section = {
+        "address": f"{host}:{tls_port}",
+        "udp": f"{host}:{udp_port}",
+        "local": f"{host}:0" if loopback else "0.0.0.0:0",
+    }
+    for i in range(hubs):
+        hub_file = home / f"hub-{i + 1}.toml"
+        if hub_file.exists():
+            text = hub_file.read_text()
+            lines = [""] + ["[broker]"] + [f'{k} = "{v}"' for k, v in section.items()]
+            hub_file.write_text(text + "\n".join(lines) + "\n")
+    return {
+        "config": "broker.toml",
+        "udp": config["udp"],
+        "tls": config["tls"],
+        "api": config["api"],
+    }
 
 
 @click.command("init")

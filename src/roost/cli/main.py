@@ -30,6 +30,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     # Each command group lives in its own module; the list below is the whole CLI.
+    from roost.cli.broker import broker
     from roost.cli.ca import ca
     from roost.cli.demo import demo
     from roost.cli.home import init_home
@@ -48,6 +49,7 @@ def _register() -> None:
     cli.add_command(hub)
     cli.add_command(device)
     cli.add_command(remote)
+    cli.add_command(broker)
 
 
 def main() -> None:

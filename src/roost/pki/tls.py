@@ -53,12 +53,21 @@ def server_context(
     cert_file: Path,
     key_file: Path,
     client_anchors: Sequence[x509.Certificate] = (),
+    *,
+    optional_client_cert: bool = False,
 ) -> ssl.SSLContext:
-    """A server context; with `client_anchors` it requires a client certificate (mutual TLS)."""
+    """A server context; with `client_anchors` it requires a client certificate (mutual TLS).
+
+    With `optional_client_cert` a client may present none (the broker's issuers, PROTOCOL.md
+    section 5); one it does present must still chain to `client_anchors`.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx, client_anchors)
     ctx.load_cert_chain(cert_file, key_file)
-    ctx.verify_mode = ssl.CERT_REQUIRED if client_anchors else ssl.CERT_NONE
+    if not client_anchors:
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.verify_mode = ssl.CERT_OPTIONAL if optional_client_cert else ssl.CERT_REQUIRED
     return ctx
 
 
@@ -79,16 +88,30 @@ class ReloadableServerContext:
     """
 
     def __init__(
-        self, cert_file: Path, key_file: Path, client_anchors: Sequence[x509.Certificate]
+        self,
+        cert_file: Path,
+        key_file: Path,
+        client_anchors: Sequence[x509.Certificate],
+        *,
+        optional_client_cert: bool = False,
     ) -> None:
         self._cert_file = cert_file
         self._key_file = key_file
-        self._inner = server_context(cert_file, key_file, client_anchors)
-        self.outer = server_context(cert_file, key_file, client_anchors)
+        self._optional = optional_client_cert
+        self._inner = self._build(client_anchors)
+        self.outer = self._build(client_anchors)
         self.outer.sni_callback = self._pick
+
+    def _build(self, client_anchors: Sequence[x509.Certificate]) -> ssl.SSLContext:
+        return server_context(
+            self._cert_file,
+            self._key_file,
+            client_anchors,
+            optional_client_cert=self._optional,
+        )
 
     def _pick(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
         ssl_object.context = self._inner
 
     def update(self, client_anchors: Sequence[x509.Certificate]) -> None:
-        self._inner = server_context(self._cert_file, self._key_file, client_anchors)
+        self._inner = self._build(client_anchors)

@@ -333,13 +333,13 @@ class Lab:
             if self.s.known:
                 self._to_issuer(LookupResult(message.target, CERTIFICATE))
             else:
-                self._to_issuer(Error(Reason.UNKNOWN_HUB))
+                self._to_issuer(Error(Reason.UNKNOWN_TARGET))
         elif isinstance(message, Connect):
             if self.s.connect_error is not None:
                 self._to_issuer(Error(self.s.connect_error))
                 return
             if not self.s.online:
-                self._to_issuer(Error(Reason.HUB_OFFLINE))
+                self._to_issuer(Error(Reason.TARGET_OFFLINE))
                 return
             self._issuer_candidates, self._sealed = message.candidates, message.sealed
             self._to_issuer(Connecting(SESSION))

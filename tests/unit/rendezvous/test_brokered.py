@@ -151,7 +151,7 @@ def test_unknown_target_fails_and_never_wakes_the_hub() -> None:
     lab = _registered(Scenario(known=False))
     lab.connect()
     outcome = _outcome(lab)
-    assert isinstance(outcome, Failed) and outcome.reason is Reason.UNKNOWN_HUB
+    assert isinstance(outcome, Failed) and outcome.reason is Reason.UNKNOWN_TARGET
     assert outcome.message.startswith("unknown hub")
     assert not any(isinstance(e, OpenPresentConnection) for e in lab.agent_events)
     assert not any(isinstance(m, Connect) for m in lab.broker_sent)
@@ -159,7 +159,7 @@ def test_unknown_target_fails_and_never_wakes_the_hub() -> None:
 
 @pytest.mark.parametrize(
     ("reason", "words"),
-    [(Reason.RATE_LIMITED, "rate limited"), (Reason.HUB_OFFLINE, "hub offline")],
+    [(Reason.RATE_LIMITED, "rate limited"), (Reason.TARGET_OFFLINE, "hub offline")],
 )
 def test_broker_errors_on_connect_fail_clearly(reason: Reason, words: str) -> None:
     lab = _registered(Scenario(connect_error=reason))
@@ -337,8 +337,8 @@ def test_a_certificate_the_trust_store_refuses_fails_before_connect() -> None:
 def test_failure_messages_cover_the_clear_failures_of_issue_9() -> None:
     for reason in (
         Reason.BAD_PASSWORD,
-        Reason.UNKNOWN_HUB,
-        Reason.HUB_OFFLINE,
+        Reason.UNKNOWN_TARGET,
+        Reason.TARGET_OFFLINE,
         Reason.RATE_LIMITED,
         Reason.RELAY_LIMIT,
         Reason.LOOKUP_TIMEOUT,

@@ -87,8 +87,8 @@ MESSAGES: list[ControlMessage] = [
     RelayClose(7, Reason.CLOSED),
     Keepalive(),
     Error(Reason.RATE_LIMITED),
-    Error(Reason.UNKNOWN_HUB, 42),
-    Error(Reason.HUB_OFFLINE, 7),
+    Error(Reason.UNKNOWN_TARGET, 42),
+    Error(Reason.TARGET_OFFLINE, 7),
 ]
 
 # The ops of a session that gets somewhere, weighted up so random runs reach every state.

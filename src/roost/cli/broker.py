@@ -1,0 +1,95 @@
+"""`roost broker …`: the rendezvous broker of PROTOCOL.md section 5, wired to real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.config import BrokerConfig, load_broker_config
+from roost.errors import ConfigError, TransportError
+from roost.pki.certs import certs_from_pem, key_from_pem
+from roost.pki.updater import TrustUpdater
+from roost.reasons import Reason
+from roost.rendezvous.broker_aio import BrokerDaemon
+
+__all__ = ["broker", "build_broker_daemon"]
+
+
+def build_broker_daemon(config: BrokerConfig, trust: TrustUpdater) -> BrokerDaemon:
+    """Read the broker's certificate and key from the config's files and wire a daemon
+    (the CLI is the composition root: the daemon reads no files itself)."""
+    return BrokerDaemon(
+        config,
+        trust,
+        certs_from_pem(config.cert.read_bytes())[0],
+        key_from_pem(config.key.read_bytes()),
+    )
+
+
+@click.group(cls=RoostGroup)
+def broker() -> None:
+    """The rendezvous broker: registrations, STUN, wake-ups and the relay."""
+
+
+@broker.command("run")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
+@click.option("-v", "--verbose", is_flag=True)
+@fail_cleanly
+def broker_run(config_file: Path, verbose: bool) -> None:
+    """Run the broker until SIGINT/SIGTERM."""
+    from roost.cli.run import _logging, _use_fast_loop, run_until_signalled
+
+    _logging(verbose)
+    config = load_broker_config(config_file)
+    trust = TrustUpdater(config.trust_dir)
+    daemon = build_broker_daemon(config, trust)
+
+    async def start() -> None:
+        await daemon.start()
+        echo_json(
+            {
+                "broker": config.name,
+                "udp": [config.udp[0], daemon.udp_port],
+                "tls": [config.tls[0], daemon.tls_port],
+                "api": None if config.api is None else [config.api[0], daemon.api_port],
+            }
+        )
+
+    async def poll(now: float) -> None:
+        # A newly fetched CA generation reaches the TLS listener at once (section 2).
+        if await trust.poll(now):
+            daemon.trust_changed()
+
+    _use_fast_loop()
+    asyncio.run(run_until_signalled(start, daemon.stop, poll))
+
+
+@broker.command("status")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+@fail_cleanly
+def broker_status(config_file: Path, as_json: bool) -> None:
+    """Ask a running broker for its status (its HTTP API)."""
+    from roost.rendezvous.broker_aio import fetch_broker_status
+    from roost.rendezvous.broker_status import BrokerStatus
+
+    config = load_broker_config(config_file)
+    if config.api is None:
+        raise ConfigError(f"{config_file} has no api address", reason=Reason.BAD_CONFIG)
+    host, port = config.api
+    try:
+        doc = fetch_broker_status(host, port)
+    except OSError as exc:
+        raise TransportError(
+            f"broker is not answering at {host}:{port}: {exc}", reason=Reason.NOT_RUNNING
+        ) from exc
+    # Read it back typed, so a broken document fails here rather than in a reader.
+    BrokerStatus.from_json(doc)
+    if as_json:
+        echo_json(doc)
+        return
+    click.echo(json.dumps(doc, indent=2))

@@ -1,0 +1,394 @@
+"""The broker daemon: BrokerCore on a real UDP port, a TLS listener and an HTTP API (adapter).
+
+Thin (STYLE.md): every decision is `roost.rendezvous.broker.BrokerCore`'s. This module moves
+datagrams and record bodies between it and the sockets, verifies client certificates with
+the trust store like the hub does (``TrustUpdater.authenticate``: chain and SAN URI, the TLS
+context reloaded when the store changes), and runs one ``transmit()`` that flushes what the
+core wants sent and re-arms ONE ``loop.call_at`` for its next deadline.
+
+TLS (PROTOCOL.md section 5): TLS 1.3 with the broker's certificate (role broker, SAN IP/DNS);
+client certificates are OPTIONAL, so an issuer without one can connect, while a hub or device
+presents its own and must chain to a trusted CA generation. Records are ``u32 length | body``
+(`roost.framing`, at most ``control.MAX_CHANNEL_BODY``).
+
+HTTP (aiohttp, its own address): ``GET /api/status`` is `BrokerStatus.to_json()`, ``GET
+/metrics`` the `roost.metrics.BROKER_METRICS` table over the same snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import random
+import socket
+import ssl
+import struct
+import time
+import urllib.request
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from roost.clock import wall_ms_now
+from roost.config import BrokerConfig
+from roost.errors import RoostError, VerificationError
+from roost.framing import RecordFramer, encode_record
+from roost.metrics import BROKER_METRICS, StatusCollector
+from roost.pki.certs import load_certificate
+from roost.pki.tls import ReloadableServerContext
+from roost.pki.updater import TrustUpdater
+from roost.reasons import Reason
+from roost.rendezvous.broker import BrokerCore
+from roost.rendezvous.broker_events import CloseChannel, Refused
+from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus
+from roost.rendezvous.control import MAX_CHANNEL_BODY
+from roost.status import TrustSummary
+
+__all__ = ["BrokerDaemon", "fetch_broker_status"]
+
+log = logging.getLogger("roost.broker")
+_READ_CHUNK = 64 * 1024
+_HANDSHAKE_TIMEOUT = 10.0
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    """The broker's one UDP socket: every datagram goes to the core."""
+
+    def __init__(self, daemon: BrokerDaemon) -> None:
+        self._daemon = daemon
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self._daemon.datagram_received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error for an earlier send (a wake-up to a closed port): the resends or the
+        # wake-up timeout deal with it; the socket stays open.
+        log.debug("udp error: %s", exc)
+
+
+class BrokerDaemon:
+    """Runs one broker; ``start()`` binds UDP, TLS and the API, ``stop()`` releases them."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        trust: TrustUpdater,
+        certificate: x509.Certificate,
+        private_key: ec.EllipticCurvePrivateKey,
+        *,
+        tls: ReloadableServerContext | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """``certificate``/``private_key`` are the broker's own (role broker); ``tls`` is
+        the listener's context over the same pair (built from the config's files if None)."""
+        self.config = config
+        self.trust = trust
+        self.certificate = certificate
+        self.private_key = private_key
+        self.tls = tls or ReloadableServerContext(
+            config.cert, config.key, trust.state.anchors, optional_client_cert=True
+        )
+        # Wall microseconds: RWAK counters keep rising across restarts (section 5).
+        self.core = BrokerCore(config.core, rng=rng, wake_counter_start=wall_ms_now() * 1000)
+        self.connections_rejected: collections.Counter[str] = collections.Counter()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+        self._api: web.AppRunner | None = None
+        self._writers: dict[int, asyncio.StreamWriter] = {}
+        self._next_channel = 1
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.config.udp
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UdpProtocol(self), local_addr=(host, port)
+        )
+        self._udp = transport
+        tls_host, tls_port = self.config.tls
+        self._server = await asyncio.start_server(
+            self._serve,
+            tls_host,
+            tls_port,
+            ssl=self.tls.outer,
+            ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
+            limit=_READ_CHUNK,
+        )
+        if self.config.api is not None:
+            self._api = await _start_api(self, *self.config.api)
+        log.info("broker udp %s tls %s", self.udp_port, self.tls_port)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._api is not None:
+            await self._api.cleanup()
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers.values()):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+
+    @property
+    def udp_port(self) -> int:
+        assert self._udp is not None
+        port: int = self._udp.get_extra_info("sockname")[1]
+        return port
+
+    @property
+    def tls_port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def api_port(self) -> int | None:
+        if self._api is None:
+            return None
+        for address in self._api.addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                port: int = address[1]
+                return port
+        return None
+
+    # ------------------------------------------------------------------ the one flush
+
+    def transmit(self) -> None:
+        """Send what the core wants sent, act on its events, re-arm its one timer."""
+        if self._udp is not None:
+            for data, addr in self.core.datagrams_to_send():
+                self._udp.sendto(data, addr)
+        for channel, body in self.core.records_to_send():
+            writer = self._writers.get(channel)
+            if writer is not None and not writer.is_closing():
+                writer.write(encode_record(body))
+        while (event := self.core.next_event()) is not None:
+            if isinstance(event, Refused):
+                more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
+                log.info("refused %s: %s%s", event.source, event.reason, more)
+            elif isinstance(event, CloseChannel):
+                writer = self._writers.get(event.channel)
+                if writer is not None:
+                    writer.close()
+        deadline = self.core.get_timer()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = deadline
+            if deadline is not None:
+                self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(_loop_now())
+        self.transmit()
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.core.receive_datagram(data, addr, _loop_now())
+        self.transmit()
+
+    # ------------------------------------------------------------------ trust
+
+    def trust_changed(self) -> None:
+        """New anchors reach the TLS listener (a promotion or a fetched generation)."""
+        self.tls.update(self.trust.state.anchors)
+
+    def _verify(self, leaf: x509.Certificate) -> str:
+        before = self.trust.state
+        node, _ = self.trust.authenticate(leaf)
+        if self.trust.state != before:
+            self.trust_changed()
+        return node.identifier
+
+    def _fetch_after_failure(self, leaf: x509.Certificate) -> None:
+        async def fetch() -> None:
+            before = self.trust.state
+            with contextlib.suppress(RoostError):
+                await self.trust.on_verification_failure(_loop_now(), leaf)
+            if self.trust.state != before:
+                self.trust_changed()
+
+        task = asyncio.ensure_future(fetch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ TLS channels
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._writers) >= self.config.max_channels:
+            self.connections_rejected[Reason.BUSY] += 1
+            writer.close()
+            return
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        peer: str | None = None
+        if der:
+            try:
+                leaf = load_certificate(der)
+                try:
+                    peer = self._verify(leaf)
+                except VerificationError:
+                    self._fetch_after_failure(leaf)
+                    raise
+            except RoostError as exc:
+                self.connections_rejected[exc.reason] += 1
+                writer.close()
+                return
+        peername = writer.get_extra_info("peername")
+        channel = self._next_channel
+        self._next_channel += 1
+        self._writers[channel] = writer
+        self.core.open_channel(
+            channel, peer, str(peername[0]), _loop_now(), certificate=der if peer else None
+        )
+        self.transmit()
+        framer = RecordFramer(MAX_CHANNEL_BODY, what="broker channel")
+        try:
+            while not writer.is_closing():
+                data = await reader.read(_READ_CHUNK)
+                if not data:
+                    break
+                self.core.channel_rtt(channel, _rtt_ms(writer))
+                for body in framer.feed(data):
+                    self.core.receive_record(channel, body, _loop_now())
+                self.transmit()
+        except RoostError as exc:
+            # A record above the cap: the peer broke the framing (counted, connection ends).
+            self.core.rejections.count(exc, source=str(peername[0]), now=_loop_now())
+        except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.pop(channel, None)
+            self.core.close_channel(channel, _loop_now())
+            self.transmit()
+            writer.close()
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> BrokerStatus:
+        """A snapshot for the API, /metrics and ``roost broker status``."""
+        counters = self.core.counters
+        view = BrokerCountersView(
+            stun_answers=counters.stun_answers,
+            registrations=counters.registrations,
+            enrollments=counters.enrollments,
+            lookups=counters.lookups,
+            connects=counters.connects,
+            wakes_sent=counters.wakes_sent,
+            wake_pushes=counters.wake_pushes,
+            presents=counters.presents,
+            accepts=counters.accepts,
+            rejects=counters.rejects,
+            relayed_sessions=counters.relayed_sessions,
+            relayed_bytes=counters.relayed_bytes,
+            relay_closes=counters.relay_closes,
+            keepalives=counters.keepalives,
+            expired=counters.expired,
+            refusals=self.core.rejections.as_dict(),
+            connections_rejected={k: v for k, v in self.connections_rejected.items() if v},
+        )
+        udp_host = self.config.udp[0]
+        tls_host = self.config.tls[0]
+        return BrokerStatus(
+            name=self.config.name,
+            udp=f"{udp_host}:{self.udp_port if self._udp else self.config.udp[1]}",
+            tls=f"{tls_host}:{self.tls_port if self._server else self.config.tls[1]}",
+            registry_size=len(self.core.registry),
+            channels=self.core.channels,
+            sessions=self.core.sessions,
+            relaying=self.core.relaying,
+            trust=TrustSummary.from_json(self.trust.state.summary()),
+            counters=view,
+            uptime_s=round(time.monotonic() - self._started, 3),
+        )
+
+
+def _loop_now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+# Linux's struct tcp_info: tcpi_rtt (microseconds) is the u32 at byte 68.
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_OFFSET = 68
+
+
+def _rtt_ms(writer: asyncio.StreamWriter) -> int:
+    """The kernel's smoothed round-trip estimate for the connection, 0 when unknown."""
+    sock = writer.get_extra_info("socket")
+    option = getattr(socket, "TCP_INFO", None)
+    if sock is None or option is None:
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, option, 104)
+    except OSError:
+        return 0
+    if len(info) < _TCPI_RTT_OFFSET + 4:
+        return 0
+    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
+    return int(rtt_us // 1000)
+
+
+# ---------------------------------------------------------------------- HTTP API
+
+_DAEMON_KEY = web.AppKey("roost_broker", BrokerDaemon)
+_REGISTRY_KEY = web.AppKey("roost_broker_registry", CollectorRegistry)
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _start_api(daemon: BrokerDaemon, host: str, port: int) -> web.AppRunner:
+    app = web.Application()
+    app[_DAEMON_KEY] = daemon
+    # A registry per application: two brokers in one process (tests) do not collide.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(daemon.status, BROKER_METRICS))
+    app[_REGISTRY_KEY] = registry
+    app.router.add_get("/api/status", _status)
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[_DAEMON_KEY].status().to_json(), headers=_NO_STORE)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    output = generate_latest(request.app[_REGISTRY_KEY])
+    return web.Response(body=output, headers={**_NO_STORE, "Content-Type": CONTENT_TYPE_LATEST})
+
+
+def fetch_broker_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """``GET /api/status`` of a running broker (blocking; for the CLI and tests).
+
+    Raises OSError when the broker does not answer.
+    """
+    with urllib.request.urlopen(f"http://{host}:{port}/api/status", timeout=timeout) as response:
+        doc: dict[str, Any] = json.loads(response.read())
+    return doc

@@ -1,0 +1,166 @@
+"""The broker core's configuration, events, session states and transition table, pure.
+
+PROTOCOL.md section 5. ``BrokerCoreConfig`` holds every default of the broker once (the
+config loader and ``roost init`` read theirs from it). The core reports to its adapter
+through ``BrokerEvent``s: a refusal whose log line is due (the logging rule of PROTOCOL.md's
+preamble), and a channel to close once its records are written.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from roost.reasons import Reason
+
+__all__ = [
+    "SESSION_TRANSITIONS",
+    "BrokerCoreConfig",
+    "BrokerEvent",
+    "CloseChannel",
+    "Refused",
+    "SessionInput",
+    "SessionState",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCoreConfig:
+    """Every tunable of the broker; times in seconds, rates per second."""
+
+    # Section 5: equipment registers every 20 s; an entry lives three intervals.
+    interval_s: float = 20.0
+    ttl_intervals: int = 3
+    max_entries: int = 1_000_000
+    # Wake-ups: RWAK resent every 500 ms (new counter, same token) for at most 5 s.
+    wake_resend_s: float = 0.5
+    wake_timeout_s: float = 5.0
+    # The target checks the password (a KDF) before it answers the request.
+    answer_timeout_s: float = 10.0
+    # start: probe this long after receipt, minus half the side's round trip; then
+    # probe for deadline_ms before asking for the relay.
+    start_delay_ms: int = 200
+    deadline_ms: int = 3000
+    # Relay limits per session, and relayed sessions per hub.
+    relay_max_bytes: int = 64 * 1024 * 1024
+    relay_max_s: float = 600.0
+    relay_sessions_per_hub: int = 4
+    # Open connection requests: one per issuer connection, and this many overall.
+    max_sessions: int = 4096
+    # A connection with nothing to do is closed after this; a held one after TTL.
+    channel_idle_s: float = 30.0
+    # Rate limits (token buckets) before any HMAC, JSON parse or wake-up.
+    udp_source_rate: float = 50.0
+    udp_source_burst: float = 100.0
+    tls_source_rate: float = 10.0
+    tls_source_burst: float = 20.0
+    target_rate: float = 1.0
+    target_burst: float = 5.0
+    global_udp_rate: float = 50_000.0
+    global_udp_burst: float = 100_000.0
+    global_wake_rate: float = 1000.0
+    global_wake_burst: float = 2000.0
+    max_sources: int = 65_536
+    # A STUN answer may be at most this many times the request (1.0: never larger,
+    # research/rendezvous.md section 3.3). Standard clients send bare 20-byte requests;
+    # an operator serving them sets 2.0 (a 40-byte IPv4 answer).
+    stun_amplification: float = 1.0
+    # Refusals are logged once per source per this many seconds.
+    log_interval_s: float = 60.0
+    # expire() visits at most this many registry entries per timer.
+    expire_budget: int = 1024
+
+    def __post_init__(self) -> None:
+        positive = (
+            "interval_s",
+            "wake_resend_s",
+            "wake_timeout_s",
+            "answer_timeout_s",
+            "relay_max_s",
+            "channel_idle_s",
+            "udp_source_rate",
+            "tls_source_rate",
+            "target_rate",
+            "global_udp_rate",
+            "global_wake_rate",
+            "stun_amplification",
+            "log_interval_s",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        at_least_one = (
+            "ttl_intervals",
+            "max_entries",
+            "relay_max_bytes",
+            "relay_sessions_per_hub",
+            "max_sessions",
+            "udp_source_burst",
+            "tls_source_burst",
+            "target_burst",
+            "global_udp_burst",
+            "global_wake_burst",
+            "max_sources",
+            "expire_budget",
+        )
+        for name in at_least_one:
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.start_delay_ms < 0 or self.deadline_ms < 1:
+            raise ValueError("start_delay_ms must be >= 0 and deadline_ms >= 1")
+
+    @property
+    def ttl_s(self) -> float:
+        return self.interval_s * self.ttl_intervals
+
+    @property
+    def interval_ms(self) -> int:
+        return round(self.interval_s * 1000)
+
+
+class BrokerEvent:
+    """Base of what the broker core reports to its adapter."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(BrokerEvent):
+    """A refusal whose log line is due: ``suppressed`` more were counted silently since
+    this source's last line (PROTOCOL.md preamble, "logged once per source per interval")."""
+
+    source: str
+    reason: str
+    suppressed: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseChannel(BrokerEvent):
+    """Close TLS connection ``channel`` after writing its pending records."""
+
+    channel: int
+    reason: Reason
+
+
+class SessionState(enum.Enum):
+    """A connection request's life at the broker (section 5, steps 3 to 8)."""
+
+    WAKING = "waking"  # connecting sent; RWAK or wake out; waiting for present
+    REQUESTED = "requested"  # request sent to the target; waiting for accept or reject
+    STARTED = "started"  # start sent to both; they punch
+    RELAYING = "relaying"  # relay-open sent to both; records forwarded
+
+
+class SessionInput(enum.Enum):
+    PRESENT = "present"
+    ACCEPT = "accept"
+    RELAY_OPEN = "relay-open"
+
+
+# The one table of the session's transitions; anything else is "unexpected-message".
+# reject, relay-close, timeouts and closed connections end a session from any state.
+SESSION_TRANSITIONS: dict[tuple[SessionState, SessionInput], SessionState] = {
+    (SessionState.WAKING, SessionInput.PRESENT): SessionState.REQUESTED,
+    (SessionState.REQUESTED, SessionInput.ACCEPT): SessionState.STARTED,
+    (SessionState.STARTED, SessionInput.RELAY_OPEN): SessionState.RELAYING,
+}

@@ -1,0 +1,104 @@
+"""The broker's status document, typed (what `BrokerDaemon.status()` returns), pure.
+
+`BrokerStatus.to_json()` is the object the broker's ``GET /api/status`` serves and ``roost
+broker status`` prints; `BrokerStatus.from_json()` reads it back. The Prometheus table
+(`roost.metrics.BROKER_METRICS`) reads the same dataclasses, so the page and the scrape
+cannot disagree (like `roost.hub.status`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from roost.status import TrustSummary, read_counts, read_float, read_int, read_object, read_str
+
+__all__ = ["BrokerCountersView", "BrokerStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCountersView:
+    """Totals since start (``BrokerCounters``) and refusals by reason."""
+
+    stun_answers: int
+    registrations: int
+    enrollments: int
+    lookups: int
+    connects: int
+    wakes_sent: int
+    wake_pushes: int
+    presents: int
+    accepts: int
+    rejects: int
+    relayed_sessions: int
+    relayed_bytes: int
+    relay_closes: int
+    keepalives: int
+    expired: int
+    refusals: Mapping[str, int]
+    connections_rejected: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document's ``counters`` object."""
+        doc: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            doc[item.name] = dict(value) if isinstance(value, Mapping) else value
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> BrokerCountersView:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            counts = item.name in ("refusals", "connections_rejected")
+            values[item.name] = read_counts(doc, item.name) if counts else read_int(doc, item.name)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatus:
+    """One snapshot of a running broker, taken on the event loop."""
+
+    name: str
+    udp: str
+    tls: str
+    registry_size: int
+    channels: int
+    sessions: int
+    relaying: int
+    trust: TrustSummary
+    counters: BrokerCountersView
+    uptime_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document."""
+        return {
+            "name": self.name,
+            "udp": self.udp,
+            "tls": self.tls,
+            "registry_size": self.registry_size,
+            "channels": self.channels,
+            "sessions": self.sessions,
+            "relaying": self.relaying,
+            "trust": self.trust.to_json(),
+            "counters": self.counters.to_json(),
+            "uptime_s": self.uptime_s,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> BrokerStatus:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        return cls(
+            name=read_str(doc, "name"),
+            udp=read_str(doc, "udp"),
+            tls=read_str(doc, "tls"),
+            registry_size=read_int(doc, "registry_size"),
+            channels=read_int(doc, "channels"),
+            sessions=read_int(doc, "sessions"),
+            relaying=read_int(doc, "relaying"),
+            trust=TrustSummary.from_json(read_object(doc, "trust")),
+            counters=BrokerCountersView.from_json(read_object(doc, "counters")),
+            uptime_s=read_float(doc, "uptime_s"),
+        )
