@@ -68,15 +68,16 @@ CORE_MODULES = (
     "roost.rendezvous.issuer",
     "roost.rendezvous.sessions",
     "roost.rendezvous.state",
+    "roost.rendezvous.registry",
+    "roost.rendezvous.broker",
+    "roost.rendezvous.broker_events",
+    "roost.rendezvous.broker_state",
 )
 
 # Cores that are being written alongside this list. Each is checked as soon as it can be
 # imported; `pkg.*` stands for every module of that package except its adapters (`aio`,
 # or any `…_aio` module such as `roost.rendezvous.broker_aio`).
-PENDING_CORE_MODULES = (
-    "roost.rendezvous.registry",
-    "roost.rendezvous.broker",
-)
+PENDING_CORE_MODULES: tuple[str, ...] = ()
 # Adapter modules a `pkg.*` pattern skips (none of the pending entries uses a pattern now).
 _ADAPTER_NAMES = frozenset({"aio"})
 
