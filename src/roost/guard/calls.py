@@ -20,7 +20,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from roost.errors import LocalProtocolError, RemoteProtocolError, VerificationError, peer_input
+from roost.errors import LocalProtocolError, RemoteProtocolError, VerificationError, as_remote
 from roost.guard.challenge import AuthConfig, LoginClient
 from roost.guard.log import Receipt, decode_receipt
 from roost.guard.messages import MAX_MESSAGE_SIZE
@@ -164,7 +164,8 @@ class RemoteClientCore:
         digest = self._pending_digest
         if digest is None:
             raise RemoteProtocolError("response without a request", reason="unexpected-message")
-        with peer_input():
+        # The receive boundary (roost.errors.peer_input), inline: this runs once per call.
+        try:
             fields = session.open_fields(body, now=now)
             if len(fields) < 2 or fields[0] not in (
                 STATUS_OK,
@@ -176,6 +177,8 @@ class RemoteClientCore:
             if fields[0] == STATUS_END and len(fields) != 2:
                 raise RemoteProtocolError("end of a stream carries no results", reason="malformed")
             index = decode_index(fields[1], "leaf index")
+        except LocalProtocolError as error:
+            raise as_remote(error) from error
         more = fields[0] == STATUS_MORE
         if not more:
             self._pending_digest = None
