@@ -24,13 +24,14 @@ harness may call it directly.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import constant_time, hashes, hmac
 
-from roost.errors import LocalProtocolError, RemoteProtocolError, VerificationError, peer_input
+from roost.errors import LocalProtocolError, RemoteProtocolError, VerificationError, as_remote
 from roost.reasons import Reason
 from roost.wire import Reader, Writer, check_size
 
@@ -100,6 +101,12 @@ def check_identifier(identifier: object) -> None:
         raise LocalProtocolError("not a node identifier", reason=Reason.BAD_IDENTIFIER)
 
 
+# Every datagram the broker takes names its source as a host string; the same few hosts
+# come back again and again (a NAT's public address), and ipaddress's parse costs about
+# two microseconds. The addresses are immutable, so a bounded cache is safe to share.
+_ip_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One transport address a party may be reached at: an unscoped IP and a port."""
@@ -125,7 +132,7 @@ class Candidate:
     def of(cls, host: str, port: int) -> Candidate:
         """A candidate from a socket address ``(host, port)``; raises LocalProtocolError."""
         try:
-            address = ipaddress.ip_address(host)
+            address = _ip_address(host)
         except ValueError as exc:
             raise LocalProtocolError(
                 "candidate host is not an IP literal", reason=Reason.BAD_CANDIDATE
@@ -183,8 +190,12 @@ def _read_candidate(reader: Reader) -> Candidate:
     address: IPAddress = (
         ipaddress.IPv4Address(packed) if family == 4 else ipaddress.IPv6Address(packed)
     )
-    with peer_input():
+    # The receive boundary (errors.peer_input), written inline: this runs per candidate
+    # of every datagram the broker takes.
+    try:
         return Candidate(address, port)
+    except LocalProtocolError as error:
+        raise as_remote(error) from error
 
 
 def _check_candidate_count(candidates: tuple[Candidate, ...]) -> None:
@@ -338,8 +349,10 @@ def decode_registration(data: bytes) -> ReceivedRegistration:
         identifier = raw_identifier.decode("ascii")
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError("identifier is not ASCII", reason=Reason.BAD_IDENTIFIER) from exc
-    with peer_input():
+    try:
         check_identifier(identifier)
+    except LocalProtocolError as error:
+        raise as_remote(error) from error
     counter = reader.u64()
     candidates = _read_candidates(reader)
     signed_length = reader.position
