@@ -176,8 +176,11 @@ class Candidate:
         return f"{self.address}:{self.port}"
 
 
-def _write_candidate(writer: Writer, candidate: Candidate) -> None:
-    writer.u8(candidate.family).raw(candidate.address.packed).u16(candidate.port)
+def _candidate_bytes(candidate: Candidate) -> bytes:
+    # Built directly rather than with a Writer: every registration encodes its candidates
+    # and its RACK. Candidate has checked the port, so it fits its u16.
+    address = candidate.address
+    return bytes((address.version,)) + address.packed + candidate.port.to_bytes(2, "big")
 
 
 def _read_candidate(reader: Reader) -> Candidate:
@@ -213,10 +216,7 @@ def encode_candidates(candidates: tuple[Candidate, ...]) -> bytes:
     """``u8 count | candidate…``: the list as RREG carries it, and the associated data
     of a sealed connection request (seal.py)."""
     _check_candidate_count(candidates)
-    writer = Writer().u8(len(candidates))
-    for candidate in candidates:
-        _write_candidate(writer, candidate)
-    return writer.bytes()
+    return bytes((len(candidates),)) + b"".join(map(_candidate_bytes, candidates))
 
 
 def _read_candidates(reader: Reader) -> tuple[Candidate, ...]:
@@ -382,9 +382,7 @@ class Ack:
 
 def encode_ack(ack: Ack, request: bytes | None = None) -> bytes:
     """The RACK datagram; given the ``request`` it answers, refuses to be larger."""
-    writer = Writer().raw(ACK_MAGIC).u64(ack.counter)
-    _write_candidate(writer, ack.observed)
-    reply = writer.bytes()
+    reply = Writer().raw(ACK_MAGIC).u64(ack.counter).bytes() + _candidate_bytes(ack.observed)
     if request is not None:
         check_reply_size(reply, request)
     return reply
