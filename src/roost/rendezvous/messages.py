@@ -341,26 +341,72 @@ def decode_registration(data: bytes) -> ReceivedRegistration:
     """Parse an RREG datagram (structure only; call ``verify_registration`` next)."""
     check_size(data, MAX_REGISTRATION, "registration")
     _check_magic(data, REGISTRATION_MAGIC, "registration")
-    reader = Reader(data, "registration")
-    reader.take(len(REGISTRATION_MAGIC))
-    _check_version(reader, "registration")
-    raw_identifier = reader.take(reader.u8())
+    # Offsets rather than a wire.Reader: the broker decodes every registration it takes,
+    # and the cursor's ten calls were half of the decode. Same checks, same reasons.
+    end = len(data)
+    position = len(REGISTRATION_MAGIC) + 2
+    if position > end:
+        raise _truncated()
+    if data[4] != VERSION:
+        raise RemoteProtocolError(f"registration version {data[4]}", reason=Reason.BAD_VERSION)
+    after_identifier = position + data[5]
+    if after_identifier > end:
+        raise _truncated()
     try:
-        identifier = raw_identifier.decode("ascii")
+        identifier = data[position:after_identifier].decode("ascii")
     except UnicodeDecodeError as exc:
         raise RemoteProtocolError("identifier is not ASCII", reason=Reason.BAD_IDENTIFIER) from exc
     try:
         check_identifier(identifier)
     except LocalProtocolError as error:
         raise as_remote(error) from error
-    counter = reader.u64()
-    candidates = _read_candidates(reader)
-    signed_length = reader.position
-    tag = reader.take(TAG_SIZE)
-    reader.expect_end()
+    if after_identifier + 9 > end:
+        raise _truncated()
+    counter = int.from_bytes(data[after_identifier : after_identifier + 8], "big")
+    position = after_identifier + 9
+    count = data[position - 1]
+    if count > MAX_CANDIDATES:
+        raise RemoteProtocolError(
+            f"{count} candidates, above {MAX_CANDIDATES}", reason=Reason.TOO_MANY_CANDIDATES
+        )
+    candidates: list[Candidate] = []
+    for _ in range(count):
+        if position >= end:
+            raise _truncated()
+        family = data[position]
+        size = _FAMILY_SIZE.get(family)
+        if size is None:
+            raise RemoteProtocolError(f"address family {family}", reason=Reason.BAD_FAMILY)
+        following = position + 1 + size + 2
+        if following > end:
+            raise _truncated()
+        packed = data[position + 1 : position + 1 + size]
+        address: IPAddress = (
+            ipaddress.IPv4Address(packed) if family == 4 else ipaddress.IPv6Address(packed)
+        )
+        try:
+            candidates.append(
+                Candidate(address, int.from_bytes(data[following - 2 : following], "big"))
+            )
+        except LocalProtocolError as error:
+            raise as_remote(error) from error
+        position = following
+    if position + TAG_SIZE > end:
+        raise _truncated()
+    if position + TAG_SIZE < end:
+        raise RemoteProtocolError(
+            f"registration has {end - position - TAG_SIZE} trailing bytes",
+            reason=Reason.TRAILING_BYTES,
+        )
     return ReceivedRegistration(
-        Registration(identifier, counter, candidates), bytes(data[:signed_length]), tag
+        Registration(identifier, counter, tuple(candidates)),
+        bytes(data[:position]),
+        bytes(data[position:]),
     )
+
+
+def _truncated() -> RemoteProtocolError:
+    return RemoteProtocolError("registration is truncated", reason=Reason.TRUNCATED)
 
 
 def verify_registration(received: ReceivedRegistration, key: bytes) -> Registration:
