@@ -197,9 +197,9 @@ class BrokerDaemon:
             return
         if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
             # Every registration moves the registry's front entry, so its deadline only
-            # moves later: the armed timer fires early, finds nothing due and re-arms. A
-            # cancel and a new call_at per datagram cost about a fifth of a registration
-            # (docs/BENCHMARKS.md, "Broker"); the guard's adapter does the same.
+            # moves later: the armed timer fires early, finds nothing due and re-arms,
+            # instead of a cancel and a new call_at per datagram (docs/BENCHMARKS.md,
+            # "Broker"); the guard's adapter does the same.
             return
         if self._timer is not None:
             self._timer.cancel()
