@@ -1,0 +1,189 @@
+"""The first end-to-end remote session through the broker, as real processes on loopback:
+`roost broker run`, `roost hub run` with its `[broker]` table, one camera, and
+`roost connect` (direct, relayed, and every documented failure with its exit code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roost.cli.exitcodes import ExitCode
+from roost.rendezvous.broker_aio import fetch_broker_status
+from tests.helpers.home import LoopbackHome
+from tests.helpers.waits import wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+PASSWORD = "owner password"
+
+
+def roost(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "roost", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+class Site:
+    """A loopback home with its broker running, an owner and the owner's trust store."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.home = LoopbackHome(base / "home", hubs=1, devices=1, fps=5.0)
+        self.broker_summary: dict[str, Any] = self.home.summary["broker"]
+        self.broker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def tls(self) -> str:
+        return str(self.broker_summary["tls"])
+
+    @property
+    def udp(self) -> str:
+        return str(self.broker_summary["udp"])
+
+    def start_broker(self) -> None:
+        log = (self.home.path / "broker.log").open("ab")
+        self.broker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "roost",
+                "broker",
+                "run",
+                "--config",
+                str(self.home.path / "broker.toml"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        host, port = str(self.broker_summary["api"]).rsplit(":", 1)
+        wait_until(lambda: self.broker_status() is not None, 20, what="broker API")
+
+    def broker_status(self) -> dict[str, Any] | None:
+        host, port = str(self.broker_summary["api"]).rsplit(":", 1)
+        try:
+            return fetch_broker_status(host, int(port), timeout=2.0)
+        except OSError:
+            return None
+
+    def hub_broker(self) -> dict[str, Any] | None:
+        status = self.home.hub_status(1)
+        return None if status is None else status.get("broker")
+
+    def connect(
+        self,
+        hub_id: str | None = None,
+        *extra: str,
+        password: str = PASSWORD,
+        trust: str = "owner-trust",
+        broker: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        (self.base / "password").write_text(password + "\n")
+        return roost(
+            "connect",
+            hub_id or self.home.hub_id(1),
+            "--broker",
+            broker or self.tls,
+            "--broker-udp",
+            self.udp,
+            "--trust",
+            str(self.base / trust),
+            "--user",
+            "owner",
+            "--password-file",
+            str(self.base / "password"),
+            "--card-file",
+            str(self.base / "owner.card"),
+            "--json",
+            *extra,
+            cwd=self.base,
+        )
+
+    def close(self) -> None:
+        self.home.close()
+        if self.broker is not None:
+            self.broker.send_signal(signal.SIGTERM)
+            try:
+                self.broker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.broker.kill()
+                self.broker.wait()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("connect")
+    built = Site(base)
+    try:
+        added = roost(
+            "user",
+            "add",
+            str(built.home.path / "hub-1"),
+            "owner",
+            "--card-file",
+            str(base / "owner.card"),
+            "--password-cost",
+            "10",
+            "--code-cost",
+            "8",
+            stdin=f"{PASSWORD}\n{PASSWORD}\n",
+        )
+        assert added.returncode == 0, added.stderr
+        for name, home in (("owner-trust", built.home.path), ("other-trust", base / "other")):
+            if name == "other-trust":
+                LoopbackHome(home, hubs=1, devices=1)
+            trusted = roost(
+                "trust", "init", str(base / name), "--ca-info", str(home / "device-1" / "ca-info.bin")
+            )
+            assert trusted.returncode == 0, trusted.stderr
+        built.start_broker()
+        built.home.start("hub-1")
+        built.home.start("device-1")
+        built.home.wait_for("camera streaming to hub-1", lambda: built.home.devices_on(1), 30)
+        wait_until(
+            lambda: (built.hub_broker() or {}).get("acks", 0) >= 1,
+            20,
+            what="the hub registered with the broker",
+        )
+        yield built
+    finally:
+        built.close()
+
+
+def _summary(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
+
+
+def _frames(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.jpg"))
+
+
+def test_connect_goes_direct_on_loopback_and_saves_live_frames(site: Site) -> None:
+    summary = _summary(site.connect(None, "--frames", "4", "--out", "direct"))
+    assert summary["path"] == "direct"
+    assert summary["frames"] == 4
+    frames = _frames(site.base / "direct")
+    assert len(frames) == 4 and all(path.read_bytes()[:2] == b"\xff\xd8" for path in frames)
+    assert summary["bytes"] == sum(path.stat().st_size for path in frames)
+    assert summary["setup_ms"] > 0 and summary["rtt_ms"] > 0
+    receipt = summary["receipt"]
+    assert receipt["leaf_index"] >= 0 and receipt["size"] > receipt["leaf_index"]
+    assert len(receipt["root"]) == 64
+    hub = site.hub_broker()
+    assert hub is not None and hub["accepted"] >= 1 and hub["direct"] >= 1
+
