@@ -187,3 +187,68 @@ def test_connect_goes_direct_on_loopback_and_saves_live_frames(site: Site) -> No
     hub = site.hub_broker()
     assert hub is not None and hub["accepted"] >= 1 and hub["direct"] >= 1
 
+
+
+def test_no_punch_goes_through_the_relay_and_frames_still_arrive(site: Site) -> None:
+    # --no-punch: the issuer neither sends nor answers probes, so no direct path can
+    # form and the session runs inside relay records over the two TLS connections.
+    before = (site.broker_status() or {})["counters"]["relayed_sessions"]
+    summary = _summary(site.connect(None, "--frames", "3", "--out", "relay", "--no-punch"))
+    assert summary["path"] == "relay" and summary["started_on"] == "relay"
+    assert summary["frames"] == 3
+    assert len(_frames(site.base / "relay")) == 3
+    after = (site.broker_status() or {})["counters"]
+    assert after["relayed_sessions"] == before + 1 and after["relayed_bytes"] > summary["bytes"]
+    hub = site.hub_broker()
+    assert hub is not None and hub["relayed"] >= 1
+
+
+def test_wrong_password_is_refused_before_any_punching(site: Site) -> None:
+    before_broker = (site.broker_status() or {})["counters"]
+    before_hub = site.hub_broker() or {}
+    refused = site.connect(None, "--out", "never", password="not it")
+    assert refused.returncode == ExitCode.REFUSED, refused.stderr
+    assert "wrong password" in refused.stderr and "Traceback" not in refused.stderr
+    after_broker = (site.broker_status() or {})["counters"]
+    after_hub = site.hub_broker() or {}
+    # The hub rejected the sealed request: the broker sent no start, nobody punched.
+    assert after_broker["rejects"] == before_broker["rejects"] + 1
+    assert after_broker["accepts"] == before_broker["accepts"]
+    assert after_hub["rejected"].get("bad-password", 0) == (
+        before_hub["rejected"].get("bad-password", 0) + 1
+    )
+    assert (after_hub["direct"], after_hub["relayed"]) == (
+        before_hub["direct"],
+        before_hub["relayed"],
+    )
+    assert not (site.base / "never").exists()
+
+
+def test_unknown_hub_has_its_own_code(site: Site) -> None:
+    unknown = site.connect("hcsp:" + "A" * 22)
+    assert unknown.returncode == ExitCode.UNKNOWN_HUB, unknown.stderr
+    assert "unknown hub" in unknown.stderr and "unknown-target" in unknown.stderr
+
+
+def test_broker_unreachable_is_the_unreachable_code(site: Site) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    done = site.connect(None, broker=f"127.0.0.1:{port}")
+    assert done.returncode == ExitCode.UNREACHABLE, done.stderr
+    assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_broker_certificate_of_another_ca_is_the_verification_code(site: Site) -> None:
+    done = site.connect(None, trust="other-trust")
+    assert done.returncode == ExitCode.VERIFICATION, done.stderr
+    assert "not trusted" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_hub_offline_has_its_own_code(site: Site) -> None:
+    # Last in the module: the hub stops. Its registration is still within its TTL, so the
+    # broker wakes it and gets no answer (wake-timeout): the hub is offline.
+    site.home.stop("hub-1")
+    done = site.connect(None)
+    assert done.returncode == ExitCode.HUB_OFFLINE, done.stderr
+    assert "hub offline" in done.stderr and "Traceback" not in done.stderr

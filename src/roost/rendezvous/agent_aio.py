@@ -151,7 +151,6 @@ class BrokerAgent:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmitting = False
-        self._again = False
         self.switched = 0
         self.ignored: dict[str, int] = {}
 
@@ -197,22 +196,23 @@ class BrokerAgent:
     def transmit(self) -> None:
         """Send what the core wants sent, act on its events, re-arm its one timer."""
         if self._transmitting:
-            # An event handler fed the core again (a punch result): flush once more.
-            self._again = True
+            # Called from an event handler: the running flush loop takes it.
             return
         self._transmitting = True
         try:
-            self._again = True
-            while self._again:
-                self._again = False
-                self._flush()
+            # Handlers may feed the core again (a punch replaced, a verdict): flush until
+            # it has nothing more to say.
+            while self._flush():
+                pass
         finally:
             self._transmitting = False
         self._arm()
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
+        busy = False
         if self.mux is not None:
             for datagram in self.core.datagrams_to_send():
+                busy = True
                 try:
                     self.mux.sendto(datagram, self.link.udp)
                 except (RoostError, OSError) as exc:
@@ -223,11 +223,13 @@ class BrokerAgent:
         records = self.core.records_to_send()
         events = []
         while (event := self.core.next_event()) is not None:
+            busy = True
             if isinstance(event, OpenEnrollConnection | OpenHeldConnection | OpenPresentConnection):
                 self._open_channel(event.channel)
             else:
                 events.append(event)
         for channel_id, body in records:
+            busy = True
             channel = self._channels.get(channel_id)
             if channel is not None:
                 channel.write(body)
@@ -246,6 +248,7 @@ class BrokerAgent:
                 entry = self._served.get(event.session) if event.session is not None else None
                 if entry is not None:
                     self._end_session(entry)
+        return busy
 
     def _arm(self) -> None:
         deadline = self.core.get_timer()

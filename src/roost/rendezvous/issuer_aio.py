@@ -129,7 +129,6 @@ class _IssuerRun:
         self.kind: PathKind | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._transmitting = False
-        self._again = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def now(self) -> float:
@@ -139,16 +138,20 @@ class _IssuerRun:
 
     def transmit(self) -> None:
         if self._transmitting:
-            self._again = True
+            # Called from an event handler: the running loop below takes it.
             return
         self._transmitting = True
         try:
-            self._again = True
-            while self._again:
-                self._again = False
+            # A handler may feed the core (the certificate verdict queues ``connect``):
+            # flush until it has nothing more to say.
+            busy = True
+            while busy:
+                busy = False
                 for body in self.core.records_to_send():
+                    busy = True
                     self.channel.write(body)
                 while (event := self.core.next_event()) is not None:
+                    busy = True
                     self._on_event(event)
         finally:
             self._transmitting = False
