@@ -326,6 +326,27 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         _broker(lambda b: b.acks),
     ),
     counter(
+        "roost_hub_broker_enrollments",
+        "Enrollments the broker answered (each gives a fresh registration key).",
+        _broker(lambda b: b.enrollments),
+    ),
+    counter(
+        "roost_hub_broker_fallbacks",
+        "Times registrations got no RACK and the agent held a TLS connection instead.",
+        _broker(lambda b: b.fallbacks),
+    ),
+    gauge(
+        "roost_hub_broker_sessions",
+        "Brokered sessions being set up or served.",
+        _broker(lambda b: b.sessions),
+    ),
+    counter_by(
+        "roost_hub_broker_ignored",
+        "Broker input the agent ignored (forged wake-ups, unexpected messages), by reason.",
+        "reason",
+        _broker(lambda b: b.ignored),
+    ),
+    counter(
         "roost_hub_broker_wakes",
         "Valid wake-ups from the broker (RWAK or wake over the held connection).",
         _broker(lambda b: b.wakes),

@@ -69,7 +69,6 @@ class Site:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        host, port = str(self.broker_summary["api"]).rsplit(":", 1)
         wait_until(lambda: self.broker_status() is not None, 20, what="broker API")
 
     def broker_status(self) -> dict[str, Any] | None:
@@ -146,7 +145,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             if name == "other-trust":
                 LoopbackHome(home, hubs=1, devices=1)
             trusted = roost(
-                "trust", "init", str(base / name), "--ca-info", str(home / "device-1" / "ca-info.bin")
+                "trust",
+                "init",
+                str(base / name),
+                "--ca-info",
+                str(home / "device-1" / "ca-info.bin"),
             )
             assert trusted.returncode == 0, trusted.stderr
         built.start_broker()
@@ -186,7 +189,6 @@ def test_connect_goes_direct_on_loopback_and_saves_live_frames(site: Site) -> No
     assert len(receipt["root"]) == 64
     hub = site.hub_broker()
     assert hub is not None and hub["accepted"] >= 1 and hub["direct"] >= 1
-
 
 
 def test_no_punch_goes_through_the_relay_and_frames_still_arrive(site: Site) -> None:

@@ -54,8 +54,8 @@ from roost.guard.remote import (
     tls_server_end_point,
 )
 from roost.guard.session import SessionLimits
-from roost.guard.suites import KdfParams
 from roost.guard.streams import READ_CHUNK, STREAM_ERRORS, ByteStreamReader, ByteStreamWriter
+from roost.guard.suites import KdfParams
 from roost.guard.userstore import (
     SALT_SIZE,
     PasswordVerifier,

@@ -301,5 +301,7 @@ class HubStatus:
             counters=HubCountersView.from_json(read_object(doc, "counters")),
             remote=None if remote is None else RemoteStatus.from_json(read_object(doc, "remote")),
             uptime_s=read_float(doc, "uptime_s"),
-            broker=None if broker is None else BrokerAgentStatus.from_json(read_object(doc, "broker")),
+            broker=None
+            if broker is None
+            else BrokerAgentStatus.from_json(read_object(doc, "broker")),
         )

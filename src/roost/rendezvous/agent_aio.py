@@ -140,9 +140,7 @@ class BrokerAgent:
         self._rng = rng or random.SystemRandom()
         self._binding = tls_server_end_point(certificate_der)
         self._quic_idle_timeout_s = quic_idle_timeout_s
-        self.core = AgentCore(
-            self.config, identifier, self._rng, counter_start=wall_ms_now()
-        )
+        self.core = AgentCore(self.config, identifier, self._rng, counter_start=wall_ms_now())
         self.mux: UdpMux | None = None
         self._channels: dict[int, BrokerChannel] = {}
         self._served: dict[int, _Served] = {}
@@ -383,9 +381,7 @@ class BrokerAgent:
             self.core.punch_failed(plan.session, self._now())
             return
         session = plan.session
-        driver = PunchDriver(
-            self.mux, puncher, lambda event: self._on_punch(session, event)
-        )
+        driver = PunchDriver(self.mux, puncher, lambda event: self._on_punch(session, event))
         self._punch = (session, driver)
 
     def _on_punch(self, session: int, event: PunchEvent) -> None:
@@ -490,9 +486,7 @@ class BrokerAgent:
             state=self.core.state.value,
             enrolled=self.core.enrolled_key is not None
             and self.core.state is not LinkState.STOPPED,
-            reflexive=None
-            if reflexive is None
-            else _candidate_text(reflexive),
+            reflexive=None if reflexive is None else _candidate_text(reflexive),
             registrations=counters.registrations,
             acks=counters.acks,
             enrollments=counters.enrollments,
@@ -511,4 +505,3 @@ class BrokerAgent:
 def _candidate_text(candidate: Candidate) -> str:
     address = str(candidate.address)
     return f"[{address}]:{candidate.port}" if ":" in address else f"{address}:{candidate.port}"
-

@@ -189,9 +189,8 @@ class _IssuerRun:
         elif isinstance(event, SessionClosed):
             if self.quic is not None:
                 self.quic.close(event.reason)
-        elif isinstance(event, Outcome):
-            if not self.outcome.done():
-                self.outcome.set_result(event)
+        elif isinstance(event, Outcome) and not self.outcome.done():
+            self.outcome.set_result(event)
 
     # ------------------------------------------------------------------ inputs
 
