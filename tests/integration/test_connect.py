@@ -247,6 +247,17 @@ def test_broker_certificate_of_another_ca_is_the_verification_code(site: Site) -
     assert "not trusted" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_direct_path_takes_over_a_session_begun_on_the_relay(site: Site) -> None:
+    # --relay-first: the relay is asked at once and the punch goes on; the session starts
+    # on the relay and the direct path takes it over without dropping it.
+    before = (site.hub_broker() or {}).get("switched", 0)
+    summary = _summary(site.connect(None, "--frames", "3", "--out", "switch", "--relay-first"))
+    assert summary["started_on"] == "relay" and summary["path"] == "direct"
+    assert summary["frames"] == 3 and len(_frames(site.base / "switch")) == 3
+    hub = site.hub_broker()
+    assert hub is not None and hub["switched"] == before + 1
+
+
 def test_hub_offline_has_its_own_code(site: Site) -> None:
     # Last in the module: the hub stops. Its registration is still within its TTL, so the
     # broker wakes it and gets no answer (wake-timeout): the hub is offline.

@@ -109,6 +109,11 @@ async def _first_camera(client: GuardClient) -> str:
     is_flag=True,
     help="Send and answer no punch probes: the session goes over the broker's relay.",
 )
+@click.option(
+    "--relay-first",
+    is_flag=True,
+    help="Start on the broker's relay at once and move to the direct path when it answers.",
+)
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @fail_cleanly
@@ -124,6 +129,7 @@ def connect(
     frames: int,
     out: Path,
     no_punch: bool,
+    relay_first: bool,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -157,6 +163,7 @@ def connect(
             user=user_id,
             password=password,
             punch=not no_punch,
+            relay_first=relay_first,
             quic_timeout_s=timeout,
         )
         try:

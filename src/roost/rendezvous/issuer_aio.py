@@ -50,6 +50,7 @@ from roost.rendezvous.paths import PunchDriver, RelayPath, SwitchingPath, UdpMux
 from roost.rendezvous.punch import Address, DirectPathFound, Puncher, PunchEvent, PunchFailed
 from roost.rendezvous.quic import QuicSession, quic_connect, verify_target
 from roost.rendezvous.sessions import PathKind, StartPunch
+from roost.rendezvous.state import IssuerState
 from roost.rendezvous.stun import build_binding_request, parse_binding_response
 
 __all__ = ["BrokeredConnection", "connect_via_broker", "failure_error"]
@@ -111,8 +112,13 @@ class _IssuerRun:
         broker_udp: Address,
         punch: bool,
         rng: random.Random,
+        relay_first: bool = False,
     ) -> None:
         self.core = core
+        self.relay_first = relay_first
+        # A direct path that came up before the session's path existed (relay first).
+        self.pending_direct: Address | None = None
+        self.deferred_direct: Address | None = None
         self.trust = trust
         self.broker_udp = broker_udp
         self.punch = punch
@@ -185,12 +191,17 @@ class _IssuerRun:
                 self.quic.switch_path(direct)
             elif self.path is not None:
                 self.path.switch_to(direct)
+            else:
+                self.pending_direct = event.addr
             self.kind = PathKind.DIRECT
         elif isinstance(event, SessionClosed):
             if self.quic is not None:
                 self.quic.close(event.reason)
         elif isinstance(event, Outcome) and not self.outcome.done():
             self.outcome.set_result(event)
+            if isinstance(event, Connected) and self.deferred_direct is not None:
+                self.loop.call_soon(self._punch_result, DirectPathFound(self.deferred_direct))
+                self.deferred_direct = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -253,6 +264,10 @@ class _IssuerRun:
         except RoostError:
             self.loop.call_soon(self._punch_result, PunchFailed())
             return
+        if self.relay_first:
+            # Ask for the relay at once and keep punching: the session starts on the relay
+            # and moves to the direct path when it answers (as DERP then direct).
+            self.loop.call_soon(self._punch_result, PunchFailed())
         self.driver = PunchDriver(self.mux, puncher, self._on_punch)
 
     def _on_punch(self, event: PunchEvent) -> None:
@@ -261,6 +276,11 @@ class _IssuerRun:
 
     def _punch_result(self, event: PunchEvent) -> None:
         if isinstance(event, DirectPathFound):
+            if self.core.state is IssuerState.AWAIT_RELAY:
+                # Relay first: the relay was asked and is not open yet, and the core takes
+                # a direct path only once it is; hand it over when the relay is up.
+                self.deferred_direct = event.address
+                return
             self.core.punch_succeeded(event.address, self.now())
         elif isinstance(event, PunchFailed):
             self.core.punch_failed(self.now())
@@ -288,6 +308,7 @@ async def connect_via_broker(
     user: str,
     password: str,
     punch: bool = True,
+    relay_first: bool = False,
     config: IssuerConfig | None = None,
     quic_timeout_s: float = 10.0,
     idle_timeout_s: float = 60.0,
@@ -296,7 +317,8 @@ async def connect_via_broker(
     """One brokered connection to hub ``target`` (steps 3 to 9 of docs/broker.md "The
     flow"); raises TransportError ``connect`` when the broker does not answer,
     VerificationError when it or the hub is not trusted, and :func:`failure_error` of the
-    core's outcome otherwise."""
+    core's outcome otherwise. ``punch=False`` sends and answers no probe (the relay);
+    ``relay_first`` asks for the relay at once and punches meanwhile."""
     family_host = "::" if ":" in broker_udp[0] else "0.0.0.0"
     mux = await UdpMux.open((family_host, 0))
     try:
@@ -310,7 +332,7 @@ async def connect_via_broker(
     except BaseException:
         mux.close()
         raise
-    run = _IssuerRun(core, trust, broker_udp, punch, rng or random.SystemRandom())
+    run = _IssuerRun(core, trust, broker_udp, punch, rng or random.SystemRandom(), relay_first)
     run.mux = mux
     mux.on_stun = run._on_stun
     try:
@@ -334,7 +356,9 @@ async def connect_via_broker(
         else:
             assert run.relay is not None
             run.path = SwitchingPath(run.relay)
-        run.kind = outcome.path
+            if run.pending_direct is not None:
+                run.path.switch_to(mux.path_to(run.pending_direct))
+        run.kind = run.kind or outcome.path
         run.quic = await quic_connect(
             run.path,
             verify_server=verify_target(trust.anchors, trust.time_floor, target),

@@ -52,7 +52,7 @@ def _render(status: HubStatus) -> str:
 def _counters(
     prefix: str,
     view: HubCountersView | RemoteStatus | BrokerAgentStatus,
-    skip: frozenset[str] = frozenset()
+    skip: frozenset[str] = frozenset(),
 ) -> Samples:
     """The documented naming rule (docs/dashboard.md): a total is ``<prefix><field>_total``,
     a count by reason adds a ``reason`` label; derived from the fields, not from the table."""
