@@ -15,11 +15,11 @@ from roost.hub.status import (
 from roost.status import TrustSummary
 
 __all__ = [
+    "broker_agent_statuses",
     "counts",
     "device_statuses",
     "hub_statuses",
     "remote_statuses",
-    "broker_agent_statuses",
     "trust_summaries",
 ]
 
