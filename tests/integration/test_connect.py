@@ -39,9 +39,18 @@ def roost(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.Co
 class Site:
     """A loopback home with its broker running, an owner and the owner's trust store."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, relay_max_bytes: int | None = None) -> None:
         self.base = base
         self.home = LoopbackHome(base / "home", hubs=1, devices=1, fps=5.0)
+        if relay_max_bytes is not None:
+            config = self.home.path / "broker.toml"
+            lines = [
+                f"relay_max_bytes = {relay_max_bytes}"
+                if line.startswith("relay_max_bytes")
+                else line
+                for line in config.read_text().splitlines()
+            ]
+            config.write_text("\n".join(lines) + "\n")
         self.broker_summary: dict[str, Any] = self.home.summary["broker"]
         self.broker: subprocess.Popen[bytes] | None = None
 
@@ -122,10 +131,8 @@ class Site:
                 self.broker.wait()
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    base = tmp_path_factory.mktemp("connect")
-    built = Site(base)
+def _site(base: Path, relay_max_bytes: int | None = None) -> Iterator[Site]:
+    built = Site(base, relay_max_bytes)
     try:
         added = roost(
             "user",
@@ -164,6 +171,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield built
     finally:
         built.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    yield from _site(tmp_path_factory.mktemp("connect"))
+
+
+@pytest.fixture
+def limited_site(tmp_path: Path) -> Iterator[Site]:
+    # A relay that carries about 40 kB per session: a few frames, not twenty.
+    yield from _site(tmp_path, relay_max_bytes=40_000)
 
 
 def _summary(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -256,6 +274,14 @@ def test_a_direct_path_takes_over_a_session_begun_on_the_relay(site: Site) -> No
     assert summary["frames"] == 3 and len(_frames(site.base / "switch")) == 3
     hub = site.hub_broker()
     assert hub is not None and hub["switched"] == before + 1
+
+
+def test_the_relay_limit_has_its_own_code(limited_site: Site) -> None:
+    done = limited_site.connect(None, "--frames", "20", "--out", "limited", "--no-punch")
+    assert done.returncode == ExitCode.RELAY_LIMIT, done.stderr
+    assert "relay limit reached" in done.stderr and "Traceback" not in done.stderr
+    counters = (limited_site.broker_status() or {})["counters"]
+    assert counters["refusals"].get("relay-limit", 0) >= 1
 
 
 def test_hub_offline_has_its_own_code(site: Site) -> None:

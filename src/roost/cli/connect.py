@@ -25,6 +25,7 @@ from roost.errors import (
     LocalProtocolError,
     RefusedError,
     RemoteProtocolError,
+    RoostError,
     StateError,
 )
 from roost.guard.aio import GuardClient
@@ -32,7 +33,8 @@ from roost.guard.calls import tls_server_end_point
 from roost.guard.remote import Response
 from roost.pki.truststore import load_state
 from roost.reasons import Reason
-from roost.rendezvous.issuer_aio import connect_via_broker
+from roost.rendezvous.issuer import failure_message
+from roost.rendezvous.issuer_aio import BrokeredConnection, connect_via_broker
 from roost.rendezvous.messages import check_identifier
 
 __all__ = ["DEFAULT_BROKER_UDP_PORT", "connect"]
@@ -167,63 +169,73 @@ def connect(
             quic_timeout_s=timeout,
         )
         try:
-            quic = connection.quic
-            reader, writer = quic.stream()
-            client = await GuardClient.over_stream(
-                reader,
-                writer,
-                channel_binding=tls_server_end_point(quic.server_certificate_der),
-                user_id=user_id,
-                password=password,
-                answer=answer,
-                timeout_s=timeout,
-            )
-            try:
-                device = camera or await _first_camera(client)
-                out.mkdir(parents=True, exist_ok=True)
-                saved = 0
-                total = 0
-                last: Response | None = None
-                async for response in client.call_stream(
-                    "watch", device.encode("utf-8"), str(frames).encode("ascii")
-                ):
-                    if not response.ok:
-                        raise RefusedError(
-                            "the hub refused watch", reason=response.reason or Reason.REFUSED
-                        )
-                    seq, _, mime, payload = _frame_of(response)
-                    target = out / f"{seq:020d}.{_EXTENSIONS.get(mime, 'bin')}"
-                    target.write_bytes(payload)
-                    saved += 1
-                    total += len(payload)
-                    last = response
-                if last is None:
-                    raise StateError("the hub streamed no frame", reason=Reason.NO_FRAME)
-                receipt = await client.receipt(last)
-                rtt = quic.rtt_ms
-                if rtt is None:
-                    rtt = await quic.ping()
-                return {
-                    "hub": hub_id,
-                    "camera": device,
-                    "path": connection.current_path.value,
-                    "started_on": connection.path.value,
-                    "rtt_ms": round(rtt, 3),
-                    "setup_ms": connection.outcome.setup_ms,
-                    "timings": dict(connection.outcome.timings),
-                    "frames": saved,
-                    "bytes": total,
-                    "out": str(out),
-                    "receipt": {
-                        "leaf_index": receipt.leaf_index,
-                        "size": receipt.checkpoint.size,
-                        "root": receipt.checkpoint.root.hex(),
-                    },
-                }
-            finally:
-                await client.close()
+            return await _session(connection)
+        except RoostError as exc:
+            # The broker ended the relayed session (its byte or time limit): say that,
+            # not the stream error it caused (docs/exit-codes.md, "Brokered connections").
+            reason = connection.closed_reason
+            if reason is None or reason == exc.reason:
+                raise
+            raise RefusedError(failure_message(reason), reason=reason) from exc
         finally:
             await connection.close()
+
+    async def _session(connection: BrokeredConnection) -> dict[str, Any]:
+        quic = connection.quic
+        reader, writer = quic.stream()
+        client = await GuardClient.over_stream(
+            reader,
+            writer,
+            channel_binding=tls_server_end_point(quic.server_certificate_der),
+            user_id=user_id,
+            password=password,
+            answer=answer,
+            timeout_s=timeout,
+        )
+        try:
+            device = camera or await _first_camera(client)
+            out.mkdir(parents=True, exist_ok=True)
+            saved = 0
+            total = 0
+            last: Response | None = None
+            async for response in client.call_stream(
+                "watch", device.encode("utf-8"), str(frames).encode("ascii")
+            ):
+                if not response.ok:
+                    raise RefusedError(
+                        "the hub refused watch", reason=response.reason or Reason.REFUSED
+                    )
+                seq, _, mime, payload = _frame_of(response)
+                target = out / f"{seq:020d}.{_EXTENSIONS.get(mime, 'bin')}"
+                target.write_bytes(payload)
+                saved += 1
+                total += len(payload)
+                last = response
+            if last is None:
+                raise StateError("the hub streamed no frame", reason=Reason.NO_FRAME)
+            receipt = await client.receipt(last)
+            rtt = quic.rtt_ms
+            if rtt is None:
+                rtt = await quic.ping()
+            return {
+                "hub": hub_id,
+                "camera": device,
+                "path": connection.current_path.value,
+                "started_on": connection.path.value,
+                "rtt_ms": round(rtt, 3),
+                "setup_ms": connection.outcome.setup_ms,
+                "timings": dict(connection.outcome.timings),
+                "frames": saved,
+                "bytes": total,
+                "out": str(out),
+                "receipt": {
+                    "leaf_index": receipt.leaf_index,
+                    "size": receipt.checkpoint.size,
+                    "root": receipt.checkpoint.root.hex(),
+                },
+            }
+        finally:
+            await client.close()
 
     summary = asyncio.run(run())
     if as_json:

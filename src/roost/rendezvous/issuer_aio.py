@@ -96,6 +96,11 @@ class BrokeredConnection:
     _run: _IssuerRun = field(repr=False)
 
     @property
+    def closed_reason(self) -> Reason | None:
+        """Why the broker ended the relayed session (``relay-limit``...), or None."""
+        return self._run.closed_reason
+
+    @property
     def current_path(self) -> PathKind:
         """The path the session sends on now (a relayed one may have switched to direct)."""
         return self._run.kind or self.path
@@ -119,6 +124,7 @@ class _IssuerRun:
         # A direct path that came up before the session's path existed (relay first).
         self.pending_direct: Address | None = None
         self.deferred_direct: Address | None = None
+        self.closed_reason: Reason | None = None
         self.trust = trust
         self.broker_udp = broker_udp
         self.punch = punch
@@ -195,6 +201,7 @@ class _IssuerRun:
                 self.pending_direct = event.addr
             self.kind = PathKind.DIRECT
         elif isinstance(event, SessionClosed):
+            self.closed_reason = event.reason
             if self.quic is not None:
                 self.quic.close(event.reason)
         elif isinstance(event, Outcome) and not self.outcome.done():
