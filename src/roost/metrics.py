@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from roost.hub.status import HubStatus, RemoteStatus
+from roost.hub.status import BrokerAgentStatus, HubStatus, RemoteStatus
 from roost.rendezvous.broker_status import BrokerStatus
 
 __all__ = [
@@ -171,6 +171,11 @@ def _remote(read: Callable[[RemoteStatus], T]) -> Callable[[HubStatus], T | None
     return lambda s: None if s.remote is None else read(s.remote)
 
 
+def _broker(read: Callable[[BrokerAgentStatus], T]) -> Callable[[HubStatus], T | None]:
+    """Lift an accessor of the broker agent's status; None when the hub has no [broker]."""
+    return lambda s: None if s.broker is None else read(s.broker)
+
+
 # The hub's /metrics (docs/dashboard.md, "Metrics"); the order is the page's order.
 HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
     info(
@@ -304,6 +309,73 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "Guard logins, frames and calls refused, by reason.",
         "reason",
         _remote(lambda r: r.rejected),
+    ),
+    gauge(
+        "roost_hub_broker_enrolled",
+        "1 while the broker agent holds a registration key.",
+        _broker(lambda b: int(b.enrolled)),
+    ),
+    counter(
+        "roost_hub_broker_registrations",
+        "Registrations (RREG) sent to the broker.",
+        _broker(lambda b: b.registrations),
+    ),
+    counter(
+        "roost_hub_broker_acks",
+        "Registration acknowledgements (RACK) received.",
+        _broker(lambda b: b.acks),
+    ),
+    counter(
+        "roost_hub_broker_enrollments",
+        "Enrollments the broker answered (each gives a fresh registration key).",
+        _broker(lambda b: b.enrollments),
+    ),
+    counter(
+        "roost_hub_broker_fallbacks",
+        "Times registrations got no RACK and the agent held a TLS connection instead.",
+        _broker(lambda b: b.fallbacks),
+    ),
+    gauge(
+        "roost_hub_broker_sessions",
+        "Brokered sessions being set up or served.",
+        _broker(lambda b: b.sessions),
+    ),
+    counter_by(
+        "roost_hub_broker_ignored",
+        "Broker input the agent ignored (forged wake-ups, unexpected messages), by reason.",
+        "reason",
+        _broker(lambda b: b.ignored),
+    ),
+    counter(
+        "roost_hub_broker_wakes",
+        "Valid wake-ups from the broker (RWAK or wake over the held connection).",
+        _broker(lambda b: b.wakes),
+    ),
+    counter(
+        "roost_hub_broker_accepted",
+        "Brokered requests whose password checked.",
+        _broker(lambda b: b.accepted),
+    ),
+    counter_by(
+        "roost_hub_broker_rejected",
+        "Brokered requests rejected, by reason.",
+        "reason",
+        _broker(lambda b: b.rejected),
+    ),
+    counter(
+        "roost_hub_broker_direct",
+        "Brokered sessions that began on a punched direct path.",
+        _broker(lambda b: b.direct),
+    ),
+    counter(
+        "roost_hub_broker_relayed",
+        "Brokered sessions that began on the broker's relay.",
+        _broker(lambda b: b.relayed),
+    ),
+    counter(
+        "roost_hub_broker_switched",
+        "Relayed sessions a direct path took over.",
+        _broker(lambda b: b.switched),
     ),
 )
 

@@ -194,6 +194,8 @@ class Reason(enum.StrEnum):
     WAKE_TIMEOUT = "wake-timeout"
     ANSWER_TIMEOUT = "answer-timeout"
     IDLE_TIMEOUT = "idle-timeout"
+    NOT_BROKER = "not-broker"
+    NO_CAMERA = "no-camera"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -372,6 +374,8 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.WAKE_TIMEOUT: "the target did not present its wake-up token in time",
     Reason.ANSWER_TIMEOUT: "the target did not accept or reject the request in time",
     Reason.IDLE_TIMEOUT: "a broker connection silent past its idle limit",
+    Reason.NOT_BROKER: "a peer that should be the broker presented another role",
+    Reason.NO_CAMERA: "the hub has no connected camera to watch",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",

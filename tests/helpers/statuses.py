@@ -5,10 +5,17 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from roost.device.status import DeviceCountersView, DeviceStatus
-from roost.hub.status import HubCountersView, HubEntry, HubStatus, RemoteStatus
+from roost.hub.status import (
+    BrokerAgentStatus,
+    HubCountersView,
+    HubEntry,
+    HubStatus,
+    RemoteStatus,
+)
 from roost.status import TrustSummary
 
 __all__ = [
+    "broker_agent_statuses",
     "counts",
     "device_statuses",
     "hub_statuses",
@@ -84,6 +91,25 @@ remote_statuses = st.builds(
     rejected=counts,
 )
 
+broker_agent_statuses = st.builds(
+    BrokerAgentStatus,
+    state=st.sampled_from(["enrolling", "registering", "held", "stopped"]),
+    enrolled=st.booleans(),
+    reflexive=st.none() | endpoints,
+    registrations=totals,
+    acks=totals,
+    enrollments=totals,
+    fallbacks=totals,
+    wakes=totals,
+    accepted=totals,
+    rejected=counts,
+    direct=totals,
+    relayed=totals,
+    switched=totals,
+    sessions=totals,
+    ignored=counts,
+)
+
 
 @st.composite
 def hub_statuses(draw: st.DrawFn) -> HubStatus:
@@ -103,6 +129,7 @@ def hub_statuses(draw: st.DrawFn) -> HubStatus:
         counters=draw(hub_counters),
         remote=draw(st.none() | remote_statuses),
         uptime_s=draw(seconds),
+        broker=draw(st.none() | broker_agent_statuses),
     )
 
 

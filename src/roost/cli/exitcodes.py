@@ -44,6 +44,10 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 8
     PROTOCOL = 9
     INTERNAL = 10
+    # `roost connect`: outcomes of a brokered connection the classes cannot tell apart.
+    UNKNOWN_HUB = 11
+    HUB_OFFLINE = 12
+    RELAY_LIMIT = 13
 
 
 DESCRIPTIONS: Mapping[ExitCode, str] = {
@@ -58,6 +62,21 @@ DESCRIPTIONS: Mapping[ExitCode, str] = {
     ExitCode.UNREACHABLE: "nothing answered: connect failed, reset, timed out (TransportError)",
     ExitCode.PROTOCOL: "bytes that break the wire or file format (ProtocolError)",
     ExitCode.INTERNAL: "a bug: any other exception (--debug or ROOST_DEBUG=1 for the traceback)",
+    ExitCode.UNKNOWN_HUB: "roost connect: the broker knows no hub of that identifier",
+    ExitCode.HUB_OFFLINE: "roost connect: the hub is not registered or did not answer its wake-up",
+    ExitCode.RELAY_LIMIT: "roost connect: the broker's relay limit (sessions, bytes, time)",
+}
+
+# Refusals of the broker whose remedy differs from a plain "no" (issue 9, "Clear
+# failures"): the reason decides before the class does.
+_BY_REASON: Mapping[str, ExitCode] = {
+    Reason.UNKNOWN_TARGET: ExitCode.UNKNOWN_HUB,
+    Reason.TARGET_OFFLINE: ExitCode.HUB_OFFLINE,
+    Reason.WAKE_TIMEOUT: ExitCode.HUB_OFFLINE,
+    Reason.ANSWER_TIMEOUT: ExitCode.HUB_OFFLINE,
+    Reason.ACCEPT_TIMEOUT: ExitCode.HUB_OFFLINE,
+    Reason.RELAY_LIMIT: ExitCode.RELAY_LIMIT,
+    Reason.RELAY_EXPIRED: ExitCode.RELAY_LIMIT,
 }
 
 # The error classes are siblings under RoostError, so the order only has to put nothing
@@ -90,6 +109,9 @@ def exit_code_for(error: BaseException) -> ExitCode:
         # login carries no detail), whichever class the client raised it as.
         if error.reason == Reason.REFUSED:
             return ExitCode.REFUSED
+        by_reason = _BY_REASON.get(error.reason)
+        if by_reason is not None:
+            return by_reason
         for cls, code in _BY_CLASS:
             if isinstance(error, cls):
                 return code

@@ -32,6 +32,7 @@ def _register() -> None:
     # Each command group lives in its own module; the list below is the whole CLI.
     from roost.cli.broker import broker
     from roost.cli.ca import ca
+    from roost.cli.connect import connect
     from roost.cli.demo import demo
     from roost.cli.home import init_home
     from roost.cli.log import log
@@ -50,6 +51,7 @@ def _register() -> None:
     cli.add_command(device)
     cli.add_command(remote)
     cli.add_command(broker)
+    cli.add_command(connect)
 
 
 def main() -> None:

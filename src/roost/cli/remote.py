@@ -24,7 +24,7 @@ from roost.pki.truststore import load_state
 
 from .common import RoostGroup, echo_json, fail_cleanly
 
-__all__ = ["remote"]
+__all__ = ["answer_from", "read_secret", "remote"]
 
 
 @click.group(cls=RoostGroup)
@@ -32,7 +32,7 @@ def remote() -> None:
     """Reach a hub's remote entrance: password, card codes, then protected calls."""
 
 
-def _read_secret(prompt: str) -> str:
+def read_secret(prompt: str) -> str:
     """Hidden prompt on a terminal; one line of standard input for scripts."""
     if sys.stdin.isatty():
         value: str = click.prompt(prompt, hide_input=True, err=True)
@@ -43,12 +43,12 @@ def _read_secret(prompt: str) -> str:
     return line.rstrip("\r\n")
 
 
-def _answer_from(card_file: Path | None) -> Callable[[tuple[str, ...]], list[str]]:
+def answer_from(card_file: Path | None) -> Callable[[tuple[str, ...]], list[str]]:
     codes = parse_card(card_file.read_text("utf-8")) if card_file is not None else None
 
     def answer(labels: tuple[str, ...]) -> list[str]:
         if codes is None:
-            return [_read_secret(f"Code {label}") for label in labels]
+            return [read_secret(f"Code {label}") for label in labels]
         missing = [label for label in labels if label not in codes]
         if missing:
             raise VerificationError(
@@ -200,7 +200,7 @@ def call(
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="ADDRESS") from exc
     state = load_state(trust_dir)
-    password = _read_secret("Password")
+    password = read_secret("Password")
 
     def check_server(leaf: x509.Certificate) -> None:
         node, _, _ = state.verify_node(leaf, hub_id)
@@ -214,7 +214,7 @@ def call(
             client_context(state.anchors),
             user_id=user_id,
             password=password,
-            answer=_answer_from(card_file),
+            answer=answer_from(card_file),
             check_server=check_server,
             timeout_s=timeout,
         )

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.config import HubConfig, load_device_config, load_hub_config
@@ -101,7 +102,8 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     from roost.guard.aio import GuardServer
     from roost.guard.log import SqliteMerkleLog
     from roost.hub.api import start_api
-    from roost.hub.remote import start_remote
+    from roost.hub.remote import build_guard_server, start_remote
+    from roost.rendezvous.agent_aio import BrokerAgent
 
     _logging(verbose)
     config = load_hub_config(config_file)
@@ -110,15 +112,36 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     daemon = build_hub_daemon(config, trust, recorder)
     runners = []
     remote: list[tuple[GuardServer, SqliteMerkleLog]] = []
+    agents: list[BrokerAgent] = []
 
     async def start() -> None:
         await daemon.start()
         runners.append(await start_api(daemon, *config.api))
         remote_address = None
-        if config.remote is not None:
-            remote.append(await start_remote(daemon))
+        if config.remote is not None or config.broker is not None:
+            # One guard server for the TCP remote entrance and the broker's QUIC sessions:
+            # the same users, calls and Merkle log (docs/broker.md, "Running it").
+            remote.append(build_guard_server(daemon))
             daemon.guard = remote[0][0]
+        if config.remote is not None:
+            await start_remote(daemon, guard=remote[0])
             remote_address = (config.remote[0], remote[0][0].bound_port)
+        if config.broker is not None:
+            await remote[0][0].open()
+            agent = BrokerAgent(
+                config.broker,
+                identifier=daemon.identifier,
+                certificate=daemon.certificate,
+                certificate_der=daemon.certificate.public_bytes(Encoding.DER),
+                private_key=key_from_pem(config.key.read_bytes()),
+                cert_file=config.cert,
+                key_file=config.key,
+                trust=trust,
+                guard=remote[0][0],
+            )
+            await agent.start()
+            agents.append(agent)
+            daemon.broker_status = agent.status
         # Every listener may be configured with port 0: report the ports really bound,
         # on stdout and in run.json, once all of them are (docs/testing.md).
         state = HubRunState(
@@ -133,6 +156,8 @@ def hub_run(config_file: Path, verbose: bool) -> None:
 
     async def stop() -> None:
         remove_run_file(config.run_file)
+        for agent in agents:
+            await agent.stop()
         for runner in runners:
             await runner.cleanup()
         for server, merkle_log in remote:

@@ -32,6 +32,7 @@ from roost.errors import (
     RefusedError,
     RoostError,
     StateError,
+    VerificationError,
 )
 from roost.guard.aio_client import GuardClient
 from roost.guard.challenge import AuthConfig, LoginServer
@@ -54,7 +55,15 @@ from roost.guard.remote import (
 )
 from roost.guard.session import SessionLimits
 from roost.guard.streams import READ_CHUNK, STREAM_ERRORS, ByteStreamReader, ByteStreamWriter
-from roost.guard.userstore import UserDirectory
+from roost.guard.suites import KdfParams
+from roost.guard.userstore import (
+    SALT_SIZE,
+    PasswordVerifier,
+    UserDirectory,
+    after_failure,
+    is_locked,
+    verify_password,
+)
 from roost.ratelimit import SourceRateLimiter
 from roost.reasons import RejectionCounter, log_rejection
 
@@ -210,6 +219,35 @@ class GuardServer:
             config=self.config.auth,
             counter=self.rejections,
         )
+
+    async def check_password(self, user_id: str, password: str) -> None:
+        """Check one user's password the way a login's hello does (PROTOCOL.md section 5,
+        step 5: a brokered request is checked before anything is punched), on the login
+        worker: VerificationError ``unknown-user``, ``locked-out`` or ``bad-password``
+        (counted toward the user's lock-out, like a failed login)."""
+        await self.open()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._check_password, user_id, password)
+
+    def _check_password(self, user_id: str, password: str) -> None:
+        assert self._login_server is not None
+        directory = self._login_server.directory
+        wall_ms = self._wall_ms()
+        record = directory.load(user_id)
+        if record is None:
+            # The same KDF time as for a real user, so timing does not tell who exists.
+            with contextlib.suppress(VerificationError):
+                verify_password(PasswordVerifier(b"\0" * SALT_SIZE, b"", KdfParams(14)), "")
+            raise VerificationError("unknown user", reason="unknown-user")
+        if is_locked(record, wall_ms):
+            raise VerificationError("user locked out", reason="locked-out")
+        try:
+            verify_password(record.password, password)
+        except VerificationError:
+            failed = after_failure(record, wall_ms, self._login_server.config.lockout)
+            directory.record_failure(user_id, failed.failures, failed.locked_until_ms)
+            self.counters.logins_failed += 1
+            raise
 
     @property
     def bound_port(self) -> int:

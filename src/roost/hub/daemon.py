@@ -43,7 +43,13 @@ from roost.hcsp.documents import Endpoint, HubAddress
 from roost.hcsp.events import HcspEvent, HubDown, HubUpdated, LiveHub, WinnerChanged
 from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
 from roost.hub.recorder import IncomingFrame, Recorder
-from roost.hub.status import HubCountersView, HubEntry, HubStatus, RemoteStatus
+from roost.hub.status import (
+    BrokerAgentStatus,
+    HubCountersView,
+    HubEntry,
+    HubStatus,
+    RemoteStatus,
+)
 from roost.pki.tls import ReloadableServerContext, peer_certificate
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason, RejectionCounter, log_rejection
@@ -167,6 +173,8 @@ class HubDaemon:
         self._started = time.monotonic()
         # The owner's remote entrance, when the config has one (roost.hub.remote).
         self.guard: GuardServer | None = None
+        # The broker agent's status (roost.rendezvous.agent_aio), when the hub has one.
+        self.broker_status: Callable[[], BrokerAgentStatus] | None = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -509,6 +517,7 @@ class HubDaemon:
             ),
             remote=self._remote_status(),
             uptime_s=round(time.monotonic() - self._started, 1),
+            broker=self.broker_status() if self.broker_status is not None else None,
         )
 
     def _remote_status(self) -> RemoteStatus | None:

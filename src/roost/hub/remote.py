@@ -35,7 +35,7 @@ from roost.hub.recorder import StoredFrame
 from roost.hub.status import HubStatus
 from roost.pki.tls import server_context
 
-__all__ = ["RemoteCallConfig", "hub_call_handler", "start_remote"]
+__all__ = ["RemoteCallConfig", "build_guard_server", "hub_call_handler", "start_remote"]
 
 MAX_DEVICE_ID = 256
 
@@ -134,17 +134,16 @@ def hub_call_handler(
     return handle
 
 
-async def start_remote(
+def build_guard_server(
     hub: HubDaemon,
     config: GuardServerConfig | None = None,
     calls: RemoteCallConfig | None = None,
 ) -> tuple[GuardServer, SqliteMerkleLog]:
-    """Listen on the hub's ``remote`` address; the caller stops the server and closes the
-    log. ``watch`` learns of new frames from the hub's recorder (a listener)."""
-    hub_config = hub.config
-    if hub_config.remote is None:
-        raise StateError("the hub config has no remote address", reason="bad-config")
-    state_dir = hub_config.state_dir
+    """The hub's guard server (user store, calls, Merkle log receipts), not yet listening:
+    the TCP remote entrance and the broker's QUIC sessions (docs/broker.md) share it. The
+    caller stops the server and closes the log. ``watch`` learns of new frames from the
+    hub's recorder (a listener)."""
+    state_dir = hub.config.state_dir
     merkle_log = SqliteMerkleLog.in_state_dir(state_dir)
     key = load_or_create_log_key(state_dir / LOG_KEY_FILENAME)
     feed = FrameFeed()
@@ -156,6 +155,21 @@ async def start_remote(
         config=config,
         receipts=LogReceipts(merkle_log, key),
     )
+    return server, merkle_log
+
+
+async def start_remote(
+    hub: HubDaemon,
+    config: GuardServerConfig | None = None,
+    calls: RemoteCallConfig | None = None,
+    guard: tuple[GuardServer, SqliteMerkleLog] | None = None,
+) -> tuple[GuardServer, SqliteMerkleLog]:
+    """Listen on the hub's ``remote`` address with ``guard`` (built here when None); the
+    caller stops the server and closes the log."""
+    hub_config = hub.config
+    if hub_config.remote is None:
+        raise StateError("the hub config has no remote address", reason="bad-config")
+    server, merkle_log = guard or build_guard_server(hub, config, calls)
     host, port = hub_config.remote
     # Users have no device certificate: TLS authenticates the hub, the guard the user.
     await server.start(host, port, server_context(hub_config.cert, hub_config.key))

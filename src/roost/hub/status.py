@@ -30,7 +30,7 @@ from roost.status import (
     read_strings,
 )
 
-__all__ = ["HubCountersView", "HubEntry", "HubStatus", "RemoteStatus"]
+__all__ = ["BrokerAgentStatus", "HubCountersView", "HubEntry", "HubStatus", "RemoteStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +172,70 @@ class RemoteStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerAgentStatus:
+    """The hub's link to the broker (docs/broker.md, "Running it"): the agent's state and
+    totals since start. ``direct`` and ``relayed`` count sessions by the path they began on,
+    ``switched`` relayed sessions a direct path took over."""
+
+    state: str
+    enrolled: bool
+    reflexive: str | None
+    registrations: int
+    acks: int
+    enrollments: int
+    fallbacks: int
+    wakes: int
+    accepted: int
+    rejected: Mapping[str, int]
+    direct: int
+    relayed: int
+    switched: int
+    sessions: int
+    ignored: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document's ``broker`` object."""
+        return {
+            "state": self.state,
+            "enrolled": self.enrolled,
+            "reflexive": self.reflexive,
+            "registrations": self.registrations,
+            "acks": self.acks,
+            "enrollments": self.enrollments,
+            "fallbacks": self.fallbacks,
+            "wakes": self.wakes,
+            "accepted": self.accepted,
+            "rejected": dict(self.rejected),
+            "direct": self.direct,
+            "relayed": self.relayed,
+            "switched": self.switched,
+            "sessions": self.sessions,
+            "ignored": dict(self.ignored),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> BrokerAgentStatus:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        return cls(
+            state=read_str(doc, "state"),
+            enrolled=read_bool(doc, "enrolled"),
+            reflexive=read_optional_str(doc, "reflexive"),
+            registrations=read_int(doc, "registrations"),
+            acks=read_int(doc, "acks"),
+            enrollments=read_int(doc, "enrollments"),
+            fallbacks=read_int(doc, "fallbacks"),
+            wakes=read_int(doc, "wakes"),
+            accepted=read_int(doc, "accepted"),
+            rejected=read_counts(doc, "rejected"),
+            direct=read_int(doc, "direct"),
+            relayed=read_int(doc, "relayed"),
+            switched=read_int(doc, "switched"),
+            sessions=read_int(doc, "sessions"),
+            ignored=read_counts(doc, "ignored"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class HubStatus:
     """One snapshot of a running hub, taken on the event loop by `HubDaemon.status()`."""
 
@@ -189,6 +253,8 @@ class HubStatus:
     # None when the hub's config has no remote address.
     remote: RemoteStatus | None
     uptime_s: float
+    # None when the hub's config has no [broker] table.
+    broker: BrokerAgentStatus | None = None
 
     @property
     def is_winner(self) -> bool:
@@ -210,15 +276,18 @@ class HubStatus:
             "counters": self.counters.to_json(),
             "remote": self.remote.to_json() if self.remote is not None else None,
             "uptime_s": self.uptime_s,
+            "broker": self.broker.to_json() if self.broker is not None else None,
         }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> HubStatus:
         """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed.
 
-        A missing ``remote`` key reads as None, like a hub without a remote entrance.
+        A missing ``remote`` (``broker``) key reads as None, like a hub without a remote
+        entrance (a broker link).
         """
         remote = doc.get("remote") if isinstance(doc, Mapping) else None
+        broker = doc.get("broker") if isinstance(doc, Mapping) else None
         return cls(
             identifier=read_str(doc, "id"),
             name=read_str(doc, "name"),
@@ -232,4 +301,7 @@ class HubStatus:
             counters=HubCountersView.from_json(read_object(doc, "counters")),
             remote=None if remote is None else RemoteStatus.from_json(read_object(doc, "remote")),
             uptime_s=read_float(doc, "uptime_s"),
+            broker=None
+            if broker is None
+            else BrokerAgentStatus.from_json(read_object(doc, "broker")),
         )

@@ -181,6 +181,11 @@ class AgentCore:
         """The state of every live session by its broker-assigned number."""
         return {number: s.state for number, s in self._by_session.items()}
 
+    def channel_of(self, session: int) -> int | None:
+        """The present channel ``session`` runs on (its relay records go there), or None."""
+        entry = self._by_session.get(session)
+        return entry.channel if entry is not None else None
+
     @property
     def live_sessions(self) -> int:
         return len(self._by_channel)

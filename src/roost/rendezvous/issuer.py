@@ -101,6 +101,10 @@ FAILURE_MESSAGES: Mapping[Reason, str] = {
     Reason.WRONG_ID: _UNTRUSTED,
     Reason.BAD_KEY: _UNTRUSTED,
     Reason.DISCONNECTED: "the broker closed the connection",
+    Reason.WAKE_TIMEOUT: "hub offline: it did not answer the broker's wake-up",
+    Reason.ANSWER_TIMEOUT: "hub offline: it did not answer the request in time",
+    Reason.RELAY_EXPIRED: "relay limit reached (the relayed session's time)",
+    Reason.SESSION_LIMIT: "the broker refused: too many sessions",
 }
 
 

@@ -75,6 +75,13 @@ def test_the_table_has_one_code_per_class_and_help_lists_them() -> None:
         (VerificationError("server refused the login", reason="refused"), ExitCode.REFUSED),
         (TransportError("hub closed the channel", reason="refused"), ExitCode.REFUSED),
         (TransportError("x", reason="connect"), ExitCode.UNREACHABLE),
+        # roost connect: the broker's answers that need another remedy than a plain no.
+        (RefusedError("wrong password", reason="bad-password"), ExitCode.REFUSED),
+        (RefusedError("unknown hub", reason="unknown-target"), ExitCode.UNKNOWN_HUB),
+        (RefusedError("hub offline", reason="target-offline"), ExitCode.HUB_OFFLINE),
+        (RefusedError("hub offline", reason="wake-timeout"), ExitCode.HUB_OFFLINE),
+        (RefusedError("relay limit", reason="relay-limit"), ExitCode.RELAY_LIMIT),
+        (RefusedError("relay limit", reason="relay-expired"), ExitCode.RELAY_LIMIT),
         (RemoteProtocolError("x"), ExitCode.PROTOCOL),
         (LocalProtocolError("x"), ExitCode.PROTOCOL),
         (RoostError("x"), ExitCode.FAILED),

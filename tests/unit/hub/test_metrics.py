@@ -16,7 +16,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from roost.hub.api import build_app
 from roost.hub.recorder import StoredFrame
-from roost.hub.status import HubCountersView, HubEntry, HubStatus, RemoteStatus
+from roost.hub.status import (
+    BrokerAgentStatus,
+    HubCountersView,
+    HubEntry,
+    HubStatus,
+    RemoteStatus,
+)
 from roost.metrics import HUB_METRICS, MetricRow, StatusCollector, counter
 from roost.status import TrustSummary
 from tests.helpers.statuses import hub_statuses
@@ -44,7 +50,9 @@ def _render(status: HubStatus) -> str:
 
 
 def _counters(
-    prefix: str, view: HubCountersView | RemoteStatus, skip: frozenset[str] = frozenset()
+    prefix: str,
+    view: HubCountersView | RemoteStatus | BrokerAgentStatus,
+    skip: frozenset[str] = frozenset(),
 ) -> Samples:
     """The documented naming rule (docs/dashboard.md): a total is ``<prefix><field>_total``,
     a count by reason adds a ``reason`` label; derived from the fields, not from the table."""
@@ -81,6 +89,12 @@ def _expected(status: HubStatus) -> Samples:
     if status.remote is not None:
         expected[("roost_hub_remote_sessions", ())] = float(status.remote.active)
         expected |= _counters("roost_hub_remote_", status.remote, skip=frozenset({"active"}))
+    if status.broker is not None:
+        broker = status.broker
+        expected[("roost_hub_broker_enrolled", ())] = 1.0 if broker.enrolled else 0.0
+        expected[("roost_hub_broker_sessions", ())] = float(broker.sessions)
+        skip = frozenset({"state", "enrolled", "reflexive", "sessions"})
+        expected |= _counters("roost_hub_broker_", broker, skip=skip)
     return expected
 
 
@@ -129,6 +143,23 @@ def _example() -> HubStatus:
             rejected={"bad-proof": 14},
         ),
         uptime_s=93.5,
+        broker=BrokerAgentStatus(
+            state="registering",
+            enrolled=True,
+            reflexive="198.51.100.7:40000",
+            registrations=20,
+            acks=19,
+            enrollments=1,
+            fallbacks=2,
+            wakes=3,
+            accepted=2,
+            rejected={"bad-password": 1},
+            direct=1,
+            relayed=1,
+            switched=1,
+            sessions=1,
+            ignored={"bad-tag": 5},
+        ),
     )
 
 
@@ -138,7 +169,7 @@ def _example() -> HubStatus:
 def _leaves(status: HubStatus) -> Iterator[tuple[str, HubStatus]]:
     """Each leaf field of the status, with a copy of `status` where only it changed."""
     for f in dataclasses.fields(HubStatus):
-        if f.name in ("counters", "remote"):
+        if f.name in ("counters", "remote", "broker"):
             continue
         yield f.name, dataclasses.replace(status, **{f.name: _changed(status, f.name)})
     for f in dataclasses.fields(HubCountersView):
@@ -148,6 +179,10 @@ def _leaves(status: HubStatus) -> Iterator[tuple[str, HubStatus]]:
     for f in dataclasses.fields(RemoteStatus):
         remote = dataclasses.replace(status.remote, **{f.name: _changed(status.remote, f.name)})
         yield f"remote.{f.name}", dataclasses.replace(status, remote=remote)
+    assert status.broker is not None
+    for f in dataclasses.fields(BrokerAgentStatus):
+        broker = dataclasses.replace(status.broker, **{f.name: _changed(status.broker, f.name)})
+        yield f"broker.{f.name}", dataclasses.replace(status, broker=broker)
 
 
 def _changed(owner: Any, name: str) -> Any:
@@ -164,6 +199,8 @@ def _changed(owner: Any, name: str) -> Any:
         return (*value, "x")
     if isinstance(value, str):
         return value + "x"
+    if isinstance(value, bool):
+        return not value
     assert isinstance(value, int | float), name
     return value + 1
 
@@ -172,8 +209,9 @@ def _rows_reading(base: HubStatus, changed: HubStatus) -> set[str]:
     return {row.name for row in HUB_METRICS if row.samples(base) != row.samples(changed)}
 
 
-# The trust generations are in the status document for the dashboard but not exported.
-NOT_EXPORTED = {"trust"}
+# The trust generations are in the status document for the dashboard but not exported, nor
+# are the broker link's state and reflexive address (text, for the page).
+NOT_EXPORTED = {"trust", "broker.state", "broker.reflexive"}
 
 
 def test_every_status_field_is_exported_by_a_row_and_every_row_reads_a_field() -> None:

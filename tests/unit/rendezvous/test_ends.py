@@ -145,6 +145,21 @@ def test_answering_one_password_check_twice_is_our_bug() -> None:
     assert lab.agent.counters.ignored["unknown-session"] == 1
 
 
+def test_a_session_names_its_present_channel_until_it_ends() -> None:
+    # The adapter sends a session's relay records on this channel (docs/broker.md).
+    lab = Lab()
+    lab.agent.start(lab.now)
+    lab.run(1.0)
+    lab.agent.datagram_received(lab.wake_datagram(1), ("192.0.2.1", 3478), lab.now)
+    channel = next(e.channel for e in _events(lab.agent) if hasattr(e, "token"))  # type: ignore[attr-defined]
+    assert lab.agent.channel_of(42) is None
+    sealed = seal_request(HUB_KEY.public_key(), HUB_ID, ISSUER_LOCAL, "owner", "pw")
+    lab.agent.control_received(channel, Request(42, ISSUER_LOCAL, sealed), lab.now)
+    assert lab.agent.channel_of(42) == channel
+    lab.agent.channel_closed(channel, lab.now)
+    assert lab.agent.channel_of(42) is None
+
+
 def test_stop_closes_every_connection_and_ends_every_session() -> None:
     lab = Lab()
     lab.agent.start(lab.now)

@@ -1,0 +1,507 @@
+"""The hub's broker agent on real sockets: ``AgentCore`` with its UDP socket, TLS channels,
+password checks, punching and the QUIC sessions it serves (adapter, docs/broker.md).
+
+Thin (STYLE.md): every decision is ``roost.rendezvous.agent.AgentCore``'s. This module owns
+the ONE UDP socket (``UdpMux`` bound to the hub config's ``[broker].local``: RREG/RACK/RWAK,
+punch probes and QUIC, so the NAT mapping the broker sees is the session's), one mutual-TLS
+``BrokerChannel`` per channel the core asks for (the hub's own certificate; the broker's is
+checked with ``verify_broker``), and one ``transmit()`` that flushes what the core wants
+sent, acts on its events and re-arms ONE ``loop.call_at``.
+
+Work items. ``CheckPassword``: ``open_request`` with the hub key and identifier, then the
+guard server checks that user's password on its login worker (the KDF never runs on the
+loop). ``StartPunch``: a ``Puncher`` on the mux; its result goes back to the core. A session
+is served as QUIC (``quic_serve`` with the hub certificate) over a ``SwitchingPath`` that
+starts on the direct ``UdpPath`` or on a ``RelayPath`` (relay records on the session's
+present connection); a direct path found later takes over. Each stream of the session is a
+guard session of the hub's ``GuardServer`` (the same users, calls and Merkle log as the
+TCP remote entrance), bound to ``tls-server-end-point`` of the hub certificate.
+
+One punch at a time: the mux has one probe handler, so a second ``StartPunch`` while one
+runs ends the first as failed (it goes to the relay). The hub serves at most
+``AgentConfig.max_sessions`` sessions anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from roost.clock import wall_ms_now
+from roost.config import BrokerLink
+from roost.errors import RemoteProtocolError, RoostError, VerificationError
+from roost.guard.aio import GuardServer
+from roost.guard.calls import tls_server_end_point
+from roost.hub.status import BrokerAgentStatus
+from roost.pki.tls import client_context
+from roost.pki.updater import TrustUpdater
+from roost.reasons import Reason
+from roost.rendezvous.agent import (
+    AgentConfig,
+    AgentCore,
+    CheckPassword,
+    CloseConnection,
+    OpenEnrollConnection,
+    OpenHeldConnection,
+    OpenPresentConnection,
+    RelayReady,
+    SessionEnded,
+)
+from roost.rendezvous.channel_aio import BrokerChannel, verify_broker
+from roost.rendezvous.control import RelayRecord, decode_channel_body
+from roost.rendezvous.messages import Candidate
+from roost.rendezvous.paths import DatagramPath, PunchDriver, RelayPath, SwitchingPath, UdpMux
+from roost.rendezvous.punch import Address, DirectPathFound, Puncher, PunchEvent, PunchFailed
+from roost.rendezvous.quic import QuicSession, quic_serve
+from roost.rendezvous.seal import open_request
+from roost.rendezvous.sessions import PathKind, StartPunch
+from roost.rendezvous.state import LinkState
+
+__all__ = ["BrokerAgent", "local_candidates"]
+
+log = logging.getLogger("roost.hub.broker")
+
+
+def local_candidates(bound: Address, toward: Address) -> tuple[Candidate, ...]:
+    """The host candidates of a socket bound at ``bound``: its own address, or, bound to
+    the unspecified address, the address the host would send from toward ``toward``
+    (a connected UDP socket sends nothing, it only asks the routing table)."""
+    host, port = bound
+    if host not in ("0.0.0.0", "::"):
+        return (Candidate.of(host, port),)
+    family = socket.AF_INET6 if ":" in toward[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(toward)
+            local = probe.getsockname()[0]
+        except OSError:
+            return ()
+    return (Candidate.of(local, port),)
+
+
+def _peer_addresses(candidates: tuple[Candidate, ...]) -> list[Address]:
+    return [(str(candidate.address), candidate.port) for candidate in candidates]
+
+
+@dataclass(slots=True)
+class _Served:
+    """One brokered session this hub serves."""
+
+    session: int
+    channel: int
+    peer: str
+    path: SwitchingPath | None = None
+    relay: RelayPath | None = None
+    quic: QuicSession | None = None
+    kind: PathKind | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class BrokerAgent:
+    """Runs one hub's ``AgentCore``; ``start()`` binds the socket and enrolls, ``stop()``
+    ends every channel and session."""
+
+    def __init__(
+        self,
+        link: BrokerLink,
+        *,
+        identifier: str,
+        certificate: x509.Certificate,
+        certificate_der: bytes,
+        private_key: ec.EllipticCurvePrivateKey,
+        cert_file: Path,
+        key_file: Path,
+        trust: TrustUpdater,
+        guard: GuardServer,
+        config: AgentConfig | None = None,
+        rng: random.Random | None = None,
+        quic_idle_timeout_s: float = 60.0,
+    ) -> None:
+        self.link = link
+        self.identifier = identifier
+        self.certificate = certificate
+        self.certificate_der = certificate_der
+        self.private_key = private_key
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.trust = trust
+        self.guard = guard
+        self.config = config or AgentConfig()
+        self._rng = rng or random.SystemRandom()
+        self._binding = tls_server_end_point(certificate_der)
+        self._quic_idle_timeout_s = quic_idle_timeout_s
+        self.core = AgentCore(self.config, identifier, self._rng, counter_start=wall_ms_now())
+        self.mux: UdpMux | None = None
+        self._channels: dict[int, BrokerChannel] = {}
+        self._served: dict[int, _Served] = {}
+        self._punch: tuple[int, PunchDriver] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmitting = False
+        self.switched = 0
+        self.ignored: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind the shared UDP socket and begin enrolling."""
+        self.mux = await UdpMux.open(self.link.local, on_registration=self._on_datagram)
+        candidates = local_candidates(self.mux.local_address, self.link.udp)
+        now = self._now()
+        self.core.set_candidates(candidates, now)
+        self.core.start(now)
+        self.transmit()
+        log.info("broker agent on udp %s:%s", *self.mux.local_address)
+
+    async def stop(self) -> None:
+        """End every session and channel, close the socket."""
+        self.core.stop(self._now())
+        self.transmit()
+        for entry in list(self._served.values()):
+            self._end_session(entry)
+        if self._punch is not None:
+            self._punch[1].close()
+            self._punch = None
+        for channel in list(self._channels.values()):
+            channel.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.mux is not None:
+            self.mux.close()
+
+    @property
+    def local_address(self) -> Address:
+        assert self.mux is not None
+        return self.mux.local_address
+
+    # ------------------------------------------------------------------ the one flush
+
+    def transmit(self) -> None:
+        """Send what the core wants sent, act on its events, re-arm its one timer."""
+        if self._transmitting:
+            # Called from an event handler: the running flush loop takes it.
+            return
+        self._transmitting = True
+        try:
+            # Handlers may feed the core again (a punch replaced, a verdict): flush until
+            # it has nothing more to say.
+            while self._flush():
+                pass
+        finally:
+            self._transmitting = False
+        self._arm()
+
+    def _flush(self) -> bool:
+        busy = False
+        if self.mux is not None:
+            for datagram in self.core.datagrams_to_send():
+                busy = True
+                try:
+                    self.mux.sendto(datagram, self.link.udp)
+                except (RoostError, OSError) as exc:
+                    log.debug("registration not sent: %s", exc)
+        # A channel's Open event comes before its first record; a CloseConnection of this
+        # turn closes only after the records taken with it are written (AgentCore's
+        # docstring): open the channels, write the records, then act on the rest.
+        records = self.core.records_to_send()
+        events = []
+        while (event := self.core.next_event()) is not None:
+            busy = True
+            if isinstance(event, OpenEnrollConnection | OpenHeldConnection | OpenPresentConnection):
+                self._open_channel(event.channel)
+            else:
+                events.append(event)
+        for channel_id, body in records:
+            busy = True
+            channel = self._channels.get(channel_id)
+            if channel is not None:
+                channel.write(body)
+        for event in events:
+            if isinstance(event, CloseConnection):
+                channel = self._channels.pop(event.channel, None)
+                if channel is not None:
+                    channel.close_when_flushed()
+            elif isinstance(event, CheckPassword):
+                self._spawn(self._check_password(event))
+            elif isinstance(event, StartPunch):
+                self._start_punch(event)
+            elif isinstance(event, RelayReady):
+                self._relay_ready(event)
+            elif isinstance(event, SessionEnded):
+                entry = self._served.get(event.session) if event.session is not None else None
+                if entry is not None:
+                    self._end_session(entry)
+        return busy
+
+    def _arm(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(self._now())
+        self.transmit()
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _count(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    # ------------------------------------------------------------------ UDP
+
+    def _on_datagram(self, data: bytes, source: Address) -> None:
+        self.core.datagram_received(data, source, self._now())
+        self.transmit()
+
+    # ------------------------------------------------------------------ TLS channels
+
+    def _open_channel(self, channel_id: int) -> None:
+        channel = BrokerChannel(
+            lambda body: self._on_body(channel_id, body),
+            lambda: self._on_channel_closed(channel_id),
+        )
+        self._channels[channel_id] = channel
+        self._spawn(self._connect(channel_id, channel))
+
+    async def _connect(self, channel_id: int, channel: BrokerChannel) -> None:
+        host, port = self.link.address
+        state = self.trust.state
+        context = client_context(state.anchors, self.cert_file, self.key_file)
+        try:
+            await channel.open(
+                host,
+                port,
+                context,
+                lambda leaf: verify_broker(leaf, state.anchors, state.time_floor, host),
+            )
+        except RoostError as exc:
+            # The core retries enrollment after its delay; a present channel that cannot
+            # open ends its session (channel_closed, already reported by the channel).
+            self._count(exc.reason)
+            log.info("broker channel %s to %s:%s failed: %s", channel_id, host, port, exc)
+
+    def _on_body(self, channel_id: int, body: bytes) -> None:
+        try:
+            message = decode_channel_body(body)
+        except RoostError as exc:
+            self._count(exc.reason)
+            return
+        if isinstance(message, RelayRecord):
+            entry = self._served.get(message.session)
+            if entry is not None and entry.channel == channel_id and entry.relay is not None:
+                entry.relay.feed(message.payload)
+            else:
+                self._count(Reason.UNKNOWN_SESSION)
+            return
+        self.core.control_received(channel_id, message, self._now())
+        self.transmit()
+
+    def _on_channel_closed(self, channel_id: int) -> None:
+        self._channels.pop(channel_id, None)
+        with contextlib.suppress(RuntimeError):
+            self.core.channel_closed(channel_id, self._now())
+            self.transmit()
+
+    # ------------------------------------------------------------------ password check
+
+    async def _check_password(self, item: CheckPassword) -> None:
+        ok, reason = False, Reason.BAD_PASSWORD
+        try:
+            credentials = open_request(
+                self.private_key, self.identifier, item.sealed, item.issuer_candidates
+            )
+            await self.guard.check_password(credentials.user, credentials.password)
+            ok = True
+        except VerificationError as exc:
+            with contextlib.suppress(ValueError):
+                reason = Reason(exc.reason)
+        except RemoteProtocolError:
+            reason = Reason.BAD_SEAL
+        except RoostError as exc:
+            log.info("password check failed: %s", exc)
+        if ok:
+            peer = str(item.issuer_candidates[0].address) if item.issuer_candidates else "?"
+            channel = self.core.channel_of(item.session)
+            if channel is not None:
+                self._served[item.session] = _Served(item.session, channel, peer)
+        self.core.password_checked(item.session, ok, self._now(), reason=None if ok else reason)
+        self.transmit()
+
+    # ------------------------------------------------------------------ punching
+
+    def _start_punch(self, plan: StartPunch) -> None:
+        assert self.mux is not None
+        if self._punch is not None:
+            previous, driver = self._punch
+            driver.close()
+            self._punch = None
+            self.core.punch_failed(previous, self._now())
+        try:
+            puncher = Puncher(
+                plan.session,
+                _peer_addresses(plan.remote_candidates),
+                plan.start_at,
+                plan.deadline,
+                plan.attempts,
+                self._rng,
+            )
+        except RoostError as exc:
+            self._count(exc.reason)
+            self.core.punch_failed(plan.session, self._now())
+            return
+        session = plan.session
+        driver = PunchDriver(self.mux, puncher, lambda event: self._on_punch(session, event))
+        self._punch = (session, driver)
+
+    def _on_punch(self, session: int, event: PunchEvent) -> None:
+        # Deferred to the loop: the driver reports from inside its own transmit.
+        asyncio.get_running_loop().call_soon(self._punch_result, session, event)
+
+    def _punch_result(self, session: int, event: PunchEvent) -> None:
+        if isinstance(event, DirectPathFound):
+            assert self.mux is not None
+            self.core.punch_succeeded(session, event.address, self._now())
+            entry = self._served.get(session)
+            if entry is not None:
+                self._take_path(entry, self.mux.path_to(event.address), PathKind.DIRECT)
+            self.transmit()
+        elif isinstance(event, PunchFailed):
+            self.core.punch_failed(session, self._now())
+            self.transmit()
+
+    def _relay_ready(self, event: RelayReady) -> None:
+        entry = self._served.get(event.session)
+        channel = self._channels.get(event.channel)
+        if entry is None or channel is None:
+            self._count(Reason.UNKNOWN_SESSION)
+            return
+        entry.relay = RelayPath(event.session, channel.write)
+        self._take_path(entry, entry.relay, PathKind.RELAY)
+
+    # ------------------------------------------------------------------ QUIC sessions
+
+    def _take_path(self, entry: _Served, path: DatagramPath, kind: PathKind) -> None:
+        if entry.path is None:
+            entry.path = SwitchingPath(path)
+            entry.kind = kind
+            entry.tasks.add(self._spawn(self._serve(entry, entry.path)))
+            return
+        if kind is PathKind.DIRECT and entry.kind is PathKind.RELAY:
+            # A direct path after the relay: it takes over without dropping the session.
+            if entry.quic is not None:
+                entry.quic.switch_path(path)
+            else:
+                entry.path.switch_to(path)
+            entry.kind = PathKind.DIRECT
+            self.switched += 1
+        else:
+            entry.path.add(path)
+
+    async def _serve(self, entry: _Served, path: SwitchingPath) -> None:
+        try:
+            session = await quic_serve(
+                path,
+                certificate_der=self.certificate_der,
+                private_key=self.private_key,
+                idle_timeout_s=self._quic_idle_timeout_s,
+            )
+        except (RoostError, OSError) as exc:
+            log.info("session %s: QUIC did not start: %s", entry.session, exc)
+            self._session_over(entry)
+            return
+        entry.quic = session
+        try:
+            while not session.closed:
+                reader, writer = await session.accept_stream()
+                entry.tasks.add(
+                    self._spawn(
+                        self.guard.serve_stream(
+                            reader, writer, peer=entry.peer, channel_binding=self._binding
+                        )
+                    )
+                )
+        except RoostError:
+            pass
+        finally:
+            self._session_over(entry)
+
+    def _session_over(self, entry: _Served) -> None:
+        if self._served.pop(entry.session, None) is not None:
+            with contextlib.suppress(RuntimeError):
+                self.core.session_closed(entry.session, self._now())
+                self.transmit()
+        self._end_session(entry)
+
+    def _end_session(self, entry: _Served) -> None:
+        self._served.pop(entry.session, None)
+        if entry.quic is not None and not entry.quic.closed:
+            entry.quic.close("closed")
+        elif entry.path is not None:
+            entry.path.close()
+        if self._punch is not None and self._punch[0] == entry.session:
+            self._punch[1].close()
+            self._punch = None
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> BrokerAgentStatus:
+        """The ``broker`` object of the hub's status document."""
+        counters = self.core.counters
+        reflexive = self.core.reflexive
+        ignored = dict(counters.ignored)
+        for reason, count in self.ignored.items():
+            ignored[reason] = ignored.get(reason, 0) + count
+        return BrokerAgentStatus(
+            state=self.core.state.value,
+            enrolled=self.core.enrolled_key is not None
+            and self.core.state is not LinkState.STOPPED,
+            reflexive=None if reflexive is None else _candidate_text(reflexive),
+            registrations=counters.registrations,
+            acks=counters.acks,
+            enrollments=counters.enrollments,
+            fallbacks=counters.fallbacks,
+            wakes=counters.wakes,
+            accepted=counters.accepted,
+            rejected=dict(counters.rejected),
+            direct=counters.direct,
+            relayed=counters.relayed,
+            switched=self.switched,
+            sessions=self.core.live_sessions,
+            ignored=ignored,
+        )
+
+
+def _candidate_text(candidate: Candidate) -> str:
+    address = str(candidate.address)
+    return f"[{address}]:{candidate.port}" if ":" in address else f"{address}:{candidate.port}"
