@@ -9,28 +9,17 @@ PROTOCOL.md section 4). What each does once the core is closed stays theirs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 from roost.channel._core import ChannelCore
+from roost.timer import CoreTimer
 
 __all__ = ["flush_channel"]
 
 
-def flush_channel(
-    core: ChannelCore[Any],
-    writer: asyncio.StreamWriter,
-    timer: asyncio.TimerHandle | None,
-    on_timer: Callable[[], None],
-) -> asyncio.TimerHandle | None:
-    """Write the core's pending bytes, cancel ``timer`` and return the one timer armed for
-    ``core.get_timer()`` (None when the core has no deadline)."""
+def flush_channel(core: ChannelCore[Any], writer: asyncio.StreamWriter, timer: CoreTimer) -> None:
+    """Write the core's pending bytes and arm the one timer for ``core.get_timer()``."""
     data = core.data_to_send()
     if data and not writer.is_closing():
         writer.write(data)
-    if timer is not None:
-        timer.cancel()
-    deadline = core.get_timer()
-    if deadline is None:
-        return None
-    return asyncio.get_running_loop().call_at(deadline, on_timer)
+    timer.arm(core.get_timer())

@@ -30,6 +30,7 @@ from roost.errors import TransportError
 from roost.hcsp.documents import Redirect
 from roost.pki.tls import peer_certificate
 from roost.reasons import Reason
+from roost.timer import CoreTimer
 
 __all__ = ["CONNECT_TIMEOUT", "HubChannel", "open_hub_channel"]
 
@@ -74,7 +75,7 @@ class HubChannel:
         self._on_ignored = on_ignored
         self._welcomed = asyncio.Event()
         self._open_error: BaseException | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(self._loop, self._on_timer)
         self._reader_task: asyncio.Task[None] | None = None
 
     # --------------------------------------------------------------------- what it is
@@ -135,9 +136,7 @@ class HubChannel:
             return
         self.closed.set()
         self.core.close()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.writer.close()
         task = self._reader_task
         if task is not None and task is not asyncio.current_task():
@@ -149,12 +148,11 @@ class HubChannel:
 
     def transmit(self) -> None:
         """Write what the core wants sent and re-arm the one timer for its deadline."""
-        self._timer = flush_channel(self.core, self.writer, self._timer, self._on_timer)
+        flush_channel(self.core, self.writer, self._timer)
         if self.core.is_closed:
             self.close()
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.core.handle_timer(self._loop.time())
         self._dispatch()
         self.transmit()

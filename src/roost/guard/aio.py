@@ -66,6 +66,7 @@ from roost.guard.userstore import (
 )
 from roost.ratelimit import SourceRateLimiter
 from roost.reasons import RejectionCounter, log_rejection
+from roost.timer import CoreTimer
 
 __all__ = [
     "ByteStreamReader",
@@ -369,8 +370,9 @@ class _ServerStream:
         self._reader = reader
         self._writer = writer
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        # A session's deadline only moves later: an armed timer that fires early finds
+        # nothing due and re-arms, so a call costs no timer work (roost.timer).
+        self._timer = CoreTimer(self._loop, self._on_timer, keep_earlier=True)
         self._calls_seen = 0
         self._streaming: asyncio.Task[None] | None = None
 
@@ -400,8 +402,7 @@ class _ServerStream:
                 server.counters.stream_errors += 1
                 core.close("stream")
         finally:
-            if self._timer is not None:
-                self._timer.cancel()
+            self._timer.cancel()
             # Whatever is left is bookkeeping (the close); no more work or calls run.
             while (event := core.next_event()) is not None:
                 self._count(event)
@@ -515,23 +516,8 @@ class _ServerStream:
                 self._streaming.cancel()
 
     def _arm_timer(self) -> None:
-        deadline = self._core.get_timer()
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = self._timer_at = None
-            return
-        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
-            # A session's deadline only moves later; the armed timer fires early, finds
-            # nothing due and re-arms, so a call costs no timer work (aioquic's pattern).
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        delay = max(deadline - self._server._clock(), 0.0)
-        self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
-        self._timer_at = deadline
+        self._timer.arm(self._core.get_timer(), now=self._server._clock())
 
     def _on_timer(self) -> None:
-        self._timer = self._timer_at = None
         self._core.handle_timer(self._server._clock())
         self._transmit()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from roost.clock import wall_ms_now
 from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import AnnouncementRefused, HcspEvent
+from roost.timer import CoreTimer
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "AnnounceTransport", "UdpConfig"]
 
@@ -85,7 +86,7 @@ class AnnounceTransport:
         self.send_errors = 0
         self._transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: CoreTimer | None = None  # built in start(), on the running loop
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -118,6 +119,8 @@ class AnnounceTransport:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # A floor of one millisecond keeps a stale deadline from spinning the loop.
+        self._timer = CoreTimer(self._loop, self._on_timer, floor=0.001)
         self._sock = self._open_socket()
         transport, _ = await self._loop.create_datagram_endpoint(
             lambda: _Protocol(self), sock=self._sock
@@ -128,7 +131,6 @@ class AnnounceTransport:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -161,7 +163,6 @@ class AnnounceTransport:
 
     def _on_timer(self) -> None:
         assert self._loop is not None
-        self._timer = None
         self.core.handle_timer(self._loop.time(), wall_ms_now())
         self._service()
 
@@ -177,13 +178,8 @@ class AnnounceTransport:
                 _log_refusal(event)
             else:
                 self.on_event(event)
-        deadline = self.core.get_timer()
-        if self._timer is not None and (deadline is None or self._timer.when() != deadline):
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None and self._timer is None:
-            # A floor of one millisecond keeps a stale deadline from spinning the loop.
-            self._timer = self._loop.call_at(max(deadline, now + 0.001), self._on_timer)
+        if self._timer is not None:
+            self._timer.arm(self.core.get_timer())
 
     def refresh(self) -> None:
         """Call after changing the core from outside (load, trust) to flush and re-arm."""

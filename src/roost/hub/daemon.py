@@ -54,6 +54,7 @@ from roost.pki.tls import ReloadableServerContext, peer_certificate
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason, RejectionCounter, log_rejection
 from roost.status import TrustSummary
+from roost.timer import CoreTimer
 
 __all__ = ["AnnounceTransportFactory", "DeviceSession", "HubCounters", "HubDaemon"]
 
@@ -81,16 +82,17 @@ class DeviceSession:
     frames_stored: int = 0
     last_seq: int = 0
     redirected_to: str | None = None
-    _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+    _timer: CoreTimer | None = field(default=None, init=False, repr=False)
 
     def transmit(self) -> None:
         """Flush the core's bytes and re-arm its deadline."""
-        self._timer = flush_channel(self.core, self.writer, self._timer, self._on_timer)
+        if self._timer is None:
+            self._timer = CoreTimer(asyncio.get_running_loop(), self._on_timer)
+        flush_channel(self.core, self.writer, self._timer)
         if self.core.is_closed:
             self.writer.close()
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.core.handle_timer(_loop_now())
         self.transmit()
         if self.core.is_closed:
@@ -168,7 +170,7 @@ class HubDaemon:
         )
         self.tls = tls
         self._server: asyncio.Server | None = None
-        self._redirect_timer: asyncio.TimerHandle | None = None
+        self._redirect_timer: CoreTimer | None = None  # built on the running loop
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
         # The owner's remote entrance, when the config has one (roost.hub.remote).
@@ -453,17 +455,11 @@ class HubDaemon:
         self._arm_redirects()
 
     def _arm_redirects(self) -> None:
-        if self._redirect_timer is not None:
-            self._redirect_timer.cancel()
-            self._redirect_timer = None
-        deadline = self.planner.next_deadline()
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, deadline - loop.time())
-            self._redirect_timer = loop.call_later(delay, self._send_due_redirects)
+        if self._redirect_timer is None:
+            self._redirect_timer = CoreTimer(asyncio.get_running_loop(), self._send_due_redirects)
+        self._redirect_timer.arm(self.planner.next_deadline())
 
     def _send_due_redirects(self) -> None:
-        self._redirect_timer = None
         target = self.planner.target
         for device_id in self.planner.due(_loop_now()):
             session = self.sessions.get(device_id)

@@ -66,6 +66,7 @@ from roost.rendezvous.quic import QuicSession, quic_serve
 from roost.rendezvous.seal import open_request
 from roost.rendezvous.sessions import PathKind, StartPunch
 from roost.rendezvous.state import LinkState
+from roost.timer import CoreTimer
 
 __all__ = ["BrokerAgent", "local_candidates"]
 
@@ -146,8 +147,7 @@ class BrokerAgent:
         self._served: dict[int, _Served] = {}
         self._punch: tuple[int, PunchDriver] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: CoreTimer | None = None  # built in start(), on the running loop
         self._transmitting = False
         self.switched = 0
         self.ignored: dict[str, int] = {}
@@ -156,6 +156,7 @@ class BrokerAgent:
 
     async def start(self) -> None:
         """Bind the shared UDP socket and begin enrolling."""
+        self._timer = CoreTimer(asyncio.get_running_loop(), self._on_timer)
         self.mux = await UdpMux.open(self.link.local, on_registration=self._on_datagram)
         candidates = local_candidates(self.mux.local_address, self.link.udp)
         now = self._now()
@@ -180,7 +181,6 @@ class BrokerAgent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         if self.mux is not None:
             self.mux.close()
 
@@ -249,19 +249,10 @@ class BrokerAgent:
         return busy
 
     def _arm(self) -> None:
-        deadline = self.core.get_timer()
-        if deadline == self._timer_at:
-            return
         if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+            self._timer.arm(self.core.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.core.handle_timer(self._now())
         self.transmit()
 

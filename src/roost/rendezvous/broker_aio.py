@@ -50,6 +50,7 @@ from roost.rendezvous.broker_events import CloseChannel, Refused
 from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus
 from roost.rendezvous.control import MAX_CHANNEL_BODY
 from roost.status import TrustSummary
+from roost.timer import CoreTimer
 
 __all__ = ["BrokerDaemon", "fetch_broker_status"]
 
@@ -103,8 +104,8 @@ class BrokerDaemon:
         self._api: web.AppRunner | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._next_channel = 1
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        # Built in start(), on the running loop (roost.timer).
+        self._timer: CoreTimer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
 
@@ -112,6 +113,10 @@ class BrokerDaemon:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # Every registration moves the registry's front entry, so the core's deadline only
+        # moves later: keep an earlier handle instead of a cancel and a new call_at per
+        # datagram (docs/BENCHMARKS.md, "Broker").
+        self._timer = CoreTimer(loop, self._on_timer, keep_earlier=True)
         host, port = self.config.udp
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _UdpProtocol(self), local_addr=(host, port)
@@ -133,7 +138,6 @@ class BrokerDaemon:
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         if self._api is not None:
             await self._api.cleanup()
         if self._server is not None:
@@ -189,26 +193,10 @@ class BrokerDaemon:
                 writer = self._writers.get(event.channel)
                 if writer is not None:
                     writer.close()
-        deadline = self.core.get_timer()
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = self._timer_at = None
-            return
-        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
-            # Every registration moves the registry's front entry, so its deadline only
-            # moves later: the armed timer fires early, finds nothing due and re-arms,
-            # instead of a cancel and a new call_at per datagram (docs/BENCHMARKS.md,
-            # "Broker"); the guard's adapter does the same.
-            return
         if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+            self._timer.arm(self.core.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.core.handle_timer(_loop_now())
         self.transmit()
 

@@ -52,6 +52,7 @@ from roost.rendezvous.quic import QuicSession, quic_connect, verify_target
 from roost.rendezvous.sessions import PathKind, StartPunch
 from roost.rendezvous.state import IssuerState
 from roost.rendezvous.stun import build_binding_request, parse_binding_response
+from roost.timer import CoreTimer
 
 __all__ = ["BrokeredConnection", "connect_via_broker", "failure_error"]
 
@@ -139,7 +140,7 @@ class _IssuerRun:
         self.path: SwitchingPath | None = None
         self.quic: QuicSession | None = None
         self.kind: PathKind | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(self.loop, self._on_timer)
         self._transmitting = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -167,15 +168,9 @@ class _IssuerRun:
                     self._on_event(event)
         finally:
             self._transmitting = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.core.get_timer()
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer.arm(self.core.get_timer())
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.core.handle_timer(self.now())
         self.transmit()
 
@@ -294,9 +289,7 @@ class _IssuerRun:
         self.transmit()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self.quic is not None and not self.quic.closed:
             self.quic.close("closed")
         if self.driver is not None:

@@ -40,6 +40,7 @@ from roost.rendezvous.control import RelayRecord, encode_relay
 from roost.rendezvous.messages import ACK_MAGIC, REGISTRATION_MAGIC, WAKE_MAGIC
 from roost.rendezvous.punch import Address, Puncher, PunchEvent, PunchState, is_probe
 from roost.rendezvous.stun import looks_like_stun
+from roost.timer import CoreTimer
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -381,7 +382,7 @@ class PunchDriver:
         self._on_event = on_event
         self.puncher = puncher
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(self._loop, self._on_timer)
         self._settled = self._loop.create_future()
         mux.on_probe = self._on_probe
         self.transmit()
@@ -391,7 +392,6 @@ class PunchDriver:
         self.transmit()
 
     def _on_timer(self) -> None:
-        self._timer = None
         self.puncher.handle_timer(self._loop.time())
         self.transmit()
 
@@ -409,12 +409,7 @@ class PunchDriver:
         settled = self.puncher.state in (PunchState.DIRECT, PunchState.FAILED)
         if settled and not self._settled.done():
             self._settled.set_result(self.puncher.result)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.puncher.get_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer.arm(self.puncher.get_timer())
 
     async def result(self) -> Address | None:
         """The direct path's peer address, or None when punching failed at the deadline."""
@@ -422,9 +417,7 @@ class PunchDriver:
 
     def close(self) -> None:
         """Stop probing and answering."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         if self._mux.on_probe == self._on_probe:
             self._mux.on_probe = None
         if not self._settled.done():

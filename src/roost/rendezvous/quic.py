@@ -57,6 +57,7 @@ from roost.errors import RoostError, TransportError, VerificationError
 from roost.pki.verify import verify_node
 from roost.reasons import Reason
 from roost.rendezvous.paths import DatagramPath, SwitchingPath
+from roost.timer import CoreTimer
 
 __all__ = [
     "ALPN",
@@ -183,7 +184,7 @@ class QuicSession:
         self._quic: QuicConnection | None = None
         if self.is_client:
             self._quic = QuicConnection(configuration=configuration)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = CoreTimer(self._loop, self._on_timer)
         self._keepalive_s = keepalive_s
         self._last_sent = self._loop.time()
         self._streams: dict[int, QuicStream] = {}
@@ -309,9 +310,7 @@ class QuicSession:
             if not waiter.done():
                 waiter.set_exception(error)
         self._pings.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self._path.close()
 
     # ------------------------------------------------------------------ datagrams out
@@ -344,18 +343,13 @@ class QuicSession:
             except (RoostError, OSError) as exc:
                 # A lost datagram: QUIC's loss recovery sends the content again.
                 _log.debug("QUIC datagram not sent: %s", exc)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         deadline = quic.get_timer()
         if self._keepalive_s is not None and self._handshake.done():
             keepalive_at = self._last_sent + self._keepalive_s
             deadline = keepalive_at if deadline is None else min(deadline, keepalive_at)
-        if deadline is not None and not self.closed:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer.arm(None if self.closed else deadline)
 
     def _on_timer(self) -> None:
-        self._timer = None
         quic = self._quic
         if quic is None or self.closed:
             return
