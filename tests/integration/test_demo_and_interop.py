@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.home import LoopbackHome
-from tests.helpers.tools import require_tool
+from tests.helpers.tools import require_netns, require_tool
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -108,3 +108,49 @@ def test_openssl_s_client_with_device_certificate_reaches_hub(tmp_path: Path) ->
                 raise ConnectionError("closed without a welcome")
     finally:
         home.close()
+
+
+@pytest.mark.netns
+def test_demo_net_puts_the_viewer_behind_a_nat_and_always_removes_it() -> None:
+    from roost.cli.demo_net import DemoNet, demo_net_unavailable
+
+    require_netns()
+    reason = demo_net_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with DemoNet() as net:
+        made = net.namespaces()
+        assert made == [net.router, net.viewer]
+        # The public side listens in this namespace; the viewer's datagram arrives from the
+        # router's WAN address (MASQUERADE), and the reply finds its way back through it.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as public:
+            public.bind((net.public_ip, 0))
+            public.settimeout(10)
+            port = public.getsockname()[1]
+            script = (
+                "import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
+                "s.settimeout(10);s.bind(('0.0.0.0',40000));"
+                f"s.sendto(b'hello',('{net.public_ip}',{port}));"
+                "sys.stdout.write(s.recvfrom(64)[0].decode())"
+            )
+            viewer = subprocess.Popen(
+                net.viewer_command([sys.executable, "-c", script]),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            data, source = public.recvfrom(64)
+            public.sendto(b"welcome", source)
+            stdout, _ = viewer.communicate(timeout=20)
+        assert data == b"hello"
+        assert source[0] == net.router_wan_ip
+        assert stdout == "welcome"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
+    assert not any(ns in listed.stdout for ns in made)
+    # A failure inside the block removes everything too.
+    with pytest.raises(RuntimeError, match="inside"), DemoNet() as net:
+        made = net.namespaces()
+        raise RuntimeError("a failure inside")
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
+    assert not any(ns in listed.stdout for ns in made)
+    veth = subprocess.run(["ip", "link", "show", f"rdemo{net.tag}"], capture_output=True)
+    assert veth.returncode != 0

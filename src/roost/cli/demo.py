@@ -146,7 +146,11 @@ def demo(keep: Path | None) -> None:
             raise click.ClickException("act 1 did not go as narrated")
         console.rule("[bold]Roost — act 2: cameras always on the best trusted hub")
         # Act 3 (the remote viewer) runs inside act 2's home, before its accounting.
-        accounting, ok, remote_ok = asyncio.run(home_act(workdir / "act-2"))
+        try:
+            accounting, ok, remote_ok = asyncio.run(home_act(workdir / "act-2"))
+        except asyncio.CancelledError:
+            # SIGTERM during acts 2 and 3 (see home_act): everything is stopped and removed.
+            raise click.Abort() from None
         console.print(accounting)
         if not ok:
             raise click.ClickException("act 2 did not go as narrated")

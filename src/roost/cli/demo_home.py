@@ -13,9 +13,11 @@ hub A's broker agent let the owner's remote viewer reach hub A (`roost.cli.demo_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import signal
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -189,6 +191,13 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
         return all(d.spool.buffered == 0 for d in devices)
 
     ok = True
+    # SIGTERM cancels the act like Ctrl-C does, so every `finally` below runs: the
+    # namespaces of act 3 are removed and the viewer's process is killed.
+    loop = asyncio.get_running_loop()
+    act = asyncio.current_task()
+    if act is not None:
+        with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, act.cancel)
     net, why_loopback = open_net()
     site = RemoteSite(workdir, net)
     guard = build_guard_server(hub_a)
@@ -261,6 +270,8 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
             await rogue.stop()
         if net is not None:
             net.close()
+        with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
     table = Table(title="Every frame accounted for")
     for column in ("camera", "captured", "stored on A", "stored on B", "lost", "duplicated"):
         table.add_column(column, justify="right")

@@ -14,8 +14,9 @@ conntrack's replies come back in), and it drops unsolicited UDP to itself so con
 never confirms an entry that would make it remap the viewer's port. The broker and hub A
 listen on 198.19.N.1; the viewer reaches them through the router, as from another home.
 
-`DemoNet` is a context manager: whatever happens inside (a failure, Ctrl-C, SIGTERM), both
-namespaces are deleted on exit, and the veth with the router's.
+`DemoNet` is a context manager: whatever ends the block (a failure, or Ctrl-C and SIGTERM,
+which the demo turns into cancelling its act), both namespaces are deleted on exit, and the
+veth with the router's.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-from types import FrameType, TracebackType
+from types import TracebackType
 
 __all__ = ["DemoNet", "demo_net_unavailable"]
 
@@ -37,7 +37,7 @@ def demo_net_unavailable() -> str | None:
     """None when the namespaces can be built here, else why not (said on the console)."""
     if os.geteuid() != 0:
         return "not running as root"
-    for tool in ("ip", "iptables"):
+    for tool in ("ip", "iptables", "sysctl"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
     return None
@@ -60,10 +60,6 @@ def _free_subnet() -> int:
     raise RuntimeError("no free 198.19.N.0/24 subnet for the demo's network")
 
 
-class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so the namespaces are removed on the way out."""
-
-
 class DemoNet:
     """Router and viewer namespaces (module docstring); use as a context manager."""
 
@@ -78,10 +74,9 @@ class DemoNet:
         self._lan = f"10.79.{octet}"
         self.viewer_ip = f"{self._lan}.2"
         self._made: list[str] = []
-        self._previous_sigterm: signal.Handlers | object | None = None
+        self._veth_made = False
 
     def __enter__(self) -> DemoNet:
-        self._catch_sigterm()
         try:
             self._build()
         except BaseException:
@@ -96,16 +91,6 @@ class DemoNet:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _catch_sigterm(self) -> None:
-        def interrupted(signum: int, frame: FrameType | None) -> None:
-            raise _Interrupted("terminated")
-
-        try:
-            self._previous_sigterm = signal.signal(signal.SIGTERM, interrupted)
-        except ValueError:
-            # Not the main thread: the caller's own handling applies.
-            self._previous_sigterm = None
 
     def _add_namespace(self, ns: str) -> None:
         _run(["ip", "netns", "add", ns])
@@ -127,6 +112,7 @@ class DemoNet:
             None, "link", "add", self._veth, "type", "veth", "peer", "name", "wan", "netns",
             self.router,
         )  # fmt: skip
+        self._veth_made = True
         self._ip(None, "addr", "add", f"{self.public_ip}/24", "dev", self._veth)
         self._ip(None, "link", "set", self._veth, "up")
         self._ip(self.router, "addr", "add", f"{self.router_wan_ip}/24", "dev", "wan")
@@ -155,14 +141,12 @@ class DemoNet:
         return list(self._made)
 
     def close(self) -> None:
-        """Delete the namespaces (idempotent); restores the SIGTERM handler."""
+        """Delete the namespaces (idempotent)."""
         for ns in reversed(self._made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
         self._made.clear()
-        # The veth is gone with the router; deleting it again covers a half-built net.
-        if self._veth:
+        # The veth is gone with the router; deleting it again covers a half-built net
+        # (only ours: a name that already existed made the build fail before this was set).
+        if self._veth_made:
             subprocess.run(["ip", "link", "del", self._veth], capture_output=True, timeout=20)
-            self._veth = ""
-        if self._previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._previous_sigterm)  # type: ignore[arg-type]
-            self._previous_sigterm = None
+            self._veth_made = False
