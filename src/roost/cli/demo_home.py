@@ -26,6 +26,7 @@ from cryptography import x509
 from rich.table import Table
 
 from roost.cli.common import console
+from roost.cli.demo_net import DemoNet
 from roost.cli.demo_remote import RemoteSite, open_net, viewer_act
 from roost.cli.home import make_home
 from roost.cli.run import build_hub_daemon
@@ -198,14 +199,16 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
     if act is not None:
         with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, act.cancel)
-    net, why_loopback = open_net()
-    site = RemoteSite(workdir, net)
     guard = build_guard_server(hub_a)
     hub_a.guard = guard[0]
+    net: DemoNet | None = None
+    site: RemoteSite | None = None
     capture: asyncio.Task[None] | None = None
     rogue: HubDaemon | None = None
     remote_ok = False
     try:
+        net, why_loopback = open_net()
+        site = RemoteSite(workdir, net)
         # The broker first: hub A's agent then enrolls at once, with no retry to log.
         await site.start_broker()
         await hub_a.start()
@@ -250,8 +253,10 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
         ok &= await _owner_visit(hub_a, guard, password, card)
 
         console.rule("[bold]Roost — act 3: a remote viewer through the broker")
-        remote_ok = await _until(site.registered, 20)
-        remote_ok = remote_ok and await viewer_act(site, hub_a, password, card, why_loopback)
+        registered = await _until(site.registered, 20)
+        if not registered:
+            _step("[red]Hub A's agent did not register with the broker[/]")
+        remote_ok = registered and await viewer_act(site, hub_a, password, card, why_loopback)
 
         capture.cancel()
         ok &= await _until(drained, 30)
@@ -260,7 +265,8 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
             capture.cancel()
         for device in devices:
             await device.stop()
-        await site.stop()
+        if site is not None:
+            await site.stop()
         await guard[0].stop()
         guard[1].close()
         hub_a.guard = None

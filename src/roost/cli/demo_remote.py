@@ -197,6 +197,12 @@ async def viewer_act(
             f"The viewer runs [bold]on loopback[/] ({why_loopback}; as root with `ip` and "
             f"`iptables` it would sit in a network namespace behind a NAT router)"
         )
+    agent = site.agent.status() if site.agent is not None else None
+    if agent is not None:
+        _step(
+            f"The broker has run since before the hubs: hub A's agent enrolled over mutual "
+            f"TLS and registered (reflexive address {agent.reflexive})"
+        )
     laptop = _viewer_files(site.workdir, hub, password, card)
     host = net.public_ip if net is not None else "127.0.0.1"
     out = site.workdir / "viewer-frames"
