@@ -1,7 +1,10 @@
 """`roost demo`: a narrated walk through Roost on one machine (loopback only).
 
 Act 1 is the authority and a clockless device following it through a normal rollover and
-an emergency revocation, against a real HTTPS download server.
+an emergency revocation, against a real HTTPS download server. Act 2 is a home of hubs and
+cameras (`roost.cli.demo_home`); act 3, in that home, a remote viewer reaching hub A through
+the broker, from a network namespace behind a NAT router when run as root
+(`roost.cli.demo_remote`, `roost.cli.demo_net`), else on loopback.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ async def authority_act(workdir: Path) -> list[tuple[str, str, str]]:
 @click.command()
 @click.option("--keep", type=click.Path(path_type=Path, file_okay=False), default=None)
 def demo(keep: Path | None) -> None:
-    """Run the narrated demo on loopback (state in a temporary directory unless --keep)."""
+    """Run the narrated demo (loopback, and as root two network namespaces for the remote
+    viewer); state in a temporary directory unless --keep."""
     console.rule("[bold]Roost — act 1: trust that outlives its CA, without a clock")
     with tempfile.TemporaryDirectory(prefix="roost-demo-") as tmp:
         workdir = keep or Path(tmp)
@@ -141,7 +145,14 @@ def demo(keep: Path | None) -> None:
         if any(word not in row[1] for word, row in zip(expected, rows, strict=True)):
             raise click.ClickException("act 1 did not go as narrated")
         console.rule("[bold]Roost — act 2: cameras always on the best trusted hub")
-        accounting, ok = asyncio.run(home_act(workdir / "act-2"))
+        # Act 3 (the remote viewer) runs inside act 2's home, before its accounting.
+        try:
+            accounting, ok, remote_ok = asyncio.run(home_act(workdir / "act-2"))
+        except asyncio.CancelledError:
+            # SIGTERM during acts 2 and 3 (see home_act): everything is stopped and removed.
+            raise click.Abort() from None
         console.print(accounting)
         if not ok:
             raise click.ClickException("act 2 did not go as narrated")
+        if not remote_ok:
+            raise click.ClickException("act 3 did not go as narrated")
