@@ -365,9 +365,9 @@ def test_a_forged_wake_up_to_the_hub_agent_opens_nothing(site: Site) -> None:
     before = site.hub()
     presents = site.counters()["presents"]
     forger = Udp()
+    held, hub_2_key = _hub_2_key(site)
     try:
         # Tagged with a key that is not hub-1's, and with hub-2's genuine one.
-        _held, hub_2_key = _hub_2_key(site)
         for key in (bytes(32), hub_2_key):
             forged = encode_wake(Wake(2**63, secrets.token_bytes(16)), key)
             forger.sock.sendto(forged, (LOOPBACK, agent_port))
@@ -383,9 +383,9 @@ def test_a_forged_wake_up_to_the_hub_agent_opens_nothing(site: Site) -> None:
         after = site.hub()
         assert after["wakes"] == before["wakes"] and after["sessions"] == 0
         assert site.counters()["presents"] == presents
-        _held.close()
     finally:
         forger.close()
+        held.close()
 
 
 def test_a_wake_up_token_is_good_once(site: Site) -> None:
@@ -526,18 +526,26 @@ def test_stun_and_registration_floods_are_shed_and_never_amplified(site: Site) -
         limited = site.refusals("rate-limited")
         stun_request = stun.build_binding_request(b"flood-flood!")
         registrations = [
-            encode_registration(Registration(site.hub_2, 10_000 + n, ()), key) for n in range(200)
+            encode_registration(Registration(site.hub_2, 10_000 + n, ()), key) for n in range(300)
         ]
         smallest = min(len(stun_request), *map(len, registrations))
-        for n in range(200):
+        began = time.monotonic()
+        for n in range(300):
             flooder.sock.sendto(stun_request, (LOOPBACK, port))
             flooder.sock.sendto(registrations[n], (LOOPBACK, port))
+        sent_for = time.monotonic() - began
         answers = flooder.drain(0.5)
         # Every reply is no larger than the smallest datagram of the flood.
         assert answers and all(len(answer) <= smallest for answer in answers)
-        assert sum(answers_sent for answers_sent in map(len, answers)) < 400 * smallest
         shed = site.refusals("rate-limited") - limited
-        assert shed >= 200 and len(answers) <= 400 - shed
+        # The source's bucket (burst 100, 50 a second) bounds the answers; what the broker
+        # read beyond it was shed (the kernel may drop some of the 600 before it reads
+        # them; hub-1's own registrations, from the same host, may be shed too).
+        budget = site.config.core.udp_source_burst + site.config.core.udp_source_rate * (
+            sent_for + 0.5
+        )
+        assert 100 <= len(answers) <= budget and shed >= 100
+        assert len(answers) + shed <= 603
         # The bucket refills (50 a second): the source is served again, not banned.
         wait_until(
             lambda: flooder.ask(stun.build_binding_request(b"after-flood!"), port, 0.3) is not None,
