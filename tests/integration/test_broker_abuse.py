@@ -31,6 +31,7 @@ from roost.framing import RECORD_HEADER_SIZE, encode_record
 from roost.pki.certs import certs_from_pem, key_from_pem
 from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
+from roost.reasons import Reason
 from roost.rendezvous import control, stun
 from roost.rendezvous.broker import BrokerCore
 from roost.rendezvous.broker_aio import BrokerDaemon
@@ -411,7 +412,7 @@ def test_a_wake_up_token_is_good_once(site: Site) -> None:
     reused = site.refusals("token-reused")
     connecting, request, again = site.run(scenario())
     assert isinstance(request, control.Request) and request.session == connecting.session
-    assert again == control.Error(control.Reason.TOKEN_REUSED)
+    assert again == control.Error(Reason.TOKEN_REUSED)
     assert site.refusals("token-reused") == reused + 1
 
 
@@ -500,7 +501,7 @@ def test_password_guessing_locks_the_user_out_and_rate_limits_never_wake_the_hub
                     woken += 1
                     assert isinstance(await issuer.read(10.0), control.Reject)
                 else:
-                    assert answer == control.Error(control.Reason.RATE_LIMITED)
+                    assert answer == control.Error(Reason.RATE_LIMITED)
                     limited += 1
                     if limited == 3:
                         break
