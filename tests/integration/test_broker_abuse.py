@@ -434,11 +434,13 @@ def test_a_broker_that_alters_the_request_gets_bad_seal_and_nobody_punches(
         done = site.connect("owner", PASSWORD)
     finally:
         site.on_loop(lambda: setattr(site.broker.tampering, "tamper", None))
-    assert done.returncode != 0 and "altered on the way" in done.stderr, done.stderr
+    assert done.returncode == ExitCode.REFUSED, done.stderr
+    assert "altered on the way" in done.stderr and "[bad-seal]" in done.stderr
     assert "Traceback" not in done.stderr
     after_hub = site.hub()
     after = site.counters()
     assert after_hub["rejected"].get("bad-seal", 0) == before_hub["rejected"].get("bad-seal", 0) + 1
+    assert after_hub["wakes"] == before_hub["wakes"] + 1 and after_hub["sessions"] == 0
     # No accept, so no start: neither side punched nor relayed.
     assert after["accepts"] == before["accepts"] and after["rejects"] == before["rejects"] + 1
     assert (after_hub["accepted"], after_hub["direct"], after_hub["relayed"]) == (
