@@ -81,6 +81,14 @@ async def run_until_signalled(
         await stop()
 
 
+def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:
+    """A node installed with a certificate of a generation its trust store does not hold
+    yet (after `roost ca roll --revoke-current`) fetches that generation before it starts,
+    instead of refusing its own certificate (docs/trust.md, "When to fetch")."""
+    leaf = certs_from_pem(cert_file.read_bytes())[0]
+    asyncio.run(trust.follow_own_certificate(leaf, time.monotonic()))
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -108,6 +116,7 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     _logging(verbose)
     config = load_hub_config(config_file)
     trust = TrustUpdater(config.trust_dir)
+    _follow_own_certificate(trust, config.cert)
     recorder = Recorder(config.state_dir / "recordings", config.retention_bytes)
     daemon = build_hub_daemon(config, trust, recorder)
     runners = []
@@ -222,6 +231,7 @@ def device_run(config_file: Path, verbose: bool) -> None:
     _logging(verbose)
     config = load_device_config(config_file)
     trust = TrustUpdater(config.trust_dir)
+    _follow_own_certificate(trust, config.cert)
     spool = FrameSpool(
         config.state_dir / "spool.sqlite3", config.max_buffer_frames, config.max_buffer_bytes
     )

@@ -284,6 +284,16 @@ class TrustUpdater:
         self.schedule.failure_fetched(now, found_new=self.state != before)
         return ok
 
+    async def follow_own_certificate(self, leaf: x509.Certificate, now: float) -> None:
+        """Before a node starts: when its own certificate verifies under neither slot (an
+        emergency roll gave it one of a generation the store does not hold yet), walk
+        towards it as after any failed verification (section 2). Raises nothing; the
+        node's own check of its certificate decides what happens next."""
+        try:
+            self.state.verify_node(leaf)
+        except VerificationError:
+            await self.on_verification_failure(now, leaf)
+
     async def poll(self, now: float) -> bool | None:
         """The periodic poll: when due, walk to the newest published generation.
 
