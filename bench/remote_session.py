@@ -3,14 +3,14 @@
 Run as root: `.venv/bin/python bench/remote_session.py`. It prints a table, then one JSON line.
 
 Topology (issue 9, "Benchmarks"): the NAT lab of `tests/helpers/natlab.py` (imported by
-path from `tests/helpers`, as the lab is a test helper and nothing under `src/` needs it):
-`roost broker run` on the inet bridge (198.18.0.1); `roost hub run` (hub-1) and
-`roost device run` (one camera) in side A's host namespace behind a port-restricted cone
-router; the issuer in side B's host namespace behind a port-restricted cone router too, so
-the punched path is direct. Each host delays every packet it sends or receives by
-`--delay-ms` (10) with the lab's NFQUEUE delayer: the lab queues UDP, and this script adds
-the same queue for TCP so TLS pays the delay too. A host to the broker is one delayed host
-(2 × 10 ms = 20 ms round trip); host to host, direct or relayed, crosses both (40 ms).
+path from `tests/helpers`: the lab is a test helper and nothing under `src/` needs it; the
+pieces this benchmark adds around it are in `bench/_remote_lab.py`): `roost broker run` on
+the inet bridge (198.18.0.1); `roost hub run` (hub-1) and `roost device run` (one camera)
+in side A's host namespace behind a port-restricted cone router; the issuer in side B's
+host namespace behind a port-restricted cone router too, so the punched path is direct.
+Each host holds every UDP and TCP packet it receives for 2 × `--delay-ms` with the lab's
+NFQUEUE delayer, on INPUT only (`_remote_lab.delay_inbound` says why not OUTPUT): a host
+to the broker is a 20 ms round trip, host to host, direct or relayed, 40 ms.
 
 Setup: `connect_via_broker` runs in process in side B's namespace (no process start-up
 counted), then the guard login over the QUIC stream and a `watch` of one frame, as
@@ -34,16 +34,14 @@ import argparse
 import asyncio
 import concurrent.futures
 import os
-import re
 import socket
 import ssl
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,39 +52,34 @@ from _common import cpu_seconds, load_average, machine_facts, print_result, stat
 
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(_ROOT))
-from roost.cli.common import now_utc  # noqa: E402
-from roost.cli.home import make_home  # noqa: E402
+from _remote_lab import (  # noqa: E402
+    PASSWORD,
+    RELAY_ROLE,
+    TLS_PORT_FORWARD,
+    Echo,
+    delay_inbound,
+    hostport,
+    mux_on,
+    port_forward,
+    prepare_home,
+    read_all,
+    reflexive_address,
+    relay_serve,
+    serve_hub2,
+    udp_echo_rtts,
+    wait_for,
+)
 from roost.cli.remote import answer_from  # noqa: E402
-from roost.config import load_hub_config  # noqa: E402
-from roost.files import atomic_write  # noqa: E402
-from roost.guard.aio import GuardClient, GuardServer, GuardServerConfig  # noqa: E402
+from roost.guard.aio import GuardClient  # noqa: E402
 from roost.guard.calls import tls_server_end_point  # noqa: E402
-from roost.guard.remote import CallResult  # noqa: E402
-from roost.guard.userstore import SqliteUserStore  # noqa: E402
-from roost.pki.authority import Authority  # noqa: E402
-from roost.pki.certs import Role, cert_to_pem, certs_from_pem, key_from_pem, key_to_pem  # noqa: E402
+from roost.pki.certs import certs_from_pem, key_from_pem  # noqa: E402
 from roost.pki.tls import client_context, server_context  # noqa: E402
 from roost.pki.truststore import load_state  # noqa: E402
-from roost.pki.updater import TrustUpdater  # noqa: E402
-from roost.rendezvous.agent_aio import BrokerAgent  # noqa: E402
 from roost.rendezvous.broker_aio import fetch_broker_status  # noqa: E402
 from roost.rendezvous.issuer_aio import connect_via_broker  # noqa: E402
 from roost.rendezvous.paths import UdpMux  # noqa: E402
 from roost.rendezvous.quic import QuicSession, quic_connect, quic_serve  # noqa: E402
-from roost.rendezvous.stun import build_binding_request, parse_binding_response  # noqa: E402
-from tests.helpers.natlab import BROKER_IP, REFLECTOR_IP, NatLab, NatType, Side  # noqa: E402
-
-PASSWORD = "bench owner password"
-_LIMITS = {
-    "tls_source_rate": 1000.0,
-    "tls_source_burst": 1000.0,
-    "relay_max_bytes": 1 << 34,
-    "relay_max_s": 3600.0,
-    "target_rate": 1000.0,
-    "target_burst": 1000.0,
-}
-_TLS_PORT_FORWARD = 17400
-_RELAY_ROLE = struct.Struct(">B")
+from tests.helpers.natlab import BROKER_IP, REFLECTOR_IP, NatLab, NatType  # noqa: E402
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -96,161 +89,6 @@ def _percentile(values: Sequence[float], q: float) -> float:
     # Nearest rank: p99 of 10 samples is the largest, never an interpolation past it.
     rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
     return ordered[rank - 1]
-
-
-# ------------------------------------------------------------------ the home
-
-
-def _roost(*args: str, stdin: str = "") -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "roost", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"roost {' '.join(args[:2])} failed: {done.stderr[-1500:]}")
-
-
-def _prepare_home(base: Path, fps: float) -> dict[str, Any]:
-    """A loopback home whose broker lives on the lab's bridge: the broker's certificate
-    names 198.18.0.1 (the issuer checks the dialled host), it binds there, and each hub's
-    `[broker]` table dials it from a socket on every address of its namespace."""
-    home = base / "home"
-    summary = make_home(home, hubs=2, devices=1, loopback=True, fps=fps)
-    issued = Authority.load(home / "ca").issue(Role.BROKER, now_utc(), dns=[], ips=[BROKER_IP])
-    atomic_write(home / "broker" / "key.pem", key_to_pem(issued.key), mode=0o600)
-    atomic_write(home / "broker" / "cert.pem", cert_to_pem(issued.cert))
-    config = home / "broker.toml"
-    text = re.sub(
-        r'^(udp|tls) = "127\.0\.0\.1:', rf'\1 = "{BROKER_IP}:', config.read_text(), flags=re.M
-    )
-    for key, value in _LIMITS.items():
-        text = re.sub(rf"^{key} = .*$", f"{key} = {value!r}", text, flags=re.M)
-    config.write_text(text)
-    for index in (1, 2):
-        hub = home / f"hub-{index}.toml"
-        head, _, table = hub.read_text().partition("\n[broker]\n")
-        table = re.sub(
-            r'^(address|udp) = "127\.0\.0\.1:', rf'\1 = "{BROKER_IP}:', table, flags=re.M
-        )
-        table = re.sub(r'^local = ".*"$', 'local = "0.0.0.0:0"', table, flags=re.M)
-        hub.write_text(head + "\n[broker]\n" + table)
-    for index in (1, 2):
-        _roost(
-            "user",
-            "add",
-            str(home / f"hub-{index}"),
-            "owner",
-            "--card-file",
-            str(base / f"owner-{index}.card"),
-            "--password-cost",
-            "10",
-            "--code-cost",
-            "8",
-            stdin=f"{PASSWORD}\n{PASSWORD}\n",
-        )
-    _roost(
-        "trust", "init", str(base / "trust"), "--ca-info", str(home / "device-1" / "ca-info.bin")
-    )
-    return summary
-
-
-# ------------------------------------------------------------------ the TLS relay process
-
-
-async def _relay_serve(port: int, cert: Path, key: Path) -> None:
-    """Pair each receiver (role 1) with the next sender (role 0) and copy sender → receiver,
-    decrypting and re-encrypting as the broker's relay does."""
-    waiting: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        (role,) = _RELAY_ROLE.unpack(await reader.readexactly(1))
-        if role == 1:
-            await waiting.put(writer)
-            await reader.read()
-            return
-        receiver = await waiting.get()
-        while data := await reader.read(256 * 1024):
-            receiver.write(data)
-            await receiver.drain()
-        receiver.close()
-        writer.close()
-
-    server = await asyncio.start_server(serve, REFLECTOR_IP, port, ssl=server_context(cert, key))
-    print("ready", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
-# ------------------------------------------------------------------ helpers on the loop
-
-
-class _Echo(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
-
-
-async def _mux_on(lab: NatLab, ns: str) -> UdpMux:
-    """A UdpMux on a socket made in `ns`, driven by the calling loop."""
-    with lab.inside(ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", 0))
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    _, mux = await loop.create_datagram_endpoint(UdpMux, sock=sock)
-    return mux
-
-
-async def _reflexive(mux: UdpMux, broker_udp: tuple[str, int]) -> tuple[str, int]:
-    transaction = os.urandom(12)
-    found: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-
-    def on_stun(data: bytes, source: Any) -> None:
-        candidate = parse_binding_response(data, transaction)
-        if not found.done():
-            found.set_result((str(candidate.address), candidate.port))
-
-    mux.on_stun = on_stun
-    for _ in range(5):
-        mux.sendto(build_binding_request(transaction), broker_udp)
-        try:
-            return await asyncio.wait_for(asyncio.shield(found), 1.0)
-        except TimeoutError:
-            continue
-    raise TimeoutError("no STUN answer from the broker")
-
-
-async def _udp_echo_rtts(
-    send: Callable[[bytes], None], inbox: asyncio.Queue[bytes], count: int
-) -> list[float]:
-    rtts = []
-    for n in range(count):
-        probe = b"\x80echo" + n.to_bytes(4, "big") + os.urandom(8)
-        start = time.perf_counter()
-        send(probe)
-        try:
-            while (await asyncio.wait_for(inbox.get(), 2.0)) != probe:
-                pass
-        except TimeoutError:
-            continue
-        rtts.append((time.perf_counter() - start) * 1000)
-        await asyncio.sleep(0.01)
-    return rtts
-
-
-async def _read_all(reader: Any, total: int) -> int:
-    got = 0
-    while got < total:
-        data = await reader.read(1 << 20)
-        if not data:
-            break
-        got += len(data)
-    return got
 
 
 # ------------------------------------------------------------------ the bench
@@ -287,18 +125,18 @@ class _Bench:
             echo_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         echo_sock.bind((REFLECTOR_IP, 0))
         echo_sock.setblocking(False)
-        echo_transport, _ = await loop.create_datagram_endpoint(_Echo, sock=echo_sock)
+        echo_transport, _ = await loop.create_datagram_endpoint(Echo, sock=echo_sock)
         echo = echo_sock.getsockname()
-        muxes = {side: await _mux_on(lab, lab.sides[side].host) for side in ("A", "B")}
+        muxes = {side: await mux_on(lab, lab.sides[side].host) for side in ("A", "B")}
         rtt: dict[str, list[float]] = {}
         try:
             for side, mux in muxes.items():
                 inbox: asyncio.Queue[bytes] = asyncio.Queue()
                 mux.on_unrouted = lambda data, source, q=inbox: q.put_nowait(data)
-                rtt[f"{side}_inet"] = await _udp_echo_rtts(
+                rtt[f"{side}_inet"] = await udp_echo_rtts(
                     lambda data, m=mux: m.sendto(data, echo), inbox, count
                 )
-            reflexive = {s: await _reflexive(m, self.broker_udp) for s, m in muxes.items()}
+            reflexive = {s: await reflexive_address(m, self.broker_udp) for s, m in muxes.items()}
             self.result["reflexive"] = {s: f"{h}:{p}" for s, (h, p) in reflexive.items()}
             # Punch: each side sends first, so each router has the mapping before the
             # other side's datagrams arrive (port-restricted cone, RFC 4787 section 5).
@@ -311,7 +149,7 @@ class _Bench:
             path_a.set_receiver(path_a.send)  # A echoes what B sends.
             inbox_b: asyncio.Queue[bytes] = asyncio.Queue()
             path_b.set_receiver(inbox_b.put_nowait)
-            rtt["direct"] = await _udp_echo_rtts(path_b.send, inbox_b, count)
+            rtt["direct"] = await udp_echo_rtts(path_b.send, inbox_b, count)
             path_a.close()
             path_b.close()
             # A raw QUIC handshake on the same punched path, with hub-2's certificate.
@@ -528,7 +366,7 @@ class _Bench:
         }
 
         async def punch(mux: UdpMux, own: str, other: str) -> tuple[str, int]:
-            addresses[own].set_result(await _reflexive(mux, self.broker_udp))
+            addresses[own].set_result(await reflexive_address(mux, self.broker_udp))
             peer = await asyncio.wrap_future(addresses[other])
             for _ in range(3):
                 mux.sendto(b"\x80punch", peer)
@@ -563,7 +401,7 @@ class _Bench:
                 reader, writer = client.stream()
                 writer.write(b"go")
                 start = time.perf_counter()
-                got = await _read_all(reader, total)
+                got = await read_all(reader, total)
                 elapsed = time.perf_counter() - start
                 if got != total:
                     raise RuntimeError(f"raw QUIC gave {got} bytes")
@@ -592,7 +430,7 @@ class _Bench:
                     await writer.drain()
 
             sending = asyncio.ensure_future(send())
-            got = await _read_all(receiver, total)
+            got = await read_all(receiver, total)
             elapsed = time.perf_counter() - start
             await sending
             if got != total:
@@ -615,7 +453,7 @@ class _Bench:
         with lab.inside(lab.a.host):
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("0.0.0.0", _TLS_PORT_FORWARD))
+        listener.bind(("0.0.0.0", TLS_PORT_FORWARD))
         listener.listen(8)
         server = await asyncio.start_server(
             on_client, sock=listener, ssl=server_context(hub / "cert.pem", hub / "key.pem")
@@ -623,7 +461,7 @@ class _Bench:
         context = self.client_tls()
 
         async def open_receiver() -> Any:
-            return await asyncio.open_connection(lab.a.wan_ip, _TLS_PORT_FORWARD, ssl=context)
+            return await asyncio.open_connection(lab.a.wan_ip, TLS_PORT_FORWARD, ssl=context)
 
         async def open_sender() -> Any:
             return await accepted.get()
@@ -639,7 +477,7 @@ class _Bench:
 
         async def open_receiver() -> Any:
             reader, writer = await asyncio.open_connection(REFLECTOR_IP, port, ssl=context)
-            writer.write(_RELAY_ROLE.pack(1))
+            writer.write(RELAY_ROLE.pack(1))
             await writer.drain()
             await asyncio.sleep(0.1)
             return reader, writer
@@ -652,163 +490,22 @@ class _Bench:
             _, writer = await asyncio.open_connection(
                 sock=sock, ssl=context, server_hostname=REFLECTOR_IP
             )
-            writer.write(_RELAY_ROLE.pack(0))
+            writer.write(RELAY_ROLE.pack(0))
             return writer
 
         return await self._tls_bulk(open_sender, open_receiver)
 
 
-# ------------------------------------------------------------------ hub-2 in process
-
-
-def _bulk_handler(method: str, args: tuple[bytes, ...]) -> CallResult:
-    """The benchmark's one call: ``bulk SIZE COUNT`` streams COUNT items of SIZE bytes."""
-    if method != "bulk" or len(args) != 2:
-        raise ValueError(method)
-    size, count = int(args[0]), int(args[1])
-    payload = os.urandom(size)
-
-    async def items() -> AsyncIterator[Sequence[bytes]]:
-        for _ in range(count):
-            yield [payload]
-
-    return items()
-
-
-async def _serve_hub2(home: Path, identifier: str, stop: threading.Event) -> dict[str, Any]:
-    config = load_hub_config(home / "hub-2.toml")
-    assert config.broker is not None
-    certificate = certs_from_pem(config.cert.read_bytes())[0]
-    der = certificate.public_bytes(Encoding.DER)
-    guard = GuardServer(
-        lambda: SqliteUserStore.in_state_dir(config.state_dir),
-        _bulk_handler,
-        server_certificate_der=der,
-        config=GuardServerConfig(connect_rate_per_source=100.0, connect_burst_per_source=100.0),
-    )
-    await guard.open()
-    agent = BrokerAgent(
-        config.broker,
-        identifier=identifier,
-        certificate=certificate,
-        certificate_der=der,
-        private_key=key_from_pem(config.key.read_bytes()),
-        cert_file=config.cert,
-        key_file=config.key,
-        trust=TrustUpdater(config.trust_dir),
-        guard=guard,
-    )
-    await agent.start()
-    try:
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
-        assert agent.mux is not None
-        return {"received": dict(agent.mux.received), "errors": dict(agent.mux.errors)}
-    finally:
-        await agent.stop()
-        await guard.stop()
-
-
-# ------------------------------------------------------------------ the run
-
-
-def _delay_inbound(lab: NatLab, side: Side, delay_ms: float) -> subprocess.Popen[bytes]:
-    """Hold every UDP and TCP packet the side's host receives for `delay_ms` (the lab's
-    NFQUEUE delayer, `tests.helpers.nfqdelay`, on the INPUT hook only).
-
-    `NatLab.delay` also queues OUTPUT, which a TCP sender cannot bear: a packet held in
-    the sender's own OUTPUT hook still counts against its socket, and TCP Small Queues then
-    lets about a millisecond of data leave at a time (8 MB over 20 ms took 15 s at
-    0.54 MB/s; with the delay on INPUT only, 0.2 s). Twice the one-way delay on the way
-    in gives every path the same round trip as 10 ms each way on each host.
-    """
-    delayer = lab.python(
-        side.host,
-        "tests.helpers.nfqdelay",
-        "--queue",
-        "0",
-        "--delay-ms",
-        str(delay_ms),
-        stdout=subprocess.PIPE,
-    )
-    assert delayer.stdout is not None
-    if delayer.stdout.readline().decode().strip() != "ready queue 0":
-        raise RuntimeError("the NFQUEUE delayer did not start")
-    for protocol in ("udp", "tcp"):
-        lab.exec(
-            side.host,
-            [
-                "iptables",
-                "-w",
-                "-t",
-                "mangle",
-                "-A",
-                "INPUT",
-                "!",
-                "-i",
-                "lo",
-                "-p",
-                protocol,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                "0",
-                "--queue-bypass",
-            ],
-        )
-    return delayer
-
-
-def _port_forward(lab: NatLab) -> None:
-    """Router A forwards one TCP port to its host, as a home router's port forward does."""
-    assert lab.a.router is not None
-    lab.exec(
-        lab.a.router,
-        [
-            "iptables",
-            "-w",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-i",
-            "wan",
-            "-p",
-            "tcp",
-            "--dport",
-            str(_TLS_PORT_FORWARD),
-            "-j",
-            "DNAT",
-            "--to-destination",
-            f"{lab.a.host_ip}:{_TLS_PORT_FORWARD}",
-        ],
-    )
-
-
-def _wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} did not happen in {timeout} s")
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, port = text.rsplit(":", 1)
-    return host, int(port)
-
-
 def _run(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
-    summary = _prepare_home(base, args.fps)
+    summary = prepare_home(base, args.fps)
     home = base / "home"
-    broker = {k: _hostport(str(summary["broker"][k])) for k in ("tls", "udp", "api")}
-    # _prepare_home moved the UDP and TLS ports onto the bridge; the API stays on loopback.
+    broker = {k: hostport(str(summary["broker"][k])) for k in ("tls", "udp", "api")}
+    # prepare_home moved the UDP and TLS ports onto the bridge; the API stays on loopback.
     broker["tls"] = (BROKER_IP, broker["tls"][1])
     broker["udp"] = (BROKER_IP, broker["udp"][1])
     with NatLab(NatType.PORT_RESTRICTED, NatType.PORT_RESTRICTED) as lab:
-        delayers = [_delay_inbound(lab, side, 2 * args.delay_ms) for side in (lab.a, lab.b)]
-        _port_forward(lab)
+        delayers = [delay_inbound(lab, side, 2 * args.delay_ms) for side in (lab.a, lab.b)]
+        port_forward(lab)
         logs = {
             name: (base / f"{name}.log").open("wb") for name in ("broker", "hub", "cam", "relay")
         }
@@ -832,7 +529,7 @@ def _run(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
                 except OSError:
                     return None
 
-        _wait_for("the broker's API", lambda: broker_status() is not None, 30)
+        wait_for("the broker's API", lambda: broker_status() is not None, 30)
         hub = lab.python(
             lab.a.host,
             "roost",
@@ -874,8 +571,8 @@ def _run(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
         if relay.stdout.readline().strip() != b"ready":
             raise RuntimeError("the TLS relay did not start")
         stop = threading.Event()
-        agent = lab.spawn(lab.a.host, lambda: _serve_hub2(home, summary["hubs"][1], stop))
-        _wait_for(
+        agent = lab.spawn(lab.a.host, lambda: serve_hub2(home, summary["hubs"][1], stop))
+        wait_for(
             "both hubs registered",
             lambda: (
                 (broker_status() or {}).get("registry_size", 0) >= 2
@@ -1000,7 +697,7 @@ def _table(result: dict[str, Any]) -> Table:
 
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--tls-relay":
-        asyncio.run(_relay_serve(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])))
+        asyncio.run(relay_serve(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=10, help="setups per path")
