@@ -60,8 +60,22 @@ from roost.rendezvous.agent import (
 from roost.rendezvous.channel_aio import BrokerChannel, verify_broker
 from roost.rendezvous.control import RelayRecord, decode_channel_body
 from roost.rendezvous.messages import Candidate
-from roost.rendezvous.paths import DatagramPath, PunchDriver, RelayPath, SwitchingPath, UdpMux
-from roost.rendezvous.punch import Address, DirectPathFound, Puncher, PunchEvent, PunchFailed
+from roost.rendezvous.paths import (
+    DatagramPath,
+    PunchDriver,
+    RelayPath,
+    SwitchingPath,
+    UdpMux,
+    UdpPath,
+)
+from roost.rendezvous.punch import (
+    Address,
+    DirectPathFound,
+    PeerLearned,
+    Puncher,
+    PunchEvent,
+    PunchFailed,
+)
 from roost.rendezvous.quic import QuicSession, quic_serve
 from roost.rendezvous.seal import open_request
 from roost.rendezvous.sessions import PathKind, StartPunch
@@ -146,6 +160,7 @@ class BrokerAgent:
         self._channels: dict[int, BrokerChannel] = {}
         self._served: dict[int, _Served] = {}
         self._punch: tuple[int, PunchDriver] | None = None
+        self._waiting_paths: list[UdpPath] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: CoreTimer | None = None  # built in start(), on the running loop
         self._transmitting = False
@@ -372,6 +387,11 @@ class BrokerAgent:
             self.core.punch_failed(plan.session, self._now())
             return
         session = plan.session
+        # Open a path toward every candidate before the first probe: the issuer's QUIC
+        # Initial may arrive before our own punch settles, and a datagram from an address
+        # with no path is dropped (bench/remote_session.py measured about 1.5 s of QUIC
+        # retransmission from that). A path keeps what arrives until QUIC takes it.
+        self._waiting_paths = [self.mux.path_to(address) for address in puncher.targets]
         driver = PunchDriver(self.mux, puncher, lambda event: self._on_punch(session, event))
         self._punch = (session, driver)
 
@@ -380,16 +400,32 @@ class BrokerAgent:
         asyncio.get_running_loop().call_soon(self._punch_result, session, event)
 
     def _punch_result(self, session: int, event: PunchEvent) -> None:
-        if isinstance(event, DirectPathFound):
+        if isinstance(event, PeerLearned):
+            # A peer-reflexive address: the issuer may send QUIC from it too.
+            assert self.mux is not None
+            self._waiting_paths.append(self.mux.path_to(event.address))
+        elif isinstance(event, DirectPathFound):
             assert self.mux is not None
             self.core.punch_succeeded(session, event.address, self._now())
+            chosen = self.mux.path_to(event.address)
+            self._close_waiting_paths(keep=chosen)
             entry = self._served.get(session)
             if entry is not None:
-                self._take_path(entry, self.mux.path_to(event.address), PathKind.DIRECT)
+                self._take_path(entry, chosen, PathKind.DIRECT)
             self.transmit()
         elif isinstance(event, PunchFailed):
+            self._close_waiting_paths(keep=None)
             self.core.punch_failed(session, self._now())
             self.transmit()
+
+    def _close_waiting_paths(self, keep: UdpPath | None) -> None:
+        """The paths opened for candidates that did not win are closed (their datagrams
+        would otherwise wait for a QUIC session that never comes); a path some session
+        already uses is left alone."""
+        for path in self._waiting_paths:
+            if path is not keep and not path.has_receiver:
+                path.close()
+        self._waiting_paths = []
 
     def _relay_ready(self, event: RelayReady) -> None:
         entry = self._served.get(event.session)

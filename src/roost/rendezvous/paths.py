@@ -28,6 +28,7 @@ arrive before the local session exists) and drops the rest.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections import deque
@@ -64,6 +65,14 @@ DEFAULT_BACKLOG = 32
 _REGISTRATION_MAGICS = (REGISTRATION_MAGIC, ACK_MAGIC, WAKE_MAGIC)
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical_host(host: str) -> str:
+    # Every datagram in and out names its peer: parsing the text each time cost about a
+    # tenth of a bulk transfer's CPU (docs/BENCHMARKS.md, "Remote session"). Bounded, and
+    # a host that does not parse raises every time (lru_cache keeps no exceptions).
+    return str(ipaddress.ip_address(host))
+
+
 def socket_address(address: Sequence[object]) -> Address:
     """``(host, port)`` in canonical text form from a socket address (IPv6 ones carry flow
     info and scope id as items three and four, which do not name the peer)."""
@@ -71,7 +80,7 @@ def socket_address(address: Sequence[object]) -> Address:
     if not isinstance(host, str) or not isinstance(port, int):
         raise TransportError("not a socket address", reason=Reason.BAD_CANDIDATE)
     try:
-        return (str(ipaddress.ip_address(host)), port)
+        return (_canonical_host(host), port)
     except ValueError as exc:
         raise TransportError("not an IP socket address", reason=Reason.BAD_CANDIDATE) from exc
 
@@ -99,6 +108,11 @@ class _Receiving:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.dropped = 0
+
+    @property
+    def has_receiver(self) -> bool:
+        """True once something (a QUIC session) takes this path's datagrams."""
+        return self._receiver is not None
 
     def set_receiver(self, on_datagram: DatagramHandler) -> None:
         """Deliver to ``on_datagram`` from now on, starting with what was kept."""

@@ -227,6 +227,7 @@ class Puncher:
         self.nonce = (rng or random.SystemRandom()).randbytes(NONCE_SIZE)
         Probe(ProbeKind.PROBE, session, self.nonce)  # Checks the session range.
         self.state = PunchState.WAITING
+        self._triggered: set[Address] = set()
         self.result: Address | None = None
         self.start_at = start_at
         self.deadline = deadline
@@ -297,13 +298,18 @@ class Puncher:
     def _answer(self, probe: Probe, source: Address) -> None:
         self._queue(encode_probe(Probe(ProbeKind.ANSWER, self.session, probe.nonce)), source)
         self.answers_sent += 1
-        if source in self.targets or len(self.learned) >= self.config.max_learned:
-            return
-        self.learned.append(source)
-        self._events.append(PeerLearned(source))
-        # A triggered check (RFC 8445 section 7.3.1.4): the NAT has just shown the mapping
-        # the peer uses, so probe it now rather than at the next round.
-        if self.state is PunchState.PROBING:
+        if source not in self.targets:
+            if len(self.learned) >= self.config.max_learned:
+                return
+            self.learned.append(source)
+            self._events.append(PeerLearned(source))
+        # A triggered check (RFC 8445 section 7.3.1.4): a probe that got here shows a path
+        # that works toward us, so probe it back now, once per address, rather than at the
+        # next round (rounds are a second or more apart; bench/remote_session.py measured
+        # the two sides finding the path about a second apart without this). Its answer is
+        # an ANSWER, never a probe, so the exchange ends there.
+        if self.state in (PunchState.WAITING, PunchState.PROBING) and source not in self._triggered:
+            self._triggered.add(source)
             self._probe(source)
 
     def handle_timer(self, now: float) -> None:

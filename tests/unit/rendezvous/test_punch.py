@@ -104,8 +104,9 @@ def test_both_sides_find_each_other_directly() -> None:
     assert (a.state, a.result) == (PunchState.DIRECT, B)
     assert (b.state, b.result) == (PunchState.DIRECT, A)
     assert DirectPathFound(B) in net.events[A] and DirectPathFound(A) in net.events[B]
-    # Once direct, a side stops probing: one round each, plus nothing after.
-    assert a.probes_sent == 1 and b.probes_sent == 1
+    # Once direct, a side stops probing: one round each, plus the one triggered check each
+    # sent when the other's probe arrived (the two crossed in flight), nothing after.
+    assert a.probes_sent == 2 and b.probes_sent == 2
     assert a.get_timer() is None and b.get_timer() is None
 
 
@@ -154,6 +155,18 @@ def test_late_start_on_one_side_still_meets() -> None:
     net.run(5.0)
     assert a.result == B and a.probes_sent == 1
     assert b.result == A and b.state is PunchState.DIRECT
+
+
+def test_a_probe_from_a_known_candidate_is_probed_back_at_once() -> None:
+    # RFC 8445 section 7.3.1.4 (triggered check): B is still waiting for its start, 1.5 s
+    # away, when A's probe arrives; B answers it and probes A back at once, so both sides
+    # are direct within two crossings instead of B waiting for its first round.
+    a, b = pair(b_start=1.5)
+    net = Net({A: a, B: b})
+    net.run(0.5)
+    assert (a.state, a.result) == (PunchState.DIRECT, B)
+    assert (b.state, b.result) == (PunchState.DIRECT, A)
+    assert b.probes_sent == 1  # the triggered check only: B's own round never ran
 
 
 def test_peer_reflexive_address_is_learned_answered_and_wins() -> None:
