@@ -61,7 +61,14 @@ from roost.rendezvous.channel_aio import BrokerChannel, verify_broker
 from roost.rendezvous.control import RelayRecord, decode_channel_body
 from roost.rendezvous.messages import Candidate
 from roost.rendezvous.paths import DatagramPath, PunchDriver, RelayPath, SwitchingPath, UdpMux
-from roost.rendezvous.punch import Address, DirectPathFound, Puncher, PunchEvent, PunchFailed
+from roost.rendezvous.punch import (
+    Address,
+    DirectPathFound,
+    PeerLearned,
+    Puncher,
+    PunchEvent,
+    PunchFailed,
+)
 from roost.rendezvous.quic import QuicSession, quic_serve
 from roost.rendezvous.seal import open_request
 from roost.rendezvous.sessions import PathKind, StartPunch
@@ -150,6 +157,8 @@ class BrokerAgent:
         self._timer_at: float | None = None
         self._transmitting = False
         self.switched = 0
+        # Peer-reflexive addresses the punches learned (docs/broker.md, punch probes).
+        self.learned = 0
         self.ignored: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -399,6 +408,8 @@ class BrokerAgent:
         elif isinstance(event, PunchFailed):
             self.core.punch_failed(session, self._now())
             self.transmit()
+        elif isinstance(event, PeerLearned):
+            self.learned += 1
 
     def _relay_ready(self, event: RelayReady) -> None:
         entry = self._served.get(event.session)
@@ -497,6 +508,7 @@ class BrokerAgent:
             direct=counters.direct,
             relayed=counters.relayed,
             switched=self.switched,
+            learned=self.learned,
             sessions=self.core.live_sessions,
             ignored=ignored,
         )
