@@ -82,8 +82,17 @@ def _make_template(base: Path) -> dict[str, Any]:
     for name in ("cert.pem", "key.pem", "ca-info.bin"):
         (broker_dir / name).unlink()
     # The issuer and the agent check that the broker's certificate names the dialled host.
-    _roost("ca", "issue", str(home / "ca"), "--role", "broker", "--ip", BROKER_IP, "--out",
-           str(broker_dir))  # fmt: skip
+    _roost(
+        "ca",
+        "issue",
+        str(home / "ca"),
+        "--role",
+        "broker",
+        "--ip",
+        BROKER_IP,
+        "--out",
+        str(broker_dir),
+    )
     _set_keys(
         home / "broker.toml",
         None,
@@ -102,10 +111,26 @@ def _make_template(base: Path) -> dict[str, Any]:
         "broker",
         {"address": f'"{BROKER_TLS}"', "udp": f'"{BROKER_UDP}"', "local": '"0.0.0.0:0"'},
     )
-    _roost("user", "add", str(home / "hub-1"), "owner", "--card-file", str(base / "owner.card"),
-           "--password-cost", "10", "--code-cost", "8", stdin=f"{PASSWORD}\n{PASSWORD}\n")  # fmt: skip
-    _roost("trust", "init", str(base / "owner-trust"), "--ca-info",
-           str(home / "device-1" / "ca-info.bin"))  # fmt: skip
+    _roost(
+        "user",
+        "add",
+        str(home / "hub-1"),
+        "owner",
+        "--card-file",
+        str(base / "owner.card"),
+        "--password-cost",
+        "10",
+        "--code-cost",
+        "8",
+        stdin=f"{PASSWORD}\n{PASSWORD}\n",
+    )
+    _roost(
+        "trust",
+        "init",
+        str(base / "owner-trust"),
+        "--ca-info",
+        str(home / "device-1" / "ca-info.bin"),
+    )
     (base / "password").write_text(PASSWORD + "\n")
     return summary
 
@@ -168,13 +193,29 @@ class Cell:
     def connect(self, name: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """`roost connect` for two frames from side B's host; its stdout is the summary."""
         argv = [
-            sys.executable, "-m", "roost", "connect", self.hub_id,
-            "--broker", BROKER_TLS, "--broker-udp", BROKER_UDP,
-            "--trust", str(self.base / "owner-trust"), "--user", "owner",
-            "--password-file", str(self.base / "password"),
-            "--card-file", str(self.base / "owner.card"),
-            "--frames", "2", "--out", str(self.base / name), "--json",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "roost",
+            "connect",
+            self.hub_id,
+            "--broker",
+            BROKER_TLS,
+            "--broker-udp",
+            BROKER_UDP,
+            "--trust",
+            str(self.base / "owner-trust"),
+            "--user",
+            "owner",
+            "--password-file",
+            str(self.base / "password"),
+            "--card-file",
+            str(self.base / "owner.card"),
+            "--frames",
+            "2",
+            "--out",
+            str(self.base / name),
+            "--json",
+        ]
         process = self.lab.run(
             self.lab.b.host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -307,3 +348,89 @@ def test_every_cell_takes_the_expected_path_with_live_frames(
         if c.observed != c.expected
     }
     assert not wrong, f"cells that did not take the expected path (got, expected): {wrong}"
+
+
+def _counters(cell: Cell) -> dict[str, Any]:
+    status = cell.broker_status()
+    assert status is not None, f"broker API down; {cell.logs()}"
+    return dict(status["counters"])
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_reflexive_address_is_learned_and_answered(
+    template: tuple[Path, str], tmp_path: Path
+) -> None:
+    # The issuer behind a symmetric NAT probes the hub from a port the broker never saw;
+    # the hub (full cone) learns that address, answers it, and the session goes direct.
+    # The routers here accept unsolicited inbound UDP: the hub's probes to the issuer's
+    # registered port land in the issuer's router, which must not matter for this cell.
+    a, b = NatType.FULL_CONE, NatType.SYMMETRIC
+    assert expected_path(a, b) == "direct"
+    with NatLab(a, b, router_accepts_inbound=True) as lab:
+        cell = _start(lab, template, tmp_path / "prflx", 1.0)
+        _ready(cell)
+        summary = _summary(cell, cell.connect("frames"))
+        assert summary["path"] == "direct" and summary["frames"] >= 2
+        hub = cell.hub_broker()
+        assert hub["learned"] >= 1 and hub["direct"] == 1, hub
+
+
+@pytest.mark.timeout(120)
+def test_registrations_more_often_than_the_nat_timeout_keep_the_wake_up_on_udp(
+    template: tuple[Path, str], tmp_path: Path
+) -> None:
+    # Router A forgets a UDP mapping 3 s after its last packet; the hub registers every
+    # second (± 20 %), so the mapping the broker knows stays open and RWAK still arrives
+    # after four timeouts.
+    with NatLab(NatType.PORT_RESTRICTED, NatType.PUBLIC) as lab:
+        assert lab.a.router is not None
+        lab.set_udp_timeouts(lab.a.router, 3)
+        assert lab.udp_timeouts(lab.a.router) == (3, 3)
+        cell = _start(lab, template, tmp_path / "alive", 1.0)
+        _ready(cell)
+        acks = int(cell.hub_broker()["acks"])
+        time.sleep(12)
+        before = _counters(cell)
+        hub = cell.hub_broker()
+        assert int(hub["acks"]) >= acks + 8 and hub["fallbacks"] == 0, hub
+        summary = _summary(cell, cell.connect("frames"))
+        assert summary["frames"] >= 2
+        after = _counters(cell)
+        hub = cell.hub_broker()
+    # Woken over UDP (RWAK), never over a held TLS connection: the agent never fell back.
+    assert after["wakes_sent"] > before["wakes_sent"]
+    assert after["wake_pushes"] == before["wake_pushes"] == 0
+    assert after["presents"] == before["presents"] + 1
+    assert hub["wakes"] == 1 and hub["fallbacks"] == 0 and hub["state"] == "registering", hub
+
+
+@pytest.mark.timeout(120)
+def test_registrations_rarer_than_the_nat_timeout_lose_the_wake_up(
+    template: tuple[Path, str], tmp_path: Path
+) -> None:
+    # The same router, but the broker's interval is 20 s: the mapping is gone 3 s after
+    # each registration. Every registration opens it afresh and gets its RACK, so the
+    # agent sees nothing wrong and holds no TLS connection (its fallback is for missing
+    # RACKs, docs/broker.md step 2); the broker's RWAKs to the expired mapping are dropped
+    # by the router for the whole wake window, and the issuer is told the hub is offline.
+    with NatLab(NatType.PORT_RESTRICTED, NatType.PUBLIC) as lab:
+        assert lab.a.router is not None
+        lab.set_udp_timeouts(lab.a.router, 3)
+        cell = _start(lab, template, tmp_path / "expired", 20.0)
+        # The first registration follows the enrollment; the next is 16 to 24 s later,
+        # later than the mapping's expiry plus the broker's 5 s of RWAK resends.
+        wait_until(lambda: cell.hub_broker().get("acks", 0) >= 1, 30, interval=0.1)
+        registered = time.monotonic()
+        _ready(cell)
+        time.sleep(max(0.0, registered + 4.5 - time.monotonic()))
+        before = _counters(cell)
+        done = cell.connect("never")
+        after = _counters(cell)
+        hub = cell.hub_broker()
+    assert done.returncode == ExitCode.HUB_OFFLINE, done.stderr
+    assert "hub offline" in done.stderr and "wake-timeout" in done.stderr, done.stderr
+    assert after["wakes_sent"] >= before["wakes_sent"] + 5
+    assert after["presents"] == before["presents"] and after["wake_pushes"] == 0
+    # One registration all along: none reopened the mapping during the wake window.
+    assert hub["registrations"] == 1 and hub["acks"] == 1 and hub["wakes"] == 0, hub
+    assert hub["fallbacks"] == 0 and hub["state"] == "registering", hub

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from roost.reasons import Reason
@@ -269,7 +271,7 @@ def test_a_short_broker_interval_paces_the_held_connections_keepalives() -> None
     held_since = lab.now
     lab.run(10.0)
     times = [held_since, *(t for t in lab.keepalives if t > held_since)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) >= 9 and all(g <= 1.0 + 1e-9 for g in gaps)
     lab.connect()
     outcome = _outcome(lab)
