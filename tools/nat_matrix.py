@@ -259,8 +259,11 @@ def render(observed: MappingType[tuple[NatType, NatType], str] | None = None) ->
         "with a host namespace behind it on its own 10.x.y.0/24 LAN; a public side's host sits",
         "on the bridge. `tests/integration/test_natlab.py` measures each type's mapping and",
         "filtering against the table above, and `tests/integration/test_natlab_punch.py`",
-        "punches every cell with plain UDP probes (no broker) and asserts the expected path;",
-        "the observed column is for the broker's own matrix test (QUIC, live frames).",
+        "punches every cell with plain UDP probes (no broker) and asserts the expected path.",
+        "The observed column comes from `tests/integration/test_nat_matrix.py`: per cell the",
+        "real `roost broker run` on 198.18.0.1, `roost hub run` and one camera behind side A,",
+        "and `roost connect --frames 2 --json` behind side B; the path is the summary's, and",
+        "the results file (docs/nat-matrix-results.json) keeps each cell's timings too.",
         "",
     ]
     return "\n".join(lines)

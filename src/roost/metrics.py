@@ -377,6 +377,11 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "Relayed sessions a direct path took over.",
         _broker(lambda b: b.switched),
     ),
+    counter(
+        "roost_hub_broker_learned",
+        "Peer-reflexive addresses the hub's punches learned.",
+        _broker(lambda b: b.learned),
+    ),
 )
 
 

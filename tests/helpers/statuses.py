@@ -106,6 +106,7 @@ broker_agent_statuses = st.builds(
     direct=totals,
     relayed=totals,
     switched=totals,
+    learned=totals,
     sessions=totals,
     ignored=counts,
 )

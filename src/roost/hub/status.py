@@ -175,7 +175,8 @@ class RemoteStatus:
 class BrokerAgentStatus:
     """The hub's link to the broker (docs/broker.md, "Running it"): the agent's state and
     totals since start. ``direct`` and ``relayed`` count sessions by the path they began on,
-    ``switched`` relayed sessions a direct path took over."""
+    ``switched`` relayed sessions a direct path took over, ``learned`` peer-reflexive
+    addresses the punches learned (a probe from an address not among the candidates)."""
 
     state: str
     enrolled: bool
@@ -190,6 +191,7 @@ class BrokerAgentStatus:
     direct: int
     relayed: int
     switched: int
+    learned: int
     sessions: int
     ignored: Mapping[str, int]
 
@@ -209,6 +211,7 @@ class BrokerAgentStatus:
             "direct": self.direct,
             "relayed": self.relayed,
             "switched": self.switched,
+            "learned": self.learned,
             "sessions": self.sessions,
             "ignored": dict(self.ignored),
         }
@@ -230,6 +233,7 @@ class BrokerAgentStatus:
             direct=read_int(doc, "direct"),
             relayed=read_int(doc, "relayed"),
             switched=read_int(doc, "switched"),
+            learned=read_int(doc, "learned"),
             sessions=read_int(doc, "sessions"),
             ignored=read_counts(doc, "ignored"),
         )

@@ -403,7 +403,7 @@ class AgentCore:
         elif self._state is LinkState.HELD:
             self._held_channel = channel
             self._events.append(OpenHeldConnection(channel))
-            self._keepalive_at = now + self.config.keepalive_interval
+            self._keepalive_at = now + self._keepalive_period
         else:
             return
         # Step 2: the held connection enrolls again, which also renews the key.
@@ -464,7 +464,14 @@ class AgentCore:
             return
         self._send(self._held_channel, Keepalive())
         self.counters.keepalives += 1
-        self._keepalive_at = now + self.config.keepalive_interval
+        self._keepalive_at = now + self._keepalive_period
+
+    @property
+    def _keepalive_period(self) -> float:
+        # Step 2: keepalive every interval. The broker closes a held connection that is
+        # quiet for its TTL (three of its intervals), so a broker interval shorter than
+        # the configured keepalive one sets the pace; the config stays the upper bound.
+        return min(self.config.keepalive_interval, self._interval)
 
     def _on_link_message(self, message: ControlMessage, now: float) -> None:
         if isinstance(message, Enrolled):

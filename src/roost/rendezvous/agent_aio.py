@@ -165,6 +165,8 @@ class BrokerAgent:
         self._timer: CoreTimer | None = None  # built in start(), on the running loop
         self._transmitting = False
         self.switched = 0
+        # Peer-reflexive addresses the punches learned (docs/broker.md, punch probes).
+        self.learned = 0
         self.ignored: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -417,6 +419,8 @@ class BrokerAgent:
             self._close_waiting_paths(keep=None)
             self.core.punch_failed(session, self._now())
             self.transmit()
+        elif isinstance(event, PeerLearned):
+            self.learned += 1
 
     def _close_waiting_paths(self, keep: UdpPath | None) -> None:
         """The paths opened for candidates that did not win are closed (their datagrams
@@ -524,6 +528,7 @@ class BrokerAgent:
             direct=counters.direct,
             relayed=counters.relayed,
             switched=self.switched,
+            learned=self.learned,
             sessions=self.core.live_sessions,
             ignored=ignored,
         )

@@ -157,6 +157,7 @@ def _example() -> HubStatus:
             direct=1,
             relayed=1,
             switched=1,
+            learned=1,
             sessions=1,
             ignored={"bad-tag": 5},
         ),

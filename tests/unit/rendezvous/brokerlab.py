@@ -112,6 +112,7 @@ class Scenario:
     deadline_ms: int = 3000
     max_bytes: int = 1 << 20
     max_ms: int = 120_000
+    interval_ms: int = 20_000
 
 
 _ISSUER = -1
@@ -307,7 +308,7 @@ class Lab:
             return
         kind = self._channels.get(channel)
         if isinstance(message, Enroll):
-            self._to_agent(channel, Enrolled(HUB_ID, REGISTRATION_KEY, 20_000))
+            self._to_agent(channel, Enrolled(HUB_ID, REGISTRATION_KEY, self.s.interval_ms))
         elif isinstance(message, Keepalive):
             self.keepalives.append(self.now)
         elif isinstance(message, Present) and kind == "present" and message.token == TOKEN:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from roost.reasons import Reason
@@ -257,6 +259,23 @@ def test_racks_missing_hold_a_connection_with_keepalives_and_wake_over_it() -> N
     assert isinstance(outcome, Connected) and outcome.path is PathKind.DIRECT
     assert lab.opened == ["enroll", "held", "present"]
     assert lab.agent.counters.wakes == 1
+
+
+def test_a_short_broker_interval_paces_the_held_connections_keepalives() -> None:
+    # The broker closes a held connection quiet for its TTL (three of its intervals): with
+    # a 1 s interval a 20 s keepalive would lose the connection, and with it the hub.
+    lab = _registered(Scenario(udp_ok=False, interval_ms=1_000))
+    config = lab.agent.config
+    lab.run(3 * 1.0 * (1 + config.jitter) + config.rack_timeout + 1.0)
+    assert lab.agent.state is LinkState.HELD
+    held_since = lab.now
+    lab.run(10.0)
+    times = [held_since, *(t for t in lab.keepalives if t > held_since)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) >= 9 and all(g <= 1.0 + 1e-9 for g in gaps)
+    lab.connect()
+    outcome = _outcome(lab)
+    assert isinstance(outcome, Connected) and lab.opened == ["enroll", "held", "present"]
 
 
 def test_udp_that_works_again_closes_the_held_connection() -> None:
