@@ -405,6 +405,7 @@ class BrokerAgent:
         if isinstance(event, PeerLearned):
             # A peer-reflexive address: the issuer may send QUIC from it too.
             assert self.mux is not None
+            self.learned += 1
             self._waiting_paths.append(self.mux.path_to(event.address))
         elif isinstance(event, DirectPathFound):
             assert self.mux is not None
@@ -419,8 +420,6 @@ class BrokerAgent:
             self._close_waiting_paths(keep=None)
             self.core.punch_failed(session, self._now())
             self.transmit()
-        elif isinstance(event, PeerLearned):
-            self.learned += 1
 
     def _close_waiting_paths(self, keep: UdpPath | None) -> None:
         """The paths opened for candidates that did not win are closed (their datagrams
