@@ -41,9 +41,9 @@ def broker() -> None:
 @fail_cleanly
 def broker_run(config_file: Path, verbose: bool) -> None:
     """Run the broker until SIGINT/SIGTERM."""
-    from roost.cli.run import _logging, _use_fast_loop, run_until_signalled
+    from roost.cli.run import configure_logging, run_until_signalled, use_fast_loop
 
-    _logging(verbose)
+    configure_logging(verbose)
     config = load_broker_config(config_file)
     trust = TrustUpdater(config.trust_dir)
     daemon = build_broker_daemon(config, trust)
@@ -64,7 +64,7 @@ def broker_run(config_file: Path, verbose: bool) -> None:
         if await trust.poll(now):
             daemon.trust_changed()
 
-    _use_fast_loop()
+    use_fast_loop()
     asyncio.run(run_until_signalled(start, daemon.stop, poll))
 
 
