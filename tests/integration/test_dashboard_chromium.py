@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from roost.device.camera import SyntheticCamera
-from roost.hub.api import ApiRunner, start_api
+from roost.httpapi import ApiRunner
+from roost.hub.api import start_api
 from roost.hub.recorder import Recorder
 from roost.hub.status import HubStatus
 from tests.helpers.net import time_unit

@@ -27,16 +27,14 @@ from importlib import resources
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
 
 from roost.errors import StateError
+from roost.httpapi import NO_STORE, ApiRunner, add_metrics, serve_app
 from roost.hub.recorder import StoredFrame
 from roost.hub.status import HubStatus
-from roost.metrics import HUB_METRICS, StatusCollector
+from roost.metrics import HUB_METRICS
 
 __all__ = [
-    "ApiRunner",
     "DeviceView",
     "FrameSource",
     "StatusSource",
@@ -57,8 +55,6 @@ _INLINE_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image
 _TEMPLATE_PACKAGE = "roost.hub"
 _TEMPLATE_NAME = "dashboard.html"
 _NONCE_PLACEHOLDER = "__ROOST_CSP_NONCE__"
-
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
 class DeviceView(Protocol):
@@ -93,7 +89,6 @@ class StatusSource(Protocol):
 
 
 _SOURCE_KEY = web.AppKey("roost_status_source", StatusSource)
-_REGISTRY_KEY = web.AppKey("roost_metrics_registry", CollectorRegistry)
 _TEMPLATE_KEY = web.AppKey("roost_dashboard_template", str)
 
 
@@ -101,11 +96,6 @@ def build_app(daemon: StatusSource) -> web.Application:
     """Build the API application; serve it with `start_api` or any aiohttp runner."""
     app = web.Application()
     app[_SOURCE_KEY] = daemon
-    # A registry per application keeps two hubs in one process (tests, the demo) from
-    # colliding in the global registry and keeps process metrics out of the hub's page.
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(daemon.status, HUB_METRICS))
-    app[_REGISTRY_KEY] = registry
     # The template is read once: it is package data and does not change while running.
     app[_TEMPLATE_KEY] = (
         resources.files(_TEMPLATE_PACKAGE)
@@ -115,35 +105,13 @@ def build_app(daemon: StatusSource) -> web.Application:
     app.router.add_get("/", _dashboard)
     app.router.add_get("/api/status", _status)
     app.router.add_get("/api/devices/{device_id}/latest.jpg", _latest_frame)
-    app.router.add_get("/metrics", _metrics)
+    add_metrics(app, daemon.status, HUB_METRICS)
     return app
-
-
-class ApiRunner(web.AppRunner):
-    """An `AppRunner` that reports the port its first site is bound to."""
-
-    @property
-    def bound_port(self) -> int:
-        for address in self.addresses:
-            # TCP addresses are (host, port) or (host, port, flowinfo, scope_id).
-            if isinstance(address, tuple) and len(address) >= 2:
-                port: int = address[1]
-                return port
-        raise RuntimeError("the API is not listening")
 
 
 async def start_api(daemon: StatusSource, host: str, port: int) -> ApiRunner:
     """Serve the API on host:port (0 picks a free port); call `runner.cleanup()` to stop."""
-    # Each open dashboard polls once a second, so per-request access logs would drown the
-    # hub's own log; errors are still logged by aiohttp.
-    runner = ApiRunner(build_app(daemon), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    return await serve_app(build_app(daemon), host, port)
 
 
 # ------------------------------------------------------------------------------ handlers
@@ -160,7 +128,7 @@ async def _dashboard(request: web.Request) -> web.Response:
         "frame-ancestors 'none'"
     )
     headers = {
-        **_NO_STORE,
+        **NO_STORE,
         "Content-Security-Policy": policy,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
@@ -174,7 +142,7 @@ async def _status(request: web.Request) -> web.Response:
     # The dashboard also wants each device's progress, which lives in the sessions rather
     # than in status(); it is added under its own key so the daemon's keys pass unchanged.
     body["devices"] = _device_rows(daemon.sessions)
-    return web.json_response(body, headers=_NO_STORE)
+    return web.json_response(body, headers=NO_STORE)
 
 
 async def _latest_frame(request: web.Request) -> web.Response:
@@ -192,7 +160,7 @@ async def _latest_frame(request: web.Request) -> web.Response:
     if frame is None:
         return _error(404, "no frame stored for this device")
     headers = {
-        **_NO_STORE,
+        **NO_STORE,
         "X-Roost-Seq": str(frame.seq),
         "X-Roost-Captured-At": str(frame.captured_at_ms),
         "X-Content-Type-Options": "nosniff",
@@ -206,16 +174,8 @@ async def _latest_frame(request: web.Request) -> web.Response:
     return web.Response(body=frame.payload, content_type=content_type, headers=headers)
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    # Collection runs on the event loop on purpose: the daemon's status() reads the loop's
-    # clock and must not be called from another thread.
-    output = generate_latest(request.app[_REGISTRY_KEY])
-    headers = {**_NO_STORE, "Content-Type": CONTENT_TYPE_LATEST}
-    return web.Response(body=output, headers=headers)
-
-
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=_NO_STORE)
+    return web.json_response({"error": message}, status=status, headers=NO_STORE)
 
 
 def _device_rows(sessions: Mapping[str, DeviceView]) -> list[dict[str, Any]]:

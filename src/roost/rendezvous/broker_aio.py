@@ -33,14 +33,13 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
 
 from roost.clock import wall_ms_now
 from roost.config import BrokerConfig
 from roost.errors import RoostError, VerificationError
 from roost.framing import RecordFramer, encode_record
-from roost.metrics import BROKER_METRICS, StatusCollector
+from roost.httpapi import NO_STORE, ApiRunner, add_metrics, serve_app
+from roost.metrics import BROKER_METRICS
 from roost.pki.certs import load_certificate
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
@@ -101,7 +100,7 @@ class BrokerDaemon:
         self.connections_rejected: collections.Counter[str] = collections.Counter()
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
-        self._api: web.AppRunner | None = None
+        self._api: ApiRunner | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._next_channel = 1
         # Built in start(), on the running loop (roost.timer).
@@ -166,13 +165,7 @@ class BrokerDaemon:
 
     @property
     def api_port(self) -> int | None:
-        if self._api is None:
-            return None
-        for address in self._api.addresses:
-            if isinstance(address, tuple) and len(address) >= 2:
-                port: int = address[1]
-                return port
-        return None
+        return None if self._api is None else self._api.bound_port
 
     # ------------------------------------------------------------------ the one flush
 
@@ -348,36 +341,18 @@ def _rtt_ms(writer: asyncio.StreamWriter) -> int:
 # ---------------------------------------------------------------------- HTTP API
 
 _DAEMON_KEY = web.AppKey("roost_broker", BrokerDaemon)
-_REGISTRY_KEY = web.AppKey("roost_broker_registry", CollectorRegistry)
-_NO_STORE = {"Cache-Control": "no-store"}
 
 
-async def _start_api(daemon: BrokerDaemon, host: str, port: int) -> web.AppRunner:
+async def _start_api(daemon: BrokerDaemon, host: str, port: int) -> ApiRunner:
     app = web.Application()
     app[_DAEMON_KEY] = daemon
-    # A registry per application: two brokers in one process (tests) do not collide.
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(daemon.status, BROKER_METRICS))
-    app[_REGISTRY_KEY] = registry
     app.router.add_get("/api/status", _status)
-    app.router.add_get("/metrics", _metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+    add_metrics(app, daemon.status, BROKER_METRICS)
+    return await serve_app(app, host, port)
 
 
 async def _status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[_DAEMON_KEY].status().to_json(), headers=_NO_STORE)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    output = generate_latest(request.app[_REGISTRY_KEY])
-    return web.Response(body=output, headers={**_NO_STORE, "Content-Type": CONTENT_TYPE_LATEST})
+    return web.json_response(request.app[_DAEMON_KEY].status().to_json(), headers=NO_STORE)
 
 
 def fetch_broker_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
