@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/roost demo
 
-# Tests need openssl, curl (interop) and coturn's turnutils_stunclient (STUN); install them
+# Tests need openssl, curl (interop), iproute2 and iptables (namespaces), chromium (browser
+# tests), coturn (STUN peer), redis-server (shared registry) and ffmpeg (camera streams); install them
 # with apt-get when missing.
 system-deps:
 	@missing=""; \
-	for tool in openssl:openssl curl:curl ip:iproute2 iptables:iptables chromium:chromium turnutils_stunclient:coturn; do \
+	for tool in openssl:openssl curl:curl ip:iproute2 iptables:iptables chromium:chromium turnutils_stunclient:coturn redis-server:redis-server ffmpeg:ffmpeg; do \
 	  cmd=$${tool%%:*}; pkg=$${tool##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
