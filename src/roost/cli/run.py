@@ -55,7 +55,10 @@ def build_hub_daemon(
         recorder,
         certificate=certs_from_pem(config.cert.read_bytes())[0],
         private_key=key_from_pem(config.key.read_bytes()),
-        tls=ReloadableServerContext(config.cert, config.key, trust.state.anchors),
+        # ALPN lets a peer hub's dashboard reach this listener (roost.hub.peers).
+        tls=ReloadableServerContext(
+            config.cert, config.key, trust.state.anchors, alpn=("roost-web/1",)
+        ),
         rng=rng,
     )
 
