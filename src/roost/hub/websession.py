@@ -98,6 +98,12 @@ class SessionTable:
         self._sessions[key] = session
         return session
 
+    def alive(self, token: str | None, now: float) -> bool:
+        """Whether ``token`` names a session within its limits, without using it (a push
+        stream that stays open does not keep an idle session alive)."""
+        session = self._sessions.get(_digest(token)) if token else None
+        return session is not None and not self._expired(session, now)
+
     def check_csrf(self, session: WebSession, offered: str | None) -> None:
         """Raise VerificationError (``bad-csrf``) unless ``offered`` is the session's token."""
         if not offered or not hmac.compare_digest(offered.encode(), session.csrf.encode()):
