@@ -20,7 +20,8 @@ import html
 import logging
 import secrets
 import ssl
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,8 @@ class DashboardOptions:
     listen: tuple[str, int] = ("127.0.0.1", 8443)
     # Plain HTTP is refused unless the listener is on loopback and this is set.
     plain_http: bool = False
-    sessions: WebSessionConfig = WebSessionConfig()
-    retention: EventRetention = EventRetention()
+    sessions: WebSessionConfig = field(default_factory=WebSessionConfig)
+    retention: EventRetention = field(default_factory=EventRetention)
     # Live streams open at once, over all viewers, and per session.
     max_viewers: int = 256
     max_streams_per_session: int = 24
@@ -84,7 +85,9 @@ class Dashboard:
         self.options = options
         self.tls = not options.plain_http
         self.sessions = SessionTable(options.sessions)
-        open_users = users if users is not None else (lambda: SqliteUserStore.in_state_dir(state_dir))
+        open_users = (
+            users if users is not None else (lambda: SqliteUserStore.in_state_dir(state_dir))
+        )
         self.login = WebLogin(open_users)
         self.events = EventLog(state_dir / EventLog.FILENAME, options.retention)
         self.peers = PeerClient(cert_file, key_file)
@@ -118,9 +121,7 @@ class Dashboard:
 
         host, port = self.options.listen
         if self.options.plain_http and host not in _LOOPBACK:
-            raise VerificationError(
-                "plain HTTP is allowed only on loopback", reason="bad-config"
-            )
+            raise VerificationError("plain HTTP is allowed only on loopback", reason="bad-config")
         await self.login.start()
         self.live = LiveFeed(self.daemon.recorder, self.options.max_viewers)
         await self.view.start()
@@ -224,7 +225,9 @@ def session_of_request(request: web.Request) -> WebSession:
 
 
 @web.middleware
-async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     dashboard = dashboard_of(request)
     if (request.method, request.path) in _PUBLIC:
         _check_origin(request)
@@ -252,7 +255,7 @@ def _check_origin(request: web.Request) -> None:
     # A browser names the page that sent a cross-site request in Origin; anything but this
     # site is refused even before the CSRF token is looked at.
     origin = request.headers.get("Origin")
-    if origin is None or origin == "null" and request.path.startswith("/login"):
+    if origin is None or (origin == "null" and request.path.startswith("/login")):
         return
     expected = f"{request.scheme}://{request.host}"
     if origin != expected:
@@ -382,9 +385,7 @@ async def _logout(request: web.Request) -> web.Response:
 async def _home(request: web.Request) -> web.Response:
     dashboard = dashboard_of(request)
     session = session_of_request(request)
-    return dashboard.page(
-        dashboard._home_page, {"csrf": session.csrf, "user": session.user_id}
-    )
+    return dashboard.page(dashboard._home_page, {"csrf": session.csrf, "user": session.user_id})
 
 
 async def _api_home(request: web.Request) -> web.Response:

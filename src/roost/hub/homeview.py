@@ -277,7 +277,9 @@ class HomeView:
                 "max": entry.max_clients,
                 "last_seen_s_ago": entry.last_seen_s_ago,
                 "reachable": entry.is_self
-                or (entry.identifier in self._reports and self._reports[entry.identifier].reachable),
+                or (
+                    entry.identifier in self._reports and self._reports[entry.identifier].reachable
+                ),
             }
             for entry in status.hubs
         ]
@@ -289,7 +291,9 @@ class HomeView:
                 "hub_name": names.get(camera.hub or camera.last_hub or "", ""),
                 "last_hub": camera.last_hub,
                 "last_seen_ms": camera.last_seen_ms,
-                "seen_s_ago": round(max(0, now_ms - camera.last_seen_ms) / 1000) if camera.hub is None else 0,
+                "seen_s_ago": round(max(0, now_ms - camera.last_seen_ms) / 1000)
+                if camera.hub is None
+                else 0,
             }
             for camera in sorted(self.cameras.values(), key=lambda c: c.device_id)
         ]
@@ -344,7 +348,9 @@ class HomeView:
                 "reachable": last.reachable,
             },
             "next_fetch_in_s": round(max(0.0, trust.schedule.next_poll - loop_now), 1),
-            "download_server": "unknown" if last is None else ("reachable" if last.reachable else "unreachable"),
+            "download_server": "unknown"
+            if last is None
+            else ("reachable" if last.reachable else "unreachable"),
             "rejected": dict(trust.rejected),
             "warnings": warnings,
             "checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -356,10 +362,20 @@ class HomeView:
         snapshot = self.snapshot()
         # Volatile fields change every tick; the page is pushed only real changes.
         stable = json.dumps(
-            {**snapshot, "trust": {**snapshot["trust"], "checked_at": None, "last_fetch": None,
-                                    "next_fetch_in_s": None},
-             "hubs": [{**h, "last_seen_s_ago": None} for h in snapshot["hubs"]],
-             "cameras": [{**c, "last_seen_ms": None, "seen_s_ago": c["seen_s_ago"] // 5} for c in snapshot["cameras"]]},
+            {
+                **snapshot,
+                "trust": {
+                    **snapshot["trust"],
+                    "checked_at": None,
+                    "last_fetch": None,
+                    "next_fetch_in_s": None,
+                },
+                "hubs": [{**h, "last_seen_s_ago": None} for h in snapshot["hubs"]],
+                "cameras": [
+                    {**c, "last_seen_ms": None, "seen_s_ago": c["seen_s_ago"] // 5}
+                    for c in snapshot["cameras"]
+                ],
+            },
             sort_keys=True,
         )
         if stable == self._snapshot_text:

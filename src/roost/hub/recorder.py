@@ -33,7 +33,14 @@ from pathlib import Path
 
 from roost.errors import StateError
 
-__all__ = ["CameraRecording", "FrameEntry", "IncomingFrame", "Recorder", "StoredFrame", "device_dir_name"]
+__all__ = [
+    "CameraRecording",
+    "FrameEntry",
+    "IncomingFrame",
+    "Recorder",
+    "StoredFrame",
+    "device_dir_name",
+]
 
 _SCHEMA_VERSION = 1
 _INDEX_NAME = "index.sqlite3"
