@@ -175,10 +175,12 @@ async def _proxy(
             raise web.HTTPNotFound(text="the camera is not streaming there")
         response = await _prepare_stream(request)
         with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
-            async for chunk in upstream.content.iter_any():
+            # The peer's body is the stream's parts already framed; write() waiting for
+            # the browser slows this read, and the peer then skips frames for us.
+            async for chunk in upstream.chunks():
                 await response.write(chunk)
     finally:
-        upstream.release()
+        upstream.close()
     with contextlib.suppress(Exception):
         await response.write_eof()
     return response
