@@ -151,7 +151,9 @@ class LoginPage:
     @property
     def labels(self) -> list[str]:
         match = re.search(r'data-labels="([^"]*)"', self.text)
-        return [label for label in html.unescape(match.group(1)).split("|") if label] if match else []
+        return (
+            [label for label in html.unescape(match.group(1)).split("|") if label] if match else []
+        )
 
 
 async def login(

@@ -38,7 +38,14 @@ from roost.hub.live import LiveFeed
 from roost.hub.peers import PeerClient
 from roost.hub.websession import SessionTable, WebSession, WebSessionConfig
 
-__all__ = ["Dashboard", "DashboardOptions", "start_dashboard"]
+__all__ = [
+    "Dashboard",
+    "DashboardOptions",
+    "build_app",
+    "dashboard_of",
+    "session_of_request",
+    "start_dashboard",
+]
 
 log = logging.getLogger("roost.hub.dashboard")
 
