@@ -214,7 +214,7 @@ async def start_dashboard(
 # --------------------------------------------------------------------------------- app
 
 _DASHBOARD_KEY = web.AppKey("roost_dashboard", Dashboard)
-_SESSION_KEY = "roost_session"
+_SESSION_KEY = web.RequestKey("roost_session", WebSession)
 # Routes a stranger may use: the login form and its two steps.
 _PUBLIC = frozenset({("GET", "/login"), ("POST", "/login"), ("POST", "/login/codes")})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
