@@ -134,7 +134,9 @@ class Dashboard:
         await self.view.start()
         app = build_app(self)
         dashboard_media.add_routes(app, self)
-        self.runner = ApiRunner(app, access_log=None)
+        # Live streams and pushes never end by themselves: at stop they get a second to
+        # finish their current write, then they are cut.
+        self.runner = ApiRunner(app, access_log=None, shutdown_timeout=1.0)
         await self.runner.setup()
         context = None
         if self.tls:

@@ -375,7 +375,7 @@ async def start_peer_app(dashboard: Dashboard) -> None:
     # about 100 bytes) and no other local user can reach the app behind the bridge.
     directory = Path(tempfile.mkdtemp(prefix="roost-peer-"))
     socket_path = directory / "peer.sock"
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.UnixSite(runner, str(socket_path)).start()
     dashboard.peer_runner, dashboard.peer_socket = runner, socket_path

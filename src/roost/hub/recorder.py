@@ -60,6 +60,11 @@ def _to_sql(value: int) -> int:
     return value - _U64_OFFSET
 
 
+def _time_to_sql(value: int) -> int:
+    # A query bound outside u64 is clamped, so "from 0" and "to far future" just work.
+    return _to_sql(min(max(value, 0), (1 << 64) - 1))
+
+
 def _from_sql(value: int) -> int:
     return value + _U64_OFFSET
 
@@ -335,7 +340,10 @@ class Recorder:
                 "SELECT device, COUNT(*), SUM(size), MIN(captured_at_ms), MAX(captured_at_ms),"
                 " MAX(received_at_ms) FROM frames GROUP BY device ORDER BY device"
             ).fetchall()
-        return [CameraRecording(*row) for row in rows]
+        return [
+            CameraRecording(device, count, size, _from_sql(first), _from_sql(last), received)
+            for device, count, size, first, last, received in rows
+        ]
 
     def index(
         self, device_id: str, from_ms: int, to_ms: int, limit: int = 100_000
@@ -345,9 +353,11 @@ class Recorder:
             rows = self._db.execute(
                 "SELECT seq, captured_at_ms, mime, size FROM frames WHERE device = ?"
                 " AND captured_at_ms BETWEEN ? AND ? ORDER BY captured_at_ms, seq LIMIT ?",
-                (device_id, from_ms, to_ms, limit),
+                (device_id, _time_to_sql(from_ms), _time_to_sql(to_ms), limit),
             ).fetchall()
-        return [FrameEntry(_from_sql(seq), at, mime, size) for seq, at, mime, size in rows]
+        return [
+            FrameEntry(_from_sql(seq), _from_sql(at), mime, size) for seq, at, mime, size in rows
+        ]
 
     def read(self, device_id: str, seq: int) -> StoredFrame | None:
         """One stored frame with its payload; None when it is not (or no longer) stored."""
@@ -364,7 +374,7 @@ class Recorder:
                 payload = (self._frames_root / directory / name).read_bytes()
             except FileNotFoundError:
                 return None
-        return StoredFrame(device_id, seq, captured_at_ms, received_at_ms, mime, payload)
+        return StoredFrame(device_id, seq, _from_sql(captured_at_ms), received_at_ms, mime, payload)
 
     def delete_range(self, device_id: str, from_ms: int, to_ms: int) -> int:
         """Delete the frames of ``device_id`` captured in [from_ms, to_ms]; returns how many.
@@ -376,7 +386,7 @@ class Recorder:
             victims = self._db.execute(
                 "SELECT id, size, dir, name FROM frames WHERE device = ?"
                 " AND captured_at_ms BETWEEN ? AND ?",
-                (device_id, from_ms, to_ms),
+                (device_id, _time_to_sql(from_ms), _time_to_sql(to_ms)),
             ).fetchall()
             self._db.execute("BEGIN IMMEDIATE")
             try:
