@@ -145,20 +145,24 @@ async def viewers_part(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(2.0)  # past the first spool flush
             device_ids = list(fetch_status(*state.api)["connected"])
             idle_fps, idle_cpu = await _measure_ingest(state.api, hub.pid, args.seconds)
-            async with insecure_client() as client:
-                status = await login(client, base, card)
-                if status != 303:
-                    raise SystemExit(f"login failed: {status}")
+            # Each viewer is a person with a browser of their own: their own session
+            # (the per-session stream bound is not what is measured).
+            clients = [insecure_client() for _ in range(args.viewers)]
+            try:
+                for client in clients:
+                    status = await login(client, base, card)
+                    if status != 303:
+                        raise SystemExit(f"login failed: {status}")
                 stop = asyncio.Event()
-                urls = [
-                    f"{base}api/cameras/{device}/live.mjpeg"
-                    for _ in range(args.viewers)
+                streams = [
+                    (client, f"{base}api/cameras/{device}/live.mjpeg")
+                    for client in clients
                     for device in device_ids
                 ]
-                counts = [0] * len(urls)
+                counts = [0] * len(streams)
                 tasks = [
                     asyncio.create_task(_viewer_stream(client, url, counts, i, stop))
-                    for i, url in enumerate(urls)
+                    for i, (client, url) in enumerate(streams)
                 ]
                 await asyncio.sleep(2.0)  # every stream open and past its first frame
                 before = list(counts)
@@ -170,6 +174,9 @@ async def viewers_part(args: argparse.Namespace) -> dict[str, Any]:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                for client in clients:
+                    await client.close()
         finally:
             for camera in cameras:
                 stop_process(camera)
