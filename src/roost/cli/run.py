@@ -23,6 +23,7 @@ from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import ConfigError, StateError, TransportError
 from roost.hub.daemon import HubDaemon
+from roost.hub.peers import PEER_ALPN
 from roost.hub.recorder import Recorder
 from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write_run_file
 from roost.pki.certs import certs_from_pem, key_from_pem
@@ -62,7 +63,7 @@ def build_hub_daemon(
         private_key=key_from_pem(config.key.read_bytes()),
         # ALPN lets a peer hub's dashboard reach this listener (roost.hub.peers).
         tls=ReloadableServerContext(
-            config.cert, config.key, trust.state.anchors, alpn=("roost-web/1",)
+            config.cert, config.key, trust.state.anchors, alpn=(PEER_ALPN,)
         ),
         rng=rng,
     )

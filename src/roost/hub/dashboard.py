@@ -455,10 +455,11 @@ async def _api_live(request: web.Request) -> web.StreamResponse:
                 await response.write(b": keep-alive\n\n")
                 continue
             await response.write(f"event: {name}\ndata: {data}\n\n".encode())
-    except (ConnectionError, asyncio.CancelledError):
-        pass
+    except ConnectionError:
+        return response  # the browser went away
     finally:
         view.unsubscribe(subscriber)
-    with contextlib.suppress(Exception):
+    # The session ended (idle or absolute limit): the page's reconnect meets the login.
+    with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response

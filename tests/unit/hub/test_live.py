@@ -42,3 +42,9 @@ def test_a_part_carries_its_headers_and_boundary() -> None:
     assert head.startswith(f"--{BOUNDARY}\r\n".encode())
     assert b"Content-Length: 5" in head and b"X-Roost-Seq: 7" in head
     assert body == b"\xff\xd8xyz\r\n"
+
+
+def test_the_daemon_and_the_peer_link_name_one_alpn_protocol() -> None:
+    from roost.hub import daemon, peers
+
+    assert daemon._PEER_ALPN == peers.PEER_ALPN == "roost-web/1"
