@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,8 +12,6 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from roost.config import load_hub_config
-from roost.errors import ConfigError
 from roost.hub.live import BOUNDARY
 from roost.pki.tls import client_context
 from tests.helpers.dashboard import DashboardHome, dashboard_home, insecure_client, login
@@ -244,15 +241,3 @@ async def test_a_device_certificate_cannot_use_the_peer_link(home: DashboardHome
     writer.close()
     assert answer == b""
     assert hub.counters.connections_rejected["not-hub"] == before + 1
-
-
-def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
-    source = tmp_path / "hub.toml"
-    base = 'state_dir = "s"\ncert = "c"\nkey = "k"\nlisten = "127.0.0.1:0"\n[announce]\n'
-    source.write_text(base + '[dashboard]\nlisten = "0.0.0.0:8080"\nplain_http = true\n')
-    with pytest.raises(ConfigError, match="plain_http"):
-        load_hub_config(source)
-    source.write_text(base + '[dashboard]\nlisten = "127.0.0.1:8080"\nplain_http = true\n')
-    settings = load_hub_config(source).dashboard
-    assert settings is not None and settings.plain_http
-    assert ssl.PROTOCOL_TLS_SERVER  # the TLS default is what `roost init` writes
