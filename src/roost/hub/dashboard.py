@@ -41,6 +41,7 @@ from roost.hub.websession import SessionTable, WebSession, WebSessionConfig
 __all__ = [
     "Dashboard",
     "DashboardOptions",
+    "attach",
     "build_app",
     "dashboard_of",
     "session_of_request",
@@ -220,6 +221,11 @@ _SESSION_KEY = web.RequestKey("roost_session", WebSession)
 # Routes a stranger may use: the login form and its two steps.
 _PUBLIC = frozenset({("GET", "/login"), ("POST", "/login"), ("POST", "/login/codes")})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def attach(app: web.Application, dashboard: Dashboard) -> None:
+    """Make ``dashboard`` the one ``dashboard_of`` finds for requests to ``app``."""
+    app[_DASHBOARD_KEY] = dashboard
 
 
 def dashboard_of(request: web.Request) -> Dashboard:

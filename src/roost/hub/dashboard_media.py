@@ -22,6 +22,7 @@ import contextlib
 import re
 import shutil
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from aiohttp import web
 from roost.clock import wall_ms_now
 from roost.errors import RoostError, StateError
 from roost.httpapi import NO_STORE
-from roost.hub.dashboard import Dashboard, dashboard_of, session_of_request
+from roost.hub.dashboard import Dashboard, attach, dashboard_of, session_of_request
 from roost.hub.events import EventKind, HomeEvent
 from roost.hub.live import BOUNDARY, mjpeg_part
 from roost.hub.peers import bridge_to_peer_app
@@ -212,8 +213,48 @@ def _range(request: web.Request) -> tuple[int, int]:
     return start, end
 
 
-async def _recordings(request: web.Request) -> web.Response:
+_PASSED_HEADERS = ("content-type", "content-disposition", "x-roost-frames")
+
+
+async def _from_hub(request: web.Request) -> web.StreamResponse | None:
+    """Serve a recordings GET from the hub named by ``hub=`` (not this one) over the peer
+    link, or None when the request is for this hub's own recordings."""
+    dashboard = dashboard_of(request)
+    hub_id = request.query.get("hub", "")
+    if not hub_id or hub_id == dashboard.daemon.identifier or request.path.startswith("/peer/"):
+        return None
+    endpoint = dashboard.view.endpoint_of(hub_id)
+    if endpoint is None:
+        raise web.HTTPNotFound(text="no such live hub")
+    query = urllib.parse.urlencode([(k, v) for k, v in request.query.items() if k != "hub"])
+    path = "/peer" + urllib.parse.quote(request.path.removeprefix("/api"), safe="/:")
+    path += f"?{query}" if query else ""
+    try:
+        upstream = await dashboard.peers.open(dashboard.daemon.trust.state, hub_id, endpoint, path)
+    except RoostError:
+        raise web.HTTPBadGateway(text="that hub did not answer") from None
+    try:
+        headers = {**NO_STORE, "X-Content-Type-Options": "nosniff"}
+        headers.update(
+            {name: upstream.headers[name] for name in _PASSED_HEADERS if name in upstream.headers}
+        )
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, OSError):
+            async for chunk in upstream.chunks():
+                await response.write(chunk)
+    finally:
+        upstream.close()
+    with contextlib.suppress(Exception):
+        await response.write_eof()
+    return response
+
+
+async def _recordings(request: web.Request) -> web.StreamResponse:
     """Cameras recorded here with their span, or one camera's frames in a range."""
+    proxied = await _from_hub(request)
+    if proxied is not None:
+        return proxied
     dashboard = dashboard_of(request)
     recorder = dashboard.daemon.recorder
     body: dict[str, Any] = {
@@ -257,6 +298,9 @@ async def _recordings(request: web.Request) -> web.Response:
 
 async def _play(request: web.Request) -> web.StreamResponse:
     """A recorded range as a stream, at the pace it was captured (``speed`` times it)."""
+    proxied = await _from_hub(request)
+    if proxied is not None:
+        return proxied
     dashboard = dashboard_of(request)
     device_id = _device(request)
     start, end = _range(request)
@@ -290,6 +334,9 @@ async def _play(request: web.Request) -> web.StreamResponse:
 
 async def _download(request: web.Request) -> web.StreamResponse:
     """A recorded range as one file: the JPEG frames back to back (Motion JPEG)."""
+    proxied = await _from_hub(request)
+    if proxied is not None:
+        return proxied
     dashboard = dashboard_of(request)
     device_id = _device(request)
     start, end = _range(request)
@@ -323,6 +370,10 @@ async def _download(request: web.Request) -> web.StreamResponse:
 async def _delete(request: web.Request) -> web.Response:
     """Delete a recorded range (login and CSRF token checked by the middleware)."""
     dashboard = dashboard_of(request)
+    if request.query.get("hub", dashboard.daemon.identifier) != dashboard.daemon.identifier:
+        return web.json_response(
+            {"error": "recordings are deleted on the hub that stores them"}, status=400
+        )
     device_id = _device(request)
     start, end = _range(request)
     deleted = await asyncio.to_thread(dashboard.daemon.recorder.delete_range, device_id, start, end)
@@ -368,7 +419,13 @@ async def start_peer_app(dashboard: Dashboard) -> None:
     """Serve the peer app on a private Unix socket and route verified hubs to it."""
     app = web.Application()
     app[_PEER_DASHBOARD] = dashboard
+    attach(app, dashboard)
     app.router.add_get("/peer/home", _peer_home)
+    # Recordings are read where they were stored; another hub's page reads them here
+    # (read only: deleting needs the owner's session on the hub that stores them).
+    app.router.add_get("/peer/recordings", _recordings)
+    app.router.add_get("/peer/recordings/{device_id}/play.mjpeg", _play)
+    app.router.add_get("/peer/recordings/{device_id}/download", _download)
     app.router.add_get("/peer/cameras/{device_id}/live.mjpeg", _peer_live)
     app.router.add_get("/peer/cameras/{device_id}/latest.jpg", _peer_latest)
     # A fresh directory only this user can enter: the socket path is short (the limit is
