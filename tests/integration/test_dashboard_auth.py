@@ -4,6 +4,8 @@ state change, cookie flags, lock-out, recordings, events, the push stream, the p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +14,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from roost.errors import TransportError
+from roost.hub.eventlog import EventQuery
 from roost.hub.live import BOUNDARY
 from roost.pki.tls import client_context
 from tests.helpers.dashboard import DashboardHome, dashboard_home, insecure_client, login
@@ -225,10 +229,51 @@ async def test_repeated_failures_lock_the_owner_out_as_in_the_guard(tmp_path: Pa
         # The right password and codes are refused while the lock holds.
         assert await login(client, base, home.card) == 401
         events = home.dashboards[0].events  # type: ignore[union-attr]
-        from roost.hub.eventlog import EventQuery
-
         reasons = [e.reason for _, e in events.query(EventQuery(kinds=("web-login-failed",)))]
         assert reasons[0] == "locked-out" and reasons.count("bad-password") == 5
+
+
+async def test_the_trust_panel_says_in_plain_words_when_rollover_is_stuck(
+    home: DashboardHome, owner: aiohttp.ClientSession
+) -> None:
+    hub = home.hubs[0]
+    trust, view = hub.trust, home.dashboards[0].view  # type: ignore[union-attr]
+    original_fetcher, original_state = trust.fetcher, trust.state
+
+    async def unreachable(*_args: object) -> bytes | None:
+        raise TransportError("connection refused", reason="fetch")
+
+    async def nothing_new(*_args: object) -> bytes | None:
+        return None
+
+    try:
+        trust.fetcher = unreachable
+        with pytest.raises(TransportError):
+            await trust.update_once()
+        panel = view.trust_panel()
+        assert panel["download_server"] == "unreachable"
+        assert any("did not answer the last fetch" in w for w in panel["warnings"])
+        await async_wait_until(
+            lambda: any(
+                e.kind == "trust-fetch" and "unreachable" in e.text
+                for _, e in view.events.query(EventQuery(kinds=("trust-fetch",)))
+            ),
+            5,
+            what="the fetch on the timeline",
+        )
+        trust.fetcher = nothing_new
+        await trust.update_once()
+        assert view.trust_panel()["download_server"] == "reachable"
+        assert view.trust_panel()["warnings"] == []
+        # Ten days before the current CA expires, with no successor prepared.
+        expires = dt.datetime.fromisoformat(view.trust_panel()["current_expires"])
+        trust.state = dataclasses.replace(original_state, time_floor=expires - dt.timedelta(10))
+        async with owner.get(home.url(0) + "api/home") as response:
+            warnings = (await response.json())["trust"]["warnings"]
+        assert len(warnings) == 1 and warnings[0].startswith("Rollover is stuck")
+        assert "no successor is prepared" in warnings[0]
+    finally:
+        trust.fetcher, trust.state = original_fetcher, original_state
 
 
 async def test_another_hubs_cameras_and_recordings_through_this_hub(
