@@ -99,12 +99,14 @@ class HomeView:
         *,
         tick_s: float = 0.2,
         peer_poll_s: float = 0.5,
+        offline_grace_s: float = 1.5,
     ) -> None:
         self.daemon = daemon
         self.events = events
         self.peers = peers
         self.tick_s = tick_s
         self.peer_poll_s = peer_poll_s
+        self.offline_grace_ms = int(offline_grace_s * 1000)
         self.cameras: dict[str, CameraSeen] = {}
         self._reports: dict[str, _PeerReport] = {}
         self._subscribers: set[Subscriber] = set()
@@ -193,7 +195,11 @@ class HomeView:
                 if seen > camera.last_seen_ms:
                     camera.last_seen_ms = seen
         for camera in self.cameras.values():
-            if camera.device_id not in where and camera.hub is not None:
+            # A camera that just left a hub is usually on its way to another: it is called
+            # offline only once no hub has reported it for a grace period, so a handover
+            # does not flash every tile offline.
+            missing = camera.device_id not in where and camera.hub is not None
+            if missing and now_ms - camera.last_seen_ms > self.offline_grace_ms:
                 camera.last_hub, camera.hub = camera.hub, None
         for device_id, (hub_id, seen) in where.items():
             camera = self.cameras.setdefault(device_id, CameraSeen(device_id, hub_id, seen))
