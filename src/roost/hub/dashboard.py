@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from roost.errors import RoostError, VerificationError
+from roost.errors import ConfigError, RoostError, VerificationError
 from roost.guard.userstore import SqliteUserStore
 from roost.httpapi import NO_STORE, ApiRunner
 from roost.hub.eventlog import EventLog, EventQuery, EventRetention
@@ -36,6 +36,7 @@ from roost.hub.events import EventKind
 from roost.hub.homeview import HomeSource, HomeView
 from roost.hub.live import LiveFeed
 from roost.hub.peers import PeerClient
+from roost.hub.weblogin import WebLogin
 from roost.hub.websession import SessionTable, WebSession, WebSessionConfig
 
 __all__ = [
@@ -87,8 +88,6 @@ class Dashboard:
         key_file: Path,
         users: Any = None,
     ) -> None:
-        from roost.hub.weblogin import WebLogin
-
         self.daemon = daemon
         self.options = options
         self.tls = not options.plain_http
@@ -129,7 +128,7 @@ class Dashboard:
 
         host, port = self.options.listen
         if self.options.plain_http and host not in _LOOPBACK:
-            raise VerificationError("plain HTTP is allowed only on loopback", reason="bad-config")
+            raise ConfigError("plain HTTP is allowed only on loopback")
         await self.login.start()
         self.live = LiveFeed(self.daemon.recorder, self.options.max_viewers)
         await self.view.start()
