@@ -269,6 +269,8 @@ def _check_origin(request: web.Request) -> None:
     # A browser names the page that sent a cross-site request in Origin; anything but this
     # site is refused even before the CSRF token is looked at.
     origin = request.headers.get("Origin")
+    # Some browsers send "null" for a form posted after a redirect; the login steps are
+    # also protected by their double-submit token, so "null" is accepted there only.
     if origin is None or (origin == "null" and request.path.startswith("/login")):
         return
     expected = f"{request.scheme}://{request.host}"
