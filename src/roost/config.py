@@ -24,6 +24,7 @@ __all__ = [
     "AnnounceSettings",
     "BrokerConfig",
     "BrokerLink",
+    "DashboardSettings",
     "DeviceConfig",
     "HubConfig",
     "broker_limits_table",
@@ -85,6 +86,41 @@ BROKER_LOCAL_DEFAULT = "0.0.0.0:0"
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    """``[dashboard]``: the home's web app (docs/dashboard.md). The limits' defaults are
+    ``roost.hub.websession.WebSessionConfig``'s and ``roost.hub.eventlog``'s."""
+
+    listen: tuple[str, int]
+    # Plain HTTP instead of TLS with the hub's certificate: only on a loopback address.
+    plain_http: bool = False
+    idle_s: float = 15 * 60.0
+    absolute_s: float = 12 * 3600.0
+    event_max_rows: int = 100_000
+    event_max_days: float = 30.0
+
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _dashboard(doc: _Table) -> DashboardSettings | None:
+    if not doc.has("dashboard"):
+        return None
+    section = doc.table("dashboard")
+    listen = section.hostport("listen", "127.0.0.1:8443")
+    plain = section.boolean("plain_http", False)
+    if plain and listen[0] not in _LOOPBACK_HOSTS:
+        raise section.error("plain_http", "is allowed only when listen is a loopback address")
+    return DashboardSettings(
+        listen=listen,
+        plain_http=plain,
+        idle_s=section.number("idle_minutes", 15.0, minimum=0.1) * 60.0,
+        absolute_s=section.number("absolute_hours", 12.0, minimum=0.01) * 3600.0,
+        event_max_rows=section.integer("event_max_rows", 100_000, minimum=100),
+        event_max_days=section.number("event_max_days", 30.0, minimum=0.01),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerLink:
     """The ``[broker]`` table of a hub config: where the hub's agent reaches the broker."""
 
@@ -138,6 +174,12 @@ class HubConfig:
     # The agent's link to a broker (``[broker]``); None: the hub is not reachable that way.
     broker: BrokerLink | None = None
     source: Path | None = None
+    # The home's web app (``[dashboard]``); None: no dashboard on this hub.
+    dashboard: DashboardSettings | None = None
+    # A file holding the bearer token ``/api/status`` and ``/metrics`` then require on the
+    # admin address (``api``); None: the admin address answers anyone who can reach it, so
+    # it belongs on loopback (the default).
+    api_token_file: Path | None = None
     # Refused channels and announcements are logged at most once per source host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
     refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
@@ -370,6 +412,8 @@ def load_hub_config(path: Path) -> HubConfig:
         remote=doc.hostport("remote") if doc.has("remote") else None,
         broker=_broker_link(doc),
         source=path,
+        dashboard=_dashboard(doc),
+        api_token_file=doc.path("api_token_file") if doc.has("api_token_file") else None,
     )
 
 

@@ -136,6 +136,10 @@ class Reason(enum.StrEnum):
     CONNECT = "connect"
     SESSION_IDLE_EXPIRED = "session-idle-expired"
     SESSION_LIFETIME_EXPIRED = "session-lifetime-expired"
+    NO_SESSION = "no-session"
+    BAD_CSRF = "bad-csrf"
+    NO_LOGIN_ATTEMPT = "no-login-attempt"
+    NOT_PEER_HUB = "not-peer-hub"
     # Merkle log and receipts (section 6, tamper evidence).
     NO_LOG = "no-log"
     UNKNOWN_LEAF = "unknown-leaf"
@@ -319,6 +323,10 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.CONNECT: "the connection could not be opened",
     Reason.SESSION_IDLE_EXPIRED: "the session passed its idle limit; log in again",
     Reason.SESSION_LIFETIME_EXPIRED: "the session passed its absolute limit; log in again",
+    Reason.NO_SESSION: "a dashboard request without a valid session cookie",
+    Reason.BAD_CSRF: "a state-changing dashboard request without the session's CSRF token",
+    Reason.NO_LOGIN_ATTEMPT: "dashboard codes for a login attempt that is unknown or over",
+    Reason.NOT_PEER_HUB: "a peer dashboard request whose certificate is not a hub's",
     Reason.NO_LOG: "the server keeps no log",
     Reason.UNKNOWN_LEAF: "a receipt asked for a leaf the log does not hold",
     Reason.NO_SUCH_LEAF: "no such leaf in the log",

@@ -23,6 +23,8 @@ import roost
 # Modules that must stay pure. Adapters (`aio.py`), daemons, stores and the CLI are not here:
 # they are where the I/O the cores leave out is done.
 CORE_MODULES = (
+    "roost.hub.websession",
+    "roost.hub.events",
     "roost.wire",
     "roost.framing",
     "roost.reasons",

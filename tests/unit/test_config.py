@@ -191,3 +191,20 @@ def test_a_broker_key_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as caught:
         load_hub_config(_hub(tmp_path, broker="127.0.0.1:7443"))
     assert "broker must be a table" in str(caught.value)
+
+
+def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
+    source = tmp_path / "hub.toml"
+    base = 'state_dir = "s"\ncert = "c"\nkey = "k"\nlisten = "127.0.0.1:0"\n[announce]\n'
+    source.write_text(base + '[dashboard]\nlisten = "0.0.0.0:8080"\nplain_http = true\n')
+    with pytest.raises(ConfigError, match="plain_http"):
+        load_hub_config(source)
+    source.write_text(base + '[dashboard]\nlisten = "127.0.0.1:8080"\nplain_http = true\n')
+    settings = load_hub_config(source).dashboard
+    assert settings is not None and settings.plain_http
+    source.write_text(base + "[dashboard]\n")
+    default = load_hub_config(source).dashboard
+    assert default is not None and not default.plain_http
+    assert default.listen == ("127.0.0.1", 8443) and default.idle_s == 900.0
+    source.write_text(base)
+    assert load_hub_config(source).dashboard is None

@@ -26,8 +26,10 @@ from roost.pki.trust import TrustState
 from roost.pki.truststore import save_state
 from roost.rendezvous.broker_events import BrokerCoreConfig
 
-__all__ = ["free_loopback_ports", "init_home", "make_home", "write_broker"]
+__all__ = ["DASHBOARD_PORT", "free_loopback_ports", "init_home", "make_home", "write_broker"]
 
+# Where a hub's dashboard listens when the home is not on loopback.
+DASHBOARD_PORT = 8443
 # Richer hubs come later in the list, so starting them in order shows a handover.
 _HUB_FEATURES = [("hcsp", "webs"), ("hcsp", "webs", "db"), ("hcsp", "webs", "db", "ai")]
 
@@ -113,6 +115,9 @@ def make_home(
             "retention_mb": 512,
             "announce": announce(i),
             "redirect": redirect_table(),
+            # The home's web app over TLS with the hub's certificate (docs/dashboard.md);
+            # log in with a user from `roost user add --state {name}`.
+            "dashboard": {"listen": f"{host}:0" if loopback else f"0.0.0.0:{DASHBOARD_PORT}"},
         }
         comment = f"Roost hub {name} ({identifier}). Run: roost hub run --config {name}.toml"
         (home / f"{name}.toml").write_text(to_toml(config, comment))

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -20,8 +21,9 @@ from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
-from roost.errors import StateError, TransportError
+from roost.errors import ConfigError, StateError, TransportError
 from roost.hub.daemon import HubDaemon
+from roost.hub.peers import PEER_ALPN
 from roost.hub.recorder import Recorder
 from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write_run_file
 from roost.pki.certs import certs_from_pem, key_from_pem
@@ -35,8 +37,12 @@ __all__ = [
     "device",
     "hub",
     "run_until_signalled",
+    "start_hub_dashboard",
     "use_fast_loop",
 ]
+
+if TYPE_CHECKING:
+    from roost.hub.dashboard import Dashboard
 
 _POLL_EVERY = 60.0
 
@@ -55,7 +61,10 @@ def build_hub_daemon(
         recorder,
         certificate=certs_from_pem(config.cert.read_bytes())[0],
         private_key=key_from_pem(config.key.read_bytes()),
-        tls=ReloadableServerContext(config.cert, config.key, trust.state.anchors),
+        # ALPN lets a peer hub's dashboard reach this listener (roost.hub.peers).
+        tls=ReloadableServerContext(
+            config.cert, config.key, trust.state.anchors, alpn=(PEER_ALPN,)
+        ),
         rng=rng,
     )
 
@@ -131,10 +140,14 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     runners = []
     remote: list[tuple[GuardServer, SqliteMerkleLog]] = []
     agents: list[BrokerAgent] = []
+    dashboards: list[Dashboard] = []
+    token = _read_token(config.api_token_file)
 
     async def start() -> None:
         await daemon.start()
-        runners.append(await start_api(daemon, *config.api))
+        runners.append(await start_api(daemon, *config.api, token=token))
+        if config.dashboard is not None:
+            dashboards.append(await start_hub_dashboard(daemon, config))
         remote_address = None
         if config.remote is not None or config.broker is not None:
             # One guard server for the TCP remote entrance and the broker's QUIC sessions:
@@ -168,6 +181,10 @@ def hub_run(config_file: Path, verbose: bool) -> None:
             advertise=(daemon.advertised.host, daemon.advertised.port),
             api=(config.api[0], runners[0].bound_port),
             remote=remote_address,
+            dashboard=(
+                (dashboards[0].options.listen[0], dashboards[0].bound_port) if dashboards else None
+            ),
+            dashboard_scheme="https" if not dashboards or dashboards[0].tls else "http",
         )
         write_run_file(config.run_file, state)
         echo_json({"hub": daemon.identifier, **json.loads(state.to_json())})
@@ -176,6 +193,8 @@ def hub_run(config_file: Path, verbose: bool) -> None:
         remove_run_file(config.run_file)
         for agent in agents:
             await agent.stop()
+        for dashboard in dashboards:
+            await dashboard.stop()
         for runner in runners:
             await runner.cleanup()
         for server, merkle_log in remote:
@@ -186,6 +205,45 @@ def hub_run(config_file: Path, verbose: bool) -> None:
 
     use_fast_loop()
     asyncio.run(run_until_signalled(start, stop, trust.poll))
+
+
+def _read_token(path: Path | None) -> str | None:
+    """The admin API's bearer token from its file (one line), or None without one."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read api_token_file {path}: {exc}") from exc
+    if len(token) < 16:
+        raise ConfigError(f"the token in {path} is shorter than 16 characters")
+    return token
+
+
+async def start_hub_dashboard(daemon: HubDaemon, config: HubConfig) -> Dashboard:
+    """Start the home's web app of a hub from its ``[dashboard]`` table."""
+    from roost.hub.dashboard import DashboardOptions, start_dashboard
+    from roost.hub.eventlog import EventRetention
+    from roost.hub.websession import WebSessionConfig
+
+    settings = config.dashboard
+    assert settings is not None
+    options = DashboardOptions(
+        listen=settings.listen,
+        plain_http=settings.plain_http,
+        sessions=WebSessionConfig(idle_s=settings.idle_s, absolute_s=settings.absolute_s),
+        retention=EventRetention(
+            max_rows=settings.event_max_rows,
+            max_age_ms=int(settings.event_max_days * 86_400_000),
+        ),
+    )
+    return await start_dashboard(
+        daemon,
+        options,
+        state_dir=config.state_dir,
+        cert_file=config.cert,
+        key_file=config.key,
+    )
 
 
 @hub.command("status")
@@ -199,7 +257,7 @@ def hub_status(config_file: Path, as_json: bool) -> None:
 
     host, port = _api_address(config)
     try:
-        doc = fetch_status(host, port)
+        doc = fetch_status(host, port, token=_read_token(config.api_token_file))
     except OSError as exc:
         # Nothing answered: unreachable (docs/exit-codes.md), whether it is down or elsewhere.
         raise TransportError(

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,9 @@ from roost.timer import CoreTimer
 __all__ = ["AnnounceTransportFactory", "DeviceSession", "HubCounters", "HubDaemon"]
 
 log = logging.getLogger("roost.hub")
+# The ALPN protocol of peer dashboard requests (roost.hub.peers.PEER_ALPN, kept equal by a
+# test; the daemon does not import the dashboard).
+_PEER_ALPN = "roost-web/1"
 _READ_CHUNK = 256 * 1024
 
 # What builds the announcement transport around the daemon's announce core; the default
@@ -177,6 +180,11 @@ class HubDaemon:
         self.guard: GuardServer | None = None
         # The broker agent's status (roost.rendezvous.agent_aio), when the hub has one.
         self.broker_status: Callable[[], BrokerAgentStatus] | None = None
+        # Where a verified peer hub's dashboard connection goes (ALPN ``roost-web/1`` on
+        # this listener, roost.hub.peers); None: such connections are refused.
+        self.peer_web: (
+            Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None
+        ) = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -326,7 +334,11 @@ class HubDaemon:
         host = _peer_host(writer)
         rejected = self.counters.connections_rejected
         try:
-            leaf = peer_certificate(writer.get_extra_info("ssl_object"))
+            ssl_object = writer.get_extra_info("ssl_object")
+            leaf = peer_certificate(ssl_object)
+            if ssl_object.selected_alpn_protocol() == _PEER_ALPN:
+                await self._serve_peer_web(leaf, reader, writer, host)
+                return
             try:
                 device_id = self._verify_node(leaf)
             except VerificationError as exc:
@@ -363,6 +375,24 @@ class HubDaemon:
                     del self.sessions[session.device_id]
                     self._load_changed()
             writer.close()
+
+    async def _serve_peer_web(
+        self,
+        leaf: x509.Certificate,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+    ) -> None:
+        """A hub's dashboard asks this hub for cameras (roost.hub.peers): hubs only."""
+        try:
+            self._verify_hub_certificate(leaf)
+        except VerificationError as exc:
+            self._count_refusal(self.counters.connections_rejected, exc, host)
+            return
+        if self.peer_web is None:
+            self._count_refusal(self.counters.connections_rejected, Reason.NOT_RUNNING, host)
+            return
+        await self.peer_web(reader, writer)
 
     async def _handle_channel_events(self, session: DeviceSession, host: str) -> None:
         core = session.core
