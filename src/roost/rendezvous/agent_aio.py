@@ -42,6 +42,7 @@ from roost.config import BrokerLink
 from roost.errors import RemoteProtocolError, RoostError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.guard.calls import tls_server_end_point
+from roost.guard.userstore import PasswordGrant
 from roost.hub.status import BrokerAgentStatus
 from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
@@ -120,6 +121,8 @@ class _Served:
     quic: QuicSession | None = None
     kind: PathKind | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # The checked password, good once for the first stream's login (PasswordGrant).
+    grant: PasswordGrant | None = field(default=None, repr=False)
 
 
 class BrokerAgent:
@@ -346,11 +349,12 @@ class BrokerAgent:
 
     async def _check_password(self, item: CheckPassword) -> None:
         ok, reason = False, Reason.BAD_PASSWORD
+        grant: PasswordGrant | None = None
         try:
             credentials = open_request(
                 self.private_key, self.identifier, item.sealed, item.issuer_candidates
             )
-            await self.guard.check_password(credentials.user, credentials.password)
+            grant = await self.guard.check_password(credentials.user, credentials.password)
             ok = True
         except VerificationError as exc:
             with contextlib.suppress(ValueError):
@@ -363,7 +367,7 @@ class BrokerAgent:
             peer = str(item.issuer_candidates[0].address) if item.issuer_candidates else "?"
             channel = self.core.channel_of(item.session)
             if channel is not None:
-                self._served[item.session] = _Served(item.session, channel, peer)
+                self._served[item.session] = _Served(item.session, channel, peer, grant=grant)
         self.core.password_checked(item.session, ok, self._now(), reason=None if ok else reason)
         self.transmit()
 
@@ -481,10 +485,17 @@ class BrokerAgent:
         try:
             while not session.closed:
                 reader, writer = await session.accept_stream()
+                # Only a stream of this QUIC connection, which only this session's issuer
+                # holds the keys of, may use the grant, and only the first one.
+                grant, entry.grant = entry.grant, None
                 entry.tasks.add(
                     self._spawn(
                         self.guard.serve_stream(
-                            reader, writer, peer=entry.peer, channel_binding=self._binding
+                            reader,
+                            writer,
+                            peer=entry.peer,
+                            channel_binding=self._binding,
+                            password_grant=grant,
                         )
                     )
                 )

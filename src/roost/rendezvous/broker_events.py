@@ -110,9 +110,7 @@ class BrokerCoreConfig:
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.start_delay_ms < 0 or self.start_margin_ms < 0 or self.deadline_ms < 1:
-            raise ValueError(
-                "start_delay_ms and start_margin_ms must be >= 0 and deadline_ms >= 1"
-            )
+            raise ValueError("start_delay_ms and start_margin_ms must be >= 0 and deadline_ms >= 1")
 
     @property
     def ttl_s(self) -> float:
