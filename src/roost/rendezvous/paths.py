@@ -400,10 +400,10 @@ class UdpMux(asyncio.DatagramProtocol):
 
 class PunchDriver:
     """Runs a ``Puncher`` on a mux: probes go out of the shared socket, ``RPRB`` datagrams
-    come in through the mux's handler for its session; one ``loop.call_at`` for the core's next deadline.
+    of its session come in through the mux (``UdpMux.add_probe_handler``, so several
+    drivers run on one mux at once); one ``loop.call_at`` for the core's next deadline.
 
-    The driver takes the probes of its own session (``UdpMux.add_probe_handler``), so
-    several drivers run on one mux at once. It keeps answering the peer's probes after the result is known (the peer may
+    The driver keeps answering the peer's probes after the result is known (the peer may
     still be probing) until ``close``. ``on_event`` sees each ``PunchEvent`` (a learned
     peer-reflexive address, the direct path, the failure) as it happens.
     """

@@ -134,7 +134,6 @@ async def test_watch_starts_with_a_recent_latest_frame_and_never_shows_it_twice(
         assert (await frames.next(0.5)).seq == 3
     # A latest frame older than the bound is not live: the watch waits for the next one.
     wall[0] = 20_000
-    with feed.watch(CAMERA, 1) as frames:
-        with pytest.raises(StateError):
-            await frames.next(0.05)
+    with feed.watch(CAMERA, 1) as frames, pytest.raises(StateError):
+        await frames.next(0.05)
     feed.detach()
