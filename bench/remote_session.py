@@ -227,6 +227,7 @@ class _Bench:
                 user_id="owner",
                 password=PASSWORD,
                 answer=answer_from(self.base / f"owner-{hub}.card"),
+                pipeline=True,
             )
         except BaseException:
             await connection.close()

@@ -209,6 +209,7 @@ async def test_a_brokered_check_spares_one_login_its_kdf() -> None:
                     password_grant=password_grant,
                 )
             )
+            # The first login pipelines its first call with the proof, as `roost connect`.
             client = await GuardClient.over_stream(
                 client_end,
                 client_end,
@@ -216,10 +217,39 @@ async def test_a_brokered_check_spares_one_login_its_kdf() -> None:
                 user_id="owner",
                 password=PASSWORD,
                 answer=lambda labels: [card.code_for(x) for x in labels],
+                pipeline=password_grant is not None,
             )
+            await _exercise(client)
+            assert client.counter >= 1
             await client.close()
             await asyncio.wait_for(serving, 5.0)
         assert server.counters.logins_ok == 2 and server.counters.logins_granted == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_pipelined_login_with_wrong_codes_fails_on_its_first_call() -> None:
+    server, _card = _guard()
+    await server.open()
+    try:
+        server_end, client_end = _memory_pair()
+        serving = asyncio.create_task(
+            server.serve_stream(server_end, server_end, peer="memory", channel_binding=BINDING)
+        )
+        client = await GuardClient.over_stream(
+            client_end,
+            client_end,
+            channel_binding=BINDING,
+            user_id="owner",
+            password=PASSWORD,
+            answer=lambda labels: ["0000"] * len(labels),
+            pipeline=True,
+        )
+        with pytest.raises(VerificationError) as refused:
+            await client.call("echo", b"never run")
+        assert refused.value.reason == "refused"
+        await asyncio.wait_for(serving, 5.0)
+        assert server.counters.calls == 0 and server.counters.logins_failed == 1
     finally:
         await server.stop()
 

@@ -248,6 +248,7 @@ class LoginClient:
         self._transcript = b""
         self._client_keys: list[bytes] = []
         self._server_keys: list[bytes] = []
+        self._pending: LoginResult | None = None
 
     def hello(self) -> bytes:
         self._require(_ClientState.START)
@@ -287,7 +288,26 @@ class LoginClient:
             self._client_keys.append(client_key)
             self._server_keys.append(server_key)
         self._state = _ClientState.SENT_PROOF
+        # The session the proof opens if the server accepts it: known now, so a client may
+        # send its first sealed call with the proof (docs/guard.md, "Remote calls"); only
+        # a server holding the pairs' verifiers can derive these keys.
+        self._pending = _login_result(
+            self._suite,
+            self._hello.user_id,
+            self._transcript,
+            self._client_keys,
+            self._challenge.counter + 1,
+        )
+        self._client_keys = []
         return encode_proof(Proof(tuple(proofs)))
+
+    @property
+    def pending_result(self) -> LoginResult:
+        """The session material the sent proof opens once the server accepts it; the
+        server is authenticated only by :meth:`receive_result`."""
+        self._require(_ClientState.SENT_PROOF)
+        assert self._pending is not None
+        return self._pending
 
     def receive_result(self, data: bytes) -> LoginResult:
         self._require(_ClientState.SENT_PROOF)
@@ -301,14 +321,8 @@ class LoginClient:
         if not hmac.compare_digest(expected, accept.server_signature):
             raise VerificationError("server proof is wrong", reason="bad-server-proof")
         self._state = _ClientState.DONE
-        result = _login_result(
-            self._suite,
-            self._hello.user_id,
-            self._transcript,
-            self._client_keys,
-            self._challenge.counter + 1,
-        )
-        self._client_keys = []
+        result, self._pending = self._pending, None
+        assert result is not None
         return result
 
     def _require(self, state: _ClientState) -> None:
