@@ -273,7 +273,13 @@ async def serve_hub2(home: Path, identifier: str, stop: threading.Event) -> dict
         while not stop.is_set():
             await asyncio.sleep(0.1)
         assert agent.mux is not None
-        return {"received": dict(agent.mux.received), "errors": dict(agent.mux.errors)}
+        return {
+            "received": dict(agent.mux.received),
+            "errors": dict(agent.mux.errors),
+            # Logins whose password the brokered request's check admitted (no second KDF).
+            "logins_ok": guard.counters.logins_ok,
+            "logins_granted": guard.counters.logins_granted,
+        }
     finally:
         await agent.stop()
         await guard.stop()
