@@ -440,16 +440,18 @@ async def test_drain_waits_for_acknowledgements_on_a_slow_path(ca: TestCA, hub: 
     )
     try:
         reader, writer = client.stream()
-        writer.write(b"0" * (1024 * 1024))
+        size = 2 * 1024 * 1024
+        writer.write(b"0" * size)
         # Nothing reads on the server yet, but QUIC acknowledges what arrives, so drain
-        # returns once most of the megabyte is through; its wait is on acknowledgements.
+        # returns once at most the high water (1 MiB, the stream window) is still
+        # unacknowledged; its wait is on acknowledgements.
         waited = asyncio.create_task(writer.drain())
         await asyncio.sleep(0)
         assert not waited.done()
         await asyncio.wait_for(waited, TIMEOUT)
-        assert client._unacknowledged(reader.stream_id) <= 256 * 1024
+        assert client._unacknowledged(reader.stream_id) <= 1024 * 1024
         server_reader, _ = await asyncio.wait_for(server.accept_stream(), TIMEOUT)
-        assert len(await read_exactly(server_reader, 1024 * 1024)) == 1024 * 1024
+        assert len(await read_exactly(server_reader, size)) == size
     finally:
         client.close()
         server.close()
