@@ -285,6 +285,11 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         _remote(lambda r: r.logins_ok),
     ),
     counter(
+        "roost_hub_remote_logins_granted",
+        "Guard logins whose password a brokered request had just checked (no second KDF).",
+        _remote(lambda r: r.logins_granted),
+    ),
+    counter(
         "roost_hub_remote_logins_failed",
         "Guard logins refused or timed out.",
         _remote(lambda r: r.logins_failed),

@@ -84,6 +84,7 @@ remote_statuses = st.builds(
     refused_busy=totals,
     refused_rate=totals,
     logins_ok=totals,
+    logins_granted=totals,
     logins_failed=totals,
     calls=totals,
     sessions_expired=totals,

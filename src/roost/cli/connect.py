@@ -191,6 +191,8 @@ def connect(
             password=password,
             answer=answer,
             timeout_s=timeout,
+            # The first call (status or watch) goes out with the proof: one round trip less.
+            pipeline=True,
         )
         try:
             device = camera or await _first_camera(client)

@@ -556,6 +556,7 @@ class HubDaemon:
             refused_busy=counters.refused_busy,
             refused_rate=counters.refused_rate,
             logins_ok=counters.logins_ok,
+            logins_granted=counters.logins_granted,
             logins_failed=counters.logins_failed,
             calls=counters.calls,
             sessions_expired=counters.sessions_expired,

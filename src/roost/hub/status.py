@@ -133,6 +133,7 @@ class RemoteStatus:
     refused_busy: int
     refused_rate: int
     logins_ok: int
+    logins_granted: int
     logins_failed: int
     calls: int
     sessions_expired: int
@@ -147,6 +148,7 @@ class RemoteStatus:
             "refused_busy": self.refused_busy,
             "refused_rate": self.refused_rate,
             "logins_ok": self.logins_ok,
+            "logins_granted": self.logins_granted,
             "logins_failed": self.logins_failed,
             "calls": self.calls,
             "sessions_expired": self.sessions_expired,
@@ -163,6 +165,7 @@ class RemoteStatus:
             refused_busy=read_int(doc, "refused_busy"),
             refused_rate=read_int(doc, "refused_rate"),
             logins_ok=read_int(doc, "logins_ok"),
+            logins_granted=read_int(doc, "logins_granted"),
             logins_failed=read_int(doc, "logins_failed"),
             calls=read_int(doc, "calls"),
             sessions_expired=read_int(doc, "sessions_expired"),

@@ -274,10 +274,23 @@ class BrokerCore:
         if channel is not None:
             channel.rtt_ms = max(0, int(rtt_ms))
 
-    def _start_in(self, channel_id: int | None) -> int:
+    def _rtt_of(self, channel_id: int | None) -> int:
         channel = self._channels.get(channel_id) if channel_id is not None else None
-        rtt = channel.rtt_ms if channel is not None else 0
-        return max(0, self.config.start_delay_ms - rtt // 2)
+        return channel.rtt_ms if channel is not None else 0
+
+    def _start_delays(self, issuer_rtt: int, target_rtt: int) -> tuple[int, int]:
+        # Section 5, step 6: one common start time, reached by each side at once. The
+        # start message needs half a round trip to reach each side, so the common moment
+        # is the farther side's half round trip plus a margin for the estimate's error,
+        # never later than start_delay_ms; with a round trip unknown (0: no kernel
+        # estimate) the fixed start_delay_ms is all the broker can go by.
+        config = self.config
+        if issuer_rtt > 0 and target_rtt > 0:
+            common = max(issuer_rtt, target_rtt) // 2 + config.start_margin_ms
+            common = min(config.start_delay_ms, common)
+        else:
+            common = config.start_delay_ms
+        return (max(0, common - issuer_rtt // 2), max(0, common - target_rtt // 2))
 
     def close_channel(self, channel_id: int, now: float) -> None:
         """The connection closed (either side); its sessions end."""
@@ -502,21 +515,18 @@ class BrokerCore:
         entry = self.registry.get(session.target)
         reflexive = (entry.reflexive,) if entry is not None and entry.reflexive else ()
         target_candidates = _unique(reflexive + message.candidates)
-        # Both sides should probe at the same moment: start_delay_ms after this send,
-        # each told to wait half its own round trip less (DCUtR's synchronisation).
+        # Both sides should probe at the same moment: each is told to wait the common
+        # delay less half its own round trip (DCUtR's synchronisation, _start_delays).
         deadline = self.config.deadline_ms
+        issuer_in, target_in = self._start_delays(
+            self._rtt_of(session.issuer), self._rtt_of(session.target_channel)
+        )
         self._send(
-            session.issuer,
-            control.Start(session.id, target_candidates, self._start_in(session.issuer), deadline),
+            session.issuer, control.Start(session.id, target_candidates, issuer_in, deadline)
         )
         self._send(
             session.target_channel,
-            control.Start(
-                session.id,
-                _unique(session.candidates),
-                self._start_in(session.target_channel),
-                deadline,
-            ),
+            control.Start(session.id, _unique(session.candidates), target_in, deadline),
         )
         session.deadline = 0.0
 

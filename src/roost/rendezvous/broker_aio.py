@@ -417,7 +417,8 @@ def _rtt_ms(writer: asyncio.StreamWriter) -> int:
     if len(info) < _TCPI_RTT_OFFSET + 4:
         return 0
     (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
-    return int(rtt_us // 1000)
+    # Rounded up, so a sub-millisecond loopback round trip is 1 ms, not "unknown" (0).
+    return int(-(-rtt_us // 1000))
 
 
 # ---------------------------------------------------------------------- HTTP API

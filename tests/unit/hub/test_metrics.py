@@ -136,6 +136,7 @@ def _example() -> HubStatus:
             refused_busy=10,
             refused_rate=11,
             logins_ok=4,
+            logins_granted=3,
             logins_failed=2,
             calls=19,
             sessions_expired=12,

@@ -52,6 +52,7 @@ REMOTE_KEYS = [
     "refused_busy",
     "refused_rate",
     "logins_ok",
+    "logins_granted",
     "logins_failed",
     "calls",
     "sessions_expired",
@@ -125,7 +126,7 @@ def _example() -> dict[str, Any]:
         ),
         trust=TrustSummary(1, None, "2025-01-01T00:00:00+00:00"),
         counters=HubCountersView(0, {}, 0, 0, 0, 0, 0, {}, {}, {}),
-        remote=RemoteStatus(0, 0, 0, 0, 0, 0, 0, 0, 0, {}),
+        remote=RemoteStatus(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {}),
         uptime_s=1.5,
     )
     return _wire(status)
