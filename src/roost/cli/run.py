@@ -160,6 +160,7 @@ def hub_run(config_file: Path, verbose: bool) -> None:
             await agent.start()
             agents.append(agent)
             daemon.broker_status = agent.status
+        await daemon.start_dns_sd(api_port=runners[0].bound_port)
         # Every listener may be configured with port 0: report the ports really bound,
         # on stdout and in run.json, once all of them are (docs/testing.md).
         state = HubRunState(

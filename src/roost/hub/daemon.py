@@ -34,6 +34,8 @@ from roost.channel import (
 from roost.channel.aio import flush_channel
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
+from roost.dnssd.aio import DnsSdNode
+from roost.dnssd.records import HubRecord
 from roost.errors import RefusedError, RoostError, StateError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
@@ -177,6 +179,8 @@ class HubDaemon:
         self.guard: GuardServer | None = None
         # The broker agent's status (roost.rendezvous.agent_aio), when the hub has one.
         self.broker_status: Callable[[], BrokerAgentStatus] | None = None
+        # DNS-SD publication and browsing (``[dns_sd]``), once start_dns_sd() ran.
+        self.dns_sd: DnsSdNode | None = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -263,8 +267,46 @@ class HubDaemon:
         """The port the device listener is bound to (the real one when configured as 0)."""
         return self.bound_address[1]
 
+    async def start_dns_sd(self, api_port: int | None = None) -> None:
+        """Publish this hub as ``_roost._tcp`` and browse for the others, when the config
+        enables DNS-SD (docs/hub-and-device.md, "Finding hubs with DNS-SD").
+
+        Called once every listener is bound, so the record names the bound ports. A hub
+        without multicast announcements also sends them unicast to the hubs it finds, so
+        hubs on a network that drops the announce group still elect (section 3).
+        """
+        if not self.config.dns_sd.enabled or self.dns_sd is not None:
+            return
+        record = HubRecord(
+            identifier=self.identifier,
+            name=self.config.name,
+            host=self.advertised.host,
+            port=self.advertised.port,
+            features=tuple(self.config.features),
+            max_devices=self.config.max_devices,
+            api_port=api_port,
+            announce_port=self.announcer.local_port,
+        )
+        node = DnsSdNode(self.config.dns_sd.interfaces)
+        self.dns_sd = node
+        node.browse(self._on_dns_sd)
+        await node.publish(record)
+
+    def _on_dns_sd(self, records: tuple[HubRecord, ...]) -> None:
+        if self.config.announce.udp.multicast:
+            return
+        self.announcer.set_discovered_peers(
+            [
+                (r.host, r.announce_port)
+                for r in records
+                if r.identifier != self.identifier and r.announce_port
+            ]
+        )
+
     async def stop(self) -> None:
         """Stop announcing, close every channel and the listener."""
+        if self.dns_sd is not None:
+            await self.dns_sd.close()
         if self._announcer is not None:
             self._announcer.close()
         if self._redirect_timer is not None:
@@ -514,6 +556,11 @@ class HubDaemon:
             remote=self._remote_status(),
             uptime_s=round(time.monotonic() - self._started, 1),
             broker=self.broker_status() if self.broker_status is not None else None,
+            dns_sd=None
+            if self.dns_sd is None
+            else tuple(
+                r.to_json() for r in self.dns_sd.found.values() if r.identifier != self.identifier
+            ),
         )
 
     def _remote_status(self) -> RemoteStatus | None:
