@@ -49,6 +49,7 @@ __all__ = [
     "TestPatternSource",
     "open_camera_source",
     "parse_source",
+    "redact",
 ]
 
 log = logging.getLogger("roost.device.camera")

@@ -133,7 +133,9 @@ def _example() -> dict[str, Any]:
 
 
 # ``remote`` and ``broker`` are optional: a missing one reads as None (a hub without it).
-@pytest.mark.parametrize("key", [key for key in STATUS_KEYS if key not in ("remote", "broker", "dns_sd")])
+@pytest.mark.parametrize(
+    "key", [key for key in STATUS_KEYS if key not in ("remote", "broker", "dns_sd")]
+)
 def test_a_missing_key_is_malformed(key: str) -> None:
     doc = _example()
     del doc[key]
