@@ -280,3 +280,9 @@ def device_status(config_file: Path, as_json: bool) -> None:
         return
     for key in ("name", "id", "state", "hub", "last_acked_seq", "buffered", "dropped", "age_s"):
         click.echo(f"{key:>15}: {doc.get(key)}")
+    camera = doc.get("camera")
+    if isinstance(camera, dict):
+        state = camera.get("state")
+        if state == "failing":
+            state = f"failing: {camera.get('reason')} ({camera.get('detail')})"
+        click.echo(f"{'camera':>15}: {camera.get('source')} {state}")
