@@ -88,6 +88,11 @@ def _mjpeg_server(ffmpeg: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
         process.wait(timeout=10)
 
 
+def _retries(device: DeviceDaemon) -> int:
+    status = device.status().camera
+    return 0 if status is None else status.retries
+
+
 def _camera_state(device: DeviceDaemon) -> tuple[str, str | None]:
     status = device.status().camera
     assert status is not None
@@ -124,9 +129,7 @@ async def test_an_http_mjpeg_stream_is_recorded_fails_when_killed_and_recovers(
             assert status.reason in ("source-lost", "source-unavailable", "source-stalled")
             assert status.since is not None and status.detail
             # Retries keep failing while nothing listens (connection refused).
-            await async_wait_until(
-                lambda: (device.status().camera or status).retries >= 2, 10, what="retries"
-            )
+            await async_wait_until(lambda: _retries(device) >= 2, 10, what="retries")
             stored_before = hub.counters.frames_stored
 
             with _mjpeg_server(ffmpeg, port):
@@ -173,11 +176,7 @@ async def test_a_video_file_delivers_frames_at_the_configured_rate(tmp_path: Pat
 async def test_a_missing_file_is_failing_unavailable_and_retried(tmp_path: Path) -> None:
     camera = CameraSettings(source=str(tmp_path / "no-such.mp4"), health=QUICK)
     async with _running(tmp_path, camera, fps=5.0, with_hub=False) as (_, device):
-        await async_wait_until(
-            lambda: (device.status().camera or camera).retries >= 2,  # type: ignore[union-attr]
-            10,
-            what="retries of a missing file",
-        )
+        await async_wait_until(lambda: _retries(device) >= 2, 10, what="retries of a missing file")
         status = device.status().camera
         assert status is not None
         assert (status.state, status.reason, status.kind) == (

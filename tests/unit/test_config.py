@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from roost.config import (
-    CameraSettings,
-    DnsSdSettings,
     BROKER_LOCAL_DEFAULT,
     BrokerLink,
+    CameraSettings,
     DeviceConfig,
+    DnsSdSettings,
     connection_table,
     load_device_config,
     load_hub_config,
@@ -274,5 +274,5 @@ def test_dns_sd_defaults_follow_where_the_node_is(tmp_path: Path) -> None:
 
 def test_dns_sd_interfaces_must_be_ipv4_addresses(tmp_path: Path) -> None:
     bad = {**_NODE, "dns_sd": {"interfaces": ["eth0"]}}
-    with pytest.raises(ConfigError, match="dns_sd.interfaces"):
+    with pytest.raises(ConfigError, match=r"dns_sd\.interfaces"):
         load_device_config(_write(tmp_path, bad, "device.toml"))

@@ -55,6 +55,8 @@ __all__ = [
 log = logging.getLogger("roost.device.camera")
 
 TEST_PATTERN = "test-pattern"
+# How long stop() waits for each decoding thread to notice its stop flag.
+_JOIN_TIMEOUT = 2.0
 # Error texts quoted in the status are cut to this many characters.
 _DETAIL_LIMIT = 200
 
@@ -382,8 +384,8 @@ class AvSource:
             attempt.stop.set()
         for thread in threads:
             # A read blocked in FFmpeg ends within its timeout; the thread is a daemon, so
-            # one that does not cannot keep the process alive.
-            await asyncio.to_thread(thread.join, self.settings.health.stall_timeout)
+            # one still blocked after this short wait cannot keep the process alive.
+            await asyncio.to_thread(thread.join, _JOIN_TIMEOUT)
         self._attempts.clear()
 
     # --------------------------------------------------------------------------- frames
