@@ -155,3 +155,28 @@ def test_hubs_and_a_device_find_each_other_through_dns_sd_alone(tmp_path: Path) 
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def test_roost_discover_on_an_empty_lan_and_on_a_missing_interface(tmp_path: Path) -> None:
+    require_netns()
+    with bridged_hosts(1) as [(ns, ip)]:
+        empty = subprocess.run(
+            _roost(ns, "discover", "--json", "--timeout", "0.5", "--interface", ip),
+            capture_output=True,
+            timeout=scaled(20),
+        )
+        assert (empty.returncode, json.loads(empty.stdout)) == (0, [])
+        text = subprocess.run(
+            _roost(ns, "discover", "--timeout", "0.5", "--interface", ip),
+            capture_output=True,
+            timeout=scaled(20),
+        )
+        assert text.returncode == 0 and b"no hubs answered within 0.5 s" in text.stdout
+        # No interface holds this address in the namespace: one line, "unreachable".
+        missing = subprocess.run(
+            _roost(ns, "discover", "--timeout", "0.5", "--interface", "10.231.78.9"),
+            capture_output=True,
+            timeout=scaled(20),
+        )
+        assert missing.returncode == 8, missing.stderr
+        assert missing.stderr.decode().startswith("roost: mDNS is not available on")

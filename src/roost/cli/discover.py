@@ -14,8 +14,6 @@ import click
 
 from roost.cli.common import echo_json, fail_cleanly
 from roost.dnssd.aio import discover_hubs
-from roost.errors import ConfigError
-from roost.reasons import Reason
 
 __all__ = ["discover"]
 
@@ -25,8 +23,8 @@ def _check_interfaces(interfaces: tuple[str, ...]) -> None:
         try:
             socket.inet_aton(address)
         except OSError as exc:
-            raise ConfigError(
-                f"--interface {address!r} is not an IPv4 address", reason=Reason.BAD_ARGS
+            raise click.BadParameter(
+                f"{address!r} is not an IPv4 address", param_hint="--interface"
             ) from exc
 
 

@@ -43,7 +43,7 @@ from roost.device.manager import (
 from roost.device.sources import CameraSource, TestPatternSource, open_camera_source
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceCountersView, DeviceStatus
-from roost.dnssd.aio import DnsSdNode
+from roost.dnssd.aio import DnsSdNode, start_browsing
 from roost.dnssd.records import HubRecord
 from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
@@ -172,8 +172,7 @@ class DeviceDaemon:
     async def start(self, capture: bool = True) -> None:
         await self.listener.start()
         if self.config.dns_sd.enabled:
-            self.dns_sd = DnsSdNode(self.config.dns_sd.interfaces)
-            self.dns_sd.browse(self._on_dns_sd)
+            self.dns_sd = await start_browsing(self.config.dns_sd.interfaces, self._on_dns_sd)
         if capture and self.config.fps > 0:
             await self.camera.start()
             self._tasks.append(asyncio.create_task(self._capture_loop()))

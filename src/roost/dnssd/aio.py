@@ -30,10 +30,10 @@ from roost.dnssd.records import (
     parse_record,
     txt_properties,
 )
-from roost.errors import RemoteProtocolError
+from roost.errors import RemoteProtocolError, TransportError
 from roost.reasons import Reason, RejectionCounter, log_rejection
 
-__all__ = ["DnsSdNode", "DnsSdSettings", "discover_hubs"]
+__all__ = ["DnsSdNode", "DnsSdSettings", "discover_hubs", "start_browsing"]
 
 log = logging.getLogger("roost.dnssd")
 # How long one resolution of a found instance (SRV, TXT, A) may take.
@@ -155,11 +155,35 @@ class DnsSdNode:
         self._zeroconf = None
 
 
+async def start_browsing(
+    interfaces: Sequence[str], on_change: Callable[[tuple[HubRecord, ...]], None]
+) -> DnsSdNode | None:
+    """A node browsing on ``interfaces``, or None (logged) when mDNS cannot be used here,
+    for example because no such interface exists: DNS-SD is a hint beside announcements
+    and bootstrap hubs, so its absence must not stop a daemon."""
+    node = DnsSdNode(interfaces)
+    try:
+        node.browse(on_change)
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning(
+            "DNS-SD unavailable on %s: %s", list(interfaces) or "the default interface", exc
+        )
+        await node.close()
+        return None
+    return node
+
+
 async def discover_hubs(interfaces: Sequence[str], timeout: float) -> tuple[HubRecord, ...]:
     """Browse for ``timeout`` seconds; every hub found, by identifier (``roost discover``)."""
     node = DnsSdNode(interfaces)
     try:
-        node.browse(lambda records: None)
+        try:
+            node.browse(lambda records: None)
+        except OSError as exc:
+            where = list(interfaces) or "the default interface"
+            raise TransportError(
+                f"mDNS is not available on {where}: {exc}", reason=Reason.TRANSPORT
+            ) from exc
         await asyncio.sleep(timeout)
         return tuple(sorted(node.found.values(), key=lambda r: (r.name, r.identifier)))
     finally:

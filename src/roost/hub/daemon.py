@@ -34,7 +34,7 @@ from roost.channel import (
 from roost.channel.aio import flush_channel
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
-from roost.dnssd.aio import DnsSdNode
+from roost.dnssd.aio import DnsSdNode, start_browsing
 from roost.dnssd.records import HubRecord
 from roost.errors import RefusedError, RoostError, StateError, VerificationError
 from roost.guard.aio import GuardServer
@@ -287,10 +287,15 @@ class HubDaemon:
             api_port=api_port,
             announce_port=self.announcer.local_port,
         )
-        node = DnsSdNode(self.config.dns_sd.interfaces)
+        node = await start_browsing(self.config.dns_sd.interfaces, self._on_dns_sd)
+        if node is None:
+            return
         self.dns_sd = node
-        node.browse(self._on_dns_sd)
-        await node.publish(record)
+        try:
+            await node.publish(record)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # DNS-SD is a convenience beside announcements: the hub runs on without it.
+            log.warning("DNS-SD: publishing failed (%s); announcements still run", exc)
 
     def _on_dns_sd(self, records: tuple[HubRecord, ...]) -> None:
         if self.config.announce.udp.multicast:
