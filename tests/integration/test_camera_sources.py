@@ -25,6 +25,7 @@ from roost.device.spool import FrameSpool
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
 from roost.pki.updater import TrustUpdater, UpdateConfig
+from tests.helpers.net import free_port
 from tests.helpers.tools import require_tool
 from tests.helpers.waits import async_wait_until, scaled
 
@@ -189,3 +190,22 @@ async def test_a_missing_file_is_failing_unavailable_and_retried(tmp_path: Path)
         # The status file carries the same object (what `roost device status` reads).
         device.write_status()
         assert '"source-unavailable"' in device.config.status_file.read_text()
+
+
+async def test_an_rtsp_camera_that_refuses_is_unavailable_and_its_password_is_not_shown(
+    tmp_path: Path,
+) -> None:
+    # Nothing listens on this loopback port: the connection is refused at once.
+    url = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/stream"
+    camera = CameraSettings(source=url, health=QUICK, open_timeout=2.0)
+    async with _running(tmp_path, camera, fps=5.0, with_hub=False) as (_, device):
+        await async_wait_until(
+            lambda: _camera_state(device)[0] == "failing", 10, what="rtsp source failing"
+        )
+        device.write_status()
+        written = device.config.status_file.read_text()
+        status = device.status().camera
+    assert status is not None and status.kind == "rtsp"
+    assert status.reason == "source-unavailable"
+    assert status.source == url.replace("hunter2", "***")
+    assert "hunter2" not in written and "admin:***@" in written

@@ -267,6 +267,7 @@ class SourceHealth:
         self._retry_at = None
         self._stall_at = None
         self._state = SourceState.STOPPED
+        self._reason = None
         self._events.append(HealthChanged(SourceState.STOPPED, None))
 
     # ---------------------------------------------------------------------------- helpers

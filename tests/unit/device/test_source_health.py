@@ -145,7 +145,7 @@ def test_stop_closes_the_open_attempt_and_ends_every_decision() -> None:
         CloseSource(1, "not-running"),
         HealthChanged(SourceState.STOPPED, None),
     ]
-    assert core.get_timer() is None
+    assert core.get_timer() is None and core.view().reason is None
     core.frame_received(1, 101.0)
     core.handle_timer(200.0)
     assert _events(core) == [] and core.state is SourceState.STOPPED
