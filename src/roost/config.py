@@ -33,6 +33,7 @@ __all__ = [
     "DnsSdSettings",
     "HubConfig",
     "broker_limits_table",
+    "camera_table",
     "connection_table",
     "load_broker_config",
     "load_device_config",
@@ -214,6 +215,21 @@ _CONNECTION_KEYS = ("min_dwell", "backoff_initial", "backoff_max", "drain_timeou
 def connection_table() -> dict[str, object]:
     """The ``[connection]`` table of a device config, at its defaults (for `roost init`)."""
     return {key: _field_default(DeviceConfig, key) for key in _CONNECTION_KEYS}
+
+
+def camera_table() -> dict[str, object]:
+    """The ``[camera]`` table of a device config, at its defaults (for `roost init`)."""
+    return {
+        "source": _CAMERA.source,
+        "quality": _CAMERA.quality,
+        "loop": _CAMERA.loop,
+        "rtsp_transport": _CAMERA.rtsp_transport,
+        "open_timeout": _CAMERA.open_timeout,
+        "retry_initial": _SOURCE_HEALTH.retry_initial,
+        "retry_max": _SOURCE_HEALTH.retry_max,
+        "stall_timeout": _SOURCE_HEALTH.stall_timeout,
+        "stable_after": _SOURCE_HEALTH.stable_after,
+    }
 
 
 def redirect_table() -> dict[str, object]:

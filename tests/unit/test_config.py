@@ -13,6 +13,7 @@ from roost.config import (
     CameraSettings,
     DeviceConfig,
     DnsSdSettings,
+    camera_table,
     connection_table,
     load_device_config,
     load_hub_config,
@@ -204,6 +205,11 @@ def test_camera_defaults_to_the_test_pattern_and_old_configs_keep_working(tmp_pa
     assert device.camera.source == "test-pattern"
     # The top-level `source` is still the config file itself, not the camera.
     assert device.source == tmp_path / "device.toml"
+
+
+def test_the_camera_table_roost_init_writes_loads_back_to_the_defaults(tmp_path: Path) -> None:
+    doc = {**_NODE, "camera": camera_table()}
+    assert load_device_config(_write(tmp_path, doc, "device.toml")).camera == CameraSettings()
 
 
 def test_camera_table_keys(tmp_path: Path) -> None:
