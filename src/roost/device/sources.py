@@ -5,7 +5,8 @@ The device's capture loop asks its source for the newest frame at the configured
 new arrived since the last call (a frame is never sent twice). Real sources are decoded by
 FFmpeg through PyAV in a thread of their own, so a slow network or a blocking read never
 stalls the event loop; the thread keeps one frame, the newest (latest frame wins: no queue
-can grow behind a slow consumer), and encodes at most ``fps`` frames a second. Whether the
+can grow behind a slow consumer), and encodes at most 1.25 × ``fps`` frames a second.
+Whether the
 source is opened, retried or given up as stalled is decided by the pure core
 `roost.device.source_health.SourceHealth`; this module performs its decisions with one
 timer (docs/hub-and-device.md, "Camera sources").
@@ -55,6 +56,8 @@ __all__ = [
 log = logging.getLogger("roost.device.camera")
 
 TEST_PATTERN = "test-pattern"
+# The decoding thread encodes up to this many times ``fps`` frames a second.
+_ENCODE_HEADROOM = 1.25
 # How long stop() waits for each decoding thread to notice its stop flag.
 _JOIN_TIMEOUT = 2.0
 # Error texts quoted in the status are cut to this many characters.
@@ -274,9 +277,10 @@ def _frames(container: Any, job: _DecodeJob, stop: threading.Event) -> Iterator[
         try:
             for frame in container.decode(stream):
                 decoded += 1
-                if not job.spec.is_live and frame.pts is not None and frame.time_base:
+                time_base = frame.time_base or stream.time_base
+                if not job.spec.is_live and frame.pts is not None and time_base:
                     # A file plays at its own speed, as a camera would deliver it.
-                    at = float(frame.pts * frame.time_base)
+                    at = float(frame.pts * time_base)
                     first_pts = at if first_pts is None else first_pts
                     delay = started + (at - first_pts) - job.clock.now()
                     if delay > 0 and stop.wait(delay):
@@ -303,8 +307,10 @@ def _encode(frame: Any, job: _DecodeJob) -> bytes:
 
 
 def _decode(job: _DecodeJob, stop: threading.Event) -> None:
-    """The thread's body: open, decode, encode at most ``fps`` a second, report the end."""
-    period = 1.0 / job.fps if job.fps > 0 else 0.0
+    """The thread's body: open, decode, encode what is due, report the end."""
+    # A little faster than the capture loop takes frames, so each of its ticks finds a new
+    # one despite the two clocks drifting; the surplus is overwritten in the slot.
+    period = 1.0 / (job.fps * _ENCODE_HEADROOM) if job.fps > 0 else 0.0
     next_due = 0.0
     try:
         container = _open_container(job)
@@ -313,7 +319,8 @@ def _decode(job: _DecodeJob, stop: threading.Event) -> None:
                 now = job.clock.now()
                 if now < next_due:
                     continue  # decoded faster than it is sent: keep only what is due
-                next_due = max(next_due + period, now - period)
+                # Keep the cadence; after a gap (a slow source) start it again from now.
+                next_due = max(next_due + period, now + period / 2)
                 job.on_frame(job.clock.wall_ms(), _encode(frame, job))
         finally:
             container.close()
