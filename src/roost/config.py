@@ -7,12 +7,16 @@ naming the file and the key (reason ``missing`` when the file itself is absent).
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from roost.device.source_health import SourceHealthConfig
+from roost.device.sources import CameraSettings, SourceKind, parse_source
+from roost.dnssd.aio import DnsSdSettings
 from roost.errors import ConfigError
 from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
@@ -24,10 +28,13 @@ __all__ = [
     "AnnounceSettings",
     "BrokerConfig",
     "BrokerLink",
+    "CameraSettings",
     "DashboardSettings",
     "DeviceConfig",
+    "DnsSdSettings",
     "HubConfig",
     "broker_limits_table",
+    "camera_table",
     "connection_table",
     "load_broker_config",
     "load_device_config",
@@ -43,6 +50,8 @@ _ANNOUNCE = AnnounceConfig()
 _UDP = UdpConfig()
 _REDIRECT = RedirectConfig()
 _BROKER = BrokerCoreConfig()
+_CAMERA = CameraSettings()
+_SOURCE_HEALTH = SourceHealthConfig()
 # Section 5: the broker's UDP port (STUN's 3478) and its TLS port.
 BROKER_UDP_PORT = 3478
 BROKER_TLS_PORT = 7443
@@ -173,6 +182,8 @@ class HubConfig:
     remote: tuple[str, int] | None = None
     # The agent's link to a broker (``[broker]``); None: the hub is not reachable that way.
     broker: BrokerLink | None = None
+    # DNS-SD (``[dns_sd]``): publish this hub as ``_roost._tcp`` and browse for others.
+    dns_sd: DnsSdSettings = field(default_factory=DnsSdSettings)
     source: Path | None = None
     # The home's web app (``[dashboard]``); None: no dashboard on this hub.
     dashboard: DashboardSettings | None = None
@@ -214,6 +225,10 @@ class DeviceConfig:
     backoff_max: float = 5.0
     drain_timeout: float = 2.0
     hubs: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    # Where frames come from (``[camera]``); ``source`` below is the config file itself.
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    # DNS-SD (``[dns_sd]``): browse for hubs, as candidates besides announcements.
+    dns_sd: DnsSdSettings = field(default_factory=DnsSdSettings)
     source: Path | None = None
     # Refused redirects and failed connections are logged at most once per hub host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
@@ -242,6 +257,21 @@ _CONNECTION_KEYS = ("min_dwell", "backoff_initial", "backoff_max", "drain_timeou
 def connection_table() -> dict[str, object]:
     """The ``[connection]`` table of a device config, at its defaults (for `roost init`)."""
     return {key: _field_default(DeviceConfig, key) for key in _CONNECTION_KEYS}
+
+
+def camera_table() -> dict[str, object]:
+    """The ``[camera]`` table of a device config, at its defaults (for `roost init`)."""
+    return {
+        "source": _CAMERA.source,
+        "quality": _CAMERA.quality,
+        "loop": _CAMERA.loop,
+        "rtsp_transport": _CAMERA.rtsp_transport,
+        "open_timeout": _CAMERA.open_timeout,
+        "retry_initial": _SOURCE_HEALTH.retry_initial,
+        "retry_max": _SOURCE_HEALTH.retry_max,
+        "stall_timeout": _SOURCE_HEALTH.stall_timeout,
+        "stable_after": _SOURCE_HEALTH.stable_after,
+    }
 
 
 def redirect_table() -> dict[str, object]:
@@ -388,10 +418,74 @@ def _announce(doc: _Table) -> AnnounceSettings:
     return settings
 
 
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _dns_sd(doc: _Table, default_on: bool, interfaces: Sequence[str]) -> DnsSdSettings:
+    """The ``[dns_sd]`` table; left out, DNS-SD is on where the node has a LAN to use."""
+    section = doc.table("dns_sd")
+    enabled = section.boolean("enabled", default_on)
+    chosen = section.strings("interfaces", tuple(interfaces))
+    for address in chosen:
+        try:
+            socket.inet_aton(address)
+        except OSError as exc:
+            raise section.error("interfaces", f"holds {address!r}, not an IPv4 address") from exc
+    return DnsSdSettings(enabled=enabled, interfaces=chosen)
+
+
+def _hub_dns_sd(
+    doc: _Table, advertise: tuple[str, int], announce: AnnounceSettings
+) -> DnsSdSettings:
+    # A hub announcing a loopback address is reachable from this machine only: a LAN has
+    # nothing to learn from it. Otherwise it publishes on its announce interfaces, or on
+    # the interface of the address it announces.
+    host = advertise[0]
+    interfaces = announce.udp.interfaces or ((host,) if host not in ("0.0.0.0", "") else ())
+    return _dns_sd(doc, not _is_loopback(host), interfaces)
+
+
+def _camera(doc: _Table, width: int, height: int) -> CameraSettings:
+    """The ``[camera]`` table; a relative file path is relative to the config file."""
+    section = doc.table("camera")
+    text = section.string("source", _CAMERA.source)
+    spec = parse_source(text)
+    if spec.kind is SourceKind.FILE:
+        if not text:
+            raise section.error("source", "must name a source")
+        text = str(section.path("source"))
+    if spec.kind is SourceKind.TEST_PATTERN and (width < 16 or height < 16):
+        raise doc.error("width", "and height must be at least 16 for the test pattern")
+    transport = section.string("rtsp_transport", _CAMERA.rtsp_transport)
+    if transport not in ("tcp", "udp"):
+        raise section.error("rtsp_transport", 'must be "tcp" or "udp"')
+    try:
+        health = SourceHealthConfig(
+            retry_initial=section.number("retry_initial", _SOURCE_HEALTH.retry_initial),
+            retry_max=section.number("retry_max", _SOURCE_HEALTH.retry_max),
+            stall_timeout=section.number("stall_timeout", _SOURCE_HEALTH.stall_timeout),
+            stable_after=section.number("stable_after", _SOURCE_HEALTH.stable_after),
+        )
+    except ConfigError as exc:
+        raise section.invalid(f"is invalid: {exc}") from exc
+    return CameraSettings(
+        source=text,
+        quality=section.integer("quality", _CAMERA.quality, minimum=1, maximum=95),
+        loop=section.boolean("loop", _CAMERA.loop),
+        input_format=section.string("format", _CAMERA.input_format),
+        rtsp_transport=transport,
+        open_timeout=section.number("open_timeout", _CAMERA.open_timeout),
+        health=health,
+    )
+
+
 def load_hub_config(path: Path) -> HubConfig:
     """Read a hub's TOML config; a :class:`ConfigError` names the file and the key."""
     doc = _read(path)
     listen = doc.hostport("listen")
+    advertise = doc.hostport("advertise") if doc.has("advertise") else listen
+    announce = _announce(doc)
     redirect = doc.table("redirect")
     batch = redirect.integer("batch_size", _REDIRECT.batch_size, minimum=1)
     spacing = redirect.number("spacing", _REDIRECT.batch_spacing)
@@ -401,16 +495,17 @@ def load_hub_config(path: Path) -> HubConfig:
         cert=doc.path("cert"),
         key=doc.path("key"),
         listen=listen,
-        advertise=doc.hostport("advertise") if doc.has("advertise") else listen,
+        advertise=advertise,
         api=doc.hostport("api", "127.0.0.1:8080"),
         features=doc.strings("features", ("hcsp",)),
         max_devices=doc.integer("max_devices", 16),
         retention_bytes=int(doc.number("retention_mb", 1024) * 1024 * 1024),
-        announce=_announce(doc),
+        announce=announce,
         redirect_batch=batch,
         redirect_spacing=spacing,
         remote=doc.hostport("remote") if doc.has("remote") else None,
         broker=_broker_link(doc),
+        dns_sd=_hub_dns_sd(doc, advertise, announce),
         source=path,
         dashboard=_dashboard(doc),
         api_token_file=doc.path("api_token_file") if doc.has("api_token_file") else None,
@@ -422,22 +517,32 @@ def load_device_config(path: Path) -> DeviceConfig:
     doc = _read(path)
     conn = doc.table("connection")
     timers = {key: conn.number(key, _field_default(DeviceConfig, key)) for key in _CONNECTION_KEYS}
+    width = doc.integer("width", 320, minimum=1)
+    height = doc.integer("height", 240, minimum=1)
+    announce = _announce(doc)
+    hubs = doc.hostports("hubs")
+    # Browsing is on by default where a bootstrap list is not given and the device
+    # listens for multicast announcements: it is on a LAN, and DNS-SD may reach hubs whose
+    # announcements do not arrive. A loopback home (unicast peers) does not browse.
+    browse = not hubs and announce.udp.multicast
     return DeviceConfig(
         name=doc.string("name", path.stem),
         state_dir=doc.path("state_dir"),
         cert=doc.path("cert"),
         key=doc.path("key"),
         fps=doc.number("fps", 5.0),
-        width=doc.integer("width", 320, minimum=1),
-        height=doc.integer("height", 240, minimum=1),
+        width=width,
+        height=height,
         max_buffer_frames=doc.integer("max_buffer_frames", 10_000, minimum=1),
         max_buffer_bytes=int(doc.number("max_buffer_mb", 256) * 1024 * 1024),
-        announce=_announce(doc),
+        announce=announce,
         min_dwell=timers["min_dwell"],
         backoff_initial=timers["backoff_initial"],
         backoff_max=timers["backoff_max"],
         drain_timeout=timers["drain_timeout"],
-        hubs=doc.hostports("hubs"),
+        hubs=hubs,
+        camera=_camera(doc, width, height),
+        dns_sd=_dns_sd(doc, browse, announce.udp.interfaces),
         source=path,
     )
 

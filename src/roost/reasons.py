@@ -200,6 +200,12 @@ class Reason(enum.StrEnum):
     IDLE_TIMEOUT = "idle-timeout"
     NOT_BROKER = "not-broker"
     NO_CAMERA = "no-camera"
+    # Camera sources and hub discovery (roost.device.sources, roost.dnssd).
+    SOURCE_UNAVAILABLE = "source-unavailable"
+    SOURCE_LOST = "source-lost"
+    SOURCE_UNDECODABLE = "source-undecodable"
+    SOURCE_STALLED = "source-stalled"
+    BAD_SERVICE_RECORD = "bad-service-record"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -384,6 +390,11 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.IDLE_TIMEOUT: "a broker connection silent past its idle limit",
     Reason.NOT_BROKER: "a peer that should be the broker presented another role",
     Reason.NO_CAMERA: "the hub has no connected camera to watch",
+    Reason.SOURCE_UNAVAILABLE: "a camera source could not be opened (no file, refused, no device)",
+    Reason.SOURCE_LOST: "a camera stream that was delivering broke or ended",
+    Reason.SOURCE_UNDECODABLE: "a camera source sent data that does not decode as video",
+    Reason.SOURCE_STALLED: "a camera source delivered no frame within its stall timeout",
+    Reason.BAD_SERVICE_RECORD: "a DNS-SD hub record with a missing or malformed field, ignored",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",

@@ -59,6 +59,8 @@ CORE_MODULES = (
     "roost.channel.hub",
     "roost.channel.device",
     "roost.device.manager",
+    "roost.device.source_health",
+    "roost.dnssd.records",
     "roost.guard.calls",
     "roost.rendezvous.messages",
     "roost.rendezvous.control",

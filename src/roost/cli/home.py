@@ -13,6 +13,7 @@ from roost.config import (
     BROKER_TLS_PORT,
     BROKER_UDP_PORT,
     broker_limits_table,
+    camera_table,
     connection_table,
     redirect_table,
     to_toml,
@@ -138,6 +139,8 @@ def make_home(
             "max_buffer_mb": 256,
             "announce": announce(hubs + j),
             "connection": connection_table(),
+            # Where frames come from: the test pattern, a file, an RTSP/HTTP URL, /dev/videoN.
+            "camera": camera_table(),
         }
         comment = f"Roost camera {name} ({identifier}). Run: roost device run --config {name}.toml"
         (home / f"{name}.toml").write_text(to_toml(config, comment))

@@ -173,6 +173,7 @@ def hub_run(config_file: Path, verbose: bool) -> None:
             await agent.start()
             agents.append(agent)
             daemon.broker_status = agent.status
+        await daemon.start_dns_sd(api_port=runners[0].bound_port)
         # Every listener may be configured with port 0: report the ports really bound,
         # on stdout and in run.json, once all of them are (docs/testing.md).
         state = HubRunState(
@@ -337,3 +338,9 @@ def device_status(config_file: Path, as_json: bool) -> None:
         return
     for key in ("name", "id", "state", "hub", "last_acked_seq", "buffered", "dropped", "age_s"):
         click.echo(f"{key:>15}: {doc.get(key)}")
+    camera = doc.get("camera")
+    if isinstance(camera, dict):
+        state = camera.get("state")
+        if state == "failing":
+            state = f"failing: {camera.get('reason')} ({camera.get('detail')})"
+        click.echo(f"{'camera':>15}: {camera.get('source')} {state}")

@@ -34,13 +34,15 @@ from roost.channel import (
 from roost.channel.aio import flush_channel
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
+from roost.dnssd.aio import DnsSdNode, start_browsing
+from roost.dnssd.records import HubRecord
 from roost.errors import RefusedError, RoostError, StateError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import FrameMessage
 from roost.hcsp.core import AnnounceCore, OwnHub
 from roost.hcsp.documents import Endpoint, HubAddress
-from roost.hcsp.events import HcspEvent, HubDown, HubUpdated, LiveHub, WinnerChanged
+from roost.hcsp.events import HcspEvent, HubDown, HubUp, HubUpdated, LiveHub, WinnerChanged
 from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
 from roost.hub.recorder import IncomingFrame, Recorder
 from roost.hub.status import (
@@ -63,6 +65,10 @@ log = logging.getLogger("roost.hub")
 # test; the daemon does not import the dashboard).
 _PEER_ALPN = "roost-web/1"
 _READ_CHUNK = 256 * 1024
+# A hub DNS-SD found but whose announcements are not (or no longer) verified is sent ours
+# for this many seconds out of every _DNS_SD_RETRIAL (docs/hub-and-device.md).
+_DNS_SD_TRIAL = 10.0
+_DNS_SD_RETRIAL = 60.0
 
 # What builds the announcement transport around the daemon's announce core; the default
 # runs it on the config's UDP sockets, a test may hand in its own.
@@ -185,6 +191,11 @@ class HubDaemon:
         self.peer_web: (
             Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None
         ) = None
+        # DNS-SD publication and browsing (``[dns_sd]``), once start_dns_sd() ran.
+        self.dns_sd: DnsSdNode | None = None
+        # Found hubs sent unicast announcements: identifier -> (record, first seen).
+        self._dns_sd_peers: dict[str, tuple[HubRecord, float]] = {}
+        self._dns_sd_timer: CoreTimer | None = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -271,8 +282,88 @@ class HubDaemon:
         """The port the device listener is bound to (the real one when configured as 0)."""
         return self.bound_address[1]
 
+    async def start_dns_sd(self, api_port: int | None = None) -> None:
+        """Publish this hub as ``_roost._tcp`` and browse for the others, when the config
+        enables DNS-SD (docs/hub-and-device.md, "Finding hubs with DNS-SD").
+
+        Called once every listener is bound, so the record names the bound ports. A hub
+        without multicast announcements also sends them unicast to the hubs it finds, so
+        hubs on a network that drops the announce group still elect (section 3).
+        """
+        if not self.config.dns_sd.enabled or self.dns_sd is not None:
+            return
+        record = HubRecord(
+            identifier=self.identifier,
+            name=self.config.name,
+            host=self.advertised.host,
+            port=self.advertised.port,
+            features=tuple(self.config.features),
+            max_devices=self.config.max_devices,
+            api_port=api_port,
+            announce_port=self.announcer.local_port,
+        )
+        node = await start_browsing(self.config.dns_sd.interfaces, self._on_dns_sd)
+        if node is None:
+            return
+        self.dns_sd = node
+        try:
+            await node.publish(record)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # DNS-SD is a convenience beside announcements: the hub runs on without it.
+            log.warning("DNS-SD: publishing failed (%s); announcements still run", exc)
+
+    def _on_dns_sd(self, records: tuple[HubRecord, ...]) -> None:
+        """Found hubs become unicast announce peers when multicast is off."""
+        if self.config.announce.udp.multicast:
+            return
+        now = _loop_now()
+        found = {}
+        for record in records:
+            if record.identifier == self.identifier or not record.announce_port:
+                continue
+            known = self._dns_sd_peers.get(record.identifier)
+            # A changed record (a restarted hub) starts a fresh trial.
+            found[record.identifier] = (
+                known if known is not None and known[0] == record else (record, now)
+            )
+        self._dns_sd_peers = found
+        self._refresh_dns_sd_peers()
+
+    def _refresh_dns_sd_peers(self) -> None:
+        """Send announcements to a found hub while it is verified live, and otherwise only
+        during a trial window (``_DNS_SD_TRIAL`` s every ``_DNS_SD_RETRIAL`` s).
+
+        A record is unverified: one naming a host that is not a hub must not buy a stream
+        of datagrams to it, so an address that never answers with a verified announcement
+        gets at most a sixth of the announcement rate.
+        """
+        if not self._dns_sd_peers:
+            if self._announcer is not None:
+                self._announcer.set_discovered_peers(())
+            return
+        now = _loop_now()
+        live = {hub.identifier for hub in self.core.live_hubs(now)}
+        peers, next_change = [], None
+        for identifier, (record, first_seen) in self._dns_sd_peers.items():
+            into_cycle = (now - first_seen) % _DNS_SD_RETRIAL
+            trying = into_cycle < _DNS_SD_TRIAL
+            if identifier in live or trying:
+                peers.append((record.host, record.announce_port or 0))
+            boundary = now + (
+                _DNS_SD_TRIAL - into_cycle if trying else _DNS_SD_RETRIAL - into_cycle
+            )
+            next_change = boundary if next_change is None else min(next_change, boundary)
+        self.announcer.set_discovered_peers(peers)
+        if self._dns_sd_timer is None:
+            self._dns_sd_timer = CoreTimer(asyncio.get_running_loop(), self._refresh_dns_sd_peers)
+        self._dns_sd_timer.arm(next_change)
+
     async def stop(self) -> None:
         """Stop announcing, close every channel and the listener."""
+        if self._dns_sd_timer is not None:
+            self._dns_sd_timer.cancel()
+        if self.dns_sd is not None:
+            await self.dns_sd.close()
         if self._announcer is not None:
             self._announcer.close()
         if self._redirect_timer is not None:
@@ -466,6 +557,9 @@ class HubDaemon:
 
     def _on_event(self, event: HcspEvent) -> None:
         now = _loop_now()
+        if isinstance(event, HubUp | HubDown) and event.hub.identifier in self._dns_sd_peers:
+            # A found hub proved itself, or went silent: its trial window applies again.
+            self._refresh_dns_sd_peers()
         if isinstance(event, WinnerChanged):
             # S110–S180: the verified subscribe was compared; act on the outcome.
             self._replan(event.winner, now)
@@ -544,6 +638,11 @@ class HubDaemon:
             remote=self._remote_status(),
             uptime_s=round(time.monotonic() - self._started, 1),
             broker=self.broker_status() if self.broker_status is not None else None,
+            dns_sd=None
+            if self.dns_sd is None
+            else tuple(
+                r.to_json() for r in self.dns_sd.found.values() if r.identifier != self.identifier
+            ),
         )
 
     def _remote_status(self) -> RemoteStatus | None:

@@ -262,6 +262,9 @@ class HubStatus:
     uptime_s: float
     # None when the hub's config has no [broker] table.
     broker: BrokerAgentStatus | None = None
+    # The hubs DNS-SD found (unverified hints, `roost.dnssd.records.HubRecord.to_json`);
+    # None when DNS-SD is off.
+    dns_sd: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def is_winner(self) -> bool:
@@ -284,6 +287,7 @@ class HubStatus:
             "remote": self.remote.to_json() if self.remote is not None else None,
             "uptime_s": self.uptime_s,
             "broker": self.broker.to_json() if self.broker is not None else None,
+            "dns_sd": [dict(hub) for hub in self.dns_sd] if self.dns_sd is not None else None,
         }
 
     @classmethod
@@ -311,4 +315,7 @@ class HubStatus:
             broker=None
             if broker is None
             else BrokerAgentStatus.from_json(read_object(doc, "broker")),
+            dns_sd=None
+            if doc.get("dns_sd") is None
+            else tuple(dict(hub) for hub in read_objects(doc, "dns_sd")),
         )

@@ -38,7 +38,7 @@ def _status(**changes: object) -> HubStatus:
         hubs=(_entry(ME, 1),),
         trust=TrustSummary(1, None, "2026-01-01T00:00:00+00:00"),
         counters=_counters(),
-        remote=RemoteStatus(0, 0, 0, 0, 0, 0, 0, 0, 0, {}),
+        remote=RemoteStatus(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {}),
         uptime_s=1.0,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
@@ -122,7 +122,7 @@ def test_trust_generations_and_fetches_are_events() -> None:
 
 
 def test_remote_logins_are_events() -> None:
-    after = _status(remote=RemoteStatus(0, 2, 0, 0, 1, 1, 0, 0, 0, {"bad-proof": 1}))
+    after = _status(remote=RemoteStatus(0, 2, 0, 0, 1, 0, 1, 0, 0, 0, {"bad-proof": 1}))
     events = status_events(_status(), after, 1)
     assert _kinds(events) == [EventKind.REMOTE_LOGIN, EventKind.REMOTE_LOGIN_FAILED]
     assert events[1].reason == "bad-proof"

@@ -32,6 +32,7 @@ STATUS_KEYS = [
     "remote",
     "uptime_s",
     "broker",
+    "dns_sd",
 ]
 HUB_KEYS = ["id", "endpoint", "features", "connected", "max", "rank", "self", "last_seen_s_ago"]
 COUNTER_KEYS = [
@@ -133,7 +134,9 @@ def _example() -> dict[str, Any]:
 
 
 # ``remote`` and ``broker`` are optional: a missing one reads as None (a hub without it).
-@pytest.mark.parametrize("key", [key for key in STATUS_KEYS if key not in ("remote", "broker")])
+@pytest.mark.parametrize(
+    "key", [key for key in STATUS_KEYS if key not in ("remote", "broker", "dns_sd")]
+)
 def test_a_missing_key_is_malformed(key: str) -> None:
     doc = _example()
     del doc[key]
