@@ -452,13 +452,6 @@ class Authority:
         missed roll at the time it was due, can still make N+1.
         """
         newest = self.settings.record(self.settings.newest)
-        start = dt.datetime.fromisoformat(newest.not_before)
-        if at < start:
-            raise StateError(
-                f"generation {newest.generation} starts at {_when(start)};"
-                f" a roll at {_when(at)} would go back in time",
-                reason="bad-args",
-            )
         if at >= newest.not_after_time:
             raise StateError(
                 f"CA generation {newest.generation} expired at {_when(newest.not_after_time)},"
@@ -467,6 +460,7 @@ class Authority:
                 " missed generations at the times they were due",
                 reason="ca-expired",
             )
+        self.check_issue(Role.DOWNLOAD, at, newest.generation)
         if at + self.settings.validity_years * _YEAR > _LAST_TIME:
             raise StateError(
                 f"a CA made at {_when(at)} would outlive the year 9999", reason="bad-args"
