@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -34,6 +35,7 @@ BUILD_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 MAX_CATCH_UP = 16
 # Retired generations kept for download-server TLS only.
 MAX_RETIRED = 16
+_ISSUER_GENERATION = re.compile(r"Roost CA generation ([0-9]{1,9})\b")
 
 
 class Slot(enum.Enum):
@@ -54,6 +56,9 @@ class TrustState:
     # CA information it serves carries its own authenticity (section 2). Generations a
     # successor revoked are never kept here.
     retired: tuple[bytes, ...] = ()
+    # Generations whose CA information carried REVOKES_PREVIOUS, as this holder accepted
+    # them: what lets `explain` say which generation revoked a certificate's issuer.
+    revocations: tuple[int, ...] = ()
 
     @classmethod
     def provision(cls, first: CAInfo, build_time: dt.datetime = BUILD_TIME) -> TrustState:
@@ -97,16 +102,21 @@ class TrustState:
             older = [self.current] if self.prepared is not None else []
             compromised = self.newest.body.ca_cert_der
             retired = tuple(d for d in self._retire(*older) if d != compromised)
-            return TrustState(candidate, None, floor, retired)
+            revocations = (*self.revocations, candidate.generation)
+            return TrustState(candidate, None, floor, retired, revocations)
         if self.prepared is None:
-            return TrustState(self.current, candidate, floor, self.retired)
-        return TrustState(self.prepared, candidate, floor, self._retire(self.current))
+            return TrustState(self.current, candidate, floor, self.retired, self.revocations)
+        return TrustState(
+            self.prepared, candidate, floor, self._retire(self.current), self.revocations
+        )
 
     def promote(self) -> TrustState:
         """Prepared becomes current (a server verified under prepared only; claims 4–6)."""
         if self.prepared is None:
             raise StateError("nothing prepared to promote", reason="no-prepared")
-        return TrustState(self.prepared, None, self.time_floor, self._retire(self.current))
+        return TrustState(
+            self.prepared, None, self.time_floor, self._retire(self.current), self.revocations
+        )
 
     def verify_node(
         self, leaf: x509.Certificate, expected_identifier: str | None = None
@@ -127,7 +137,49 @@ class TrustState:
                 continue
             state = self.promote() if slot is Slot.PREPARED else self
             return node, slot, state._raise_floor(leaf.not_valid_before_utc)
-        raise _first_meaningful(errors)
+        error = _first_meaningful(errors)
+        if error.reason == "chain":
+            explained = self.explain(leaf)
+            if explained is not None:
+                raise explained from error
+        raise error
+
+    def explain(self, leaf: x509.Certificate) -> VerificationError | None:
+        """Why `leaf` cannot verify here, in words, when its issuer's generation says it.
+
+        The generation is read from the issuer name Roost gives every CA ("Roost CA
+        generation N", roost.pki.certs): an unauthenticated hint, used only to word the
+        refusal, never to accept anything.
+        """
+        match = _ISSUER_GENERATION.search(leaf.issuer.rfc4514_string())
+        if match is None:
+            return None
+        issuer = int(match.group(1))
+        known = [info.generation for _, info in self._slots()]
+        if issuer in known:
+            return None  # Its own CA: the chain error (expired, forged) is the right one.
+        revoker = min((r for r in self.revocations if r > issuer), default=None)
+        if revoker is not None:
+            what = "revoked" if issuer == revoker - 1 else "dropped when it revoked its predecessor"
+            return VerificationError(
+                f"the certificate was issued by generation {issuer}, which generation"
+                f" {revoker} {what} (REVOKES_PREVIOUS); get a new certificate from the"
+                f" active generation",
+                reason="revoked",
+            )
+        if issuer > max(known):
+            return VerificationError(
+                f"the certificate was issued by generation {issuer}, which this trust store"
+                f" does not hold yet (it holds {', '.join(map(str, known))}); run"
+                " `roost trust update` or check the download server",
+                reason="not-yet-known",
+            )
+        return VerificationError(
+            f"the certificate was issued by generation {issuer}, which this trust store has"
+            f" moved past (it holds {', '.join(map(str, known))}); the node needs a"
+            " certificate from a newer generation",
+            reason="retired",
+        )
 
     def _slots(self) -> list[tuple[Slot, CAInfo]]:
         slots = [(Slot.CURRENT, self.current)]
