@@ -230,7 +230,10 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
 @click.option("--generation", type=int, default=None, help="Whose download certificate to use.")
 @fail_cleanly
 def serve(directory: Path, listen: str, generation: int | None) -> None:
-    """HTTPS download server publishing every prepared generation."""
+    """HTTPS download server publishing every prepared generation (one log line a request)."""
+    from roost.cli.run import configure_logging
+
+    configure_logging(verbose=True)
     authority = Authority.load(directory)
     host, port = _split_listen(listen)
     try:

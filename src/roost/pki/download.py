@@ -8,7 +8,9 @@ and `roost ca roll` take effect without a restart.
 
 from __future__ import annotations
 
+import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -17,7 +19,11 @@ from roost.pki.authority import Authority
 from roost.pki.cainfo import MEDIA_TYPE
 from roost.pki.tls import server_context
 
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 __all__ = ["MEDIA_TYPE", "DownloadServer", "download_tls_context"]
+
+_log = logging.getLogger("roost.pki.download")
 
 
 def download_tls_context(authority: Authority, generation: int | None = None) -> ssl.SSLContext:
@@ -43,10 +49,28 @@ class DownloadServer:
     authority: Authority
 
     def __post_init__(self) -> None:
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._log_request])
         self.app.router.add_get("/{tail:.*}", self._serve)
         self.served = 0
         self.not_found = 0
+
+    @web.middleware
+    async def _log_request(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """One log line per request: peer, method, path, status and what was served."""
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            _log.info("%s %s %s -> %d", request.remote, request.method, request.path, exc.status)
+            raise
+        _log.info(
+            "%s %s %s -> %d (%s bytes)",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.content_length,
+        )
+        return response
 
     async def _serve(self, request: web.Request) -> web.Response:
         authority = Authority.load(self.authority.directory)
