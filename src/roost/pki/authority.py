@@ -477,6 +477,8 @@ class Authority:
         generation = generation or self.settings.active
         record = self.settings.record(generation)
         start = dt.datetime.fromisoformat(record.not_before)
+        if at > _LAST_TIME - dt.timedelta(days=self.settings.leaf_validity_days):
+            raise StateError(f"{_when(at)} is too close to the year 9999", reason="bad-args")
         if at >= record.not_after_time:
             raise StateError(
                 f"CA generation {generation} expired at {_when(record.not_after_time)};"

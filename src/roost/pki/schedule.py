@@ -155,7 +155,7 @@ def catch_up(
                 )
             # Made late, it was never served while CA N was valid: it stays published for
             # one lead time from now, so devices still holding N can fetch it.
-            until = at + lead if step.due < at else None
+            until = min(at, _LAST_TIME - lead) + lead if step.due < at else None
             table.append(GenerationTimes(step.generation, step.due + validity, True, until))
         elif step.action is Action.ACTIVATE:
             active = step.generation

@@ -160,11 +160,12 @@ class TrustState:
             return None  # Its own CA: the chain error (expired, forged) is the right one.
         revoker = min((r for r in self.revocations if r > issuer), default=None)
         if revoker is not None:
-            what = "revoked" if issuer == revoker - 1 else "dropped when it revoked its predecessor"
+            # A revoking generation R drops R-1 (compromised) and everything before it.
+            along = "" if issuer == revoker - 1 else f" along with generation {revoker - 1}"
             return VerificationError(
                 f"the certificate was issued by generation {issuer}, which generation"
-                f" {revoker} {what} (REVOKES_PREVIOUS); get a new certificate from the"
-                f" active generation",
+                f" {revoker} revoked{along} (REVOKES_PREVIOUS); the node needs a new"
+                " certificate from the active generation",
                 reason="revoked",
             )
         if issuer > max(known):
