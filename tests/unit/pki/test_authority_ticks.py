@@ -61,9 +61,14 @@ def assert_usable(authority: Authority, at: dt.datetime) -> None:
 
 
 def tick_dates(seed: int) -> list[dt.datetime]:
-    """20 increasing dates over 40 years: some ticks close together, some gaps of decades."""
+    """20 increasing dates over 40 years with missed steps: ticks close together in the
+    first years, then a gap past generation 1's prepare and expiry (years 15 and 20), a few
+    ticks, then a gap of over a decade to the end."""
     rng = random.Random(seed)
-    days = sorted(rng.sample(range(1, 40 * 365), 18)) + [1, 40 * 365 - 1]
+    segments = [(0, 3, 8), (23, 27, 6), (27, 29, 4), (39, 40, 2)]
+    days: list[int] = []
+    for start, end, count in segments:
+        days += rng.sample(range(start * 365 + 1, end * 365), count)
     return [T0 + dt.timedelta(days=d, hours=rng.randrange(24)) for d in sorted(days)]
 
 
