@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from roost.cli.exitcodes import ExitCode
+from roost.cli.home import free_loopback_ports
 from roost.pki.authority import Authority
 from roost.pki.cainfo import decode_cainfo
 from roost.pki.trust import TrustState
@@ -268,3 +269,41 @@ def test_status_commands_human_and_json(authority: Path, tmp_path: Path) -> None
     assert "owner" in roost("user", "list", str(home / "hub-1")).stdout
     ca_human = roost("ca", "status", str(authority)).stdout
     assert "prepare generation 2" in ca_human and "ago" in ca_human
+
+
+def test_a_fresh_home_download_server_serves_not_published_and_logs_requests(
+    tmp_path: Path,
+) -> None:
+    (port,) = free_loopback_ports(1)
+    ca, dev = tmp_path / "ca", tmp_path / "dev"
+    assert (
+        roost("ca", "init", str(ca), "--publish-url", f"https://127.0.0.1:{port}/ca/").returncode
+        == 0
+    )
+    assert (
+        roost("trust", "init", str(dev), "--ca-info", str(ca / "gen-1" / "ca-info.bin")).returncode
+        == 0
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "roost", "ca", "serve", str(ca), "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        assert "serving" in server.stdout.readline()
+        # Nothing is published yet: "not published" (3), not a failure to connect (1).
+        assert roost("trust", "update", str(dev)).returncode == ExitCode.NOT_PUBLISHED
+        assert roost("ca", "roll", str(ca)).returncode == 0
+        # The server re-reads the table: generation 2 is served under the same certificate.
+        stored = roost("trust", "update", str(dev))
+        assert stored.returncode == 0, stored.stderr
+        assert json.loads(stored.stdout)["prepared"] == 2
+    finally:
+        server.terminate()
+        _, log = server.communicate(timeout=20)
+    requests = [line for line in log.splitlines() if "roost.pki.download" in line]
+    assert any("/ca/2.rcai -> 404" in line for line in requests), log
+    assert any("/ca/2.rcai -> 200" in line for line in requests), log
+    assert "Traceback" not in log

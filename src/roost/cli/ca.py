@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 from aiohttp import web
 
-from roost.cli.common import RoostGroup, at_option, echo_json, fail_cleanly, parse_at
+from roost.cli.common import (
+    RoostGroup,
+    at_option,
+    echo_json,
+    fail_cleanly,
+    now_utc,
+    parse_at,
+)
 from roost.cli.human import absolute, fingerprint, print_fields, print_table, relative
 from roost.errors import StateError
 from roost.files import atomic_write
@@ -212,7 +219,9 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
     server = DownloadServer(authority)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=download_tls_context(authority, generation))
+    site = web.TCPSite(
+        runner, host, port, ssl_context=download_tls_context(authority, generation, now_utc())
+    )
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     echo_json(

@@ -8,6 +8,7 @@ and `roost ca roll` take effect without a restart.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,9 @@ __all__ = ["MEDIA_TYPE", "DownloadServer", "download_tls_context"]
 _log = logging.getLogger("roost.pki.download")
 
 
-def download_tls_context(authority: Authority, generation: int | None = None) -> ssl.SSLContext:
+def download_tls_context(
+    authority: Authority, generation: int | None = None, at: dt.datetime | None = None
+) -> ssl.SSLContext:
     """TLS with the download certificate of `generation` (issued by CA generation - 1).
 
     By default the oldest published generation's certificate is used: it is issued by the
@@ -36,7 +39,10 @@ def download_tls_context(authority: Authority, generation: int | None = None) ->
     published = authority.published_generations()
     if generation is None:
         if not published:
-            raise ValueError("no generation is published yet (run `roost ca roll` first)")
+            if at is None:
+                raise ValueError("no generation is published yet (run `roost ca roll` first)")
+            # A fresh home: answer "not published yet" under the active CA's certificate.
+            return server_context(*authority.idle_download_credentials(at))
         generation = min(published)
     cert, key = authority.download_credentials(generation)
     return server_context(cert, key)
