@@ -98,7 +98,9 @@ async def _first_camera(client: GuardClient) -> str:
     default=None,
     help="Read the asked codes from a card file instead of prompting.",
 )
-@click.option("--camera", default=None, help="Device to watch, by name or id (default: the first connected).")
+@click.option(
+    "--camera", default=None, help="Device to watch, by name or id (default: the first connected)."
+)
 @click.option("--frames", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option(
     "--out",

@@ -409,35 +409,14 @@ class Authority:
             if entry.name.startswith(_STAGING_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry)
 
-    def idle_download_credentials(self, at: dt.datetime) -> tuple[Path, Path]:
-        """Credentials for a download server with nothing published yet (a fresh home).
-
-        It serves only 404s ("not published yet", section 2), but devices poll it and must
-        be able to authenticate it, so its certificate comes from the active CA, which
-        every holder trusts. Made once per active generation and kept beside it as
-        ``idle-download-cert.pem``/``idle-download-key.pem`` (indexed like every other).
-        """
-        gen_dir = self._gen_dir(self.settings.active)
-        cert_file, key_file = gen_dir / "idle-download-cert.pem", gen_dir / "idle-download-key.pem"
-        if cert_file.is_file() and key_file.is_file():
-            return cert_file, key_file
+    def download_names(self) -> tuple[list[str], list[str]]:
+        """The DNS names and IP addresses a download certificate carries: the publish host."""
         host = urlsplit(self.settings.publish_url).hostname or "localhost"
-        ips, dns = ([host], []) if _is_ip(host) else ([], [host])
-        issued = self.issue(Role.DOWNLOAD, at, dns=dns, ips=ips)
-        atomic_write(key_file, key_to_pem(issued.key), mode=0o600)
-        atomic_write(cert_file, cert_to_pem(issued.cert))
-        return cert_file, key_file
+        return ([], [host]) if _is_ip(host) else ([host], [])
 
     def _issue_download_cert(self, gen_dir: Path, generation: int, at: dt.datetime) -> None:
         """The server publishing N is certified by CA N-1, the one devices still trust."""
-        host = urlsplit(self.settings.publish_url).hostname or "localhost"
-        ips: list[str] = []
-        dns: list[str] = []
-        try:
-            ipaddress.ip_address(host)
-            ips.append(host)
-        except ValueError:
-            dns.append(host)
+        dns, ips = self.download_names()
         issued = self.issue(Role.DOWNLOAD, at, dns=dns, ips=ips, generation=generation - 1)
         _write_new(gen_dir / "download-cert.pem", cert_to_pem(issued.cert))
         _write_private(gen_dir / "download-key.pem", key_to_pem(issued.key))

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 
 from roost.errors import RemoteProtocolError, StateError, VerificationError
+from roost.files import atomic_write
 from roost.pki.authority import Authority
 from roost.pki.cainfo import accept_successor, decode_cainfo
-from roost.pki.certs import certs_from_pem
+from roost.pki.certs import Role, cert_to_pem, certs_from_pem, key_to_pem
 from roost.pki.schedule import Action, GenerationTimes, TimedStep, catch_up, upcoming
 
-__all__ = ["Problem", "check", "generation_times", "next_steps", "repair", "tick"]
+__all__ = [
+    "Problem",
+    "check",
+    "generation_times",
+    "idle_download_credentials",
+    "next_steps",
+    "repair",
+    "tick",
+]
 
 _YEAR = dt.timedelta(days=365)
 _STAGING_PREFIX = ".gen-"
@@ -171,3 +181,22 @@ def repair(authority: Authority) -> list[str]:
     if fixed:
         authority.discard_interrupted()
     return fixed
+
+
+def idle_download_credentials(authority: Authority, at: dt.datetime) -> tuple[Path, Path]:
+    """Credentials for a download server with nothing published yet (a fresh home).
+
+    It serves only 404s ("not published yet", PROTOCOL.md section 2), but devices poll it
+    and must be able to authenticate it, so its certificate comes from the active CA, which
+    every holder trusts. Made once per active generation and kept beside it as
+    ``idle-download-cert.pem``/``idle-download-key.pem`` (indexed like every other).
+    """
+    gen_dir = authority.directory / f"gen-{authority.settings.active}"
+    cert_file, key_file = gen_dir / "idle-download-cert.pem", gen_dir / "idle-download-key.pem"
+    if cert_file.is_file() and key_file.is_file():
+        return cert_file, key_file
+    dns, ips = authority.download_names()
+    issued = authority.issue(Role.DOWNLOAD, at, dns=dns, ips=ips)
+    atomic_write(key_file, key_to_pem(issued.key), mode=0o600)
+    atomic_write(cert_file, cert_to_pem(issued.cert))
+    return cert_file, key_file

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from roost.pki.authority import Authority
+from roost.pki.authority_ops import idle_download_credentials
 from roost.pki.cainfo import MEDIA_TYPE
 from roost.pki.tls import server_context
 
@@ -42,7 +43,7 @@ def download_tls_context(
             if at is None:
                 raise ValueError("no generation is published yet (run `roost ca roll` first)")
             # A fresh home: answer "not published yet" under the active CA's certificate.
-            return server_context(*authority.idle_download_credentials(at))
+            return server_context(*idle_download_credentials(authority, at))
         generation = min(published)
     cert, key = authority.download_credentials(generation)
     return server_context(cert, key)
