@@ -266,7 +266,7 @@ def _api_address(config: HubConfig) -> tuple[str, int]:
     if config.api[1] != 0:
         return config.api
     try:
-        return read_run_file(config.run_file).api
+        run_state = read_run_file(config.run_file)
     except StateError as exc:
         if exc.reason != Reason.NOT_RUNNING:
             raise
@@ -274,6 +274,14 @@ def _api_address(config: HubConfig) -> tuple[str, int]:
         raise TransportError(
             f"hub {config.name} is not running (no {config.run_file})", reason=Reason.NOT_RUNNING
         ) from exc
+    if not _alive(run_state.pid):
+        # A hub killed without its clean stop leaves run.json behind (roost.hub.runfile).
+        raise TransportError(
+            f"hub {config.name} is not running ({config.run_file} is left by process"
+            f" {run_state.pid}, which is gone)",
+            reason=Reason.NOT_RUNNING,
+        )
+    return run_state.api
 
 
 @click.group(cls=RoostGroup)

@@ -16,10 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from roost.cli.broker import print_broker_status
+from roost.cli.exitcodes import ExitCode
 from roost.cli.home import make_home
 from roost.cli.main import _register, cli
 from roost.cli.names import home_names, resolve_node
 from roost.cli.run import print_hub_status
+from roost.hub.runfile import HubRunState, write_run_file
 
 _register()
 
@@ -166,3 +168,23 @@ def test_device_status_says_not_running_when_its_process_is_gone(
     status_file.write_text(json.dumps(stopped))
     result = CliRunner().invoke(cli, ["device", "status", "--config", config])
     assert "is not running" in result.output
+
+
+def test_hub_status_of_a_killed_hub_says_it_is_not_running(
+    home: tuple[Path, dict[str, object]],
+) -> None:
+    path, _ = home
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    address = ("127.0.0.1", 1)
+    write_run_file(
+        path / "hub-1" / "run.json", HubRunState(int(gone.stdout), address, address, address)
+    )
+    result = CliRunner().invoke(cli, ["hub", "status", "--config", str(path / "hub-1.toml")])
+    assert result.exit_code == ExitCode.UNREACHABLE
+    assert "hub-1 is not running" in result.output and "gone" in result.output
+    (path / "hub-1" / "run.json").unlink()
