@@ -225,7 +225,7 @@ def test_trust_check_after_revocation_names_the_generations(
         done, ExitCode.VERIFICATION, "issued by generation 1, which generation 3 revoked"
     )
     assert "[revoked]" in done.stderr
-    assert tree_digest(store) == before and load_state(store).revocations == (3,)
+    assert tree_digest(store) == before and load_state(store).revoked_by == [3]
     human = roost("trust", "status", str(store))
     assert human.returncode == 0 and "generation 3" in human.stdout
     assert_human(human.stdout)

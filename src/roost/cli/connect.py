@@ -148,9 +148,9 @@ def connect(
     """Reach HUB_ID (hcsp:…) through the broker, log in as --user and save --frames live
     frames of a camera into --out. The password is asked for once (hidden), or read from
     --password-file, or as the first line of standard input."""
-    hub_id = resolve_node(hub_id, home, "HUB_ID")
+    hub_id = resolve_node(hub_id, home)
     if camera is not None:
-        camera = resolve_node(camera, home, "--camera")
+        camera = resolve_node(camera, home)
     try:
         check_identifier(hub_id)
     except LocalProtocolError as exc:

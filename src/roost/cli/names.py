@@ -13,8 +13,6 @@ import re
 import tomllib
 from pathlib import Path
 
-import click
-
 from roost.errors import VerificationError
 from roost.pki.certs import certs_from_pem, identifier_of
 
@@ -53,15 +51,14 @@ def label(identifier: str | None, names: dict[str, str]) -> str:
     return f"{name} ({identifier})" if name else identifier
 
 
-def resolve_node(word: str, directory: Path, param: str = "DEVICE") -> str:
-    """The identifier for `word`, which is an identifier or a node's name in `directory`."""
+def resolve_node(word: str, directory: Path) -> str:
+    """The identifier of the node named `word` in `directory`'s configs, else `word` itself.
+
+    An identifier, or a word that names no configured node, is passed on unchanged: the
+    peer that knows the nodes (the hub, the broker) refuses an unknown one in its own
+    words.
+    """
     if _IDENTIFIER.match(word):
         return word
     matches = [ident for ident, name in home_names(directory).items() if name == word]
-    if len(matches) == 1:
-        return matches[0]
-    raise click.BadParameter(
-        f"{word!r} is neither an identifier (ab:… or hcsp:…) nor the name of a node"
-        f" configured in {directory}",
-        param_hint=param,
-    )
+    return matches[0] if len(matches) == 1 else word

@@ -72,7 +72,7 @@ def _status_doc(state: TrustState) -> dict[str, object]:
         **state.summary(),
         "fingerprint": state.current.digest.hex(),
         "next_url": state.newest.body.next_url,
-        "revocations": list(state.revocations),
+        "revoked_by": state.revoked_by,
         "retired": len(state.retired),
     }
 
@@ -102,7 +102,7 @@ def status(state_dir: Path, as_json: bool) -> None:
             ("fingerprint", fingerprint(state.current.digest)),
             ("time floor", f"{absolute(state.time_floor)} ({relative(state.time_floor, now)})"),
             ("next fetch", state.newest.body.next_url),
-            ("revoked by", ", ".join(f"generation {g}" for g in state.revocations) or "-"),
+            ("revoked by", ", ".join(f"generation {g}" for g in state.revoked_by) or "-"),
         ],
     )
 

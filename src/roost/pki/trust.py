@@ -56,9 +56,10 @@ class TrustState:
     # CA information it serves carries its own authenticity (section 2). Generations a
     # successor revoked are never kept here.
     retired: tuple[bytes, ...] = ()
-    # Generations whose CA information carried REVOKES_PREVIOUS, as this holder accepted
-    # them: what lets `explain` say which generation revoked a certificate's issuer.
-    revocations: tuple[int, ...] = ()
+    # What each accepted REVOKES_PREVIOUS generation made this holder drop, as
+    # (revoking generation, dropped generation, the dropped CA's key identifier): what lets
+    # `explain` say which generation revoked a certificate's issuer.
+    revocations: tuple[tuple[int, int, bytes], ...] = ()
 
     @classmethod
     def provision(cls, first: CAInfo, build_time: dt.datetime = BUILD_TIME) -> TrustState:
@@ -102,8 +103,11 @@ class TrustState:
             older = [self.current] if self.prepared is not None else []
             compromised = self.newest.body.ca_cert_der
             retired = tuple(d for d in self._retire(*older) if d != compromised)
-            revocations = (*self.revocations, candidate.generation)
-            return TrustState(candidate, None, floor, retired, revocations)
+            dropped = tuple(
+                (candidate.generation, info.generation, _key_id(info.ca_certificate))
+                for _, info in self._slots()
+            )
+            return TrustState(candidate, None, floor, retired, (*self.revocations, *dropped))
         if self.prepared is None:
             return TrustState(self.current, candidate, floor, self.retired, self.revocations)
         return TrustState(
@@ -144,43 +148,51 @@ class TrustState:
                 raise explained from error
         raise error
 
-    def explain(self, leaf: x509.Certificate) -> VerificationError | None:
-        """Why `leaf` cannot verify here, in words, when its issuer's generation says it.
+    @property
+    def revoked_by(self) -> list[int]:
+        """The generations whose REVOKES_PREVIOUS this holder accepted, oldest first."""
+        return sorted({by for by, _, _ in self.revocations})
 
-        The generation is read from the issuer name Roost gives every CA ("Roost CA
-        generation N", roost.pki.certs): an unauthenticated hint, used only to word the
-        refusal, never to accept anything.
+    def explain(self, leaf: x509.Certificate) -> VerificationError | None:
+        """Why `leaf` cannot verify here, in words, when the store knows its issuer.
+
+        The issuer is matched by the leaf's authority key identifier against the CAs this
+        store dropped at a revocation, then the ones it retired; a certificate of a CA it
+        never knew is reported as "not yet known" only when its issuer name claims a newer
+        generation than the store holds. These are words for a person, never a reason to
+        accept anything; None leaves the chain error as it is (a foreign CA, an expiry).
         """
-        match = _ISSUER_GENERATION.search(leaf.issuer.rfc4514_string())
-        if match is None:
-            return None
-        issuer = int(match.group(1))
+        key_id = _authority_key_id(leaf)
         known = [info.generation for _, info in self._slots()]
-        if issuer in known:
-            return None  # Its own CA: the chain error (expired, forged) is the right one.
-        revoker = min((r for r in self.revocations if r > issuer), default=None)
-        if revoker is not None:
-            # A revoking generation R drops R-1 (compromised) and everything before it.
-            along = "" if issuer == revoker - 1 else f" along with generation {revoker - 1}"
+        holds = ", ".join(map(str, known))
+        for by, generation, dropped in self.revocations:
+            if key_id is not None and key_id == dropped:
+                along = "" if generation == by - 1 else f" along with generation {by - 1}"
+                return VerificationError(
+                    f"the certificate was issued by generation {generation}, which generation"
+                    f" {by} revoked{along} (REVOKES_PREVIOUS); the node needs a new"
+                    " certificate from the active generation",
+                    reason="revoked",
+                )
+        for der in self.retired:
+            cert = x509.load_der_x509_certificate(der)
+            if key_id is not None and key_id == _key_id(cert):
+                retired_generation = _generation_of(cert.subject.rfc4514_string())
+                return VerificationError(
+                    f"the certificate was issued by generation {retired_generation}, which this"
+                    f" trust store has moved past (it holds {holds}); the node needs a certificate"
+                    " from a newer generation",
+                    reason="retired",
+                )
+        claimed = _generation_of(leaf.issuer.rfc4514_string())
+        if claimed is not None and claimed > max(known):
             return VerificationError(
-                f"the certificate was issued by generation {issuer}, which generation"
-                f" {revoker} revoked{along} (REVOKES_PREVIOUS); the node needs a new"
-                " certificate from the active generation",
-                reason="revoked",
-            )
-        if issuer > max(known):
-            return VerificationError(
-                f"the certificate was issued by generation {issuer}, which this trust store"
-                f" does not hold yet (it holds {', '.join(map(str, known))}); run"
-                " `roost trust update` or check the download server",
+                f"the certificate names generation {claimed} as its issuer, which this trust"
+                f" store does not hold yet (it holds {holds}); run `roost trust update` or"
+                " check the download server",
                 reason="not-yet-known",
             )
-        return VerificationError(
-            f"the certificate was issued by generation {issuer}, which this trust store has"
-            f" moved past (it holds {', '.join(map(str, known))}); the node needs a"
-            " certificate from a newer generation",
-            reason="retired",
-        )
+        return None
 
     def _slots(self) -> list[tuple[Slot, CAInfo]]:
         slots = [(Slot.CURRENT, self.current)]
@@ -194,6 +206,26 @@ class TrustState:
             "prepared": self.prepared.generation if self.prepared else None,
             "time_floor": self.time_floor.isoformat(),
         }
+
+
+def _key_id(cert: x509.Certificate) -> bytes:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _authority_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier
+
+
+def _generation_of(name: str) -> int | None:
+    match = _ISSUER_GENERATION.search(name)
+    return int(match.group(1)) if match else None
 
 
 def _first_meaningful(errors: Sequence[VerificationError]) -> VerificationError:

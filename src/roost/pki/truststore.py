@@ -38,7 +38,7 @@ def save_state(directory: Path, state: TrustState) -> None:
         "prepared": _b64(state.prepared.raw) if state.prepared else None,
         "time_floor": state.time_floor.isoformat(),
         "retired": [_b64(d) for d in state.retired],
-        "revocations": list(state.revocations),
+        "revocations": [[by, gen, key_id.hex()] for by, gen, key_id in state.revocations],
     }
     atomic_write(directory / STATE_FILE, json.dumps(doc, indent=2).encode("utf-8"))
 
@@ -64,7 +64,10 @@ def load_state(directory: Path) -> TrustState:
         retired = tuple(base64.b64decode(d, validate=True) for d in doc.get("retired", []))
         for der in retired:
             x509.load_der_x509_certificate(der)
-        revocations = tuple(int(g) for g in doc.get("revocations", []))
+        revocations = tuple(
+            (int(by), int(gen), bytes.fromhex(key_id))
+            for by, gen, key_id in doc.get("revocations", [])
+        )
         if prepared is not None:
             # The pair was accepted as a chain; a file edited by hand must not bypass that.
             accept_successor(current, prepared)
