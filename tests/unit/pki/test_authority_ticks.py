@@ -243,3 +243,31 @@ def test_revocation_is_explained_by_generation(tmp_path: Path) -> None:
     with pytest.raises(VerificationError) as raised:
         behind.verify_node(ahead.cert)
     assert raised.value.reason == "not-yet-known" and "generation 2" in str(raised.value)
+
+
+def test_foreign_and_retired_certificates_are_worded_by_key_identifier(tmp_path: Path) -> None:
+    authority = Authority.init(tmp_path / "ca", URL, T0)
+    old_hub = authority.issue(Role.HUB, T0, ips=["127.0.0.1"])
+    authority.roll(T0 + YEAR)
+    authority.roll(T0 + 2 * YEAR, revoke_current=True)
+    revoked = TrustState.provision(authority.ca_info(1))
+    revoked = revoked.accept(authority.ca_info(2)).accept(authority.ca_info(3))
+    # A self-made CA also calls itself "generation 1": still a plain chain error.
+    rogue = Authority.init(tmp_path / "rogue", URL, T0)
+    forged = rogue.issue(Role.HUB, T0, ips=["127.0.0.1"])
+    with pytest.raises(VerificationError) as raised:
+        revoked.verify_node(forged.cert)
+    assert raised.value.reason == "chain"
+    # Three normal generations: the store slides past 1, which is retired, not revoked.
+    normal = Authority.init(tmp_path / "normal", URL, T0)
+    first = normal.issue(Role.HUB, T0, ips=["127.0.0.1"])
+    normal.roll(T0 + YEAR)
+    normal.activate()
+    normal.roll(T0 + 2 * YEAR)
+    slid = TrustState.provision(normal.ca_info(1))
+    slid = slid.accept(normal.ca_info(2)).accept(normal.ca_info(3))
+    assert slid.current.generation == 2
+    with pytest.raises(VerificationError) as raised:
+        slid.verify_node(first.cert)
+    assert raised.value.reason == "retired" and "generation 1" in str(raised.value)
+    assert old_hub.generation == 1
