@@ -104,6 +104,10 @@ class Reason(enum.StrEnum):
     NO_PREPARED = "no-prepared"
     FETCH = "fetch"
     STATUS = "status"
+    CA_EXPIRED = "ca-expired"
+    REVOKED = "revoked"
+    NOT_YET_KNOWN = "not-yet-known"
+    RETIRED = "retired"
     # Guard login and sessions (section 6).
     NO_SUCH_USER = "no-such-user"
     UNKNOWN_USER = "unknown-user"
@@ -219,6 +223,8 @@ class Reason(enum.StrEnum):
     USER_EXISTS = "user-exists"
     BAD_ARGS = "bad-args"
     NOT_RUNNING = "not-running"
+    NOT_STATE_DIR = "not-state-dir"
+    INCONSISTENT = "inconsistent"
 
 
 DESCRIPTIONS: Mapping[Reason, str] = {
@@ -298,6 +304,10 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.NO_PREPARED: "nothing prepared to promote",
     Reason.FETCH: "fetching CA information failed",
     Reason.STATUS: "the download server answered an unexpected HTTP status",
+    Reason.CA_EXPIRED: "a CA generation already expired at the time asked",
+    Reason.REVOKED: "a certificate of a generation a newer CA information revoked",
+    Reason.NOT_YET_KNOWN: "a certificate of a generation the trust store does not hold yet",
+    Reason.RETIRED: "a certificate of a generation the trust store has moved past",
     Reason.NO_SUCH_USER: "no such user",
     Reason.UNKNOWN_USER: "a login for a user that is not registered",
     Reason.BAD_PASSWORD: "the password is wrong",
@@ -407,6 +417,8 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.USER_EXISTS: "the user already exists",
     Reason.BAD_ARGS: "command arguments out of range",
     Reason.NOT_RUNNING: "the daemon is not running",
+    Reason.NOT_STATE_DIR: "a path that is not the state directory the command works on",
+    Reason.INCONSISTENT: "an authority directory whose files disagree with its table",
 }
 
 

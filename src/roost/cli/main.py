@@ -58,4 +58,6 @@ def _register() -> None:
 
 def main() -> None:
     _register()
-    cli()
+    # Shell completion is click's: `eval "$(_ROOST_COMPLETE=bash_source roost)"` (README).
+    # Naming the variable keeps it the same under `python -m roost`.
+    cli(complete_var="_ROOST_COMPLETE")

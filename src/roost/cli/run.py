@@ -12,12 +12,14 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.human import print_fields, print_table, relative
+from roost.cli.names import home_names, label
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
@@ -36,6 +38,7 @@ __all__ = [
     "configure_logging",
     "device",
     "hub",
+    "print_hub_status",
     "run_until_signalled",
     "start_hub_dashboard",
     "use_fast_loop",
@@ -267,7 +270,53 @@ def hub_status(config_file: Path, as_json: bool) -> None:
     if as_json:
         echo_json(doc)
         return
-    click.echo(json.dumps(doc, indent=2))
+    print_hub_status(doc, home_names(config_file.resolve().parent))
+
+
+def print_hub_status(doc: dict[str, Any], names: dict[str, str]) -> None:
+    """The hub's status document as a person reads it (names next to identifiers)."""
+    elected = doc.get("winner") == doc.get("id")
+    broker = doc.get("broker") or {}
+    remote = doc.get("remote") or {}
+    counters = doc.get("counters") or {}
+    print_fields(
+        f"Hub {doc.get('name')} ({doc.get('id')})",
+        [
+            (
+                "state",
+                "elected hub" if elected else f"standing by for {label(doc.get('winner'), names)}",
+            ),
+            ("endpoint", doc.get("endpoint")),
+            ("features", doc.get("features")),
+            ("up for", relative(0.0, float(doc.get("uptime_s") or 0)).removesuffix(" ago")),
+            ("devices", f"{len(doc.get('connected') or [])} of {doc.get('max')}"),
+            ("frames stored", counters.get("frames_stored")),
+            ("trust", f"generation {(doc.get('trust') or {}).get('current')}"),
+            (
+                "remote entrance",
+                f"{remote.get('active', 0)} open, {remote.get('logins_ok', 0)} logins"
+                if remote
+                else "off",
+            ),
+            ("broker", broker.get("state") if broker else "off"),
+        ],
+    )
+    connected = doc.get("connected") or []
+    if connected:
+        print_table("Connected devices", ("device",), [(label(d, names),) for d in connected])
+    hubs = doc.get("hubs") or []
+    if hubs:
+        rows = [
+            (
+                label(h.get("id"), names) + (" (this hub)" if h.get("self") else ""),
+                h.get("rank"),
+                h.get("endpoint"),
+                f"{h.get('connected')} of {h.get('max')}",
+                "-" if h.get("self") else relative(-float(h.get("last_seen_s_ago") or 0), 0.0),
+            )
+            for h in hubs
+        ]
+        print_table("Hubs seen", ("hub", "rank", "endpoint", "devices", "last heard"), rows)
 
 
 def _api_address(config: HubConfig) -> tuple[str, int]:
@@ -275,7 +324,7 @@ def _api_address(config: HubConfig) -> tuple[str, int]:
     if config.api[1] != 0:
         return config.api
     try:
-        return read_run_file(config.run_file).api
+        run_state = read_run_file(config.run_file)
     except StateError as exc:
         if exc.reason != Reason.NOT_RUNNING:
             raise
@@ -283,6 +332,14 @@ def _api_address(config: HubConfig) -> tuple[str, int]:
         raise TransportError(
             f"hub {config.name} is not running (no {config.run_file})", reason=Reason.NOT_RUNNING
         ) from exc
+    if not _alive(run_state.pid):
+        # A hub killed without its clean stop leaves run.json behind (roost.hub.runfile).
+        raise TransportError(
+            f"hub {config.name} is not running ({config.run_file} is left by process"
+            f" {run_state.pid}, which is gone)",
+            reason=Reason.NOT_RUNNING,
+        )
+    return run_state.api
 
 
 @click.group(cls=RoostGroup)
@@ -332,15 +389,54 @@ def device_status(config_file: Path, as_json: bool) -> None:
         raise StateError(f"{config.status_file} is not JSON: {exc}", reason=Reason.CORRUPT) from exc
     if not isinstance(doc, dict):
         raise StateError(f"{config.status_file} is not a status document", reason=Reason.CORRUPT)
-    doc["age_s"] = round(time.time() - float(doc.get("written_at", 0)), 1)
+    written_at = float(doc.get("written_at", 0))
+    doc["age_s"] = round(time.time() - written_at, 1)
+    doc["running"] = bool(doc.get("running", True)) and _alive(doc.get("pid"))
     if as_json:
         echo_json(doc)
         return
-    for key in ("name", "id", "state", "hub", "last_acked_seq", "buffered", "dropped", "age_s"):
-        click.echo(f"{key:>15}: {doc.get(key)}")
-    camera = doc.get("camera")
-    if isinstance(camera, dict):
-        state = camera.get("state")
-        if state == "failing":
-            state = f"failing: {camera.get('reason')} ({camera.get('detail')})"
-        click.echo(f"{'camera':>15}: {camera.get('source')} {state}")
+    names = home_names(config_file.resolve().parent)
+    title = f"Device {doc.get('name')} ({doc.get('id')})"
+    if not doc["running"]:
+        click.echo(
+            f"{title} is not running (last status {relative(written_at, time.time())});"
+            f" start it with `roost device run --config {config_file}`"
+        )
+        return
+    print_fields(
+        title,
+        [
+            ("state", doc.get("state")),
+            ("hub", label(doc.get("hub"), names)),
+            ("hub endpoint", doc.get("hub_endpoint")),
+            ("last acked frame", doc.get("last_acked_seq")),
+            ("buffered", f"{doc.get('buffered')} frames, {doc.get('buffered_bytes')} bytes"),
+            ("dropped", doc.get("dropped")),
+            ("camera", _camera_line(doc.get("camera"))),
+            ("trust", f"generation {(doc.get('trust') or {}).get('current')}"),
+            ("status written", relative(written_at, time.time())),
+        ],
+    )
+
+
+def _alive(pid: object) -> bool:
+    """Whether a process of that pid exists (a status file without a pid counts as alive)."""
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _camera_line(camera: object) -> str:
+    """The camera source and its health, as the status file's ``camera`` object has them."""
+    if not isinstance(camera, dict):
+        return "-"
+    state = camera.get("state")
+    if state == "failing":
+        state = f"failing: {camera.get('reason')} ({camera.get('detail')})"
+    return f"{camera.get('source')} {state}"

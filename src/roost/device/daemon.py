@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable
@@ -489,7 +490,10 @@ class DeviceDaemon:
 
     def write_status(self) -> None:
         """Replace ``status.json`` with the current snapshot (docs/hub-and-device.md)."""
-        document = json.dumps(self.status().to_json()).encode("utf-8")
+        # The pid and whether the daemon is still running tell `roost device status` to say
+        # "not running" rather than show a stopped or killed device's last state.
+        doc = {**self.status().to_json(), "pid": os.getpid(), "running": not self._stopping}
+        document = json.dumps(doc).encode("utf-8")
         atomic_write(self.config.status_file, document)
 
     async def _status_loop(self) -> None:
