@@ -134,7 +134,7 @@ def hub_run(config_file: Path, verbose: bool) -> None:
 
     async def start() -> None:
         await daemon.start()
-        runners.append(await start_api(daemon, *config.api))
+        runners.append(await start_api(daemon, *config.api, admission=daemon.admission))
         remote_address = None
         if config.remote is not None or config.broker is not None:
             # One guard server for the TCP remote entrance and the broker's QUIC sessions:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from roost.admission import Admission
 from roost.errors import StateError
 from roost.httpapi import NO_STORE, ApiRunner, add_metrics, serve_app
 from roost.hub.recorder import StoredFrame
@@ -109,9 +110,14 @@ def build_app(daemon: StatusSource) -> web.Application:
     return app
 
 
-async def start_api(daemon: StatusSource, host: str, port: int) -> ApiRunner:
-    """Serve the API on host:port (0 picks a free port); call `runner.cleanup()` to stop."""
-    return await serve_app(build_app(daemon), host, port)
+async def start_api(
+    daemon: StatusSource, host: str, port: int, *, admission: Admission | None = None
+) -> ApiRunner:
+    """Serve the API on host:port (0 picks a free port); call `runner.cleanup()` to stop.
+
+    ``admission`` is the hub's (``HubDaemon.admission``), so the API's connections count
+    toward the same caps as its TLS ports (docs/limits.md)."""
+    return await serve_app(build_app(daemon), host, port, admission=admission)
 
 
 # ------------------------------------------------------------------------------ handlers

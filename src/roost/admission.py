@@ -1,0 +1,287 @@
+"""Admission of unauthenticated connections: the pure core, and the adapter every TLS and
+HTTP listener of the hub and the broker runs behind (docs/limits.md).
+
+In the manner of OpenSSH's ``MaxStartups`` and nginx's ``limit_conn``: a connection that has
+not yet proved who it is holds one of at most ``max_unauthenticated`` slots of the daemon,
+and at most ``max_unauthenticated_per_source`` of them per source address (IPv6 by its
+/64, every port of the daemon together), so one host cannot take the slots a real device
+needs. Each TLS handshake is run explicitly, under ``handshake_timeout_s``, once a slot is
+held; the listener's handler releases the slot when the peer is authenticated (a verified
+client certificate, or the end of the handshake where the guard's login follows).
+
+Every refusal, at every layer, is counted under a reason of ``roost.reasons`` in the
+daemon's counter and logged once per source per interval (PROTOCOL.md preamble).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from roost.errors import RefusedError, RoostError
+from roost.ratelimit import source_key
+from roost.reasons import Reason, RejectionCounter, log_rejection
+
+__all__ = [
+    "Admission",
+    "AdmissionConfig",
+    "AdmissionCore",
+    "Ticket",
+    "TlsHandler",
+    "classify_tls_failure",
+    "source_key",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    """Limits of a daemon's listeners (``[admission]`` in hub and broker config files)."""
+
+    # Connections not yet authenticated, in total and per source address (all ports).
+    max_unauthenticated: int = 256
+    max_unauthenticated_per_source: int = 32
+    # The TLS handshake must complete within this many seconds.
+    handshake_timeout_s: float = 5.0
+    # HTTP APIs: request headers must arrive within header_timeout_s of the request's first
+    # byte (or of the connection); a connection that sends nothing for idle_timeout_s ends.
+    http_header_timeout_s: float = 10.0
+    http_idle_timeout_s: float = 15.0
+    http_max_line_size: int = 8190
+    http_max_field_size: int = 8190
+    http_max_headers: int = 64
+    http_max_body_bytes: int = 1024 * 1024
+    # A device may replace its own channel (a new hello for the same device) at this rate.
+    replace_rate_per_device: float = 0.2
+    replace_burst_per_device: float = 5.0
+    # IPv6 sources are counted by this prefix (a host has a /64 of addresses).
+    ipv6_prefix: int = 64
+    # Refusals are logged at most once per source per this many seconds.
+    refusal_log_interval: float = 60.0
+    max_sources: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.max_unauthenticated < 1 or self.max_unauthenticated_per_source < 1:
+            raise ValueError("the unauthenticated caps must be at least 1")
+        if min(self.handshake_timeout_s, self.http_header_timeout_s, self.http_idle_timeout_s) <= 0:
+            raise ValueError("timeouts must be positive")
+        if min(self.http_max_line_size, self.http_max_field_size, self.http_max_headers) < 1:
+            raise ValueError("HTTP header limits must be positive")
+        if self.http_max_body_bytes < 0 or not 0 <= self.ipv6_prefix <= 128:
+            raise ValueError("body limit >= 0 and 0 <= ipv6_prefix <= 128 are required")
+        if self.replace_rate_per_device <= 0 or self.replace_burst_per_device < 1:
+            raise ValueError("replace rate > 0 and burst >= 1 are required")
+
+
+class AdmissionCore:
+    """Counts unauthenticated connections per source and in total (pure)."""
+
+    __slots__ = ("_config", "_per_source", "_total")
+
+    def __init__(self, config: AdmissionConfig) -> None:
+        self._config = config
+        self._per_source: collections.Counter[str] = collections.Counter()
+        self._total = 0
+
+    @property
+    def unauthenticated(self) -> int:
+        """Slots held now."""
+        return self._total
+
+    def held_by(self, source: str) -> int:
+        """Slots ``source`` holds now."""
+        return self._per_source[source]
+
+    def admit(self, source: str) -> None:
+        """Take a slot for ``source``; RefusedError ``unauthenticated-full`` or
+        ``source-unauthenticated-full`` when none is left for it."""
+        if self._total >= self._config.max_unauthenticated:
+            raise RefusedError(
+                "every unauthenticated slot is taken", reason=Reason.UNAUTHENTICATED_FULL
+            )
+        if self._per_source[source] >= self._config.max_unauthenticated_per_source:
+            raise RefusedError(
+                f"{source} holds its unauthenticated slots",
+                reason=Reason.SOURCE_UNAUTHENTICATED_FULL,
+            )
+        self._per_source[source] += 1
+        self._total += 1
+
+    def release(self, source: str) -> None:
+        """Give back one slot of ``source``."""
+        held = self._per_source[source]
+        if held <= 0:
+            return
+        if held == 1:
+            del self._per_source[source]
+        else:
+            self._per_source[source] = held - 1
+        self._total -= 1
+
+
+# OpenSSL's reason names (ssl.SSLError.reason) for bytes that are not a TLS ClientHello.
+_NOT_TLS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "HTTP_REQUEST",
+        "HTTPS_PROXY_REQUEST",
+        "UNKNOWN_PROTOCOL",
+        "RECORD_LAYER_FAILURE",
+        "PACKET_LENGTH_TOO_LONG",
+        "UNSUPPORTED_PROTOCOL",
+        "RECORD_LENGTH_MISMATCH",
+        "BAD_PACKET_LENGTH",
+        "LENGTH_MISMATCH",
+        "BAD_RECORD_TYPE",
+        "UNEXPECTED_RECORD",
+        "WRONG_SSL_VERSION",
+        "DECRYPTION_FAILED_OR_BAD_RECORD_MAC",
+    }
+)
+
+
+def classify_tls_failure(error: BaseException) -> str:
+    """The reason a failed server-side TLS handshake is counted under."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return Reason.CLIENT_CERT_UNTRUSTED
+    if isinstance(error, ssl.SSLError):
+        name = str(getattr(error, "reason", "") or "")
+        if name == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return Reason.CLIENT_CERT_REQUIRED
+        if name in ("CERTIFICATE_VERIFY_FAILED", "TLSV1_ALERT_UNKNOWN_CA"):
+            return Reason.CLIENT_CERT_UNTRUSTED
+        if name in _NOT_TLS or "VERSION" in name:
+            return Reason.NOT_TLS
+        if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            return Reason.CLOSED_IN_HANDSHAKE
+        return Reason.TLS_FAILED
+    if isinstance(error, TimeoutError) or "longer than" in str(error):
+        # asyncio's own handshake timeout aborts with ConnectionAbortedError("... is taking
+        # longer than N seconds ..."); the outer deadline raises TimeoutError.
+        return Reason.TLS_HANDSHAKE_TIMEOUT
+    return Reason.CLOSED_IN_HANDSHAKE
+
+
+class Ticket:
+    """One held slot; :meth:`release` (idempotent) gives it back once the peer is known."""
+
+    __slots__ = ("_core", "_released", "source")
+
+    def __init__(self, core: AdmissionCore, source: str) -> None:
+        self._core = core
+        self.source = source
+        self._released = False
+
+    def release(self) -> None:
+        """The peer is authenticated (or gone): its slot is free again."""
+        if not self._released:
+            self._released = True
+            self._core.release(self.source)
+
+
+TlsHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Ticket], Awaitable[None]]
+
+
+class Admission:
+    """The adapter one daemon shares across its listeners: admission, the explicit TLS
+    handshake with its deadline, and counted, rate-logged refusals.
+
+    ``counts`` is the daemon's counter of refused connections by reason (its status and
+    ``/metrics`` read it); ``logger`` is the daemon's.
+    """
+
+    def __init__(
+        self,
+        config: AdmissionConfig,
+        counts: collections.Counter[str],
+        logger: logging.Logger,
+    ) -> None:
+        self.config = config
+        self.core = AdmissionCore(config)
+        self.counts = counts
+        self._log = logger
+        self._rule = RejectionCounter(config.refusal_log_interval, config.max_sources)
+
+    def source_of(self, peername: Any) -> str:
+        """The source key of a transport's ``peername``."""
+        host = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
+        return source_key(host, self.config.ipv6_prefix)
+
+    def refuse(self, error: RoostError | str, source: str, what: str) -> None:
+        """Count one refusal under its reason and log it when the rule allows."""
+        reason = error if isinstance(error, str) else error.reason
+        self.counts[reason] += 1
+        log_rejection(
+            self._log, self._rule, reason, source=source, now=_loop_now(), what=f"{what} from"
+        )
+
+    def try_admit(self, source: str, what: str) -> Ticket | None:
+        """A slot for ``source``, or None (the refusal counted and logged)."""
+        try:
+            self.core.admit(source)
+        except RefusedError as error:
+            self.refuse(error, source, what)
+            return None
+        return Ticket(self.core, source)
+
+    async def start_tls_server(
+        self,
+        handler: TlsHandler,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        *,
+        what: str,
+        limit: int = 64 * 1024,
+        backlog: int = 128,
+    ) -> asyncio.Server:
+        """Listen on host:port; each connection is admitted, then its TLS handshake runs
+        under the deadline, then ``handler(reader, writer, ticket)`` runs."""
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            source = self.source_of(writer.get_extra_info("peername"))
+            ticket = self.try_admit(source, what)
+            if ticket is None:
+                writer.transport.abort()
+                return
+            try:
+                if not await self._handshake(writer, context, source, what):
+                    return
+                await handler(reader, writer, ticket)
+            finally:
+                ticket.release()
+
+        return await asyncio.start_server(serve, host, port, limit=limit, backlog=backlog)
+
+    async def _handshake(
+        self, writer: asyncio.StreamWriter, context: ssl.SSLContext, source: str, what: str
+    ) -> bool:
+        timeout = self.config.handshake_timeout_s
+        raw = writer.transport
+        try:
+            async with asyncio.timeout(timeout + 0.5):
+                await writer.start_tls(context, ssl_handshake_timeout=timeout)
+        except (OSError, ssl.SSLError, EOFError, asyncio.IncompleteReadError) as error:
+            reason = classify_tls_failure(error)
+            del error  # its traceback holds the handshake's frames and buffers
+            self.refuse(reason, source, what)
+            _abort(writer, raw)
+            return False
+        return True
+
+
+def _abort(writer: asyncio.StreamWriter, raw: asyncio.BaseTransport) -> None:
+    with contextlib.suppress(Exception):
+        writer.transport.abort()
+    if isinstance(raw, asyncio.Transport):
+        with contextlib.suppress(Exception):
+            raw.abort()
+
+
+def _loop_now() -> float:
+    return asyncio.get_running_loop().time()
