@@ -178,6 +178,7 @@ class _AdmittedConnection(asyncio.Protocol):
         self._header_started: float | None = None
         self._tail = b""
         self._requests = 0
+        self._bytes_seen = False
         self._refused = False
 
     def refuse(self, reason: str) -> None:
@@ -218,9 +219,10 @@ class _AdmittedConnection(asyncio.Protocol):
         config = self._admission.config
         started = self._header_started
         if started is not None and now >= started + config.http_header_timeout_s:
-            silent = self._requests == 0 and now >= self._last_received + config.http_idle_timeout_s
-            if self._requests == 0 or self._tail:
-                self.refuse(Reason.SILENT_CONNECTION if silent else Reason.HEADER_TIMEOUT)
+            if not self._bytes_seen:
+                self.refuse(Reason.SILENT_CONNECTION)
+            elif self._requests == 0 or self._tail:
+                self.refuse(Reason.HEADER_TIMEOUT)
             self._transport.abort()
             return
         if now >= self._last_received + config.http_idle_timeout_s:
@@ -235,6 +237,7 @@ class _AdmittedConnection(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         self._last_received = loop.time()
+        self._bytes_seen = True
         self._track_headers(data)
         self._arm(loop)
         self._inner.data_received(data)
