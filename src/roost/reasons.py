@@ -16,7 +16,17 @@ from collections.abc import Mapping
 
 from roost.errors import RoostError
 
-__all__ = ["DESCRIPTIONS", "Reason", "RejectionCounter", "catalogue_markdown", "log_rejection"]
+__all__ = [
+    "DESCRIPTIONS",
+    "REFUSALS_LOGGER",
+    "Reason",
+    "RejectionCounter",
+    "catalogue_markdown",
+    "log_rejection",
+]
+
+# The child logger every refusal line goes to (``roost.hub.refusals``, ...).
+REFUSALS_LOGGER = "refusals"
 
 
 class Reason(enum.StrEnum):
@@ -498,7 +508,9 @@ def log_rejection(
         return
     reason = error if isinstance(error, str) else error.reason
     more = f" ({suppressed} more since the last line)" if suppressed else ""
-    logger.info("%s %s: %s%s", what, source, reason, more)
+    # A child named "refusals": daemons show these lines without --verbose (the rule
+    # above bounds them), while the rest of INFO stays for --verbose.
+    logger.getChild(REFUSALS_LOGGER).info("%s %s: %s%s", what, source, reason, more)
 
 
 def catalogue_markdown() -> str:

@@ -27,7 +27,7 @@ from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write
 from roost.pki.certs import certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
-from roost.reasons import Reason
+from roost.reasons import REFUSALS_LOGGER, Reason
 
 __all__ = [
     "build_hub_daemon",
@@ -102,11 +102,21 @@ def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:
 
 
 def configure_logging(verbose: bool) -> None:
-    """One log format for every daemon (INFO with --verbose, else WARNING)."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    """One log format for every daemon (INFO with --verbose, else WARNING and the
+    refusal lines, which the logging rule already bounds: once per source per interval)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return  # configured already (as basicConfig would, leave it)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    if not verbose:
+        handler.addFilter(_warnings_and_refusals)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _warnings_and_refusals(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.endswith("." + REFUSALS_LOGGER)
 
 
 @click.group(cls=RoostGroup)

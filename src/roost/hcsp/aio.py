@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from roost.clock import wall_ms_now
 from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import AnnouncementRefused, HcspEvent
+from roost.reasons import REFUSALS_LOGGER
 from roost.timer import CoreTimer
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "AnnounceTransport", "UdpConfig"]
@@ -47,7 +48,7 @@ class UdpConfig:
 
 def _log_refusal(event: AnnouncementRefused) -> None:
     more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
-    log.info(
+    log.getChild(REFUSALS_LOGGER).info(
         "announcement refused from %s:%s: %s%s",
         event.source_host,
         event.source_port,
