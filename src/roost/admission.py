@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ctypes
 import ctypes.util
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from roost.errors import RefusedError, RoostError
 from roost.ratelimit import source_key
@@ -238,6 +237,7 @@ class Admission:
         self.counts = counts
         self._log = logger
         self._rule = RejectionCounter(config.refusal_log_interval, config.max_sources)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def source_of(self, peername: Any) -> str:
         """The source key of a transport's ``peername``."""
@@ -274,45 +274,102 @@ class Admission:
     ) -> asyncio.Server:
         """Listen on host:port; each connection is admitted, then its TLS handshake runs
         under the deadline, then ``handler(reader, writer, ticket)`` runs."""
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: _AdmittedTls(self, handler, context, what, limit),
+            host,
+            port,
+            backlog=backlog,
+        )
 
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            source = self.source_of(writer.get_extra_info("peername"))
-            ticket = self.try_admit(source, what)
-            if ticket is None:
-                writer.transport.abort()
-                return
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        # The loop keeps only weak references to tasks: hold each until it ends.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_tls(
+        self,
+        transport: asyncio.Transport,
+        ticket: Ticket,
+        handler: TlsHandler,
+        context: ssl.SSLContext,
+        what: str,
+        limit: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        timeout = self.config.handshake_timeout_s
+        try:
             try:
-                if not await self._handshake(writer, context, source, what):
-                    return
+                async with asyncio.timeout(timeout + 0.5):
+                    tls = await loop.start_tls(
+                        transport,
+                        protocol,
+                        context,
+                        server_side=True,
+                        ssl_handshake_timeout=timeout,
+                    )
+            except (OSError, ssl.SSLError, EOFError) as error:
+                reason = classify_tls_failure(error)
+                del error  # its traceback holds the handshake's frames and buffers
+                self.refuse(reason, ticket.source, what)
+                transport.abort()
+                return
+            if tls is None:
+                transport.abort()
+                return
+            # start_tls does not announce the new transport to the protocol: do it here, as
+            # asyncio's own open_connection does for a stream.
+            protocol.connection_made(tls)
+            writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+            try:
                 await handler(reader, writer, ticket)
             finally:
-                ticket.release()
-
-        return await asyncio.start_server(serve, host, port, limit=limit, backlog=backlog)
-
-    async def _handshake(
-        self, writer: asyncio.StreamWriter, context: ssl.SSLContext, source: str, what: str
-    ) -> bool:
-        timeout = self.config.handshake_timeout_s
-        raw = writer.transport
-        try:
-            async with asyncio.timeout(timeout + 0.5):
-                await writer.start_tls(context, ssl_handshake_timeout=timeout)
-        except (OSError, ssl.SSLError, EOFError, asyncio.IncompleteReadError) as error:
-            reason = classify_tls_failure(error)
-            del error  # its traceback holds the handshake's frames and buffers
-            self.refuse(reason, source, what)
-            _abort(writer, raw)
-            return False
-        return True
+                writer.close()
+        finally:
+            ticket.release()
 
 
-def _abort(writer: asyncio.StreamWriter, raw: asyncio.BaseTransport) -> None:
-    with contextlib.suppress(Exception):
-        writer.transport.abort()
-    if isinstance(raw, asyncio.Transport):
-        with contextlib.suppress(Exception):
-            raw.abort()
+class _AdmittedTls(asyncio.Protocol):
+    """The plain TCP protocol of one accepted connection until its TLS begins: it reads
+    nothing (the handshake's first byte must reach the TLS layer), is admitted or refused
+    at once, and hands the transport to :meth:`Admission._serve_tls`."""
+
+    def __init__(
+        self,
+        admission: Admission,
+        handler: TlsHandler,
+        context: ssl.SSLContext,
+        what: str,
+        limit: int,
+    ) -> None:
+        self._admission = admission
+        self._handler = handler
+        self._context = context
+        self._what = what
+        self._limit = limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
+        transport = cast(asyncio.Transport, transport)
+        transport.pause_reading()
+        admission = self._admission
+        source = admission.source_of(transport.get_extra_info("peername"))
+        ticket = admission.try_admit(source, self._what)
+        if ticket is None:
+            transport.abort()
+            return
+        admission._spawn(
+            admission._serve_tls(
+                transport, ticket, self._handler, self._context, self._what, self._limit
+            )
+        )
+
+    def data_received(self, data: bytes) -> None:
+        # Reading is paused until TLS takes the transport; nothing arrives here.
+        pass
 
 
 def _loop_now() -> float:

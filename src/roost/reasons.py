@@ -18,15 +18,16 @@ from roost.errors import RoostError
 
 __all__ = [
     "DESCRIPTIONS",
-    "REFUSALS_LOGGER",
+    "REFUSAL_LINE",
     "Reason",
     "RejectionCounter",
     "catalogue_markdown",
     "log_rejection",
 ]
 
-# The child logger every refusal line goes to (``roost.hub.refusals``, ...).
-REFUSALS_LOGGER = "refusals"
+# The ``extra`` every refusal line carries, so a log handler can tell refusal lines apart
+# (``record.roost_refusal``) whatever component logged them.
+REFUSAL_LINE: Mapping[str, object] = {"roost_refusal": True}
 
 
 class Reason(enum.StrEnum):
@@ -508,9 +509,9 @@ def log_rejection(
         return
     reason = error if isinstance(error, str) else error.reason
     more = f" ({suppressed} more since the last line)" if suppressed else ""
-    # A child named "refusals": daemons show these lines without --verbose (the rule
-    # above bounds them), while the rest of INFO stays for --verbose.
-    logger.getChild(REFUSALS_LOGGER).info("%s %s: %s%s", what, source, reason, more)
+    # Marked as a refusal: daemons show these lines without --verbose (the rule above
+    # bounds them), while the rest of INFO stays for --verbose.
+    logger.info("%s %s: %s%s", what, source, reason, more, extra=REFUSAL_LINE)
 
 
 def catalogue_markdown() -> str:

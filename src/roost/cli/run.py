@@ -27,7 +27,7 @@ from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write
 from roost.pki.certs import certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
-from roost.reasons import REFUSALS_LOGGER, Reason
+from roost.reasons import Reason
 
 __all__ = [
     "build_hub_daemon",
@@ -116,7 +116,7 @@ def configure_logging(verbose: bool) -> None:
 
 
 def _warnings_and_refusals(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or record.name.endswith("." + REFUSALS_LOGGER)
+    return record.levelno >= logging.WARNING or bool(getattr(record, "roost_refusal", False))
 
 
 @click.group(cls=RoostGroup)

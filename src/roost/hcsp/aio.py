@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from roost.clock import wall_ms_now
 from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import AnnouncementRefused, HcspEvent
-from roost.reasons import REFUSALS_LOGGER
+from roost.reasons import REFUSAL_LINE
 from roost.timer import CoreTimer
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "AnnounceTransport", "UdpConfig"]
@@ -48,12 +48,13 @@ class UdpConfig:
 
 def _log_refusal(event: AnnouncementRefused) -> None:
     more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
-    log.getChild(REFUSALS_LOGGER).info(
+    log.info(
         "announcement refused from %s:%s: %s%s",
         event.source_host,
         event.source_port,
         event.reason,
         more,
+        extra=REFUSAL_LINE,
     )
 
 

@@ -44,7 +44,7 @@ from roost.metrics import BROKER_METRICS
 from roost.pki.certs import load_certificate
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
-from roost.reasons import REFUSALS_LOGGER, Reason
+from roost.reasons import REFUSAL_LINE, Reason
 from roost.rendezvous.broker import BrokerCore
 from roost.rendezvous.broker_events import CloseChannel, Refused
 from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus
@@ -184,9 +184,7 @@ class BrokerDaemon:
         while (event := self.core.next_event()) is not None:
             if isinstance(event, Refused):
                 more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
-                log.getChild(REFUSALS_LOGGER).info(
-                    "refused %s: %s%s", event.source, event.reason, more
-                )
+                log.info("refused %s: %s%s", event.source, event.reason, more, extra=REFUSAL_LINE)
             elif isinstance(event, CloseChannel):
                 writer = self._writers.get(event.channel)
                 if writer is not None:
