@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from roost.errors import RefusedError, RoostError
 from roost.ratelimit import source_key
@@ -35,6 +37,7 @@ __all__ = [
     "AdmissionCore",
     "Ticket",
     "TlsHandler",
+    "TlsListener",
     "classify_tls_failure",
     "return_connection_buffers",
     "source_key",
@@ -43,6 +46,32 @@ __all__ = [
 # glibc's mallopt parameter for the size above which an allocation gets its own mapping.
 _M_MMAP_THRESHOLD = -3
 _CONNECTION_BUFFER_THRESHOLD = 128 * 1024
+
+
+# A burst of at least this many unauthenticated connections at once is followed, once all
+# have ended, by one malloc_trim after this delay.
+_TRIM_AFTER_BURST = 32
+_TRIM_DELAY_S = 1.0
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    # The OpenSSL state of hundreds of handshakes is small blocks spread over the heap;
+    # once they are all free, glibc keeps their pages until asked to give them back.
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+        trim(0)
 
 
 def return_connection_buffers() -> bool:
@@ -57,13 +86,8 @@ def return_connection_buffers() -> bool:
     every connection buffer in its own mapping. Called by the daemons' composition root;
     returns False where the C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -201,11 +225,17 @@ def classify_tls_failure(error: BaseException) -> str:
 class Ticket:
     """One held slot; :meth:`release` (idempotent) gives it back once the peer is known."""
 
-    __slots__ = ("_core", "_released", "source")
+    __slots__ = ("_core", "_on_release", "_released", "source")
 
-    def __init__(self, core: AdmissionCore, source: str) -> None:
+    def __init__(
+        self,
+        core: AdmissionCore,
+        source: str,
+        on_release: Callable[[], None] | None = None,
+    ) -> None:
         self._core = core
         self.source = source
+        self._on_release = on_release
         self._released = False
 
     def release(self) -> None:
@@ -213,6 +243,8 @@ class Ticket:
         if not self._released:
             self._released = True
             self._core.release(self.source)
+            if self._on_release is not None:
+                self._on_release()
 
 
 TlsHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Ticket], Awaitable[None]]
@@ -238,6 +270,8 @@ class Admission:
         self._log = logger
         self._rule = RejectionCounter(config.refusal_log_interval, config.max_sources)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._high_water = 0
+        self._trim: asyncio.TimerHandle | None = None
 
     def source_of(self, peername: Any) -> str:
         """The source key of a transport's ``peername``."""
@@ -259,7 +293,22 @@ class Admission:
         except RefusedError as error:
             self.refuse(error, source, what)
             return None
-        return Ticket(self.core, source)
+        self._high_water = max(self._high_water, self.core.unauthenticated)
+        return Ticket(self.core, source, self._released)
+
+    def _released(self) -> None:
+        """Once a burst of unauthenticated connections has ended, hand the heap pages their
+        TLS state left free back to the system, once per burst (the large buffers need no
+        help: :func:`return_connection_buffers`)."""
+        if self.core.unauthenticated or self._high_water < _TRIM_AFTER_BURST:
+            return
+        self._high_water = 0
+        if self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(_TRIM_DELAY_S, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        self._trim = None
+        _malloc_trim()
 
     async def start_tls_server(
         self,
@@ -271,16 +320,24 @@ class Admission:
         what: str,
         limit: int = 64 * 1024,
         backlog: int = 128,
-    ) -> asyncio.Server:
+    ) -> TlsListener:
         """Listen on host:port; each connection is admitted, then its TLS handshake runs
         under the deadline, then ``handler(reader, writer, ticket)`` runs."""
-        loop = asyncio.get_running_loop()
-        return await loop.create_server(
-            lambda: _AdmittedTls(self, handler, context, what, limit),
-            host,
-            port,
-            backlog=backlog,
-        )
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        listener = TlsListener(self, sock, handler, context, what, limit)
+        listener.start()
+        return listener
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -290,7 +347,7 @@ class Admission:
 
     async def _serve_tls(
         self,
-        transport: asyncio.Transport,
+        connection: socket.socket,
         ticket: Ticket,
         handler: TlsHandler,
         context: ssl.SSLContext,
@@ -303,27 +360,23 @@ class Admission:
         timeout = self.config.handshake_timeout_s
         try:
             try:
+                # The socket becomes a TLS transport before a byte is read from it, so the
+                # handshake's first record can never be taken by a plain protocol.
                 async with asyncio.timeout(timeout + 0.5):
-                    tls = await loop.start_tls(
-                        transport,
-                        protocol,
-                        context,
-                        server_side=True,
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: protocol,
+                        connection,
+                        ssl=context,
                         ssl_handshake_timeout=timeout,
                     )
             except (OSError, ssl.SSLError, EOFError) as error:
                 reason = classify_tls_failure(error)
                 del error  # its traceback holds the handshake's frames and buffers
                 self.refuse(reason, ticket.source, what)
-                transport.abort()
+                # The loop closed (and detached) the socket already unless it never took it.
+                connection.close()
                 return
-            if tls is None:
-                transport.abort()
-                return
-            # start_tls does not announce the new transport to the protocol: do it here, as
-            # asyncio's own open_connection does for a stream.
-            protocol.connection_made(tls)
-            writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             try:
                 await handler(reader, writer, ticket)
             finally:
@@ -332,44 +385,75 @@ class Admission:
             ticket.release()
 
 
-class _AdmittedTls(asyncio.Protocol):
-    """The plain TCP protocol of one accepted connection until its TLS begins: it reads
-    nothing (the handshake's first byte must reach the TLS layer), is admitted or refused
-    at once, and hands the transport to :meth:`Admission._serve_tls`."""
+class TlsListener:
+    """A listening socket whose accepted connections are admitted before anything is read
+    from them; shaped like the ``asyncio.Server`` it replaces (``sockets``, ``close``,
+    ``wait_closed``)."""
 
     def __init__(
         self,
         admission: Admission,
+        sock: socket.socket,
         handler: TlsHandler,
         context: ssl.SSLContext,
         what: str,
         limit: int,
     ) -> None:
         self._admission = admission
+        self._sock = sock
         self._handler = handler
         self._context = context
         self._what = what
         self._limit = limit
+        self._accepting: asyncio.Task[None] | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
-        transport = cast(asyncio.Transport, transport)
-        transport.pause_reading()
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening socket (empty once closed)."""
+        return () if self._sock.fileno() < 0 else (self._sock,)
+
+    def start(self) -> None:
+        """Begin accepting (on the running loop)."""
+        self._accepting = asyncio.ensure_future(self._accept_loop())
+
+    def close(self) -> None:
+        """Stop accepting; connections already served run on."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        """Wait for the accept loop to end."""
+        if self._accepting is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         admission = self._admission
-        source = admission.source_of(transport.get_extra_info("peername"))
-        ticket = admission.try_admit(source, self._what)
-        if ticket is None:
-            transport.abort()
-            return
-        admission._spawn(
-            admission._serve_tls(
-                transport, ticket, self._handler, self._context, self._what, self._limit
+        while True:
+            try:
+                connection, peer = await loop.sock_accept(self._sock)
+            except OSError as error:
+                if self._sock.fileno() < 0:
+                    return
+                # Out of descriptors (EMFILE, ENFILE) or a connection reset before accept:
+                # back off briefly rather than spin.
+                log = admission._log
+                log.warning("accept failed on %s: %s", self._what, error.strerror)
+                await asyncio.sleep(0.1)
+                continue
+            source = admission.source_of(peer)
+            ticket = admission.try_admit(source, self._what)
+            if ticket is None:
+                connection.close()
+                continue
+            connection.setblocking(False)
+            admission._spawn(
+                admission._serve_tls(
+                    connection, ticket, self._handler, self._context, self._what, self._limit
+                )
             )
-        )
-
-    def data_received(self, data: bytes) -> None:
-        # Reading is paused until TLS takes the transport; nothing arrives here.
-        pass
 
 
 def _loop_now() -> float:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from roost.admission import Admission, Ticket
+from roost.admission import Admission, Ticket, TlsListener
 from roost.errors import (
     RefusedError,
     RoostError,
@@ -186,7 +186,7 @@ class GuardServer:
         self._wall_ms = wall_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-login")
         self._login_server: LoginServer | None = None
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | TlsListener | None = None
         self._tasks: dict[asyncio.Task[None], _ServerStream] = {}
         self.rejections = RejectionCounter(self.config.refusal_log_interval)
         # The logging rule for sessions that end in a refusal the cores already counted

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from roost.admission import Admission, Ticket
+from roost.admission import Admission, Ticket, TlsListener
 from roost.channel import (
     ChannelClosed,
     ChannelCoreConfig,
@@ -182,7 +182,7 @@ class HubDaemon:
             )
         )
         self.tls = tls
-        self._server: asyncio.Server | None = None
+        self._server: TlsListener | None = None
         self._redirect_timer: CoreTimer | None = None  # built on the running loop
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()

@@ -34,7 +34,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from roost.admission import Admission, Ticket
+from roost.admission import Admission, Ticket, TlsListener
 from roost.clock import wall_ms_now
 from roost.config import BrokerConfig
 from roost.errors import RoostError, VerificationError
@@ -102,7 +102,7 @@ class BrokerDaemon:
         # and count every refusal in ``connections_rejected`` (docs/limits.md).
         self.admission = Admission(config.admission, self.connections_rejected, log)
         self._udp: asyncio.DatagramTransport | None = None
-        self._server: asyncio.Server | None = None
+        self._server: TlsListener | None = None
         self._api: ApiRunner | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._next_channel = 1
