@@ -270,6 +270,7 @@ class Admission:
         self._log = logger
         self._rule = RejectionCounter(config.refusal_log_interval, config.max_sources)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshaking: set[asyncio.Task[Any]] = set()
         self._high_water = 0
         self._trim: asyncio.TimerHandle | None = None
 
@@ -339,6 +340,14 @@ class Admission:
         listener.start()
         return listener
 
+    def close(self) -> None:
+        """End every connection still in its handshake (the daemon is stopping)."""
+        for task in list(self._handshaking):
+            task.cancel()
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         # The loop keeps only weak references to tasks: hold each until it ends.
@@ -358,6 +367,9 @@ class Admission:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         timeout = self.config.handshake_timeout_s
+        task = asyncio.current_task()
+        if task is not None:
+            self._handshaking.add(task)
         try:
             try:
                 # The socket becomes a TLS transport before a byte is read from it, so the
@@ -376,6 +388,8 @@ class Admission:
                 # The loop closed (and detached) the socket already unless it never took it.
                 connection.close()
                 return
+            finally:
+                self._handshaking.discard(task)
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             try:
                 await handler(reader, writer, ticket)

@@ -289,6 +289,7 @@ class HubDaemon:
             session.close()
         for task in list(self._tasks):
             task.cancel()
+        self.admission.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)

@@ -148,6 +148,7 @@ class BrokerDaemon:
             writer.close()
         for task in list(self._tasks):
             task.cancel()
+        self.admission.close()
         if self._udp is not None:
             self._udp.close()
         if self._server is not None:
