@@ -209,6 +209,12 @@ def _provision(
                 "hold_down": _HOLD_DOWN,
             },
             "redirect": {"batch_size": batch, "spacing": spacing},
+            # Every simulated camera dials from 127.0.0.1, one source to the per-source
+            # cap on unauthenticated connections; a home's cameras each have an address.
+            "admission": {
+                "max_unauthenticated": max(256, devices),
+                "max_unauthenticated_per_source": max(256, devices),
+            },
         }
         path = home / f"{name}.toml"
         path.write_text(to_toml(config, f"bench/handover.py {name} ({identifier})"))

@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from roost.admission import AdmissionConfig
 from roost.device.source_health import SourceHealthConfig
 from roost.device.sources import CameraSettings, SourceKind, parse_source
 from roost.dnssd.aio import DnsSdSettings
@@ -33,6 +34,7 @@ __all__ = [
     "DeviceConfig",
     "DnsSdSettings",
     "HubConfig",
+    "admission_table",
     "broker_limits_table",
     "camera_table",
     "connection_table",
@@ -52,6 +54,7 @@ _REDIRECT = RedirectConfig()
 _BROKER = BrokerCoreConfig()
 _CAMERA = CameraSettings()
 _SOURCE_HEALTH = SourceHealthConfig()
+_ADMISSION = AdmissionConfig()
 # Section 5: the broker's UDP port (STUN's 3478) and its TLS port.
 BROKER_UDP_PORT = 3478
 BROKER_TLS_PORT = 7443
@@ -194,6 +197,8 @@ class HubConfig:
     # Refused channels and announcements are logged at most once per source host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
     refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
+    # Caps, deadlines and HTTP limits of every listener (``[admission]``, docs/limits.md).
+    admission: AdmissionConfig = _ADMISSION
 
     @property
     def trust_dir(self) -> Path:
@@ -509,6 +514,7 @@ def load_hub_config(path: Path) -> HubConfig:
         source=path,
         dashboard=_dashboard(doc),
         api_token_file=doc.path("api_token_file") if doc.has("api_token_file") else None,
+        admission=_admission(doc),
     )
 
 
@@ -594,6 +600,8 @@ class BrokerConfig:
     core: BrokerCoreConfig
     max_channels: int = 4096
     source: Path | None = None
+    # Caps, deadlines and HTTP limits of the TLS port and the API (docs/limits.md).
+    admission: AdmissionConfig = _ADMISSION
 
     @property
     def trust_dir(self) -> Path:
@@ -638,4 +646,34 @@ def load_broker_config(path: Path) -> BrokerConfig:
         core=core,
         max_channels=doc.integer("max_channels", 4096, minimum=1),
         source=path,
+        admission=_admission(doc),
     )
+
+
+# ------------------------------------------------------------------- admission (both)
+
+_ADMISSION_KEYS = tuple(f.name for f in fields(AdmissionConfig))
+
+
+def admission_table() -> dict[str, object]:
+    """The ``[admission]`` table at its defaults (hub.toml and broker.toml)."""
+    return {key: getattr(_ADMISSION, key) for key in _ADMISSION_KEYS}
+
+
+def _admission(doc: _Table) -> AdmissionConfig:
+    """``[admission]``: every field of ``AdmissionConfig``, each optional."""
+    table = doc.table("admission")
+    unknown = sorted(set(table.keys()) - set(_ADMISSION_KEYS))
+    if unknown:
+        raise table.invalid(f"has unknown keys {unknown}")
+    values: dict[str, Any] = {}
+    for key in _ADMISSION_KEYS:
+        default = getattr(_ADMISSION, key)
+        if isinstance(default, int):
+            values[key] = table.integer(key, default)
+        else:
+            values[key] = table.number(key, default)
+    try:
+        return AdmissionConfig(**values)
+    except ValueError as exc:
+        raise table.invalid(f"is invalid: {exc}") from exc

@@ -12,11 +12,29 @@ cannot push out the buckets of sources that are actually busy.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 
 from roost.errors import RefusedError
 
-__all__ = ["SourceRateLimiter", "TokenBucket"]
+__all__ = ["SourceRateLimiter", "TokenBucket", "source_key"]
+
+
+def source_key(host: str, ipv6_prefix: int = 64) -> str:
+    """The source a per-source limit counts: an IPv4 address as it is, an IPv6 address by
+    its /64 network (one host or one home holds a whole /64), an IPv4-mapped IPv6 address
+    as its IPv4 address. Every port of one source is the same source."""
+    if ":" not in host:
+        return host  # IPv4 (or a name): the fast path of a datagram flood
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
+    return str(address)
 
 
 class TokenBucket:

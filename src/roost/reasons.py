@@ -16,7 +16,18 @@ from collections.abc import Mapping
 
 from roost.errors import RoostError
 
-__all__ = ["DESCRIPTIONS", "Reason", "RejectionCounter", "catalogue_markdown", "log_rejection"]
+__all__ = [
+    "DESCRIPTIONS",
+    "REFUSAL_LINE",
+    "Reason",
+    "RejectionCounter",
+    "catalogue_markdown",
+    "log_rejection",
+]
+
+# The ``extra`` every refusal line carries, so a log handler can tell refusal lines apart
+# (``record.roost_refusal``) whatever component logged them.
+REFUSAL_LINE: Mapping[str, object] = {"roost_refusal": True}
 
 
 class Reason(enum.StrEnum):
@@ -80,12 +91,34 @@ class Reason(enum.StrEnum):
     SEQ_NOT_INCREASING = "seq-not-increasing"
     SOURCE_MISMATCH = "source-mismatch"
     TABLE_FULL = "table-full"
+    FORGED_OWN_ID = "forged-own-id"
     # Limits (ratelimit.py, remote entrance).
     RATE_LIMITED = "rate-limited"
     SOURCE_TABLE_FULL = "source-table-full"
     BUSY = "busy"
     SOURCE_BUSY = "source-busy"
     BACKOFF = "backoff"
+    # Admission of unauthenticated connections (admission.py, docs/limits.md).
+    UNAUTHENTICATED_FULL = "unauthenticated-full"
+    SOURCE_UNAUTHENTICATED_FULL = "source-unauthenticated-full"
+    TLS_HANDSHAKE_TIMEOUT = "tls-handshake-timeout"
+    NOT_TLS = "not-tls"
+    TLS_FAILED = "tls-failed"
+    CLIENT_CERT_REQUIRED = "client-cert-required"
+    CLIENT_CERT_UNTRUSTED = "client-cert-untrusted"
+    CLOSED_IN_HANDSHAKE = "closed-in-handshake"
+    SESSION_REPLACED = "session-replaced"
+    REPLACE_LIMITED = "replace-limited"
+    # HTTP APIs (httpapi.py, admission.py).
+    BAD_REQUEST = "bad-request"
+    HEADER_TOO_LARGE = "header-too-large"
+    BODY_TOO_LARGE = "body-too-large"
+    LENGTH_REQUIRED = "length-required"
+    NOT_FOUND = "not-found"
+    METHOD_NOT_ALLOWED = "method-not-allowed"
+    HTTP_REFUSED = "http-refused"
+    HEADER_TIMEOUT = "header-timeout"
+    SILENT_CONNECTION = "silent-connection"
     # Certificates and trust (section 1, section 2).
     CHAIN = "chain"
     BAD_CERT = "bad-cert"
@@ -282,11 +315,33 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.SEQ_NOT_INCREASING: "a sequence number below the high-water mark",
     Reason.SOURCE_MISMATCH: "the advertised address is not the datagram's source",
     Reason.TABLE_FULL: "a bounded table is full of live entries",
+    Reason.FORGED_OWN_ID: "an announcement claiming this hub's identifier that it did not sign",
     Reason.RATE_LIMITED: "the source spent its token bucket",
     Reason.SOURCE_TABLE_FULL: "too many distinct sources are active at once",
     Reason.BUSY: "every slot of a listener is taken",
     Reason.SOURCE_BUSY: "the source holds its share of slots already",
     Reason.BACKOFF: "a retry inside its back-off window",
+    Reason.UNAUTHENTICATED_FULL: "every unauthenticated connection slot of the daemon is taken",
+    Reason.SOURCE_UNAUTHENTICATED_FULL: (
+        "the source address holds its share of unauthenticated connections already"
+    ),
+    Reason.TLS_HANDSHAKE_TIMEOUT: "the TLS handshake did not complete within its deadline",
+    Reason.NOT_TLS: "bytes on a TLS port that are not a TLS handshake",
+    Reason.TLS_FAILED: "the TLS handshake failed",
+    Reason.CLIENT_CERT_REQUIRED: "a TLS client that presented no certificate where one is required",
+    Reason.CLIENT_CERT_UNTRUSTED: "a TLS client certificate that does not chain to a trusted CA",
+    Reason.CLOSED_IN_HANDSHAKE: "the peer closed or reset the connection during the TLS handshake",
+    Reason.SESSION_REPLACED: "a device channel replaced by a newer hello of the same device",
+    Reason.REPLACE_LIMITED: "a device replacing its own channel faster than its limit",
+    Reason.BAD_REQUEST: "an HTTP request that does not parse, or that the API refuses as invalid",
+    Reason.HEADER_TOO_LARGE: "an HTTP request line, header or header count above its limit",
+    Reason.BODY_TOO_LARGE: "an HTTP request body above its limit, refused before it is read",
+    Reason.LENGTH_REQUIRED: "an HTTP request body without a Content-Length",
+    Reason.NOT_FOUND: "an HTTP request for a path the API does not serve",
+    Reason.METHOD_NOT_ALLOWED: "an HTTP method the API does not serve",
+    Reason.HTTP_REFUSED: "an HTTP request refused with another 4xx status",
+    Reason.HEADER_TIMEOUT: "an HTTP request whose headers did not arrive within their deadline",
+    Reason.SILENT_CONNECTION: "a connection that sent nothing within its idle limit",
     Reason.CHAIN: "a certificate does not chain to a trusted CA generation",
     Reason.BAD_CERT: "a certificate that does not parse or breaks its profile",
     Reason.BAD_KEY: "a key of the wrong type or curve",
@@ -485,7 +540,9 @@ def log_rejection(
         return
     reason = error if isinstance(error, str) else error.reason
     more = f" ({suppressed} more since the last line)" if suppressed else ""
-    logger.info("%s %s: %s%s", what, source, reason, more)
+    # Marked as a refusal: daemons show these lines without --verbose (the rule above
+    # bounds them), while the rest of INFO stays for --verbose.
+    logger.info("%s %s: %s%s", what, source, reason, more, extra=REFUSAL_LINE)
 
 
 def catalogue_markdown() -> str:

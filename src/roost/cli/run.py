@@ -73,7 +73,11 @@ def build_hub_daemon(
 
 
 def use_fast_loop() -> None:
-    """Run the daemon on uvloop where it is installed."""
+    """Run the daemon on uvloop where it is installed, with connection buffers returned
+    to the system when connections end (``roost.admission.return_connection_buffers``)."""
+    from roost.admission import return_connection_buffers
+
+    return_connection_buffers()
     # uvloop receives UDP about ten times faster than the default loop (STYLE.md).
     with contextlib.suppress(ImportError):
         import uvloop
@@ -110,11 +114,21 @@ def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:
 
 
 def configure_logging(verbose: bool) -> None:
-    """One log format for every daemon (INFO with --verbose, else WARNING)."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    """One log format for every daemon (INFO with --verbose, else WARNING and the
+    refusal lines, which the logging rule already bounds: once per source per interval)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return  # configured already (as basicConfig would, leave it)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    if not verbose:
+        handler.addFilter(_warnings_and_refusals)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _warnings_and_refusals(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or bool(getattr(record, "roost_refusal", False))
 
 
 @click.group(cls=RoostGroup)
@@ -148,7 +162,9 @@ def hub_run(config_file: Path, verbose: bool) -> None:
 
     async def start() -> None:
         await daemon.start()
-        runners.append(await start_api(daemon, *config.api, token=token))
+        runners.append(
+            await start_api(daemon, *config.api, token=token, admission=daemon.admission)
+        )
         if config.dashboard is not None:
             dashboards.append(await start_hub_dashboard(daemon, config))
         remote_address = None

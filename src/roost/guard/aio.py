@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from roost.admission import Admission, Ticket, TlsListener
 from roost.errors import (
     RefusedError,
     RoostError,
@@ -191,7 +192,7 @@ class GuardServer:
         self._wall_ms = wall_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-login")
         self._login_server: LoginServer | None = None
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | TlsListener | None = None
         self._tasks: dict[asyncio.Task[None], _ServerStream] = {}
         self.rejections = RejectionCounter(self.config.refusal_log_interval)
         # The logging rule for sessions that end in a refusal the cores already counted
@@ -212,12 +213,37 @@ class GuardServer:
             loop = asyncio.get_running_loop()
             self._login_server = await loop.run_in_executor(self._executor, self._make_login_server)
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> None:
-        """Listen on TLS; each connection's channel binding is ``tls-server-end-point``."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext,
+        *,
+        admission: Admission | None = None,
+    ) -> None:
+        """Listen on TLS; each connection's channel binding is ``tls-server-end-point``.
+
+        With ``admission`` (the hub's, docs/limits.md) a connection is admitted under the
+        daemon's unauthenticated caps and its handshake runs under their deadline before
+        the per-source limits below see it."""
         if self._binding is None:
             raise StateError("a TLS listener needs server_certificate_der", reason="bad-config")
         await self.open()
-        self._server = await asyncio.start_server(self._accept_tls, host, port, ssl=ssl_context)
+        if admission is None:
+            self._server = await asyncio.start_server(self._accept_tls, host, port, ssl=ssl_context)
+            return
+
+        async def admitted(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
+        ) -> None:
+            # TLS done: from here the guard's own per-source limits and login deadline hold
+            # the connection, so the daemon's unauthenticated slot is free again.
+            ticket.release()
+            await self._accept_tls(reader, writer)
+
+        self._server = await admission.start_tls_server(
+            admitted, host, port, ssl_context, what="remote entrance"
+        )
 
     def _make_login_server(self) -> LoginServer:
         directory = self._open_user_store()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from roost.clock import wall_ms_now
 from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import AnnouncementRefused, HcspEvent
+from roost.reasons import REFUSAL_LINE
 from roost.timer import CoreTimer
 
 __all__ = ["DEFAULT_GROUP", "DEFAULT_PORT", "AnnounceTransport", "UdpConfig"]
@@ -53,6 +54,7 @@ def _log_refusal(event: AnnouncementRefused) -> None:
         event.source_port,
         event.reason,
         more,
+        extra=REFUSAL_LINE,
     )
 
 

@@ -47,8 +47,8 @@ from roost.hcsp.election import Candidate, elect, rank_of
 from roost.hcsp.events import AnnouncementRefused, HcspEvent, LiveHub, WinnerChanged
 from roost.hcsp.hubtable import HubTable, serial_greater
 from roost.pki.certs import identifier_of, load_certificate
-from roost.ratelimit import SourceRateLimiter
-from roost.reasons import RejectionCounter
+from roost.ratelimit import SourceRateLimiter, source_key
+from roost.reasons import Reason, RejectionCounter
 
 __all__ = [
     "AnnounceConfig",
@@ -192,8 +192,10 @@ class AnnounceCore:
         self.counters = AnnounceCounters()
         # The logging rule only; ``counters.rejected`` stays the count status reads.
         self._refusal_log = RejectionCounter(config.refusal_log_interval, config.max_sources)
+        self._own_public_key: ec.EllipticCurvePublicKey | None = None
         if own is not None:
             self._check_own(own)
+            self._own_public_key = own.private_key.public_key()
 
     # --- public API -------------------------------------------------------------------
 
@@ -311,17 +313,25 @@ class AnnounceCore:
         # 1-2. Size cap, then magic and version: no state touched, no allocation.
         check_preamble(data, config.max_datagram)
         # 3. Per-source rate limit, before any parsing.
-        # Keyed by host and port: a flood from other sockets on the hub's own host (or
-        # behind the same NAT) must not spend the budget of the hub's announce socket.
-        self._limiter.take(f"{source_host}|{source_port}", now)
+        # Keyed by host (IPv6 by /64), never by port: a host that sends from many sockets
+        # is one source, so 64 ports do not buy 64 budgets.
+        self._limiter.take(source_key(source_host), now)
         # 4. Lengths consistent, no trailing bytes; then the hardened XML parse.
         announcement = decode_announcement(data, config.max_datagram)
         document = decode_document(announcement.document, config.max_datagram)
         if not isinstance(document, Subscribe):
             raise RemoteProtocolError("datagram carries no subscribe", reason="not-subscribe")
         identifier = document.sender.identifier
-        # Multicast loops our own datagrams back to us (handover §3 item 11).
+        # Multicast loops our own datagrams back to us (handover §3 item 11). It is an echo
+        # only when it carries our certificate and our signature: anything else claiming
+        # our identifier is refused and counted like any other failed announcement.
         if self._own is not None and identifier == self._own.identifier:
+            assert self._own_public_key is not None
+            if announcement.certificate != self._own.certificate_der:
+                raise VerificationError(
+                    "an announcement claims our identifier", reason=Reason.FORGED_OWN_ID
+                )
+            verify_announcement_signature(announcement, self._own_public_key)
             return _Outcome.OWN_ECHO
         # 5. Freshness of ts against our wall clock.
         self._check_freshness(document.ts, wall_ms)
@@ -349,7 +359,7 @@ class AnnounceCore:
         """Queue a log line for a refusal when the rule allows (PROTOCOL.md preamble).
 
         Keyed by host, not host and port: a flood from many sockets of one host is one
-        source for logging, while the rate limit above still keys by host and port.
+        source for logging, as it is for the rate limit above.
         """
         suppressed = self._refusal_log.count(error, source=host, now=now)
         if suppressed is not None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from roost.admission import Admission
 from roost.httpapi import NO_STORE, ApiRunner, add_metrics, serve_app
 from roost.hub.recorder import StoredFrame
 from roost.hub.status import HubStatus
@@ -92,10 +93,18 @@ def build_app(daemon: StatusSource, token: str | None = None) -> web.Application
 
 
 async def start_api(
-    daemon: StatusSource, host: str, port: int, token: str | None = None
+    daemon: StatusSource,
+    host: str,
+    port: int,
+    token: str | None = None,
+    *,
+    admission: Admission | None = None,
 ) -> ApiRunner:
-    """Serve the API on host:port (0 picks a free port); call `runner.cleanup()` to stop."""
-    return await serve_app(build_app(daemon, token), host, port)
+    """Serve the API on host:port (0 picks a free port); call `runner.cleanup()` to stop.
+
+    ``admission`` is the hub's (``HubDaemon.admission``), so the API's connections count
+    toward the same caps as its TLS ports (docs/limits.md)."""
+    return await serve_app(build_app(daemon, token), host, port, admission=admission)
 
 
 def _bearer(token: str) -> Any:

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from roost.admission import Admission, Ticket, TlsListener
 from roost.channel import (
     ChannelClosed,
     ChannelCoreConfig,
@@ -54,6 +55,7 @@ from roost.hub.status import (
 )
 from roost.pki.tls import ReloadableServerContext, peer_certificate
 from roost.pki.updater import TrustUpdater
+from roost.ratelimit import SourceRateLimiter
 from roost.reasons import Reason, RejectionCounter, log_rejection
 from roost.status import TrustSummary
 from roost.timer import CoreTimer
@@ -159,6 +161,17 @@ class HubDaemon:
         # The logging rule for device-channel refusals (PROTOCOL.md preamble): one line
         # per peer host per interval; ``counters`` keeps the counts status reads.
         self.refusals = RejectionCounter(config.refusal_log_interval)
+        # Every listener of the hub (device port, remote entrance, API) admits through one
+        # cap on unauthenticated connections and counts its refusals in
+        # ``connections_rejected`` (docs/limits.md).
+        self.admission = Admission(config.admission, self.counters.connections_rejected, log)
+        # A hello for a device that already has a channel replaces it; a client holding the
+        # device's key could do that forever, so replacements spend a bucket per device.
+        self._replacements = SourceRateLimiter(
+            config.admission.replace_rate_per_device,
+            config.admission.replace_burst_per_device,
+            config.admission.max_sources,
+        )
         self.sessions: dict[str, DeviceSession] = {}
         self.certificate = certificate
         node, _, _ = trust.state.verify_node(certificate)
@@ -178,7 +191,7 @@ class HubDaemon:
             )
         )
         self.tls = tls
-        self._server: asyncio.Server | None = None
+        self._server: TlsListener | None = None
         self._redirect_timer: CoreTimer | None = None  # built on the running loop
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
@@ -202,11 +215,12 @@ class HubDaemon:
     async def start(self) -> None:
         """Bind the device listener (port 0 picks a free one), then start announcing."""
         host, port = self.config.listen
-        self._server = await asyncio.start_server(
+        self._server = await self.admission.start_tls_server(
             self._serve_device,
             host,
             port,
-            ssl=self.tls.outer,
+            self.tls.outer,
+            what="device channel",
             limit=_READ_CHUNK,
             # A redirect batch arrives as a burst of handshakes; the default backlog of
             # 100 drops some and TCP retries them only after a second or more.
@@ -374,6 +388,7 @@ class HubDaemon:
             session.close()
         for task in list(self._tasks):
             task.cancel()
+        self.admission.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
@@ -418,9 +433,12 @@ class HubDaemon:
     # ---------------------------------------------------------------- device channel (§4)
 
     async def _serve_device(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
     ) -> None:
-        """Read the socket into the channel core, act on its events, flush what it sends."""
+        """Read the socket into the channel core, act on its events, flush what it sends.
+
+        ``ticket`` is the connection's unauthenticated slot: given back once the device's
+        certificate is verified."""
         session: DeviceSession | None = None
         host = _peer_host(writer)
         rejected = self.counters.connections_rejected
@@ -436,6 +454,7 @@ class HubDaemon:
                 self._count_refusal(rejected, exc, host)
                 self._fetch_after_failure(leaf)
                 return
+            ticket.release()
             try:
                 core = HubChannelCore(
                     self.channel_config,
@@ -506,6 +525,14 @@ class HubDaemon:
             return
         previous = self.sessions.get(device_id)
         if previous is not None:
+            host = _peer_host(session.writer)
+            try:
+                self._replacements.take(device_id, _loop_now())
+            except RefusedError:
+                # The channel in place stays; the newcomer is refused (counted, logged).
+                session.core.refuse(Reason.REPLACE_LIMITED)
+                return
+            self._count_refusal(self.counters.connections_rejected, Reason.SESSION_REPLACED, host)
             previous.close()
         session.connected_at = _loop_now()
         self.sessions[device_id] = session

@@ -172,5 +172,7 @@ async def start_remote(
     server, merkle_log = guard or build_guard_server(hub, config, calls)
     host, port = hub_config.remote
     # Users have no device certificate: TLS authenticates the hub, the guard the user.
-    await server.start(host, port, server_context(hub_config.cert, hub_config.key))
+    await server.start(
+        host, port, server_context(hub_config.cert, hub_config.key), admission=hub.admission
+    )
     return server, merkle_log

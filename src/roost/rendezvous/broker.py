@@ -37,7 +37,7 @@ import random
 from collections import deque
 
 from roost.errors import RefusedError, RoostError, VerificationError
-from roost.ratelimit import SourceRateLimiter, TokenBucket
+from roost.ratelimit import SourceRateLimiter, TokenBucket, source_key
 from roost.reasons import Reason, RejectionCounter
 from roost.rendezvous import control, stun
 from roost.rendezvous.broker_events import (
@@ -184,7 +184,8 @@ class BrokerCore:
         host = addr[0]
         try:
             self._udp_global.take(now)
-            self._udp_sources.take(host, now)
+            # By host (IPv6 by /64): one machine's many ports are one source.
+            self._udp_sources.take(source_key(host), now)
         except RefusedError as exc:
             self._refuse(exc, host, now)
             return

@@ -34,6 +34,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from roost.admission import Admission, Ticket, TlsListener
 from roost.clock import wall_ms_now
 from roost.config import BrokerConfig
 from roost.errors import RoostError, VerificationError
@@ -43,7 +44,7 @@ from roost.metrics import BROKER_METRICS
 from roost.pki.certs import load_certificate
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
-from roost.reasons import Reason
+from roost.reasons import REFUSAL_LINE, Reason
 from roost.rendezvous.broker import BrokerCore
 from roost.rendezvous.broker_events import CloseChannel, Refused
 from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus
@@ -55,7 +56,6 @@ __all__ = ["BrokerDaemon", "fetch_broker_status"]
 
 log = logging.getLogger("roost.broker")
 _READ_CHUNK = 64 * 1024
-_HANDSHAKE_TIMEOUT = 10.0
 
 
 # Datagrams read per readiness callback: one core flush and one timer check serve the whole
@@ -188,8 +188,11 @@ class BrokerDaemon:
         # Wall microseconds: RWAK counters keep rising across restarts (section 5).
         self.core = BrokerCore(config.core, rng=rng, wake_counter_start=wall_ms_now() * 1000)
         self.connections_rejected: collections.Counter[str] = collections.Counter()
+        # The TLS port and the API admit through one cap on unauthenticated connections
+        # and count every refusal in ``connections_rejected`` (docs/limits.md).
+        self.admission = Admission(config.admission, self.connections_rejected, log)
         self._udp: _UdpSocket | None = None
-        self._server: asyncio.Server | None = None
+        self._server: TlsListener | None = None
         self._api: ApiRunner | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
         self._next_channel = 1
@@ -209,12 +212,12 @@ class BrokerDaemon:
         host, port = self.config.udp
         self._udp = _UdpSocket.bind(self, host, port)
         tls_host, tls_port = self.config.tls
-        self._server = await asyncio.start_server(
+        self._server = await self.admission.start_tls_server(
             self._serve,
             tls_host,
             tls_port,
-            ssl=self.tls.outer,
-            ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
+            self.tls.outer,
+            what="broker channel",
             limit=_READ_CHUNK,
         )
         if self.config.api is not None:
@@ -232,6 +235,7 @@ class BrokerDaemon:
             writer.close()
         for task in list(self._tasks):
             task.cancel()
+        self.admission.close()
         if self._udp is not None:
             self._udp.close()
         if self._server is not None:
@@ -267,7 +271,7 @@ class BrokerDaemon:
         while (event := self.core.next_event()) is not None:
             if isinstance(event, Refused):
                 more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
-                log.info("refused %s: %s%s", event.source, event.reason, more)
+                log.info("refused %s: %s%s", event.source, event.reason, more, extra=REFUSAL_LINE)
             elif isinstance(event, CloseChannel):
                 writer = self._writers.get(event.channel)
                 if writer is not None:
@@ -306,9 +310,12 @@ class BrokerDaemon:
 
     # ------------------------------------------------------------------ TLS channels
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
+    ) -> None:
+        source = self.admission.source_of(writer.get_extra_info("peername"))
         if len(self._writers) >= self.config.max_channels:
-            self.connections_rejected[Reason.BUSY] += 1
+            self.admission.refuse(Reason.BUSY, source, "broker channel")
             writer.close()
             return
         ssl_object = writer.get_extra_info("ssl_object")
@@ -323,9 +330,12 @@ class BrokerDaemon:
                     self._fetch_after_failure(leaf)
                     raise
             except RoostError as exc:
-                self.connections_rejected[exc.reason] += 1
+                self.admission.refuse(exc, source, "broker channel")
                 writer.close()
                 return
+        # TLS is done and a certificate, if any, verified: the slot is free again (an
+        # issuer without one is held by the broker's per-source buckets from here).
+        ticket.release()
         peername = writer.get_extra_info("peername")
         channel = self._next_channel
         self._next_channel += 1
@@ -431,7 +441,7 @@ async def _start_api(daemon: BrokerDaemon, host: str, port: int) -> ApiRunner:
     app[_DAEMON_KEY] = daemon
     app.router.add_get("/api/status", _status)
     add_metrics(app, daemon.status, BROKER_METRICS)
-    return await serve_app(app, host, port)
+    return await serve_app(app, host, port, admission=daemon.admission, what="broker api")
 
 
 async def _status(request: web.Request) -> web.Response:

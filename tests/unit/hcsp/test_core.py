@@ -418,3 +418,35 @@ def test_unverified_newcomer_cannot_evict_a_departed_replay_mark() -> None:
     assert core.counters.rejected["chain"] == 1
     core.receive_datagram(captured, SOURCE, 4.0, WALL + 4000)
     assert core.counters.rejected["replay"] == 1
+
+
+def test_a_flood_from_many_ports_of_one_host_spends_one_bucket() -> None:
+    receiver = Receiver()
+    replay = _signed(receiver.hub, _subscribe(receiver.hub))
+    # 64 ports, two datagrams each: keyed by port none would be limited; keyed by host the
+    # host has one burst of 40 (one token went to the Receiver's accepted datagram).
+    for port in range(64):
+        for _ in range(2):
+            receiver.core.receive_datagram(replay, (HOST, 20000 + port), 0.0, WALL)
+    rejected = receiver.core.counters.rejected
+    assert rejected["replay"] == 39
+    assert rejected["rate-limited"] == 128 - 39
+
+
+def test_an_announcement_claiming_our_identifier_is_verified_like_any_other() -> None:
+    node, core = hub_core(CA, HOST)
+    other = hub_node(CA, HOST)
+    claim = _subscribe(node)
+    forged_certificate = encode_announcement(claim, other.cert.public_bytes(DER), other.key)
+    forged_signature = encode_announcement(claim, node.cert.public_bytes(DER), other.key)
+    core.receive_datagram(forged_certificate, SOURCE, 0.0, WALL)
+    core.receive_datagram(forged_signature, SOURCE, 0.0, WALL)
+    assert core.counters.own_echoes == 0
+    assert core.counters.rejected["forged-own-id"] == 1
+    assert core.counters.rejected["bad-signature"] == 1
+    # Both are refusals the log rule sees, not silent echoes.
+    assert [type(e) for e in _events(core) if isinstance(e, AnnouncementRefused)]
+    # A genuine echo still counts as one.
+    (datagram,) = core.datagrams_to_send(0.0, WALL)
+    core.receive_datagram(datagram, SOURCE, 0.0, WALL)
+    assert core.counters.own_echoes == 1
