@@ -18,6 +18,7 @@ from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
 from roost.reasons import Reason
 from roost.rendezvous.broker_events import BrokerCoreConfig
+from roost.rendezvous.presence import PresenceConfig
 
 __all__ = [
     "BROKER_LOCAL_DEFAULT",
@@ -42,6 +43,7 @@ _ANNOUNCE = AnnounceConfig()
 _UDP = UdpConfig()
 _REDIRECT = RedirectConfig()
 _BROKER = BrokerCoreConfig()
+_PRESENCE = PresenceConfig()
 # Section 5: the broker's UDP port (STUN's 3478) and its TLS port.
 BROKER_UDP_PORT = 3478
 BROKER_TLS_PORT = 7443
@@ -445,6 +447,19 @@ class BrokerConfig:
     core: BrokerCoreConfig
     max_channels: int = 4096
     source: Path | None = None
+    # docs/broker-scale.md: "memory" (one process) or a redis://, rediss://, unix:// or
+    # redis+sentinel:// URL shared by several broker processes.
+    registry: str = "memory"
+    # This process's name in the shared registry (default: name-host-pid).
+    node: str | None = None
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
+    # SO_REUSEPORT worker processes on this host (`roost broker run --workers N`).
+    workers: int = 1
+    reuse_port: bool = False
+
+    @property
+    def shared(self) -> bool:
+        return self.registry != "memory"
 
     @property
     def trust_dir(self) -> Path:
@@ -489,4 +504,24 @@ def load_broker_config(path: Path) -> BrokerConfig:
         core=core,
         max_channels=doc.integer("max_channels", 4096, minimum=1),
         source=path,
+        **_shared_registry(doc),
     )
+
+
+def _shared_registry(doc: _Table) -> dict[str, Any]:
+    """``registry``, ``node``, ``workers``, ``presence_every``, ``registry_prefix``."""
+    registry = doc.string("registry", "memory")
+    if registry != "memory" and "://" not in registry:
+        raise doc.error("registry", f"must be 'memory' or a redis URL, not {registry!r}")
+    try:
+        presence = PresenceConfig(
+            every=doc.integer("presence_every", _PRESENCE.every, minimum=1),
+            prefix=doc.string("registry_prefix", _PRESENCE.prefix),
+        )
+    except ValueError as exc:
+        raise doc.error("registry_prefix", str(exc)) from exc
+    workers = doc.integer("workers", 1, minimum=1)
+    if workers > 1 and registry == "memory":
+        raise doc.error("workers", "several workers need a shared registry (redis://…)")
+    node = doc.string("node", "") or None
+    return {"registry": registry, "node": node, "presence": presence, "workers": workers}

@@ -64,6 +64,7 @@ from roost.rendezvous.messages import (
     encode_wake,
     verify_registration,
 )
+from roost.rendezvous.presence import PresencePolicy
 from roost.rendezvous.registry import Registry
 
 __all__ = ["BrokerCore", "BrokerCounters"]
@@ -82,8 +83,14 @@ class BrokerCore:
         rng: random.Random | None = None,
         *,
         wake_counter_start: int = 0,
+        presence: PresencePolicy | None = None,
     ) -> None:
         self.config = config
+        # With a shared registry (docs/broker-scale.md) the policy says which entries are
+        # due to be written; None: the in-memory registry alone.
+        self.presence = presence
+        self._presence_due: list[str] = []
+        self._unresolved: list[tuple[str, bytes, Address]] = []
         self.registry = registry or Registry(config.ttl_s, config.max_entries)
         # Keys, tokens and session numbers must be unpredictable: SystemRandom by default.
         self._rng = rng or random.SystemRandom()
@@ -126,6 +133,25 @@ class BrokerCore:
 
     def next_event(self) -> BrokerEvent | None:
         return self._events.popleft() if self._events else None
+
+    def presence_to_write(self) -> list[str]:
+        """Identifiers whose shared presence is due (enrolled, changed, every k-th
+        registration or keepalive); empty without a presence policy."""
+        out, self._presence_due = self._presence_due, []
+        return out
+
+    def registrations_to_resolve(self) -> list[tuple[str, bytes, Address]]:
+        """Registrations refused ``not-enrolled`` or ``bad-tag`` here that another process
+        may have enrolled: ``(identifier, datagram, source)`` for the adapter to look up
+        in the shared registry, ``adopt`` and hand in again."""
+        out, self._unresolved = self._unresolved, []
+        return out
+
+    def adopt(
+        self, identifier: str, key: bytes, counter: int, certificate: bytes | None, now: float
+    ) -> None:
+        """Take over an entry from the shared registry (its key, counter, certificate)."""
+        self.registry.adopt(identifier, key, counter, certificate, now)
 
     def get_timer(self) -> float | None:
         """The next deadline: a wake-up resend, a session or channel limit, or expiry."""
@@ -213,17 +239,29 @@ class BrokerCore:
         identifier = received.registration.identifier
         key = self.registry.key_of(identifier)
         if key is None:
+            if self.presence is not None:
+                self._unresolved.append((identifier, data, addr))
             raise VerificationError(
                 "registration from an unknown identifier", reason=Reason.NOT_ENROLLED
             )
-        registration = verify_registration(received, key)
+        try:
+            registration = verify_registration(received, key)
+        except VerificationError:
+            # Shared registry: the equipment may have enrolled again at another process.
+            if self.presence is not None:
+                self._unresolved.append((identifier, data, addr))
+            raise
         check_counter(self.registry.counter_of(identifier), registration.counter)
         ack = encode_ack(Ack(registration.counter, source), data)
-        self.registry.register(
+        changed = self.registry.register(
             identifier, registration.counter, source, registration.candidates, now
         )
         self._datagrams.append((ack, addr))
         self.counters.registrations += 1
+        if self.presence is not None and self.presence.registration_due(
+            registration.counter, changed
+        ):
+            self._presence_due.append(identifier)
 
     def _send_wake(self, session: SessionRecord, now: float) -> None:
         key = self.registry.key_of(session.target)
@@ -270,6 +308,8 @@ class BrokerCore:
             return
         if channel.held and channel.peer is not None:
             self.registry.release(channel.peer, channel_id)
+            if self.presence is not None:
+                self.presence.forget(channel.peer)
         if channel.session is not None and channel.session in self._sessions:
             self._end(self._sessions[channel.session], Reason.DISCONNECTED, skip=channel_id)
 
@@ -362,6 +402,8 @@ class BrokerCore:
         self._arm_channel(channel, now)
         self._send(channel.id, control.Enrolled(identifier, key, self.config.interval_ms))
         self.counters.enrollments += 1
+        if self.presence is not None:
+            self._presence_due.append(identifier)
 
     def _keepalive(self, channel: ChannelRecord) -> None:
         identifier = self._equipment(channel)
@@ -369,6 +411,8 @@ class BrokerCore:
             raise RefusedError("keepalive before enroll", reason=Reason.NOT_ENROLLED)
         self._send(channel.id, control.Keepalive())
         self.counters.keepalives += 1
+        if self.presence is not None and self.presence.keepalive_due(identifier):
+            self._presence_due.append(identifier)
 
     # ------------------------------------------------------------------ issuer ops
 
