@@ -88,7 +88,11 @@ BROKER_LOCAL_DEFAULT = "0.0.0.0:0"
 
 @dataclass(frozen=True, slots=True)
 class BrokerLink:
-    """The ``[broker]`` table of a hub config: where the hub's agent reaches the broker."""
+    """The ``[broker]`` table of a hub config: where the hub's agent reaches the broker.
+
+    ``address`` and ``udp`` may each be a list of the same length (docs/broker-scale.md):
+    the agent uses the first pair and moves to the next when its broker fails.
+    """
 
     # The broker's TLS control port (enrollment, held connection, present).
     address: tuple[str, int]
@@ -96,25 +100,43 @@ class BrokerLink:
     udp: tuple[str, int]
     # The agent's one UDP socket (registrations, wake-ups, probes, QUIC) binds here.
     local: tuple[str, int] = ("0.0.0.0", 0)
+    # Further (TLS, UDP) pairs, in order, after the first.
+    more: tuple[tuple[tuple[str, int], tuple[str, int]], ...] = ()
+
+    @property
+    def endpoints(self) -> tuple[tuple[tuple[str, int], tuple[str, int]], ...]:
+        """Every (TLS, UDP) pair, the first one first."""
+        return ((self.address, self.udp), *self.more)
 
 
 def _broker_link(doc: _Table) -> BrokerLink | None:
     if not doc.has("broker"):
         return None
     section = doc.table("broker")
+    addresses = _remote_endpoints(section, "address")
+    udps = _remote_endpoints(section, "udp")
+    if len(addresses) != len(udps):
+        raise section.error("udp", "must list as many entries as address")
     return BrokerLink(
-        address=_remote_endpoint(section, "address"),
-        udp=_remote_endpoint(section, "udp"),
+        address=addresses[0],
+        udp=udps[0],
         local=section.hostport("local", BROKER_LOCAL_DEFAULT),
+        more=tuple(zip(addresses[1:], udps[1:], strict=True)),
     )
 
 
-def _remote_endpoint(section: _Table, key: str) -> tuple[str, int]:
+def _remote_endpoints(section: _Table, key: str) -> tuple[tuple[str, int], ...]:
     # A broker is dialled: port 0 and the unspecified address name nothing to reach.
-    host, port = section.hostport(key)
-    if port == 0 or host in ("", "0.0.0.0", "::"):
-        raise section.error(key, f"must name a reachable HOST:PORT, not {host}:{port}")
-    return host, port
+    if isinstance(section.raw(key), list):
+        found = section.hostports(key)
+        if not found:
+            raise section.error(key, "must name at least one HOST:PORT")
+    else:
+        found = (section.hostport(key),)
+    for host, port in found:
+        if port == 0 or host in ("", "0.0.0.0", "::"):
+            raise section.error(key, f"must name a reachable HOST:PORT, not {host}:{port}")
+    return found
 
 
 # --------------------------------------------------------------------------------------
@@ -245,6 +267,10 @@ class _Table:
         if not isinstance(value, Mapping):
             raise self.error(key, "must be a table")
         return _Table(self._path, value, f"{self._prefix}{key}.")
+
+    def raw(self, key: str) -> object:
+        """The key's value as read, None when absent."""
+        return self._get(key, None)
 
     def string(self, key: str, default: object = None) -> str:
         value = self._get(key, _REQUIRED if default is None else default)
