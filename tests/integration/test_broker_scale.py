@@ -195,3 +195,60 @@ def test_owner_killed_the_hub_rehomes_within_an_interval_plus_ttl(cluster: Clust
     assert summary["frames"] == 1
     # The agent notices after its missed registrations (a TTL), then enrolls at the next.
     assert rehomed <= scaled(INTERVAL_S + TTL_S) + 2, rehomed
+
+
+def test_reuseport_workers_share_the_ports_and_survive_a_killed_worker(tmp_path: Path) -> None:
+    # `roost broker run --workers 2`: both workers on the home's UDP and TLS ports; the
+    # kernel sends the hub's datagrams to one of them (its owner), a TLS connection to
+    # either. Killing the owner sends the hub's next registration to the other, which
+    # adopts the entry from Redis.
+    server = RedisServer(server_binaries()[0], tmp_path / "redis")
+    home = LoopbackHome(tmp_path / "home", hubs=1, devices=0)
+    config = home.path / "broker.toml"
+    text = config.read_text().replace("interval_s = 20.0", f"interval_s = {INTERVAL_S}")
+    api = int(text.split('api = "127.0.0.1:')[1].split('"')[0])
+    text = text.replace(f'api = "127.0.0.1:{api}"', 'api = "127.0.0.1:0"')
+    config.write_text(text.replace("[limits]", f'registry = "{server.url}"\n[limits]'))
+    log = (home.path / "broker.log").open("w+b")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "roost", "broker", "run", "--config", str(config)]
+        + ["--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    hub = home.hub_id(1)
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        server.start()
+        assert supervisor.stdout is not None
+        summary = json.loads(supervisor.stdout.readline())
+        workers = {w["worker"]: w for w in summary["workers"]}
+        assert len(workers) == 2 and {w["udp"][1] for w in workers.values()} == {summary["udp"][1]}
+        home.start("hub-1")
+
+        def owner() -> tuple[str, int] | None:
+            value = client.get(PresenceConfig().presence_key(hub))
+            if value is None:
+                return None
+            record = decode_presence(value)
+            return record.owner, record.epoch
+
+        wait_until(
+            lambda: owner() is not None and owner()[0].endswith(("-w0", "-w1")), 20, what="owner"
+        )
+        first = owner()
+        assert first is not None
+        killed = int(first[0][-1])
+        subprocess.run(["kill", "-9", str(workers[killed]["pid"])], check=True)
+        wait_until(
+            lambda: owner() not in (None, first), scaled(INTERVAL_S + TTL_S) + 3, what="re-home"
+        )
+        supervisor.terminate()
+        assert supervisor.wait(timeout=20) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        client.close()
+        home.close()
+        server.stop()
