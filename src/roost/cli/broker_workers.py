@@ -35,6 +35,10 @@ def _reserve(kind: int, host: str, port: int) -> socket.socket:
     """A socket on ``host:port`` with SO_REUSEPORT, so the workers can join its port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
+    if kind == socket.SOCK_STREAM:
+        # Connections of an earlier run in TIME_WAIT must not block the restart (asyncio's
+        # listeners set the same option).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock

@@ -71,7 +71,6 @@ _HANDSHAKE_TIMEOUT = 10.0
 # The ops whose target may be owned by another process (docs/broker-scale.md, "Routing");
 # our encoder writes "op" first and compact, so a prefix test spares a JSON parse.
 _ROUTED_OPS = (b'{"op":"lookup"', b'{"op":"connect"')
-_HANDLED = ("", -1)
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -318,9 +317,7 @@ class BrokerDaemon:
                 for body in framer.feed(data):
                     forward = self._forwarded.get(channel)
                     if forward is None and self.shared is not None and body.startswith(_ROUTED_OPS):
-                        forward = await self._route(channel, body, str(peername[0]), rtt, writer)
-                    if forward is _HANDLED:
-                        continue
+                        forward = await self._route(channel, body, str(peername[0]), rtt)
                     if forward is not None:
                         self._hop(forward[0], Hop.RECORD, channel, rtt, body)
                     else:
@@ -469,10 +466,10 @@ class BrokerDaemon:
         body: bytes,
         source: str,
         rtt: int,
-        writer: asyncio.StreamWriter,
     ) -> tuple[str, int] | None:
         """Where a ``lookup``/``connect`` is served: None here, or the owner's (node,
-        epoch) once the channel is open there; ``_HANDLED`` when the owner is gone."""
+        epoch), the channel then opened there (``_owner_heard`` answers target-offline
+        if nobody received the OPEN)."""
         try:
             message = control.decode_control(body)
         except RoostError:
@@ -496,20 +493,27 @@ class BrokerDaemon:
         opened = NodeMessage(Hop.OPEN, self.node, self.epoch, channel, rtt, source.encode())
         heard = self.shared.publish(record.owner, opened.encode(), wait=True)
         assert heard is not None
-        try:
-            listeners = await asyncio.wait_for(heard, self.config.presence.route_timeout_s)
-        except TimeoutError:
-            listeners = 0
-        if listeners == 0:
-            # The owner is gone (killed, or Redis is down): the equipment re-homes within
-            # one interval; until then it cannot be woken from here.
-            self.core.rejections.count(Reason.TARGET_OFFLINE, source=source, now=now)
+        forward = (record.owner, record.epoch)
+        self._forwarded[channel] = forward
+        self.forwarded_total += 1
+        # The records follow the OPEN in the same pipeline without waiting for it: a
+        # forwarded request costs no extra round trip to Redis (docs/broker-scale.md).
+        heard.add_done_callback(lambda done: self._owner_heard(done, channel, forward, source))
+        return forward
+
+    def _owner_heard(
+        self, done: asyncio.Future[int], channel: int, forward: tuple[str, int], source: str
+    ) -> None:
+        if done.result() > 0 or self._forwarded.get(channel) != forward:
+            return
+        # Nobody listens for the owner (killed, or Redis went down): the equipment
+        # re-homes within one interval; until then it cannot be woken from here.
+        del self._forwarded[channel]
+        self.core.rejections.count(Reason.TARGET_OFFLINE, source=source, now=_loop_now())
+        writer = self._writers.get(channel)
+        if writer is not None and not writer.is_closing():
             error = control.Error(Reason.TARGET_OFFLINE, None)
             writer.write(encode_record(control.encode_control_message(error)))
-            return _HANDLED
-        self._forwarded[channel] = (record.owner, record.epoch)
-        self.forwarded_total += 1
-        return self._forwarded[channel]
 
     def _hop(self, node: str, kind: Hop, channel: int, rtt: int, payload: bytes) -> None:
         """Send one message of a channel this process forwards to ``node``."""
