@@ -84,50 +84,51 @@ _BURST = 64
 def _blast(
     makers: list[tuple[bytes, bytes, bytes]],
     counter: int,
-    port: int,
+    socks: list[socket.socket],
     seconds: float,
-    sockets: int,
 ) -> tuple[int, int]:
-    """RREG for every identity in turn, identity i always from socket i % sockets."""
-    socks = []
-    for _ in range(sockets):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.connect((HOST, port))
-        socks.append(sock)
+    """RREG for every identity in turn, identity i always from socket i % len(socks)
+    (the sockets live as long as the identities: a stable NAT mapping per equipment)."""
     count = len(makers)
     sent = 0
     end = time.perf_counter() + seconds
     index = 0
-    try:
-        while time.perf_counter() < end or seconds == 0:
-            for _ in range(_BURST):
-                index = (index + 1) % count
-                if index == 0:
-                    counter += 1
-                with contextlib.suppress(OSError):
-                    socks[index % sockets].send(rreg(makers[index], counter))
-                    sent += 1
-                if seconds == 0 and index == count - 1:
-                    return sent, counter
-    finally:
-        for sock in socks:
-            sock.close()
+    while time.perf_counter() < end or seconds == 0:
+        for _ in range(_BURST):
+            index = (index + 1) % count
+            if index == 0:
+                counter += 1
+            with contextlib.suppress(OSError):
+                socks[index % len(socks)].send(rreg(makers[index], counter))
+                sent += 1
+            if seconds == 0 and index == count - 1:
+                return sent, counter
     return sent, counter
 
 
 def _sender_main(conn: multiprocessing.connection.Connection) -> None:
     makers: list[tuple[bytes, bytes, bytes]] = []
+    socks: list[socket.socket] = []
     counter = 1
     while True:
         command = conn.recv()
         if command[0] == "identities":
-            makers = [rreg_maker(identifier, key) for identifier, key in command[1]]
-            counter = command[2]
+            _, identities, counter, port, sockets = command
+            makers = [rreg_maker(identifier, key) for identifier, key in identities]
+            for sock in socks:
+                sock.close()
+            socks = []
+            for _ in range(sockets):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.connect((HOST, port))
+                socks.append(sock)
             conn.send(len(makers))
         elif command[0] == "rreg":
-            sent, counter = _blast(makers, counter, command[1], command[2], command[3])
+            sent, counter = _blast(makers, counter, socks, command[1])
             conn.send(sent)
         else:
+            for sock in socks:
+                sock.close()
             conn.send(None)
             return
 
@@ -256,11 +257,11 @@ def _measure_workers(
     share = len(enrolled) // len(senders)
     for n, conn in enumerate(senders):
         part = enrolled[n * share : (n + 1) * share]
-        _ask(conn, ("identities", part, 1), 30)
+        _ask(conn, ("identities", part, 1, udp_port, args.sockets), 30)
     ports = [api + i for i in range(workers)]
     # Warm-up: every identity registers once; a worker that did not enroll it adopts it.
     for conn in senders:
-        conn.send(("rreg", udp_port, 0.0, args.sockets))
+        conn.send(("rreg", 0.0))
     for conn in senders:
         if not conn.poll(30):
             raise TimeoutError("warm-up")
@@ -271,7 +272,7 @@ def _measure_workers(
         before, calls_before = _registrations(ports), server.calls()
         started = time.perf_counter()
         for conn in senders:
-            conn.send(("rreg", udp_port, args.seconds, args.sockets))
+            conn.send(("rreg", args.seconds))
         for conn in senders:
             if not conn.poll(args.seconds + 30):
                 raise TimeoutError("sender")

@@ -211,8 +211,7 @@ def test_reuseport_workers_share_the_ports_and_survive_a_killed_worker(tmp_path:
     config.write_text(text.replace("[limits]", f'registry = "{server.url}"\n[limits]'))
     log = (home.path / "broker.log").open("w+b")
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "roost", "broker", "run", "--config", str(config)]
-        + ["--workers", "2"],
+        [sys.executable, "-m", "roost", "broker", "run", "--config", str(config), "--workers", "2"],
         stdout=subprocess.PIPE,
         stderr=log,
     )
