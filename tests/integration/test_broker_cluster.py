@@ -177,3 +177,58 @@ def test_urls_that_name_no_redis_are_config_errors() -> None:
     for url in ("http://x", "redis+sentinel:///roost", "redis+sentinel://h:1/"):
         with pytest.raises(ConfigError):
             connect_redis(url)
+
+
+async def test_rediss_url_with_the_deployments_ca(tmp_path: Path) -> None:
+    # TLS to Redis (rediss://), the server certificate issued by a test CA and checked
+    # by the client against it (ssl_ca_certs) with its host name.
+    from roost.pki.certs import Role, cert_to_pem, key_to_pem
+    from tests.helpers.pki import TestCA
+
+    ca = TestCA()
+    node = ca.issue(Role.BROKER, ips=("127.0.0.1",))
+    (tmp_path / "ca.pem").write_bytes(cert_to_pem(ca.cert))
+    (tmp_path / "cert.pem").write_bytes(cert_to_pem(node.cert))
+    (tmp_path / "key.pem").write_bytes(key_to_pem(node.key))
+    server = RedisServer(server_binaries()[0], tmp_path)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(server.binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+            *("--tls-cert-file", str(tmp_path / "cert.pem")),
+            *("--tls-key-file", str(tmp_path / "key.pem")),
+            *("--tls-ca-cert-file", str(tmp_path / "ca.pem"), "--tls-auth-clients", "no"),
+            *("--save", "", "--dir", str(tmp_path)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
+    try:
+        shared = _registry(url, "b1", [], [])
+        try:
+            for _ in range(100):
+                await shared.stop()
+                shared = _registry(url, "b1", [], [])
+                await shared.start()
+                if shared.up:
+                    break
+                await asyncio.sleep(0.05)
+            assert shared.up
+            shared.write("hcsp:z", PresenceRecord("b1", 1, 9, KEY, None), 5000)
+            await async_wait_until(lambda: shared.counters.writes == 1, 5, what="write")
+            found = await shared.read("hcsp:z")
+            assert found is not None and found.counter == 9
+        finally:
+            await shared.stop()
+        # Another CA's client refuses the server: an outage, not a connection.
+        other = TestCA()
+        (tmp_path / "other.pem").write_bytes(cert_to_pem(other.cert))
+        wrong = _registry(url.replace("ca.pem", "other.pem"), "b1", [], [])
+        await wrong.start()
+        try:
+            assert not wrong.up
+        finally:
+            await wrong.stop()
+    finally:
+        process.terminate()
+        process.wait(10)
