@@ -193,6 +193,8 @@ def test_owner_killed_the_hub_rehomes_within_an_interval_plus_ttl(cluster: Clust
     rehomed = time.monotonic() - killed
     summary = _summary(cluster.connect(3, "--frames", "1"))
     assert summary["frames"] == 1
+    hub = (cluster.home.hub_status(1) or {}).get("broker") or {}
+    assert hub["rehomed"] >= 1 and hub["broker"] != cluster.fleet.tls(1)
     # The agent notices after its missed registrations (a TTL), then enrolls at the next.
     assert rehomed <= scaled(INTERVAL_S + TTL_S) + 2, rehomed
 

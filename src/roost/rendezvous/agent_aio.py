@@ -592,6 +592,8 @@ class BrokerAgent:
             learned=self.learned,
             sessions=self.core.live_sessions,
             ignored=ignored,
+            broker=f"{self.broker.tls[0]}:{self.broker.tls[1]}",
+            rehomed=self.rehomed,
         )
 
 
