@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from roost.rendezvous.presence import PresenceConfig, decode_presence
+from roost.cli.exitcodes import ExitCode
+from roost.rendezvous.presence import PresenceConfig, PresenceRecord, decode_presence
 from tests.helpers.brokers import BrokerFleet
 from tests.helpers.home import LoopbackHome
 from tests.helpers.redisserver import RedisServer, server_binaries
@@ -253,3 +254,25 @@ def test_reuseport_workers_share_the_ports_and_survive_a_killed_worker(tmp_path:
         client.close()
         home.close()
         server.stop()
+
+
+def test_a_target_whose_owner_is_gone_is_offline_not_unknown(cluster: Cluster) -> None:
+    # Redis still names an owner that nobody hears (a killed process, before its
+    # equipment re-homed): the process the request entered on answers target-offline.
+    ghost = "hcsp:" + "G" * 22
+    record = PresenceRecord("b9", 1, 1, bytes(32), b"\x30\x82cert")
+    client = redis.Redis.from_url(cluster.redis.url, socket_timeout=2)
+    try:
+        client.set(PresenceConfig().presence_key(ghost), record.encode(), px=60_000)
+    finally:
+        client.close()
+    done = roost(
+        "connect", ghost,
+        "--broker", cluster.fleet.tls(3), "--broker-udp", cluster.fleet.udp(3),
+        "--trust", str(cluster.base / "trust"), "--user", "owner",
+        "--password-file", str(cluster.base / "password"),
+        "--card-file", str(cluster.base / "owner.card"),
+    )  # fmt: skip
+    assert done.returncode == ExitCode.HUB_OFFLINE, done.stderr
+    assert "hub offline" in done.stderr
+    assert (cluster.fleet.status(3) or {})["counters"]["refusals"].get("target-offline", 0) >= 1

@@ -496,6 +496,9 @@ class BrokerDaemon:
         forward = (record.owner, record.epoch)
         self._forwarded[channel] = forward
         self.forwarded_total += 1
+        # The owner's core runs this channel from now on (its limits, idle timer and
+        # sessions); ours forgets it, so its idle timer cannot cut a long relayed session.
+        self.core.close_channel(channel, now)
         # The records follow the OPEN in the same pipeline without waiting for it: a
         # forwarded request costs no extra round trip to Redis (docs/broker-scale.md).
         heard.add_done_callback(lambda done: self._owner_heard(done, channel, forward, source))
@@ -509,9 +512,12 @@ class BrokerDaemon:
         # Nobody listens for the owner (killed, or Redis went down): the equipment
         # re-homes within one interval; until then it cannot be woken from here.
         del self._forwarded[channel]
-        self.core.rejections.count(Reason.TARGET_OFFLINE, source=source, now=_loop_now())
+        now = _loop_now()
+        self.core.rejections.count(Reason.TARGET_OFFLINE, source=source, now=now)
         writer = self._writers.get(channel)
         if writer is not None and not writer.is_closing():
+            # Served here again (an issuer's channel: no peer identity).
+            self.core.open_channel(channel, None, source, now)
             error = control.Error(Reason.TARGET_OFFLINE, None)
             writer.write(encode_record(control.encode_control_message(error)))
 
