@@ -5,6 +5,7 @@ the target's owner, Redis restarted and stopped under a running home, and the ow
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from roost.cli.exitcodes import ExitCode
-from roost.rendezvous.presence import PresenceConfig, PresenceRecord, decode_presence
+from roost.rendezvous.presence import PresenceConfig, decode_presence
 from tests.helpers.brokers import BrokerFleet
 from tests.helpers.home import LoopbackHome
 from tests.helpers.redisserver import RedisServer, server_binaries
@@ -258,21 +259,25 @@ def test_reuseport_workers_share_the_ports_and_survive_a_killed_worker(tmp_path:
 
 def test_a_target_whose_owner_is_gone_is_offline_not_unknown(cluster: Cluster) -> None:
     # Redis still names an owner that nobody hears (a killed process, before its
-    # equipment re-homed): the process the request entered on answers target-offline.
-    ghost = "hcsp:" + "G" * 22
-    record = PresenceRecord("b9", 1, 1, bytes(32), b"\x30\x82cert")
+    # equipment re-homed): the lookup is answered from the presence, the connect finds no
+    # owner, and the process the request entered on answers target-offline. The hub is
+    # stopped first, so no registration rewrites its presence meanwhile.
+    cluster.home.stop("hub-1")
     client = redis.Redis.from_url(cluster.redis.url, socket_timeout=2)
+    key = PresenceConfig().presence_key(cluster.hub)
     try:
-        client.set(PresenceConfig().presence_key(ghost), record.encode(), px=60_000)
+        value = client.get(key)
+        assert value is not None
+        current = decode_presence(value)
+        via = 3 if current.owner == "b2" else 2
+        ghost = dataclasses.replace(current, owner="b9")
+        client.set(key, ghost.encode(), px=60_000)
     finally:
         client.close()
-    done = roost(
-        "connect", ghost,
-        "--broker", cluster.fleet.tls(3), "--broker-udp", cluster.fleet.udp(3),
-        "--trust", str(cluster.base / "trust"), "--user", "owner",
-        "--password-file", str(cluster.base / "password"),
-        "--card-file", str(cluster.base / "owner.card"),
-    )  # fmt: skip
+    before = (cluster.fleet.status(via) or {})["counters"]["refusals"].get("target-offline", 0)
+    done = cluster.connect(via)
     assert done.returncode == ExitCode.HUB_OFFLINE, done.stderr
     assert "hub offline" in done.stderr
-    assert (cluster.fleet.status(3) or {})["counters"]["refusals"].get("target-offline", 0) >= 1
+    after = (cluster.fleet.status(via) or {})["counters"]
+    assert after["refusals"].get("target-offline", 0) == before + 1
+    assert after["lookups"] >= 1

@@ -153,6 +153,23 @@ class BrokerCore:
         """Take over an entry from the shared registry (its key, counter, certificate)."""
         self.registry.adopt(identifier, key, counter, certificate, now)
 
+    def answer_lookup(self, channel_id: int, target: str, certificate: bytes, now: float) -> None:
+        """A ``lookup`` for a target another broker process owns, answered with the
+        certificate its shared presence holds (docs/broker-scale.md, "Routing"); the same
+        buckets as a local lookup are spent, and the owner checks liveness at ``connect``."""
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            return
+        self._arm_channel(channel, now)
+        try:
+            self._tls_sources.take(channel.source, now)
+            self._targets.take(target, now)
+        except RefusedError as exc:
+            self._error(channel, exc, now, None)
+            return
+        self._send(channel.id, control.LookupResult(target, certificate))
+        self.counters.lookups += 1
+
     def get_timer(self) -> float | None:
         """The next deadline: a wake-up resend, a session or channel limit, or expiry."""
         while self._timers and not self._timer_valid(self._timers[0]):

@@ -71,6 +71,8 @@ _HANDSHAKE_TIMEOUT = 10.0
 # The ops whose target may be owned by another process (docs/broker-scale.md, "Routing");
 # our encoder writes "op" first and compact, so a prefix test spares a JSON parse.
 _ROUTED_OPS = (b'{"op":"lookup"', b'{"op":"connect"')
+# _route's answer for a lookup served here from the shared presence.
+_ANSWERED = ("", -1)
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -129,6 +131,8 @@ class BrokerDaemon:
         self._hosted: dict[tuple[str, int, int], int] = {}
         self._hosted_ids: dict[int, tuple[str, int, int]] = {}
         self._resolving: set[str] = set()
+        # The presence a lookup on this channel read, for its connect (no second GET).
+        self._looked_up: dict[int, PresenceRecord] = {}
         self.adopted = self.forwarded_total = self.hosted_total = 0
         self.connections_rejected: collections.Counter[str] = collections.Counter()
         self._udp: asyncio.DatagramTransport | None = None
@@ -318,6 +322,8 @@ class BrokerDaemon:
                     forward = self._forwarded.get(channel)
                     if forward is None and self.shared is not None and body.startswith(_ROUTED_OPS):
                         forward = await self._route(channel, body, str(peername[0]), rtt)
+                    if forward is _ANSWERED:
+                        continue
                     if forward is not None:
                         self._hop(forward[0], Hop.RECORD, channel, rtt, body)
                     else:
@@ -330,6 +336,7 @@ class BrokerDaemon:
             pass
         finally:
             self._writers.pop(channel, None)
+            self._looked_up.pop(channel, None)
             forwarded = self._forwarded.pop(channel, None)
             if forwarded is not None:
                 self._hop(forwarded[0], Hop.CLOSE, channel, 0, b"")
@@ -484,12 +491,20 @@ class BrokerDaemon:
         )
         if route_target(reachable, None, self.node, self.epoch) is Route.LOCAL:
             return None
-        record = await self.shared.read(target)
+        record = self._looked_up.pop(channel, None)
+        if record is None or not isinstance(message, control.Connect):
+            record = await self.shared.read(target)
         if (
             record is None
             or route_target(False, record, self.node, self.epoch) is not Route.FORWARD
         ):
             return None
+        if isinstance(message, control.Lookup) and record.certificate is not None:
+            # Answered here from the presence (one round trip less through the owner);
+            # the connect that follows on this channel goes to the owner.
+            self._looked_up[channel] = record
+            self.core.answer_lookup(channel, target, record.certificate, now)
+            return _ANSWERED
         opened = NodeMessage(Hop.OPEN, self.node, self.epoch, channel, rtt, source.encode())
         heard = self.shared.publish(record.owner, opened.encode(), wait=True)
         assert heard is not None

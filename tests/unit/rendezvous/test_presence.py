@@ -164,3 +164,19 @@ def test_presence_config_is_checked() -> None:
         PresenceConfig(prefix="")
     assert PresenceConfig(prefix="x:").presence_key(HUB) == f"x:p:{HUB}"
     assert BrokerCoreConfig().ttl_s == 60.0
+
+
+def test_a_lookup_for_a_target_owned_elsewhere_is_answered_from_its_presence() -> None:
+    h = SharedHarness()
+    issuer = h.channel(None)
+    h.records.clear()
+    h.core.answer_lookup(issuer, HUB, CERT, h.now)
+    h.pump()
+    (found,) = h.took(issuer)
+    assert found.target == HUB and found.certificate == CERT
+    assert h.core.counters.lookups == 1
+    # The per-target bucket is spent as for a local lookup: a burst is refused.
+    for _ in range(10):
+        h.core.answer_lookup(issuer, HUB, CERT, h.now)
+    h.pump()
+    assert h.refusals("rate-limited") >= 1
