@@ -179,6 +179,7 @@ class SharedRegistry:
             self.counters.outages += 1
             self._down_since = time.monotonic()
             log.warning("shared registry unreachable (%s): serving from memory", exc)
+            self._tasks = [task for task in self._tasks if not task.done()]
             self._tasks.append(asyncio.ensure_future(self._watchdog()))
         self._up = False
         self.counters.dropped_writes += len(self._writes)
