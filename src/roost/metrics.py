@@ -382,6 +382,11 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "Peer-reflexive addresses the hub's punches learned.",
         _broker(lambda b: b.learned),
     ),
+    counter(
+        "roost_hub_broker_rehomed",
+        "Moves to the next broker of the hub's list (docs/broker-scale.md).",
+        _broker(lambda b: b.rehomed),
+    ),
 )
 
 

@@ -17,7 +17,8 @@ are dropped (the resync rewrites what is live), reads answer None and publishes 
 heard it), so the daemon serves the equipment it owns from memory.
 
 URLs: ``redis://[user:pass@]host:port/db``, ``rediss://…`` (TLS; ``?ssl_ca_certs=PATH``),
-``unix:///path/redis.sock``, and Sentinel ``redis+sentinel://host:port[,host:port…]/SERVICE``.
+``unix:///path/redis.sock``, and Sentinel
+``redis+sentinel://[:password@]host:port[,host:port…]/SERVICE``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ def connect_redis(url: str) -> aioredis.Redis:
         if not service:
             raise ConfigError("a sentinel URL names its service", reason=Reason.BAD_CONFIG)
         sentinel = Sentinel(hosts, **common)  # type: ignore[no-untyped-call]
-        master: aioredis.Redis = sentinel.master_for(service, **common)
+        # A password in the URL is the data server's (the sentinels are asked without).
+        options: dict[str, Any] = dict(common)
+        if parsed.password:
+            options["password"] = parsed.password
+        master: aioredis.Redis = sentinel.master_for(service, **options)
         return master
     if parsed.scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(
