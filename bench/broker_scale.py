@@ -16,7 +16,11 @@ What is measured, on loopback (127.0.0.1) only (docs/broker-scale.md, "Sizing"):
   every worker adopt the entries it receives from Redis; then the sender builds the
   window's `--prepare` datagrams ahead (counters rising, HMACs done), so during the window
   it spends its CPU on `send` alone. The figure is the growth of the workers'
-  `registrations` counters (each worker's `/api/status`) over the
+  `registrations` counters (each worker's `/api/status`) over the window. An unpaced
+  sender takes a whole core (and the kernel's loopback delivery runs in its time), which
+  on two cores leaves a second worker nothing: one worker is first measured unpaced, then
+  both cases with the sender paced to `--overload` (1.3) times that rate per worker, and
+  `scale_2` compares the two paced figures. The
   window; Redis runs on the same two cores.
 - Redis commands per registration at steady state: the growth of every `calls` figure of
   Redis's INFO commandstats over the same window (our own INFO excluded), divided by the
@@ -116,10 +120,17 @@ class _Sender:
                 sock.send(data)
         return len(self.makers)
 
-    def blast(self, seconds: float) -> int:
+    def blast(self, seconds: float, rate: float) -> int:
+        """Send for ``seconds``; with ``rate`` > 0 paced to that many per second (the
+        sender then sleeps between bursts instead of taking a whole core)."""
         sent = 0
-        end = time.perf_counter() + seconds
+        start = time.perf_counter()
+        end = start + seconds
         while time.perf_counter() < end:
+            if rate > 0:
+                ahead = start + sent / rate - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
             if self.position + _BURST <= len(self.pool):
                 burst = self.pool[self.position : self.position + _BURST]
                 self.position += _BURST
@@ -151,7 +162,7 @@ def _sender_main(conn: multiprocessing.connection.Connection) -> None:
             sender.prepare(prepared)
             conn.send(len(identities))
         elif command[0] == "rreg" and sender is not None:
-            conn.send(sender.blast(command[1]))
+            conn.send(sender.blast(command[1], command[2]))
         else:
             if sender is not None:
                 for sock in sender.socks:
@@ -205,9 +216,16 @@ class _Redis:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    def calls(self) -> int:
+    def calls_by_command(self) -> dict[str, int]:
         stats = self.client.info("commandstats")
-        return sum(int(value["calls"]) for name, value in stats.items() if name != "cmdstat_info")
+        return {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if name != "cmdstat_info"
+        }
+
+    def calls(self) -> int:
+        return sum(self.calls_by_command().values())
 
     def stop(self) -> None:
         self.client.close()
@@ -244,7 +262,10 @@ def _measure_workers(
     senders: list[multiprocessing.connection.Connection],
     result: dict[str, Any],
     cleanup: list[Any],
+    offered: float,
 ) -> float:
+    """The workers' registrations per second; ``offered`` > 0 paces the senders to that
+    total rate (0: as fast as they can)."""
     server.client.flushall()
     api = _api_ports(workers)
     config = configure_limits(
@@ -295,11 +316,12 @@ def _measure_workers(
     # entries the kernel sends it.
     time.sleep(0.5)
     totals = [0.0, 0.0, 0.0]
+    by_command_before = server.calls_by_command()
     for _ in range(args.rounds):
         before, calls_before = _registrations(ports), server.calls()
         started = time.perf_counter()
         for conn in senders:
-            conn.send(("rreg", args.seconds))
+            conn.send(("rreg", args.seconds, offered / len(senders)))
         for conn in senders:
             if not conn.poll(args.seconds + 30):
                 raise TimeoutError("sender")
@@ -310,6 +332,12 @@ def _measure_workers(
         totals[0] += count
         totals[1] += elapsed
         totals[2] += server.calls() - calls_before
+    by_command = server.calls_by_command()
+    result[f"redis_calls_{workers}"] = {
+        name: calls - by_command_before.get(name, 0)
+        for name, calls in by_command.items()
+        if calls != by_command_before.get(name, 0)
+    }
     shared = [fetch_broker_status(HOST, port).get("shared") or {} for port in ports]
     result[f"adopted_{workers}"] = sum(int(s.get("adopted", 0)) for s in shared)
     result[f"registry_sizes_{workers}"] = [
@@ -525,6 +553,9 @@ def main() -> None:
     parser.add_argument(
         "--prepare", type=int, default=300_000, help="datagrams built before the windows"
     )
+    parser.add_argument(
+        "--overload", type=float, default=1.3, help="paced offer / one worker's unpaced rate"
+    )
     parser.add_argument("--setups", type=int, default=30)
     parser.add_argument("--setup-only", action="store_true", help="skip the registration rates")
     args = parser.parse_args()
@@ -548,8 +579,21 @@ def main() -> None:
             cleanup.append(server)
             files = issue_identities(home, args.equipment)
             if not args.setup_only:
-                one = _measure_workers(args, home, server, files, 1, senders, result, cleanup)
-                two = _measure_workers(args, home, server, files, 2, senders, result, cleanup)
+                # The senders share the two cores with the workers: unpaced, one of them
+                # takes a whole core. So 1 worker is measured unpaced (it has a core of
+                # its own either way), then both cases again with the senders paced above
+                # what the workers can take, which leaves the workers the CPU.
+                free = _measure_workers(args, home, server, files, 1, senders, result, cleanup, 0.0)
+                result["reg_per_s_1_unpaced"] = result["reg_per_s_1"]
+                offered = free * args.overload
+                one = _measure_workers(
+                    args, home, server, files, 1, senders, result, cleanup, offered
+                )
+                two = _measure_workers(
+                    args, home, server, files, 2, senders, result, cleanup, 2 * offered
+                )
+                result["offered_per_s_1"] = round(offered, 1)
+                result["offered_per_s_2"] = round(2 * offered, 1)
                 result["scale_2"] = round(two / one, 3)
             _measure_setup(args, home, server, files, result, cleanup)
             for item in cleanup:
