@@ -42,7 +42,6 @@ import asyncio
 import base64
 import contextlib
 import cProfile
-import hmac
 import io
 import multiprocessing
 import multiprocessing.connection
@@ -50,64 +49,41 @@ import os
 import pstats
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from _broker_load import LIMITS as _LIMITS
+from _broker_load import LOCAL as _LOCAL
+from _broker_load import configure_limits as _configure
+from _broker_load import enroll as _enroll
+from _broker_load import issue_identities as _issue
+from _broker_load import rreg as _rreg
+from _broker_load import rreg_maker as _rreg_maker
+from _broker_load import wait_json_line as _wait_json_line
 from _common import cpu_seconds, load_average, machine_facts, print_result, state_dir, stop_process
-from roost.cli.common import now_utc
 from roost.cli.home import free_loopback_ports, make_home
-from roost.config import load_broker_config, to_toml
-from roost.framing import RECORD_HEADER_SIZE, encode_record
-from roost.pki.authority import Authority
-from roost.pki.certs import Role, cert_to_pem, certs_from_pem, key_to_pem
-from roost.pki.tls import client_context
-from roost.rendezvous import control, stun
+from roost.config import load_broker_config
+from roost.pki.certs import certs_from_pem
+from roost.rendezvous import stun
 from roost.rendezvous.broker_aio import fetch_broker_status
 from roost.rendezvous.messages import (
-    REGISTRATION_MAGIC,
     Candidate,
     Registration,
-    encode_candidates,
     encode_registration,
 )
 from roost.rendezvous.registry import Registry
 
 _HOST = "127.0.0.1"
-_LOCAL = (Candidate.of("192.168.1.20", 40001),)
 _BURST = 64
 _POOL = 64 * 256
-# Limits lifted for the run (see the module docstring); everything else stays the default.
-_LIMITS = {
-    "udp_source_rate": 10_000_000.0,
-    "udp_source_burst": 10_000_000.0,
-    "global_udp_rate": 10_000_000.0,
-    "global_udp_burst": 10_000_000.0,
-    "tls_source_rate": 1_000_000.0,
-    "tls_source_burst": 1_000_000.0,
-}
 
 
 # ------------------------------------------------------------------ the sender process
-
-
-def _rreg_maker(identifier: str, key: bytes) -> tuple[bytes, bytes, bytes]:
-    """The constant parts of one identity's RREG: prefix (before the counter), suffix."""
-    ident = identifier.encode("ascii")
-    prefix = REGISTRATION_MAGIC + bytes([1, len(ident)]) + ident
-    return prefix, encode_candidates(_LOCAL), key
-
-
-def _rreg(maker: tuple[bytes, bytes, bytes], counter: int) -> bytes:
-    prefix, suffix, key = maker
-    body = prefix + counter.to_bytes(8, "big") + suffix
-    return body + hmac.digest(key, body, "sha256")[:16]
 
 
 def _blast_rreg(
@@ -362,77 +338,6 @@ def _memory(count: int, cert_size: int, mode: str, timeout: float) -> float:
 
 
 # ------------------------------------------------------------------ provisioning
-
-
-def _configure(home: Path) -> Path:
-    """broker.toml with the rate limits of the module docstring lifted."""
-    path = home / "broker.toml"
-    doc = tomllib.loads(path.read_text())
-    doc["limits"] = {**doc.get("limits", {}), **_LIMITS}
-    path.write_text(to_toml(doc, "Roost rendezvous broker (benchmark: rate limits lifted)"))
-    return path
-
-
-def _issue(home: Path, count: int) -> list[tuple[Path, Path]]:
-    """`count` hub identities from the home's authority, cert and key files on /dev/shm."""
-    authority = Authority.load(home / "ca")
-    at = now_utc()
-    directory = home / "equipment"
-    directory.mkdir()
-    files: list[tuple[Path, Path]] = []
-    for n in range(count):
-        issued = authority.issue(Role.HUB, at)
-        cert_file, key_file = directory / f"{n}.pem", directory / f"{n}.key"
-        cert_file.write_bytes(cert_to_pem(issued.cert))
-        key_file.write_bytes(key_to_pem(issued.key))
-        files.append((cert_file, key_file))
-    return files
-
-
-async def _enroll(
-    home: Path, port: int, files: list[tuple[Path, Path]], concurrency: int
-) -> list[tuple[str, bytes]]:
-    anchors = certs_from_pem((home / "ca" / "gen-1" / "ca-cert.pem").read_bytes())
-    queue = list(enumerate(files))
-    enrolled: list[tuple[str, bytes]] = []
-
-    async def one(cert_file: Path, key_file: Path) -> tuple[str, bytes]:
-        context: ssl.SSLContext = client_context(anchors, cert_file, key_file)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(_HOST, port, ssl=context), 10.0
-        )
-        try:
-            writer.write(encode_record(control.encode_control("enroll")))
-            await writer.drain()
-            header = await asyncio.wait_for(reader.readexactly(RECORD_HEADER_SIZE), 10.0)
-            body = await reader.readexactly(int.from_bytes(header, "big"))
-            message = control.decode_channel_body(body)
-            if not isinstance(message, control.Enrolled):
-                raise RuntimeError(f"enrollment answered {message!r}")
-            return message.identifier, message.key
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 2.0)
-
-    async def worker() -> None:
-        while queue:
-            _, (cert_file, key_file) = queue.pop()
-            enrolled.append(await one(cert_file, key_file))
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return enrolled
-
-
-def _wait_json_line(process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"broker exited: {log.read_text()[-2000:]}")
-        if b'"broker"' in log.read_bytes():
-            return
-        time.sleep(0.05)
-    raise TimeoutError("the broker did not start")
 
 
 def _start_coturn(home: Path, port: int) -> subprocess.Popen[bytes]:

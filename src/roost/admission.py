@@ -321,15 +321,19 @@ class Admission:
         what: str,
         limit: int = 64 * 1024,
         backlog: int = 128,
+        reuse_port: bool | None = None,
     ) -> TlsListener:
         """Listen on host:port; each connection is admitted, then its TLS handshake runs
-        under the deadline, then ``handler(reader, writer, ticket)`` runs."""
+        under the deadline, then ``handler(reader, writer, ticket)`` runs. ``reuse_port``:
+        several processes share the port (SO_REUSEPORT, the broker's workers)."""
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(backlog)
             sock.setblocking(False)

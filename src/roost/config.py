@@ -23,6 +23,7 @@ from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
 from roost.reasons import Reason
 from roost.rendezvous.broker_events import BrokerCoreConfig
+from roost.rendezvous.presence import PresenceConfig
 
 __all__ = [
     "BROKER_LOCAL_DEFAULT",
@@ -55,6 +56,7 @@ _BROKER = BrokerCoreConfig()
 _CAMERA = CameraSettings()
 _SOURCE_HEALTH = SourceHealthConfig()
 _ADMISSION = AdmissionConfig()
+_PRESENCE = PresenceConfig()
 # Section 5: the broker's UDP port (STUN's 3478) and its TLS port.
 BROKER_UDP_PORT = 3478
 BROKER_TLS_PORT = 7443
@@ -134,7 +136,11 @@ def _dashboard(doc: _Table) -> DashboardSettings | None:
 
 @dataclass(frozen=True, slots=True)
 class BrokerLink:
-    """The ``[broker]`` table of a hub config: where the hub's agent reaches the broker."""
+    """The ``[broker]`` table of a hub config: where the hub's agent reaches the broker.
+
+    ``address`` and ``udp`` may each be a list of the same length (docs/broker-scale.md):
+    the agent uses the first pair and moves to the next when its broker fails.
+    """
 
     # The broker's TLS control port (enrollment, held connection, present).
     address: tuple[str, int]
@@ -142,25 +148,43 @@ class BrokerLink:
     udp: tuple[str, int]
     # The agent's one UDP socket (registrations, wake-ups, probes, QUIC) binds here.
     local: tuple[str, int] = ("0.0.0.0", 0)
+    # Further (TLS, UDP) pairs, in order, after the first.
+    more: tuple[tuple[tuple[str, int], tuple[str, int]], ...] = ()
+
+    @property
+    def endpoints(self) -> tuple[tuple[tuple[str, int], tuple[str, int]], ...]:
+        """Every (TLS, UDP) pair, the first one first."""
+        return ((self.address, self.udp), *self.more)
 
 
 def _broker_link(doc: _Table) -> BrokerLink | None:
     if not doc.has("broker"):
         return None
     section = doc.table("broker")
+    addresses = _remote_endpoints(section, "address")
+    udps = _remote_endpoints(section, "udp")
+    if len(addresses) != len(udps):
+        raise section.error("udp", "must list as many entries as address")
     return BrokerLink(
-        address=_remote_endpoint(section, "address"),
-        udp=_remote_endpoint(section, "udp"),
+        address=addresses[0],
+        udp=udps[0],
         local=section.hostport("local", BROKER_LOCAL_DEFAULT),
+        more=tuple(zip(addresses[1:], udps[1:], strict=True)),
     )
 
 
-def _remote_endpoint(section: _Table, key: str) -> tuple[str, int]:
+def _remote_endpoints(section: _Table, key: str) -> tuple[tuple[str, int], ...]:
     # A broker is dialled: port 0 and the unspecified address name nothing to reach.
-    host, port = section.hostport(key)
-    if port == 0 or host in ("", "0.0.0.0", "::"):
-        raise section.error(key, f"must name a reachable HOST:PORT, not {host}:{port}")
-    return host, port
+    if isinstance(section.raw(key), list):
+        found = section.hostports(key)
+        if not found:
+            raise section.error(key, "must name at least one HOST:PORT")
+    else:
+        found = (section.hostport(key),)
+    for host, port in found:
+        if port == 0 or host in ("", "0.0.0.0", "::"):
+            raise section.error(key, f"must name a reachable HOST:PORT, not {host}:{port}")
+    return found
 
 
 # --------------------------------------------------------------------------------------
@@ -320,6 +344,10 @@ class _Table:
         if not isinstance(value, Mapping):
             raise self.error(key, "must be a table")
         return _Table(self._path, value, f"{self._prefix}{key}.")
+
+    def raw(self, key: str) -> object:
+        """The key's value as read, None when absent."""
+        return self._get(key, None)
 
     def string(self, key: str, default: object = None) -> str:
         value = self._get(key, _REQUIRED if default is None else default)
@@ -602,6 +630,19 @@ class BrokerConfig:
     source: Path | None = None
     # Caps, deadlines and HTTP limits of the TLS port and the API (docs/limits.md).
     admission: AdmissionConfig = _ADMISSION
+    # docs/broker-scale.md: "memory" (one process) or a redis://, rediss://, unix:// or
+    # redis+sentinel:// URL shared by several broker processes.
+    registry: str = "memory"
+    # This process's name in the shared registry (default: name-host-pid).
+    node: str | None = None
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
+    # SO_REUSEPORT worker processes on this host (`roost broker run --workers N`).
+    workers: int = 1
+    reuse_port: bool = False
+
+    @property
+    def shared(self) -> bool:
+        return self.registry != "memory"
 
     @property
     def trust_dir(self) -> Path:
@@ -647,7 +688,27 @@ def load_broker_config(path: Path) -> BrokerConfig:
         max_channels=doc.integer("max_channels", 4096, minimum=1),
         source=path,
         admission=_admission(doc),
+        **_shared_registry(doc),
     )
+
+
+def _shared_registry(doc: _Table) -> dict[str, Any]:
+    """``registry``, ``node``, ``workers``, ``presence_every``, ``registry_prefix``."""
+    registry = doc.string("registry", "memory")
+    if registry != "memory" and "://" not in registry:
+        raise doc.error("registry", f"must be 'memory' or a redis URL, not {registry!r}")
+    try:
+        presence = PresenceConfig(
+            every=doc.integer("presence_every", _PRESENCE.every, minimum=1),
+            prefix=doc.string("registry_prefix", _PRESENCE.prefix),
+        )
+    except ValueError as exc:
+        raise doc.error("registry_prefix", str(exc)) from exc
+    workers = doc.integer("workers", 1, minimum=1)
+    if workers > 1 and registry == "memory":
+        raise doc.error("workers", "several workers need a shared registry (redis://…)")
+    node = doc.string("node", "") or None
+    return {"registry": registry, "node": node, "presence": presence, "workers": workers}
 
 
 # ------------------------------------------------------------------- admission (both)

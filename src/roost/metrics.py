@@ -392,6 +392,11 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "Peer-reflexive addresses the hub's punches learned.",
         _broker(lambda b: b.learned),
     ),
+    counter(
+        "roost_hub_broker_rehomed",
+        "Moves to the next broker of the hub's list (docs/broker-scale.md).",
+        _broker(lambda b: b.rehomed),
+    ),
 )
 
 
@@ -468,5 +473,36 @@ BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
         "TLS connections refused before the core (certificate, capacity), by reason.",
         "reason",
         lambda s: s.counters.connections_rejected,
+    ),
+    # The shared registry (docs/broker-scale.md); absent with the in-memory one.
+    gauge(
+        "roost_broker_shared_up",
+        "1 while the shared registry (Redis/Valkey) answers, else 0.",
+        lambda s: None if s.shared is None else float(s.shared.up),
+    ),
+    counter(
+        "roost_broker_shared_outages",
+        "Times the shared registry became unreachable.",
+        lambda s: None if s.shared is None else s.shared.outages,
+    ),
+    counter(
+        "roost_broker_shared_outage_seconds",
+        "Seconds the shared registry was unreachable.",
+        lambda s: None if s.shared is None else s.shared.outage_s,
+    ),
+    counter(
+        "roost_broker_shared_writes",
+        "Presence values written to the shared registry.",
+        lambda s: None if s.shared is None else s.shared.writes,
+    ),
+    counter(
+        "roost_broker_shared_forwarded",
+        "Connections forwarded to the process owning their target.",
+        lambda s: None if s.shared is None else s.shared.forwarded,
+    ),
+    counter(
+        "roost_broker_shared_hosted",
+        "Connections other processes forwarded here.",
+        lambda s: None if s.shared is None else s.shared.hosted,
     ),
 )

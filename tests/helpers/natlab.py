@@ -274,6 +274,19 @@ class NatLab:
         for rule in _nat_rules(side, accept_inbound=self.router_accepts_inbound):
             self.exec(router, ["iptables", "-w", *rule])
 
+    def add_public_host(self, name: str, address: str) -> str:
+        """One more public host on the bridge (its own namespace at ``address``, a
+        198.18.0.x of the lab), e.g. a second broker host; returns the namespace."""
+        ns = f"nx{self.tag}{name}"
+        self._add_namespace(ns)
+        port = f"p{name}"
+        self._veth(ns, "wan", self.inet, port)
+        self._attach(port)
+        self.ip(ns, "addr", "add", f"{address}/24", "dev", "wan")
+        self.ip(ns, "link", "set", "wan", "up")
+        self.ip(ns, "route", "add", "default", "dev", "wan")
+        return ns
+
     def close(self) -> None:
         """Stop everything started in the lab and remove its namespaces (idempotent)."""
         for process in self._processes:

@@ -76,6 +76,7 @@ CORE_MODULES = (
     "roost.rendezvous.broker",
     "roost.rendezvous.broker_events",
     "roost.rendezvous.broker_state",
+    "roost.rendezvous.presence",
 )
 
 # Cores that are being written alongside this list. Each is checked as soon as it can be

@@ -62,6 +62,10 @@ def test_units_are_hardened_and_run_real_commands(unit: Path) -> None:
         assert keys.get(key) == [value], f"{unit.name}: {key}"
     (exec_start,) = keys["ExecStart"]
     argv = shlex.split(exec_start)
+    if unit.name == "roost-redis.service":
+        # The brokers' shared registry (docs/broker-scale.md) is Debian's redis-server.
+        assert argv[0] == "/usr/bin/redis-server" and "--bind" in argv
+        return
     assert argv[0] == "/usr/bin/roost"
     command: click.Command = cli
     words = argv[1:]
@@ -85,6 +89,8 @@ def test_systemd_analyze_verify_passes(tmp_path: Path) -> None:
     stub.chmod(0o755)
     copies = []
     for unit in sorted(UNITS.iterdir()):
+        if unit.suffix not in (".service", ".timer"):
+            continue
         copy = tmp_path / unit.name.replace("@.", "@test.")
         copy.write_text(unit.read_text().replace("/usr/bin/roost", str(stub)))
         copies.append(str(copy))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +40,43 @@ def broker() -> None:
 
 @broker.command("run")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="SO_REUSEPORT worker processes sharing the ports (needs a shared registry).",
+)
+@click.option("--worker", type=int, default=None, hidden=True)
+@click.option("--udp-port", type=int, default=None, hidden=True)
+@click.option("--tls-port", type=int, default=None, hidden=True)
 @click.option("-v", "--verbose", is_flag=True)
 @fail_cleanly
-def broker_run(config_file: Path, verbose: bool) -> None:
+def broker_run(
+    config_file: Path,
+    workers: int | None,
+    worker: int | None,
+    udp_port: int | None,
+    tls_port: int | None,
+    verbose: bool,
+) -> None:
     """Run the broker until SIGINT/SIGTERM."""
     from roost.cli.run import configure_logging, run_until_signalled, use_fast_loop
 
     configure_logging(verbose)
     config = load_broker_config(config_file)
+    count = workers or config.workers
+    if worker is None and count > 1:
+        if not config.shared:
+            raise ConfigError(
+                'several workers need a shared registry (registry = "redis://…")',
+                reason=Reason.BAD_CONFIG,
+            )
+        from roost.cli.broker_workers import run_workers
+
+        run_workers(config, config_file, count, verbose)
+        return
+    if worker is not None:
+        config = _worker_config(config, worker, udp_port, tls_port)
     trust = TrustUpdater(config.trust_dir)
     daemon = build_broker_daemon(config, trust)
 
@@ -67,6 +98,24 @@ def broker_run(config_file: Path, verbose: bool) -> None:
 
     use_fast_loop()
     asyncio.run(run_until_signalled(start, daemon.stop, poll))
+
+
+def _worker_config(
+    config: BrokerConfig, index: int, udp_port: int | None, tls_port: int | None
+) -> BrokerConfig:
+    """Worker ``index`` of `--workers`: the shared ports, its own node name and API port."""
+    node = config.node or f"{config.name}-{socket.gethostname()}"
+    api = config.api
+    if api is not None and api[1] != 0:
+        api = (api[0], api[1] + index)
+    return dataclasses.replace(
+        config,
+        udp=(config.udp[0], udp_port if udp_port is not None else config.udp[1]),
+        tls=(config.tls[0], tls_port if tls_port is not None else config.tls[1]),
+        api=api,
+        node=f"{node}-w{index}",
+        reuse_port=True,
+    )
 
 
 @broker.command("status")

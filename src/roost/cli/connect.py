@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import struct
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from roost.errors import (
     RemoteProtocolError,
     RoostError,
     StateError,
+    TransportError,
 )
 from roost.guard.aio import GuardClient
 from roost.guard.calls import tls_server_end_point
@@ -71,12 +73,19 @@ async def _first_camera(client: GuardClient) -> str:
 
 @click.command("connect")
 @click.argument("hub_id")
-@click.option("--broker", "broker_address", required=True, help="The broker's TLS HOST:PORT.")
+@click.option(
+    "--broker",
+    "broker_addresses",
+    required=True,
+    multiple=True,
+    help="A broker's TLS HOST:PORT; repeat it: the next is tried when one is unreachable.",
+)
 @click.option(
     "--broker-udp",
-    default=None,
-    help=f"The broker's UDP HOST:PORT (STUN); default the broker host, port "
-    f"{DEFAULT_BROKER_UDP_PORT}.",
+    "broker_udps",
+    multiple=True,
+    help=f"The broker's UDP HOST:PORT (STUN), one per --broker in order; default the "
+    f"broker host, port {DEFAULT_BROKER_UDP_PORT}.",
 )
 @click.option(
     "--trust",
@@ -130,8 +139,8 @@ async def _first_camera(client: GuardClient) -> str:
 @fail_cleanly
 def connect(
     hub_id: str,
-    broker_address: str,
-    broker_udp: str | None,
+    broker_addresses: tuple[str, ...],
+    broker_udps: tuple[str, ...],
     trust_dir: Path,
     user_id: str,
     password_file: Path | None,
@@ -155,12 +164,12 @@ def connect(
         check_identifier(hub_id)
     except LocalProtocolError as exc:
         raise click.BadParameter(str(exc), param_hint="HUB_ID") from exc
-    broker = _hostport(broker_address, "--broker")
-    udp = (
-        _hostport(broker_udp, "--broker-udp")
-        if broker_udp is not None
-        else (broker[0], DEFAULT_BROKER_UDP_PORT)
-    )
+    brokers = [_hostport(address, "--broker") for address in broker_addresses]
+    udps = [_hostport(address, "--broker-udp") for address in broker_udps]
+    pairs = [
+        (broker, udps[i] if i < len(udps) else (broker[0], DEFAULT_BROKER_UDP_PORT))
+        for i, broker in enumerate(brokers)
+    ]
     state = load_state(trust_dir)
     if password_file is not None:
         lines = password_file.read_text("utf-8").splitlines()
@@ -169,18 +178,30 @@ def connect(
         password = read_secret("Password")
     answer = answer_from(card_file)
 
+    async def reach() -> BrokeredConnection:
+        # Several brokers (docs/broker-scale.md): an unreachable one passes to the next
+        # after a short jittered pause; any other failure is the answer.
+        for attempt, (broker, udp) in enumerate(pairs):
+            try:
+                return await connect_via_broker(
+                    hub_id,
+                    broker=broker,
+                    broker_udp=udp,
+                    trust=state,
+                    user=user_id,
+                    password=password,
+                    punch=not no_punch,
+                    relay_first=relay_first,
+                    quic_timeout_s=timeout,
+                )
+            except TransportError:
+                if attempt == len(pairs) - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0.05, 0.15) * (attempt + 1))
+        raise AssertionError("unreachable: the loop returns or raises")
+
     async def run() -> dict[str, Any]:
-        connection = await connect_via_broker(
-            hub_id,
-            broker=broker,
-            broker_udp=udp,
-            trust=state,
-            user=user_id,
-            password=password,
-            punch=not no_punch,
-            relay_first=relay_first,
-            quic_timeout_s=timeout,
-        )
+        connection = await reach()
         try:
             return await _session(connection)
         except RoostError as exc:

@@ -197,6 +197,10 @@ class BrokerAgentStatus:
     learned: int
     sessions: int
     ignored: Mapping[str, int]
+    # The broker in use (TLS HOST:PORT) and how often the agent moved to the next of its
+    # list (docs/broker-scale.md).
+    broker: str | None = None
+    rehomed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The status document's ``broker`` object."""
@@ -217,6 +221,8 @@ class BrokerAgentStatus:
             "learned": self.learned,
             "sessions": self.sessions,
             "ignored": dict(self.ignored),
+            "broker": self.broker,
+            "rehomed": self.rehomed,
         }
 
     @classmethod
@@ -239,6 +245,8 @@ class BrokerAgentStatus:
             learned=read_int(doc, "learned"),
             sessions=read_int(doc, "sessions"),
             ignored=read_counts(doc, "ignored"),
+            broker=read_optional_str(doc, "broker"),
+            rehomed=read_int(doc, "rehomed") if "rehomed" in doc else 0,
         )
 
 

@@ -141,6 +141,8 @@ class AgentCore:
         self._candidates = merge_candidates(candidates)
         self._counter = counter_start
         self._state = LinkState.IDLE
+        # Link channels that failed in a row since the last enrollment (the back-off).
+        self._failures = 0
         self._key: bytes | None = None
         self._interval = config.interval
         # The interval our NAT's mappings have shown they need (None: the broker's is fine).
@@ -276,6 +278,7 @@ class AgentCore:
             return
         if was is LinkState.ENROLLING:
             self._enroll_at = None
+        self._failures = 0
         self._key = key
         self.counters.enrollments += 1
         if interval_ms > 0:
@@ -329,12 +332,21 @@ class AgentCore:
             self._enroll_channel = None
             if self._link(LinkInput.ENROLL_LOST):
                 self._ignore(Reason.ENROLL_FAILED)
-                self._enroll_at = now + self.config.enroll_retry
+                self._enroll_at = now + self._retry_delay()
         elif channel == self._held_channel:
             self._held_channel = None
             self._keepalive_at = None
             if self._link(LinkInput.HELD_LOST):
-                self._enroll_at = now + self.config.enroll_retry
+                self._enroll_at = now + self._retry_delay()
+
+    def _retry_delay(self) -> float:
+        # Jittered exponential back-off (docs/broker-scale.md): brokers that come back
+        # after an outage are not met by every agent in the same second; the adapter moves
+        # to the next broker of its list on each failure.
+        self._failures += 1
+        factor = float(min(1 << min(self._failures - 1, 16), self.config.enroll_backoff_max))
+        spread = float(self._rng.uniform(1.0 - self.config.jitter, 1.0 + self.config.jitter))
+        return self.config.enroll_retry * factor * spread
 
     def password_checked(
         self, session: int, ok: bool, now: float, reason: Reason | None = None

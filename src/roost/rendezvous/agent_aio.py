@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import socket
@@ -83,7 +84,7 @@ from roost.rendezvous.sessions import PathKind, StartPunch
 from roost.rendezvous.state import LinkState
 from roost.timer import CoreTimer
 
-__all__ = ["BrokerAgent", "local_candidates"]
+__all__ = ["BrokerAgent", "BrokerEndpoint", "broker_endpoints", "local_candidates"]
 
 log = logging.getLogger("roost.hub.broker")
 
@@ -103,6 +104,34 @@ def local_candidates(bound: Address, toward: Address) -> tuple[Candidate, ...]:
         except OSError:
             return ()
     return (Candidate.of(local, port),)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoint:
+    """One broker the agent may use: its TLS and UDP addresses, and the name its
+    certificate must carry (the configured host, also when it resolved to several)."""
+
+    tls: Address
+    udp: Address
+    name: str
+
+
+def broker_endpoints(link: BrokerLink) -> list[BrokerEndpoint]:
+    """Every broker of the link in order; a DNS name with several addresses gives one
+    endpoint per address (docs/broker-scale.md, "Equipment and issuers")."""
+    found: list[BrokerEndpoint] = []
+    for tls, udp in link.endpoints:
+        hosts = [tls[0]]
+        try:
+            ipaddress.ip_address(tls[0])
+        except ValueError:
+            with contextlib.suppress(OSError):
+                infos = socket.getaddrinfo(tls[0], tls[1], type=socket.SOCK_STREAM)
+                hosts = list(dict.fromkeys(str(info[4][0]) for info in infos)) or hosts
+        same = udp[0] == tls[0]
+        for host in hosts:
+            found.append(BrokerEndpoint((host, tls[1]), (host if same else udp[0], udp[1]), tls[0]))
+    return found
 
 
 def _peer_addresses(candidates: tuple[Candidate, ...]) -> list[Address]:
@@ -146,6 +175,10 @@ class BrokerAgent:
         quic_idle_timeout_s: float = 60.0,
     ) -> None:
         self.link = link
+        # The brokers in order; the agent uses one and moves on when it fails.
+        self.endpoints = [BrokerEndpoint(link.address, link.udp, link.address[0])]
+        self._current = 0
+        self.rehomed = 0
         self.identifier = identifier
         self.certificate = certificate
         self.certificate_der = certificate_der
@@ -178,8 +211,11 @@ class BrokerAgent:
     async def start(self) -> None:
         """Bind the shared UDP socket and begin enrolling."""
         self._timer = CoreTimer(asyncio.get_running_loop(), self._on_timer)
+        self.endpoints = await asyncio.get_running_loop().run_in_executor(
+            None, broker_endpoints, self.link
+        )
         self.mux = await UdpMux.open(self.link.local, on_registration=self._on_datagram)
-        candidates = local_candidates(self.mux.local_address, self.link.udp)
+        candidates = local_candidates(self.mux.local_address, self.broker.udp)
         now = self._now()
         self.core.set_candidates(candidates, now)
         self.core.start(now)
@@ -210,6 +246,24 @@ class BrokerAgent:
         assert self.mux is not None
         return self.mux.local_address
 
+    @property
+    def broker(self) -> BrokerEndpoint:
+        """The broker in use."""
+        return self.endpoints[self._current]
+
+    def _next_broker(self, why: str) -> None:
+        """Move to the next broker of the list (its registrations re-home there)."""
+        if len(self.endpoints) < 2:
+            return
+        self._current = (self._current + 1) % len(self.endpoints)
+        self.rehomed += 1
+        log.warning(
+            "broker %s:%s %s: moving to %s:%s",
+            *self.endpoints[self._current - 1].tls,
+            why,
+            *self.broker.tls,
+        )
+
     # ------------------------------------------------------------------ the one flush
 
     def transmit(self) -> None:
@@ -233,7 +287,7 @@ class BrokerAgent:
             for datagram in self.core.datagrams_to_send():
                 busy = True
                 try:
-                    self.mux.sendto(datagram, self.link.udp)
+                    self.mux.sendto(datagram, self.broker.udp)
                 except (RoostError, OSError) as exc:
                     log.debug("registration not sent: %s", exc)
         # A channel's Open event comes before its first record; a CloseConnection of this
@@ -244,7 +298,11 @@ class BrokerAgent:
         while (event := self.core.next_event()) is not None:
             busy = True
             if isinstance(event, OpenEnrollConnection | OpenHeldConnection | OpenPresentConnection):
-                self._open_channel(event.channel)
+                if isinstance(event, OpenHeldConnection):
+                    # Registrations went unanswered: this broker may be gone, and the
+                    # held connection enrolls at the next one (docs/broker-scale.md).
+                    self._next_broker("answers no registration")
+                self._open_channel(event.channel, link=not isinstance(event, OpenPresentConnection))
             else:
                 events.append(event)
         for channel_id, body in records:
@@ -298,16 +356,17 @@ class BrokerAgent:
 
     # ------------------------------------------------------------------ TLS channels
 
-    def _open_channel(self, channel_id: int) -> None:
+    def _open_channel(self, channel_id: int, *, link: bool = False) -> None:
         channel = BrokerChannel(
             lambda body: self._on_body(channel_id, body),
             lambda: self._on_channel_closed(channel_id),
         )
         self._channels[channel_id] = channel
-        self._spawn(self._connect(channel_id, channel))
+        self._spawn(self._connect(channel_id, channel, link))
 
-    async def _connect(self, channel_id: int, channel: BrokerChannel) -> None:
-        host, port = self.link.address
+    async def _connect(self, channel_id: int, channel: BrokerChannel, link: bool) -> None:
+        endpoint = self.broker
+        (host, port), name = endpoint.tls, endpoint.name
         state = self.trust.state
         context = client_context(state.anchors, self.cert_file, self.key_file)
         try:
@@ -315,9 +374,12 @@ class BrokerAgent:
                 host,
                 port,
                 context,
-                lambda leaf: verify_broker(leaf, state.anchors, state.time_floor, host),
+                lambda leaf: verify_broker(leaf, state.anchors, state.time_floor, name),
             )
         except RoostError as exc:
+            if link and endpoint == self.broker:
+                # Enrollment or held connection failed: the retry goes to the next broker.
+                self._next_broker(f"refused the connection ({exc.reason})")
             # The core retries enrollment after its delay; a present channel that cannot
             # open ends its session (channel_closed, already reported by the channel).
             self._count(exc.reason)
@@ -549,6 +611,8 @@ class BrokerAgent:
             learned=self.learned,
             sessions=self.core.live_sessions,
             ignored=ignored,
+            broker=f"{self.broker.tls[0]}:{self.broker.tls[1]}",
+            rehomed=self.rehomed,
         )
 
 

@@ -57,6 +57,8 @@ class AgentConfig:
     keepalive_interval: float = 20.0
     # A failed enrollment or held connection is opened again after this.
     enroll_retry: float = 5.0
+    # Consecutive failures double that delay (± jitter), up to this many times it.
+    enroll_backoff_max: int = 8
     # A session that has no direct or relayed path this long after its wake-up ends.
     setup_timeout: float = 30.0
     max_sessions: int = 4

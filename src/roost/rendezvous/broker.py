@@ -68,6 +68,7 @@ from roost.rendezvous.messages import (
     scan_registration,
     verify_tag,
 )
+from roost.rendezvous.presence import PresencePolicy
 from roost.rendezvous.registry import Registry
 
 __all__ = ["BrokerCore", "BrokerCounters"]
@@ -86,8 +87,14 @@ class BrokerCore:
         rng: random.Random | None = None,
         *,
         wake_counter_start: int = 0,
+        presence: PresencePolicy | None = None,
     ) -> None:
         self.config = config
+        # With a shared registry (docs/broker-scale.md) the policy says which entries are
+        # due to be written; None: the in-memory registry alone.
+        self.presence = presence
+        self._presence_due: list[str] = []
+        self._unresolved: list[tuple[str, bytes, Address]] = []
         self.registry = registry or Registry(config.ttl_s, config.max_entries)
         # Keys, tokens and session numbers must be unpredictable: SystemRandom by default.
         self._rng = rng or random.SystemRandom()
@@ -130,6 +137,42 @@ class BrokerCore:
 
     def next_event(self) -> BrokerEvent | None:
         return self._events.popleft() if self._events else None
+
+    def presence_to_write(self) -> list[str]:
+        """Identifiers whose shared presence is due (enrolled, changed, every k-th
+        registration or keepalive); empty without a presence policy."""
+        out, self._presence_due = self._presence_due, []
+        return out
+
+    def registrations_to_resolve(self) -> list[tuple[str, bytes, Address]]:
+        """Registrations refused ``not-enrolled`` or ``bad-tag`` here that another process
+        may have enrolled: ``(identifier, datagram, source)`` for the adapter to look up
+        in the shared registry, ``adopt`` and hand in again."""
+        out, self._unresolved = self._unresolved, []
+        return out
+
+    def adopt(
+        self, identifier: str, key: bytes, counter: int, certificate: bytes | None, now: float
+    ) -> None:
+        """Take over an entry from the shared registry (its key, counter, certificate)."""
+        self.registry.adopt(identifier, key, counter, certificate, now)
+
+    def answer_lookup(self, channel_id: int, target: str, certificate: bytes, now: float) -> None:
+        """A ``lookup`` for a target another broker process owns, answered with the
+        certificate its shared presence holds (docs/broker-scale.md, "Routing"); the same
+        buckets as a local lookup are spent, and the owner checks liveness at ``connect``."""
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            return
+        self._arm_channel(channel, now)
+        try:
+            self._tls_sources.take(channel.source, now)
+            self._targets.take(target, now)
+        except RefusedError as exc:
+            self._error(channel, exc, now, None)
+            return
+        self._send(channel.id, control.LookupResult(target, certificate))
+        self.counters.lookups += 1
 
     def get_timer(self) -> float | None:
         """The next deadline: a wake-up resend, a session or channel limit, or expiry."""
@@ -219,11 +262,19 @@ class BrokerCore:
         known = self.registry.key_and_counter(identifier)
         if known is None:
             decode_registration(data)  # a malformed identifier has its own reason
+            if self.presence is not None:
+                self._unresolved.append((identifier, data, addr))
             raise VerificationError(
                 "registration from an unknown identifier", reason=Reason.NOT_ENROLLED
             )
         key, last = known
-        verify_tag(key, data[:tag_start], data[tag_start:])
+        try:
+            verify_tag(key, data[:tag_start], data[tag_start:])
+        except VerificationError:
+            # Shared registry: the equipment may have enrolled again at another process.
+            if self.presence is not None:
+                self._unresolved.append((identifier, data, addr))
+            raise
         # A counter is above the last accepted one, and above 0 (0 stands for "none yet").
         check_counter(last, counter)
         ack = ACK_MAGIC + counter.to_bytes(8, "big") + observed
@@ -238,9 +289,11 @@ class BrokerCore:
             addresses = encode_candidates(
                 (Candidate.of(*addr[:2]), *local_candidates[: MAX_CANDIDATES - 1])
             )
-        self.registry.register_packed(identifier, counter, addresses, now)
+        changed = self.registry.register_packed(identifier, counter, addresses, now)
         self._datagrams.append((ack, addr))
         self.counters.registrations += 1
+        if self.presence is not None and self.presence.registration_due(counter, changed):
+            self._presence_due.append(identifier)
 
     def _send_wake(self, session: SessionRecord, now: float) -> None:
         key = self.registry.key_of(session.target)
@@ -300,6 +353,8 @@ class BrokerCore:
             return
         if channel.held and channel.peer is not None:
             self.registry.release(channel.peer, channel_id)
+            if self.presence is not None:
+                self.presence.forget(channel.peer)
         if channel.session is not None and channel.session in self._sessions:
             self._end(self._sessions[channel.session], Reason.DISCONNECTED, skip=channel_id)
 
@@ -392,6 +447,8 @@ class BrokerCore:
         self._arm_channel(channel, now)
         self._send(channel.id, control.Enrolled(identifier, key, self.config.interval_ms))
         self.counters.enrollments += 1
+        if self.presence is not None:
+            self._presence_due.append(identifier)
 
     def _keepalive(self, channel: ChannelRecord) -> None:
         identifier = self._equipment(channel)
@@ -399,6 +456,8 @@ class BrokerCore:
             raise RefusedError("keepalive before enroll", reason=Reason.NOT_ENROLLED)
         self._send(channel.id, control.Keepalive())
         self.counters.keepalives += 1
+        if self.presence is not None and self.presence.keepalive_due(identifier):
+            self._presence_due.append(identifier)
 
     # ------------------------------------------------------------------ issuer ops
 

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import random
 import socket
 import ssl
@@ -45,10 +46,21 @@ from roost.pki.certs import load_certificate
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
 from roost.reasons import REFUSAL_LINE, Reason
+from roost.rendezvous import control
 from roost.rendezvous.broker import BrokerCore
+from roost.rendezvous.broker_cluster import SharedRegistry, connect_redis
 from roost.rendezvous.broker_events import CloseChannel, Refused
-from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus
+from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus, SharedStatus
 from roost.rendezvous.control import MAX_CHANNEL_BODY
+from roost.rendezvous.presence import (
+    Hop,
+    NodeMessage,
+    PresencePolicy,
+    PresenceRecord,
+    Route,
+    decode_node_message,
+    route_target,
+)
 from roost.status import TrustSummary
 from roost.timer import CoreTimer
 
@@ -56,6 +68,11 @@ __all__ = ["BrokerDaemon", "fetch_broker_status"]
 
 log = logging.getLogger("roost.broker")
 _READ_CHUNK = 64 * 1024
+# The ops whose target may be owned by another process (docs/broker-scale.md, "Routing");
+# our encoder writes "op" first and compact, so a prefix test spares a JSON parse.
+_ROUTED_OPS = (b'{"op":"lookup"', b'{"op":"connect"')
+# _route's answer for a lookup served here from the shared presence.
+_ANSWERED = ("", -1)
 
 
 # Datagrams read per readiness callback: one core flush and one timer check serve the whole
@@ -86,13 +103,19 @@ class _UdpSocket:
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
-    def bind(cls, daemon: BrokerDaemon, host: str, port: int) -> _UdpSocket:
+    def bind(
+        cls, daemon: BrokerDaemon, host: str, port: int, *, reuse_port: bool = False
+    ) -> _UdpSocket:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
         )[0]
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
+            if reuse_port:
+                # `roost broker run --workers N` (docs/broker-scale.md): every worker binds
+                # the one port and the kernel spreads the equipment's flows over them.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             return cls(daemon, sock)
         except BaseException:
@@ -185,8 +208,28 @@ class BrokerDaemon:
         self.tls = tls or ReloadableServerContext(
             config.cert, config.key, trust.state.anchors, optional_client_cert=True
         )
+        # The shared registry (docs/broker-scale.md): this process's node name and epoch.
+        self.node = (config.node or f"{config.name}-{socket.gethostname()}-{os.getpid()}")[:64]
+        self.epoch = wall_ms_now()
+        presence = (
+            PresencePolicy(config.presence, config.core.interval_s, config.core.ttl_s)
+            if config.shared
+            else None
+        )
         # Wall microseconds: RWAK counters keep rising across restarts (section 5).
-        self.core = BrokerCore(config.core, rng=rng, wake_counter_start=wall_ms_now() * 1000)
+        self.core = BrokerCore(
+            config.core, rng=rng, wake_counter_start=wall_ms_now() * 1000, presence=presence
+        )
+        self.shared: SharedRegistry | None = None
+        # Channels of this process forwarded to a target's owner: id → (node, epoch).
+        self._forwarded: dict[int, tuple[str, int]] = {}
+        # Channels other processes forwarded here: (origin, epoch, its id) ↔ our id.
+        self._hosted: dict[tuple[str, int, int], int] = {}
+        self._hosted_ids: dict[int, tuple[str, int, int]] = {}
+        self._resolving: set[str] = set()
+        # The presence a lookup on this channel read, for its connect (no second GET).
+        self._looked_up: dict[int, PresenceRecord] = {}
+        self.adopted = self.forwarded_total = self.hosted_total = 0
         self.connections_rejected: collections.Counter[str] = collections.Counter()
         # The TLS port and the API admit through one cap on unauthenticated connections
         # and count every refusal in ``connections_rejected`` (docs/limits.md).
@@ -209,8 +252,19 @@ class BrokerDaemon:
         # moves later: keep an earlier handle instead of a cancel and a new call_at per
         # datagram (docs/BENCHMARKS.md, "Broker").
         self._timer = CoreTimer(loop, self._on_timer, keep_earlier=True)
+        if self.config.shared:
+            self.shared = SharedRegistry(
+                connect_redis(self.config.registry),
+                self.config.presence,
+                self.node,
+                self.epoch,
+                on_message=self._on_node_message,
+                on_resync=self._resync,
+            )
+            await self.shared.start()
         host, port = self.config.udp
-        self._udp = _UdpSocket.bind(self, host, port)
+        reuse = self.config.reuse_port or None
+        self._udp = _UdpSocket.bind(self, host, port, reuse_port=bool(reuse))
         tls_host, tls_port = self.config.tls
         self._server = await self.admission.start_tls_server(
             self._serve,
@@ -219,6 +273,7 @@ class BrokerDaemon:
             self.tls.outer,
             what="broker channel",
             limit=_READ_CHUNK,
+            reuse_port=reuse,
         )
         if self.config.api is not None:
             self._api = await _start_api(self, *self.config.api)
@@ -241,6 +296,8 @@ class BrokerDaemon:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        if self.shared is not None:
+            await self.shared.stop()
 
     @property
     def udp_port(self) -> int:
@@ -268,6 +325,8 @@ class BrokerDaemon:
             writer = self._writers.get(channel)
             if writer is not None and not writer.is_closing():
                 writer.write(encode_record(body))
+            elif channel in self._hosted_ids:
+                self._hop_back(channel, Hop.BACK, body)
         while (event := self.core.next_event()) is not None:
             if isinstance(event, Refused):
                 more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
@@ -276,6 +335,11 @@ class BrokerDaemon:
                 writer = self._writers.get(event.channel)
                 if writer is not None:
                     writer.close()
+                elif event.channel in self._hosted_ids:
+                    self._hop_back(event.channel, Hop.SHUT, b"")
+                    self._unhost(event.channel)
+        if self.shared is not None:
+            self._shared_outputs()
         if self._timer is not None:
             self._timer.arm(self.core.get_timer())
 
@@ -350,9 +414,18 @@ class BrokerDaemon:
                 data = await reader.read(_READ_CHUNK)
                 if not data:
                     break
-                self.core.channel_rtt(channel, _rtt_ms(writer))
+                rtt = _rtt_ms(writer)
+                self.core.channel_rtt(channel, rtt)
                 for body in framer.feed(data):
-                    self.core.receive_record(channel, body, _loop_now())
+                    forward = self._forwarded.get(channel)
+                    if forward is None and self.shared is not None and body.startswith(_ROUTED_OPS):
+                        forward = await self._route(channel, body, str(peername[0]), rtt)
+                    if forward is _ANSWERED:
+                        continue
+                    if forward is not None:
+                        self._hop(forward[0], Hop.RECORD, channel, rtt, body)
+                    else:
+                        self.core.receive_record(channel, body, _loop_now())
                 self.transmit()
         except RoostError as exc:
             # A record above the cap: the peer broke the framing (counted, connection ends).
@@ -361,6 +434,10 @@ class BrokerDaemon:
             pass
         finally:
             self._writers.pop(channel, None)
+            self._looked_up.pop(channel, None)
+            forwarded = self._forwarded.pop(channel, None)
+            if forwarded is not None:
+                self._hop(forwarded[0], Hop.CLOSE, channel, 0, b"")
             self.core.close_channel(channel, _loop_now())
             self.transmit()
             writer.close()
@@ -402,7 +479,214 @@ class BrokerDaemon:
             trust=TrustSummary.from_json(self.trust.state.summary()),
             counters=view,
             uptime_s=round(time.monotonic() - self._started, 3),
+            shared=self._shared_status(),
         )
+
+    def _shared_status(self) -> SharedStatus | None:
+        if self.shared is None:
+            return None
+        counters = self.shared.counters
+        return SharedStatus(
+            node=self.node,
+            epoch=self.epoch,
+            up=self.shared.up,
+            writes=counters.writes,
+            reads=counters.reads,
+            published=counters.published,
+            received=counters.received,
+            pipelines=counters.pipelines,
+            outages=counters.outages,
+            outage_s=round(self.shared.outage_seconds(), 3),
+            resyncs=counters.resyncs,
+            dropped_writes=counters.dropped_writes,
+            adopted=self.adopted,
+            forwarded=self.forwarded_total,
+            hosted=self.hosted_total,
+        )
+
+    # ------------------------------------------------------------------ shared registry
+
+    def _shared_outputs(self) -> None:
+        """Presence writes the core says are due; registrations to look up in Redis."""
+        for identifier in self.core.presence_to_write():
+            self._write_presence(identifier, _loop_now())
+        for identifier, data, addr in self.core.registrations_to_resolve():
+            limit = self.config.presence.max_resolving
+            if identifier not in self._resolving and len(self._resolving) < limit:
+                self._resolving.add(identifier)
+                self._spawn(self._resolve(identifier, data, addr))
+
+    def _write_presence(self, identifier: str, now: float) -> None:
+        entry = self.core.registry.get(identifier)
+        if entry is None or self.shared is None or self.core.presence is None:
+            return
+        reachable = entry.held is not None or self.core.registry.udp_fresh(identifier, now)
+        record = PresenceRecord(
+            self.node, self.epoch, entry.counter or 0, entry.key, entry.certificate, reachable
+        )
+        self.shared.write(identifier, record, self.core.presence.ttl_ms)
+
+    def _resync(self) -> None:
+        """Redis answers again (maybe restarted empty): rewrite every entry this process
+        can wake, i.e. held here or registered here within the last interval (an entry
+        that moved to another process stops registering here)."""
+        now = _loop_now()
+        registry = self.core.registry
+        recent = self.config.core.interval_s * 1.5
+        for identifier in list(registry):
+            entry = registry.get(identifier)
+            if entry is None:
+                continue
+            fresh = registry.udp_fresh(identifier, now) and now - entry.last_seen < recent
+            if entry.held is not None or fresh:
+                self._write_presence(identifier, now)
+
+    async def _resolve(self, identifier: str, data: bytes, addr: tuple[str, int]) -> None:
+        """A registration this process could not verify: another process may have the
+        entry (its enrollment may still be in that process's pipeline: one retry)."""
+        try:
+            assert self.shared is not None
+            record = await self.shared.read(identifier)
+            if record is None:
+                await asyncio.sleep(self.config.presence.miss_retry_s)
+                record = await self.shared.read(identifier)
+            if record is None or record.key == self.core.registry.key_of(identifier):
+                return
+            now = _loop_now()
+            self.core.adopt(identifier, record.key, record.counter, record.certificate, now)
+            self.adopted += 1
+            self.core.receive_datagram(data, addr, now)
+            self.transmit()
+        finally:
+            self._resolving.discard(identifier)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _route(
+        self,
+        channel: int,
+        body: bytes,
+        source: str,
+        rtt: int,
+    ) -> tuple[str, int] | None:
+        """Where a ``lookup``/``connect`` is served: None here, or the owner's (node,
+        epoch), the channel then opened there (``_owner_heard`` answers target-offline
+        if nobody received the OPEN)."""
+        try:
+            message = control.decode_control(body)
+        except RoostError:
+            return None  # the core answers the parse error
+        target = getattr(message, "target", None)
+        if not isinstance(target, str) or self.shared is None:
+            return None
+        now = _loop_now()
+        entry = self.core.registry.get(target)
+        reachable = entry is not None and (
+            entry.held is not None or self.core.registry.udp_fresh(target, now)
+        )
+        if route_target(reachable, None, self.node, self.epoch) is Route.LOCAL:
+            return None
+        record = self._looked_up.pop(channel, None)
+        if record is None or not isinstance(message, control.Connect):
+            record = await self.shared.read(target)
+        if (
+            record is None
+            or route_target(False, record, self.node, self.epoch) is not Route.FORWARD
+        ):
+            return None
+        if isinstance(message, control.Lookup) and record.certificate is not None:
+            # Answered here from the presence (one round trip less through the owner);
+            # the connect that follows on this channel goes to the owner.
+            self._looked_up[channel] = record
+            self.core.answer_lookup(channel, target, record.certificate, now)
+            return _ANSWERED
+        opened = NodeMessage(Hop.OPEN, self.node, self.epoch, channel, rtt, source.encode())
+        heard = self.shared.publish(record.owner, opened.encode(), wait=True)
+        assert heard is not None
+        forward = (record.owner, record.epoch)
+        self._forwarded[channel] = forward
+        self.forwarded_total += 1
+        # The owner's core runs this channel from now on (its limits, idle timer and
+        # sessions); ours forgets it, so its idle timer cannot cut a long relayed session.
+        self.core.close_channel(channel, now)
+        # The records follow the OPEN in the same pipeline without waiting for it: a
+        # forwarded request costs no extra round trip to Redis (docs/broker-scale.md).
+        heard.add_done_callback(lambda done: self._owner_heard(done, channel, forward, source))
+        return forward
+
+    def _owner_heard(
+        self, done: asyncio.Future[int], channel: int, forward: tuple[str, int], source: str
+    ) -> None:
+        if done.result() > 0 or self._forwarded.get(channel) != forward:
+            return
+        # Nobody listens for the owner (killed, or Redis went down): the equipment
+        # re-homes within one interval; until then it cannot be woken from here.
+        del self._forwarded[channel]
+        now = _loop_now()
+        self.core.rejections.count(Reason.TARGET_OFFLINE, source=source, now=now)
+        writer = self._writers.get(channel)
+        if writer is not None and not writer.is_closing():
+            # Served here again (an issuer's channel: no peer identity).
+            self.core.open_channel(channel, None, source, now)
+            error = control.Error(Reason.TARGET_OFFLINE, None)
+            writer.write(encode_record(control.encode_control_message(error)))
+
+    def _hop(self, node: str, kind: Hop, channel: int, rtt: int, payload: bytes) -> None:
+        """Send one message of a channel this process forwards to ``node``."""
+        if self.shared is not None:
+            message = NodeMessage(kind, self.node, self.epoch, channel, rtt, payload)
+            self.shared.publish(node, message.encode())
+
+    def _hop_back(self, local: int, kind: Hop, payload: bytes) -> None:
+        """Send one message back to the origin of a channel hosted here."""
+        origin, _, channel = self._hosted_ids[local]
+        self._hop(origin, kind, channel, 0, payload)
+
+    def _unhost(self, local: int) -> None:
+        key = self._hosted_ids.pop(local, None)
+        if key is not None:
+            self._hosted.pop(key, None)
+
+    def _on_node_message(self, data: bytes) -> None:
+        """A message of a forwarded channel, from its origin or from its owner."""
+        try:
+            message = decode_node_message(data)
+        except RoostError:
+            return
+        now = _loop_now()
+        key = (message.sender, message.epoch, message.channel)
+        if message.kind is Hop.OPEN:
+            local = self._next_channel
+            self._next_channel += 1
+            self._hosted[key] = local
+            self._hosted_ids[local] = key
+            self.hosted_total += 1
+            source = message.payload.decode(errors="replace")[:64]
+            self.core.open_channel(local, None, source, now)
+            self.core.channel_rtt(local, message.rtt_ms)
+        elif message.kind in (Hop.RECORD, Hop.CLOSE):
+            hosted = self._hosted.get(key)
+            if hosted is None:
+                return
+            if message.kind is Hop.CLOSE:
+                self._unhost(hosted)
+                self.core.close_channel(hosted, now)
+            else:
+                self.core.channel_rtt(hosted, message.rtt_ms)
+                self.core.receive_record(hosted, message.payload, now)
+        else:
+            forwarded = self._forwarded.get(message.channel)
+            writer = self._writers.get(message.channel)
+            if forwarded != (message.sender, message.epoch) or writer is None:
+                return
+            if message.kind is Hop.BACK:
+                writer.write(encode_record(message.payload))
+            else:
+                writer.close()
+        self.transmit()
 
 
 def _loop_now() -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 from roost.status import TrustSummary, read_counts, read_float, read_int, read_object, read_str
 
-__all__ = ["BrokerCountersView", "BrokerStatus"]
+__all__ = ["BrokerCountersView", "BrokerStatus", "SharedStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,41 @@ class BrokerCountersView:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedStatus:
+    """The shared registry of a broker running with Redis/Valkey (docs/broker-scale.md)."""
+
+    node: str
+    epoch: int
+    up: bool
+    writes: int
+    reads: int
+    published: int
+    received: int
+    pipelines: int
+    outages: int
+    outage_s: float
+    resyncs: int
+    dropped_writes: int
+    adopted: int
+    forwarded: int
+    hosted: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document's ``shared`` object."""
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> SharedStatus:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        values: dict[str, Any] = {"node": read_str(doc, "node"), "up": bool(doc.get("up"))}
+        values["outage_s"] = read_float(doc, "outage_s")
+        for item in fields(cls):
+            if item.name not in values:
+                values[item.name] = read_int(doc, item.name)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStatus:
     """One snapshot of a running broker, taken on the event loop."""
 
@@ -71,6 +106,8 @@ class BrokerStatus:
     trust: TrustSummary
     counters: BrokerCountersView
     uptime_s: float
+    # None with the in-memory registry.
+    shared: SharedStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The status document."""
@@ -85,6 +122,7 @@ class BrokerStatus:
             "trust": self.trust.to_json(),
             "counters": self.counters.to_json(),
             "uptime_s": self.uptime_s,
+            "shared": None if self.shared is None else self.shared.to_json(),
         }
 
     @classmethod
@@ -101,4 +139,5 @@ class BrokerStatus:
             trust=TrustSummary.from_json(read_object(doc, "trust")),
             counters=BrokerCountersView.from_json(read_object(doc, "counters")),
             uptime_s=read_float(doc, "uptime_s"),
+            shared=None if doc.get("shared") is None else SharedStatus.from_json(doc["shared"]),
         )

@@ -143,25 +143,43 @@ class Registry:
         reflexive: Candidate,
         local: tuple[Candidate, ...],
         now: float,
-    ) -> None:
-        """Record a verified registration (the caller checked tag and counter)."""
+    ) -> bool:
+        """Record a verified registration (the caller checked tag and counter); True when
+        its addresses differ from the entry's (the shared registry writes then)."""
         entry = self._entries[identifier]
         if not 1 <= counter < 2**64:
             raise ValueError("a registration counter is a positive u64")
         # Sixteen local candidates plus the reflexive one would exceed what encode takes.
         addresses = encode_candidates((reflexive, *local[:15]))
+        changed = entry.data[_COUNTER_END:] != addresses
         entry.data = _pack(entry.key, counter, addresses)
         self._touch(identifier, entry, now)
+        return changed
 
-    def register_packed(self, identifier: str, counter: int, addresses: bytes, now: float) -> None:
+    def adopt(
+        self, identifier: str, key: bytes, counter: int, certificate: bytes | None, now: float
+    ) -> None:
+        """Take over an entry another broker process wrote to the shared registry
+        (docs/broker-scale.md): its key and certificate, and its counter as the replay
+        floor; no addresses until the equipment registers here."""
+        self.enroll(identifier, key, certificate, now)
+        entry = self._entries[identifier]
+        known = entry.counter or 0
+        entry.data = _pack(key, max(known, counter) or None)
+
+    def register_packed(self, identifier: str, counter: int, addresses: bytes, now: float) -> bool:
         """``register`` for the broker's hot path: ``addresses`` is already the wire form
-        ``encode_candidates((reflexive, *local))`` (at most 16), the counter checked."""
+        ``encode_candidates((reflexive, *local))`` (at most 16), the counter checked; True
+        when the addresses differ from the entry's (the shared registry writes then)."""
         entry = self._entries[identifier]
         if not 1 <= counter < 2**64:
             raise ValueError("a registration counter is a positive u64")
-        entry.data = entry.data[:REGISTRATION_KEY_SIZE] + counter.to_bytes(8, "big") + addresses
+        data = entry.data
+        changed = data[_COUNTER_END:] != addresses
+        entry.data = data[:REGISTRATION_KEY_SIZE] + counter.to_bytes(8, "big") + addresses
         entry.seen = now
         self._entries.move_to_end(identifier)
+        return changed
 
     def hold(self, identifier: str, channel: int) -> None:
         """A TLS connection of this identifier stays open (section 5, the fallback)."""

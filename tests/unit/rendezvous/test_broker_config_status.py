@@ -17,7 +17,7 @@ from roost.errors import ConfigError, RemoteProtocolError
 from roost.metrics import BROKER_METRICS, StatusCollector
 from roost.pki.certs import certs_from_pem
 from roost.rendezvous.broker_events import BrokerCoreConfig
-from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus
+from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus, SharedStatus
 from roost.status import TrustSummary
 
 MINIMAL = 'state_dir = "b"\ncert = "b/cert.pem"\nkey = "b/key.pem"\n'
@@ -56,6 +56,10 @@ def test_written_limits_are_read(tmp_path: Path) -> None:
         "[limits]\nrelay_max_bytes = 1.5\n",
         "[limits]\nno_such_limit = 1\n",
         "[limits]\nstun_amplification = -1\n",
+        'registry = "localhost:6379"\n',
+        "workers = 2\n",
+        'registry = "redis://x"\npresence_every = 0\n',
+        'registry = "redis://x"\nregistry_prefix = ""\n',
     ],
 )
 def test_bad_values_are_config_errors_naming_the_file(tmp_path: Path, extra: str) -> None:
@@ -143,3 +147,48 @@ def test_metrics_read_the_status_snapshot() -> None:
     registry2 = CollectorRegistry(auto_describe=False)
     registry2.register(StatusCollector(lambda: changed, BROKER_METRICS))
     assert "roost_broker_registry_size 5.0" in generate_latest(registry2).decode()
+
+
+def test_shared_registry_keys_are_read(tmp_path: Path) -> None:
+    config = load_broker_config(write(tmp_path, MINIMAL))
+    assert config.registry == "memory" and not config.shared and config.workers == 1
+    text = MINIMAL + 'registry = "redis://127.0.0.1:6379/0"\nnode = "east-1"\n'
+    text += 'workers = 2\npresence_every = 8\nregistry_prefix = "home:"\n'
+    config = load_broker_config(write(tmp_path, text))
+    assert config.shared and config.node == "east-1" and config.workers == 2
+    assert config.presence.every == 8 and config.presence.prefix == "home:"
+
+
+def test_a_hub_may_list_several_brokers(tmp_path: Path) -> None:
+    make_home(tmp_path / "h", 1, 1, True, 8, 5.0)
+    path = tmp_path / "h" / "hub-1.toml"
+    text = path.read_text()
+    start = text.index("[broker]")
+    end = text.find("\n[", start + 1)
+    table = '[broker]\naddress = ["127.0.0.1:7443", "127.0.0.1:7444"]\n'
+    table += 'udp = ["127.0.0.1:3478", "127.0.0.1:3479"]\n'
+    path.write_text(text[:start] + table + (text[end + 1 :] if end > 0 else ""))
+    link = load_hub_config(path).broker
+    assert link is not None
+    assert link.endpoints == (
+        (("127.0.0.1", 7443), ("127.0.0.1", 3478)),
+        (("127.0.0.1", 7444), ("127.0.0.1", 3479)),
+    )
+    path.write_text(text[:start] + table.replace(', "127.0.0.1:3479"', ""))
+    with pytest.raises(ConfigError):
+        load_hub_config(path)
+
+
+def test_shared_status_round_trips_and_feeds_metrics() -> None:
+    shared = SharedStatus("b1", 7, True, 3, 2, 1, 1, 4, 1, 2.5, 1, 0, 1, 2, 3)
+    status = dataclasses.replace(_status(), shared=shared)
+    assert BrokerStatus.from_json(status.to_json()) == status
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: status, BROKER_METRICS))
+    text = generate_latest(registry).decode()
+    assert "roost_broker_shared_up 1.0" in text
+    assert "roost_broker_shared_outages_total 1.0" in text
+    assert "roost_broker_shared_forwarded_total 2.0" in text
+    plain = CollectorRegistry(auto_describe=False)
+    plain.register(StatusCollector(_status, BROKER_METRICS))
+    assert "roost_broker_shared" not in generate_latest(plain).decode()

@@ -106,13 +106,36 @@ def test_a_lost_enrollment_connection_is_retried() -> None:
     assert _events(agent) == [OpenEnrollConnection(1)]
     agent.channel_closed(1, 0.5)
     assert agent.counters.ignored["enroll-failed"] == 1
-    assert agent.get_timer() == 0.5 + agent.config.enroll_retry
-    agent.handle_timer(agent.config.enroll_retry + 0.5)
+    retry, jitter = agent.config.enroll_retry, agent.config.jitter
+    timer = agent.get_timer()
+    assert timer is not None and 0.5 + retry * (1 - jitter) <= timer <= 0.5 + retry * (1 + jitter)
+    agent.handle_timer(timer)
     assert _events(agent) == [OpenEnrollConnection(2)]
     assert [decode_control(body).op for _, body in agent.records_to_send()] == [
         "enroll",
         "enroll",
     ]
+
+
+def test_failed_enrollments_back_off_with_jitter_up_to_the_cap() -> None:
+    agent = _agent()
+    agent.start(0.0)
+    retry, jitter = agent.config.enroll_retry, agent.config.jitter
+    now, delays = 0.0, []
+    for channel in range(1, 7):
+        assert _events(agent) == [OpenEnrollConnection(channel)]
+        agent.channel_closed(channel, now)
+        timer = agent.get_timer()
+        assert timer is not None
+        delays.append((timer - now) / retry)
+        now = timer
+        agent.handle_timer(now)
+    for failures, factor in enumerate(delays, start=1):
+        expected = min(2 ** (failures - 1), agent.config.enroll_backoff_max)
+        assert expected * (1 - jitter) <= factor <= expected * (1 + jitter)
+    # An enrollment resets the back-off.
+    agent.enrolled(HUB_ID, REGISTRATION_KEY, 20_000, now)
+    assert agent._failures == 0
 
 
 def test_messages_on_unknown_channels_and_for_other_sessions_are_counted() -> None:

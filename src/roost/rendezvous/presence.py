@@ -1,0 +1,257 @@
+"""Shared presence for several broker processes (docs/broker-scale.md), pure.
+
+When several broker processes share one Redis or Valkey server, each registry entry is also
+written there as one value under ``PREFIX + "p:" + identifier`` with a TTL. The value names
+the OWNER process (the one whose UDP socket received the registration, so the equipment's
+NAT mapping points at that socket: only it can send the wake-up, PROTOCOL.md section 5) and
+that process's EPOCH (its start time in wall milliseconds, so a restarted process with the
+same node name is told apart), with the registration key, the last counter written and the
+enrolled certificate: any process can then accept the equipment's registrations (re-homing)
+and answer ``lookup``.
+
+This module decides, without sockets or clocks:
+
+- ``PresencePolicy``: when an entry is due to be written (on a change of key, owner or
+  address, and on every k-th registration or keepalive, never per datagram), and how long
+  the value lives in Redis (long enough to outlast k registrations with their jitter);
+- ``PresenceRecord``: the value's layout (``encode`` / ``decode_presence``);
+- ``route_target``: whether a ``lookup``/``connect`` is served here or by its owner.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from roost.errors import RemoteProtocolError
+from roost.reasons import Reason
+from roost.rendezvous.messages import REGISTRATION_KEY_SIZE
+
+__all__ = [
+    "PRESENCE_VERSION",
+    "Hop",
+    "NodeMessage",
+    "PresenceConfig",
+    "PresencePolicy",
+    "PresenceRecord",
+    "Route",
+    "decode_node_message",
+    "decode_presence",
+    "route_target",
+]
+
+PRESENCE_VERSION = 1
+_HEADER = 1 + 8 + 8 + REGISTRATION_KEY_SIZE + 1
+_MAX_NODE = 64
+_MAX_CERTIFICATE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceConfig:
+    """The shared registry's constants (``broker.toml``: ``registry``, ``presence_every``)."""
+
+    # Write an entry on every k-th registration (and held keepalive) besides its changes:
+    # at one command per write, k = 16 keeps Redis at 0.0625 commands per registration.
+    every: int = 16
+    # The Redis TTL covers k registrations at +25 % jitter plus the registry's own TTL.
+    jitter_allowance: float = 1.25
+    # Key prefix of every Redis key and pub/sub channel of one broker deployment.
+    prefix: str = "roost:"
+    # A process that misses Redis retries its connection this often.
+    retry_s: float = 0.5
+    # A registration from an identifier not in memory is looked up in Redis again after
+    # this, once: its enrollment may still be in another process's pipeline.
+    miss_retry_s: float = 0.1
+    # Lookups of unknown identifiers in flight at once (what a flood of them can cost).
+    max_resolving: int = 256
+    # A forwarded channel whose owner does not answer within this is answered here.
+    route_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError("presence_every must be >= 1")
+        if not self.prefix or len(self.prefix) > 64:
+            raise ValueError("the key prefix must be 1-64 characters")
+        for name in ("jitter_allowance", "retry_s", "miss_retry_s", "route_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_resolving < 1:
+            raise ValueError("max_resolving must be >= 1")
+
+    def presence_key(self, identifier: str) -> str:
+        return f"{self.prefix}p:{identifier}"
+
+    def node_channel(self, node: str) -> str:
+        return f"{self.prefix}n:{node}"
+
+
+class PresencePolicy:
+    """Decides when an entry's presence is due (the core calls it after it accepted a
+    registration or a keepalive); ``ttl_ms`` is how long a written value lives."""
+
+    __slots__ = ("_keepalives", "config", "ttl_ms")
+
+    def __init__(self, config: PresenceConfig, interval_s: float, ttl_s: float) -> None:
+        self.config = config
+        self.ttl_ms = round((config.every * interval_s * config.jitter_allowance + ttl_s) * 1000)
+        self._keepalives: dict[str, int] = {}
+
+    def registration_due(self, counter: int, changed: bool) -> bool:
+        """A registration with ``counter`` was accepted; ``changed``: its key, owner or
+        addresses differ from what was last written. Agents count up by one per
+        registration, so ``counter % k`` is every k-th without state per entry."""
+        return changed or counter % self.config.every == 0
+
+    def keepalive_due(self, identifier: str) -> bool:
+        """A held connection's keepalive: every k-th per identifier is due."""
+        seen = self._keepalives.get(identifier, 0) + 1
+        if seen >= self.config.every:
+            self._keepalives.pop(identifier, None)
+            return True
+        self._keepalives[identifier] = seen
+        return False
+
+    def forget(self, identifier: str) -> None:
+        """The identifier's held connection ended."""
+        self._keepalives.pop(identifier, None)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRecord:
+    """One entry as stored in Redis."""
+
+    owner: str
+    epoch: int
+    counter: int
+    key: bytes
+    certificate: bytes | None
+    # The owner could wake it: a fresh registration or a held connection.
+    reachable: bool = True
+
+    def encode(self) -> bytes:
+        """``u8 version | u64 epoch | u64 counter | key (32) | u8 flags | u8 node_len |
+        node | certificate``."""
+        node = self.owner.encode()
+        if not 1 <= len(node) <= _MAX_NODE or len(self.key) != REGISTRATION_KEY_SIZE:
+            raise ValueError("a presence record needs a node name and a 32-byte key")
+        certificate = self.certificate or b""
+        return b"".join(
+            (
+                bytes((PRESENCE_VERSION,)),
+                self.epoch.to_bytes(8, "big"),
+                self.counter.to_bytes(8, "big"),
+                self.key,
+                bytes((1 if self.reachable else 0,)),
+                bytes((len(node),)),
+                node,
+                certificate,
+            )
+        )
+
+
+def decode_presence(data: bytes) -> PresenceRecord:
+    """The inverse of ``PresenceRecord.encode``; raises RemoteProtocolError("malformed")."""
+    if len(data) < _HEADER + 2 or data[0] != PRESENCE_VERSION:
+        raise RemoteProtocolError("not a presence record", reason=Reason.MALFORMED)
+    epoch = int.from_bytes(data[1:9], "big")
+    counter = int.from_bytes(data[9:17], "big")
+    key = data[17 : 17 + REGISTRATION_KEY_SIZE]
+    flags = data[_HEADER - 1]
+    node_len = data[_HEADER]
+    node_end = _HEADER + 1 + node_len
+    if not 1 <= node_len <= _MAX_NODE or len(data) < node_end or flags > 1:
+        raise RemoteProtocolError("bad presence node", reason=Reason.MALFORMED)
+    try:
+        owner = data[_HEADER + 1 : node_end].decode()
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("bad presence node", reason=Reason.MALFORMED) from exc
+    certificate = data[node_end:]
+    if len(certificate) > _MAX_CERTIFICATE:
+        raise RemoteProtocolError("presence certificate too large", reason=Reason.MALFORMED)
+    return PresenceRecord(owner, epoch, counter, key, certificate or None, flags == 1)
+
+
+class Route(enum.Enum):
+    """Where a ``lookup``/``connect`` for a target is served."""
+
+    LOCAL = "local"  # this process can wake the target (or nobody can)
+    ASK = "ask"  # not reachable from here: read the shared presence
+    FORWARD = "forward"  # another live process owns the target
+
+
+def route_target(
+    reachable_here: bool, record: PresenceRecord | None, node: str, epoch: int
+) -> Route:
+    """``reachable_here``: the local registry can wake the target (fresh registration or
+    held connection). Without a record (not read yet) the answer is ASK; with one, a
+    target owned by another process instance is FORWARD, anything else LOCAL (the local
+    core then answers, ``unknown-target`` or ``target-offline`` included)."""
+    if reachable_here:
+        return Route.LOCAL
+    if record is None:
+        return Route.ASK
+    if record.reachable and (record.owner, record.epoch) != (node, epoch):
+        return Route.FORWARD
+    return Route.LOCAL
+
+
+class Hop(enum.IntEnum):
+    """Kinds of node-to-node messages for a forwarded TLS channel (docs/broker-scale.md)."""
+
+    OPEN = 1  # origin → owner: a channel opens there; payload: the peer's host
+    RECORD = 2  # origin → owner: one record body the peer sent
+    CLOSE = 3  # origin → owner: the peer's connection closed
+    BACK = 4  # owner → origin: one record body to write to the peer
+    SHUT = 5  # owner → origin: close the peer's connection after its records
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMessage:
+    """``u8 kind | u8 node_len | sender node | u64 sender epoch | u64 channel | u32 rtt_ms |
+    payload``; ``channel`` is always the ORIGIN's id of the peer's connection."""
+
+    kind: Hop
+    sender: str
+    epoch: int
+    channel: int
+    rtt_ms: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        node = self.sender.encode()
+        if not 1 <= len(node) <= _MAX_NODE:
+            raise ValueError("a node name is 1-64 bytes")
+        return b"".join(
+            (
+                bytes((self.kind, len(node))),
+                node,
+                self.epoch.to_bytes(8, "big"),
+                self.channel.to_bytes(8, "big"),
+                min(self.rtt_ms, 0xFFFFFFFF).to_bytes(4, "big"),
+                self.payload,
+            )
+        )
+
+
+def decode_node_message(data: bytes) -> NodeMessage:
+    """The inverse of ``NodeMessage.encode``; raises RemoteProtocolError("malformed")."""
+    if len(data) < 2:
+        raise RemoteProtocolError("short node message", reason=Reason.MALFORMED)
+    node_len = data[1]
+    end = 2 + node_len
+    if data[0] not in Hop._value2member_map_ or not 1 <= node_len <= _MAX_NODE:
+        raise RemoteProtocolError("bad node message", reason=Reason.MALFORMED)
+    if len(data) < end + 20:
+        raise RemoteProtocolError("short node message", reason=Reason.MALFORMED)
+    try:
+        sender = data[2:end].decode()
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("bad node name", reason=Reason.MALFORMED) from exc
+    return NodeMessage(
+        Hop(data[0]),
+        sender,
+        int.from_bytes(data[end : end + 8], "big"),
+        int.from_bytes(data[end + 8 : end + 16], "big"),
+        int.from_bytes(data[end + 16 : end + 20], "big"),
+        data[end + 20 :],
+    )

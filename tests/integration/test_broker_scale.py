@@ -1,0 +1,278 @@
+"""Several broker processes sharing a real Redis (or Valkey) registry, as real processes on
+loopback (docs/broker-scale.md): a connection request that enters on a process other than
+the target's owner, Redis restarted and stopped under a running home, and the owner killed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from roost.cli.exitcodes import ExitCode
+from roost.rendezvous.presence import PresenceConfig, decode_presence
+from tests.helpers.brokers import BrokerFleet
+from tests.helpers.home import LoopbackHome
+from tests.helpers.redisserver import RedisServer, server_binaries
+from tests.helpers.waits import scaled, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
+PASSWORD = "owner password"
+INTERVAL_S = 1.0
+TTL_S = 3 * INTERVAL_S
+
+
+def roost(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "roost", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+class Cluster:
+    """A loopback home (one hub, one camera), three brokers, one Redis."""
+
+    def __init__(self, base: Path, binary: str) -> None:
+        self.base = base
+        self.redis = RedisServer(binary, base / "redis")
+        self.home = LoopbackHome(base / "home", hubs=1, devices=1, fps=5.0)
+        self.fleet = BrokerFleet(self.home.path, 3, self.redis.url, interval_s=INTERVAL_S)
+        self.hub = self.home.hub_id(1)
+
+    def setup(self) -> None:
+        added = roost(
+            "user", "add", str(self.home.path / "hub-1"), "owner",
+            "--card-file", str(self.base / "owner.card"),
+            "--password-cost", "10", "--code-cost", "8",
+            stdin=f"{PASSWORD}\n{PASSWORD}\n",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        trusted = roost(
+            "trust", "init", str(self.base / "trust"),
+            "--ca-info", str(self.home.path / "device-1" / "ca-info.bin"),
+        )  # fmt: skip
+        assert trusted.returncode == 0, trusted.stderr
+        (self.base / "password").write_text(PASSWORD + "\n")
+        self.redis.start()
+        for index in (1, 2, 3):
+            self.fleet.start(index)
+        self.home.start("hub-1")
+        self.home.start("device-1")
+        self.home.wait_for("camera streaming", lambda: self.home.devices_on(1), 30)
+        self.wait_owner(1)
+
+    def owner(self) -> str | None:
+        client = redis.Redis.from_url(self.redis.url, socket_timeout=2)
+        try:
+            value = client.get(PresenceConfig().presence_key(self.hub))
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+        return None if value is None else decode_presence(value).owner
+
+    def wait_owner(self, index: int, seconds: float = 20) -> None:
+        try:
+            wait_until(lambda: self.owner() == f"b{index}", seconds, what=f"owner b{index}")
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}; {self.fleet.logs()}") from None
+
+    def connect(self, via: int, *extra: str) -> subprocess.CompletedProcess[str]:
+        return roost(
+            "connect", self.hub,
+            "--broker", self.fleet.tls(via), "--broker-udp", self.fleet.udp(via),
+            "--trust", str(self.base / "trust"), "--user", "owner",
+            "--password-file", str(self.base / "password"),
+            "--card-file", str(self.base / "owner.card"),
+            "--json", "--out", str(self.base / f"out-{via}"), *extra,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.home.close()
+        self.fleet.close()
+        self.redis.stop()
+
+
+@pytest.fixture(scope="module", params=server_binaries())
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    built = Cluster(tmp_path_factory.mktemp("scale"), str(request.param))
+    try:
+        built.setup()
+        yield built
+    finally:
+        built.close()
+
+
+def _summary(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert done.returncode == 0, done.stderr
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
+
+
+def test_a_request_entering_on_a_non_owner_is_routed_and_carries_frames(cluster: Cluster) -> None:
+    # The hub registers with broker 1 (the first of its list): broker 2 forwards the
+    # issuer's channel to broker 1 over Redis pub/sub, broker 1 wakes the hub.
+    before = cluster.fleet.status(1) or {}
+    summary = _summary(cluster.connect(2, "--frames", "3"))
+    assert summary["frames"] == 3 and summary["path"] == "direct"
+    assert cluster.fleet.shared(2)["forwarded"] >= 1
+    owner = cluster.fleet.status(1) or {}
+    assert owner["shared"]["hosted"] >= 1
+    assert owner["counters"]["wakes_sent"] > before["counters"]["wakes_sent"]
+    assert (cluster.fleet.status(2) or {})["counters"]["wakes_sent"] == 0
+
+
+def test_three_processes_a_relayed_session_through_the_third(cluster: Cluster) -> None:
+    # --no-punch: the session's relay records go issuer → broker 3 → broker 1 → hub.
+    before = (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"]
+    summary = _summary(cluster.connect(3, "--frames", "2", "--no-punch"))
+    assert summary["path"] == "relay" and summary["frames"] == 2
+    assert (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"] == before + 1
+    assert (cluster.fleet.status(3) or {})["counters"]["relayed_sessions"] == 0
+    assert cluster.fleet.shared(3)["forwarded"] >= 1
+
+
+def test_redis_restarted_mid_run_loses_no_live_registration(cluster: Cluster) -> None:
+    resyncs = cluster.fleet.shared(1)["resyncs"]
+    cluster.redis.restart()  # no persistence: it comes back empty
+    wait_until(lambda: cluster.fleet.shared(1)["resyncs"] > resyncs, 10, what="resync")
+    # The owner rewrote its entry: the hub is reachable through the others again.
+    cluster.wait_owner(1, seconds=5)
+    assert cluster.fleet.shared(1)["outages"] >= 1
+    _summary(cluster.connect(2, "--frames", "1"))
+
+
+def test_redis_stopped_for_two_intervals_then_back(cluster: Cluster) -> None:
+    outages = {i: cluster.fleet.shared(i)["outages"] for i in (1, 2, 3)}
+    cluster.redis.stop()
+    started = time.monotonic()
+    wait_until(
+        lambda: all(not cluster.fleet.shared(i)["up"] for i in (1, 2, 3)), 10, what="outage seen"
+    )
+    # Meanwhile the owner serves the equipment it owns from memory, without routing.
+    forwarded = cluster.fleet.shared(1)["forwarded"]
+    _summary(cluster.connect(1, "--frames", "1"))
+    assert cluster.fleet.shared(1)["forwarded"] == forwarded
+    remaining = 2 * INTERVAL_S - (time.monotonic() - started)
+    if remaining > 0:
+        time.sleep(remaining)
+    cluster.redis.start()
+    for index in (1, 2, 3):
+        wait_until(lambda i=index: cluster.fleet.shared(i)["up"], 10, what=f"b{index} back")
+        shared = cluster.fleet.shared(index)
+        # Counted once per outage, however many writes failed meanwhile.
+        assert shared["outages"] == outages[index] + 1
+        assert shared["outage_s"] >= 1.0
+    cluster.wait_owner(1, seconds=5)
+    _summary(cluster.connect(3, "--frames", "1"))
+
+
+def test_owner_killed_the_hub_rehomes_within_an_interval_plus_ttl(cluster: Cluster) -> None:
+    # Last in the module: broker 1 dies without a word (SIGKILL).
+    cluster.fleet.kill(1)
+    killed = time.monotonic()
+    wait_until(
+        lambda: cluster.owner() in ("b2", "b3"), scaled(INTERVAL_S + TTL_S) + 2, what="rehome"
+    )
+    rehomed = time.monotonic() - killed
+    summary = _summary(cluster.connect(3, "--frames", "1"))
+    assert summary["frames"] == 1
+    hub = (cluster.home.hub_status(1) or {}).get("broker") or {}
+    assert hub["rehomed"] >= 1 and hub["broker"] != cluster.fleet.tls(1)
+    # The agent notices after its missed registrations (a TTL), then enrolls at the next.
+    assert rehomed <= scaled(INTERVAL_S + TTL_S) + 2, rehomed
+
+
+def test_reuseport_workers_share_the_ports_and_survive_a_killed_worker(tmp_path: Path) -> None:
+    # `roost broker run --workers 2`: both workers on the home's UDP and TLS ports; the
+    # kernel sends the hub's datagrams to one of them (its owner), a TLS connection to
+    # either. Killing the owner sends the hub's next registration to the other, which
+    # adopts the entry from Redis.
+    server = RedisServer(server_binaries()[0], tmp_path / "redis")
+    home = LoopbackHome(tmp_path / "home", hubs=1, devices=0)
+    config = home.path / "broker.toml"
+    text = config.read_text().replace("interval_s = 20.0", f"interval_s = {INTERVAL_S}")
+    api = int(text.split('api = "127.0.0.1:')[1].split('"')[0])
+    text = text.replace(f'api = "127.0.0.1:{api}"', 'api = "127.0.0.1:0"')
+    config.write_text(text.replace("[limits]", f'registry = "{server.url}"\n[limits]'))
+    log = (home.path / "broker.log").open("w+b")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "roost", "broker", "run", "--config", str(config), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    hub = home.hub_id(1)
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        server.start()
+        assert supervisor.stdout is not None
+        summary = json.loads(supervisor.stdout.readline())
+        workers = {w["worker"]: w for w in summary["workers"]}
+        assert len(workers) == 2 and {w["udp"][1] for w in workers.values()} == {summary["udp"][1]}
+        home.start("hub-1")
+
+        def owner() -> tuple[str, int] | None:
+            value = client.get(PresenceConfig().presence_key(hub))
+            if value is None:
+                return None
+            record = decode_presence(value)
+            return record.owner, record.epoch
+
+        wait_until(
+            lambda: owner() is not None and owner()[0].endswith(("-w0", "-w1")), 20, what="owner"
+        )
+        first = owner()
+        assert first is not None
+        killed = int(first[0][-1])
+        subprocess.run(["kill", "-9", str(workers[killed]["pid"])], check=True)
+        wait_until(
+            lambda: owner() not in (None, first), scaled(INTERVAL_S + TTL_S) + 3, what="re-home"
+        )
+        supervisor.terminate()
+        assert supervisor.wait(timeout=20) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        client.close()
+        home.close()
+        server.stop()
+
+
+def test_a_target_whose_owner_is_gone_is_offline_not_unknown(cluster: Cluster) -> None:
+    # Redis still names an owner that nobody hears (a killed process, before its
+    # equipment re-homed): the lookup is answered from the presence, the connect finds no
+    # owner, and the process the request entered on answers target-offline. The hub is
+    # stopped first, so no registration rewrites its presence meanwhile.
+    cluster.home.stop("hub-1")
+    client = redis.Redis.from_url(cluster.redis.url, socket_timeout=2)
+    key = PresenceConfig().presence_key(cluster.hub)
+    try:
+        value = client.get(key)
+        assert value is not None
+        current = decode_presence(value)
+        via = 3 if current.owner == "b2" else 2
+        ghost = dataclasses.replace(current, owner="b9")
+        client.set(key, ghost.encode(), px=60_000)
+    finally:
+        client.close()
+    before = (cluster.fleet.status(via) or {})["counters"]["refusals"].get("target-offline", 0)
+    done = cluster.connect(via)
+    assert done.returncode == ExitCode.HUB_OFFLINE, done.stderr
+    assert "hub offline" in done.stderr
+    after = (cluster.fleet.status(via) or {})["counters"]
+    assert after["refusals"].get("target-offline", 0) == before + 1
+    assert after["lookups"] >= 1
