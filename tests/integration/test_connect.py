@@ -120,7 +120,13 @@ class Site:
             cwd=self.base,
         )
 
-    def connect_command(self, *extra: str, password_file: str = "password") -> list[str]:
+    def connect_command(
+        self,
+        *extra: str,
+        password_file: str = "password",
+        user: str = "owner",
+        card: str = "owner.card",
+    ) -> list[str]:
         """The argument list of one ``roost connect`` to hub-1 (for concurrent runs)."""
         return [
             sys.executable,
@@ -135,11 +141,11 @@ class Site:
             "--trust",
             str(self.base / "owner-trust"),
             "--user",
-            "owner",
+            user,
             "--password-file",
             str(self.base / password_file),
             "--card-file",
-            str(self.base / "owner.card"),
+            str(self.base / card),
             "--json",
             *extra,
         ]
@@ -309,13 +315,38 @@ def test_the_relay_limit_has_its_own_code(limited_site: Site) -> None:
 
 
 def test_two_owners_connecting_at_once_both_get_direct_sessions(site: Site) -> None:
-    # Two `roost connect` at the same moment: the hub punches for both sessions on its one
-    # socket (each probe goes to its session's puncher), so both go direct and get frames.
+    # Two owners' `roost connect` at the same moment: the hub punches for both sessions on
+    # its one socket (each probe goes to its session's puncher), so both go direct and get
+    # frames. Two owners, not one owner twice: one card's access counter admits one login
+    # per challenge (the user store's compare-and-set), so a single owner's two racing
+    # logins would end with one refused by design.
     (site.base / "password").write_text(PASSWORD + "\n")
+    added = roost(
+        "user",
+        "add",
+        str(site.home.path / "hub-1"),
+        "second-owner",
+        "--card-file",
+        str(site.base / "second-owner.card"),
+        "--password-cost",
+        "10",
+        "--code-cost",
+        "8",
+        stdin=f"{PASSWORD}\n{PASSWORD}\n",
+    )
+    assert added.returncode == 0, added.stderr
     before = site.hub_broker() or {}
+    owners = {1: ("owner", "owner.card"), 2: ("second-owner", "second-owner.card")}
     runs = [
         subprocess.Popen(
-            site.connect_command("--frames", "3", "--out", f"both-{index}"),
+            site.connect_command(
+                "--frames",
+                "3",
+                "--out",
+                f"both-{index}",
+                user=owners[index][0],
+                card=owners[index][1],
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
