@@ -316,6 +316,13 @@ def _read(path: Path) -> _Table:
         raise ConfigError(f"cannot read {path}: {exc}", reason=Reason.BAD_CONFIG) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", reason=Reason.BAD_CONFIG) from exc
+    except UnicodeDecodeError as exc:
+        # tomllib decodes the file itself and lets a bad byte escape as UnicodeDecodeError;
+        # TOML files are UTF-8, so this is the operator's file at fault, named with its offset.
+        raise ConfigError(
+            f"{path} is not UTF-8 (byte {exc.start}): TOML files are UTF-8",
+            reason=Reason.BAD_CONFIG,
+        ) from exc
 
 
 def _announce(doc: _Table) -> AnnounceSettings:
