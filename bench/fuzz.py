@@ -19,8 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import machine_facts, print_result
 from rich.table import Table
+
+from _common import machine_facts, print_result
 
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(_ROOT))

@@ -23,5 +23,10 @@ GUIDES: dict[str, tuple[str, ...]] = {
     "config": (*_SHARED, "roost.config"),
     "broker-datagrams": (*_SHARED, "roost.rendezvous.messages"),
     "stun": (*_SHARED, "roost.rendezvous.stun", "roost.rendezvous.messages"),
-    "broker-control": (*_SHARED, "roost.rendezvous.control", "roost.rendezvous.seal", "roost.rendezvous.messages"),
+    "broker-control": (
+        *_SHARED,
+        "roost.rendezvous.control",
+        "roost.rendezvous.seal",
+        "roost.rendezvous.messages",
+    ),
 }

@@ -110,7 +110,9 @@ def seeds() -> dict[str, list[bytes]]:
         for key in ("hello", "challenge", "proof", "accept", "checkpoint", "receipt")
     ] + [b"\x05"]
     frames = [
-        bytes.fromhex(suite[key]) for suite in guard.values() for key in ("frame0", "frame1_reordered")
+        bytes.fromhex(suite[key])
+        for suite in guard.values()
+        for key in ("frame0", "frame1_reordered")
     ]
     framed = b"".join(encode_record(frame) for frame in frames)
     cainfo = bytes.fromhex(json.loads((VECTORS / "pki" / "cainfo.json").read_text())["encoded"])

@@ -31,7 +31,9 @@ __all__ = ["ROOT", "FuzzResult", "main", "run_target", "target_names"]
 ROOT = Path(__file__).resolve().parents[2]
 _CORPUS = Path(__file__).resolve().parent / "corpus"
 # libFuzzer's status lines: "#1024 INITED cov: 210 ft: 388 corp: 12/1Kb exec/s: 0 rss: 60Mb".
-_STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/\S+(?: .*?exec/s: (\d+))?")
+_STATUS = re.compile(
+    r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/\S+(?: .*?exec/s: (\d+))?"
+)
 _DONE = re.compile(r"^Done (\d+) runs in (\d+) second")
 
 
@@ -115,6 +117,10 @@ def run_target(
             "-max_len=4096",
             f"-runs={runs if runs is not None else -1}",
         ]
+        dictionary = _CORPUS.parent / "dicts" / f"{name}.dict"
+        if dictionary.is_file():
+            # Tokens a mutation rarely stumbles on (TOML's inf and nan, the config keys).
+            flags.append(f"-dict={dictionary}")
         if seconds is not None:
             flags.append(f"-max_total_time={max(1, round(seconds))}")
         before = set(crash_dir.iterdir())

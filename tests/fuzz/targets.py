@@ -175,9 +175,7 @@ def fuzz_hcsp_datagram(data: bytes) -> None:
     if announcement is None:
         return
     framed = (
-        announcement.signed_bytes
-        + bytes([len(announcement.signature)])
-        + announcement.signature
+        announcement.signed_bytes + bytes([len(announcement.signature)]) + announcement.signature
     )
     _same(framed, data, "announcement framing")
     fuzz_hcsp_document(announcement.document)

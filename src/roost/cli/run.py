@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -21,13 +22,16 @@ from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import StateError, TransportError
-from roost.hub.daemon import HubDaemon
-from roost.hub.recorder import Recorder
-from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write_run_file
 from roost.pki.certs import certs_from_pem, key_from_pem
-from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
+
+if TYPE_CHECKING:
+    # The hub's modules load inside the hub's commands only: a device agent that imported
+    # them would carry the guard, the recorder and the hub daemon it never runs
+    # (docs/BENCHMARKS.md, "Soak and footprint").
+    from roost.hub.daemon import HubDaemon
+    from roost.hub.recorder import Recorder
 
 __all__ = [
     "build_hub_daemon",
@@ -49,6 +53,9 @@ def build_hub_daemon(
     The daemon reads no files itself: this is where they are read (the CLI is the
     composition root).
     """
+    from roost.hub.daemon import HubDaemon
+    from roost.pki.tls import ReloadableServerContext
+
     return HubDaemon(
         config,
         trust,
@@ -119,7 +126,9 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     from roost.guard.aio import GuardServer
     from roost.guard.log import SqliteMerkleLog
     from roost.hub.api import start_api
+    from roost.hub.recorder import Recorder
     from roost.hub.remote import build_guard_server, start_remote
+    from roost.hub.runfile import HubRunState, remove_run_file, write_run_file
     from roost.rendezvous.agent_aio import BrokerAgent
 
     configure_logging(verbose)
@@ -213,6 +222,8 @@ def hub_status(config_file: Path, as_json: bool) -> None:
 
 def _api_address(config: HubConfig) -> tuple[str, int]:
     """The configured API address, or the bound one from run.json when configured as port 0."""
+    from roost.hub.runfile import read_run_file
+
     if config.api[1] != 0:
         return config.api
     try:
@@ -254,7 +265,9 @@ def device_run(config_file: Path, verbose: bool) -> None:
         await daemon.stop()
         spool.close()
 
-    use_fast_loop()
+    # The default loop, not uvloop: a camera sends ten frames a second and hears a few
+    # announcements, and uvloop would add about 2 MB to an agent meant to stay small
+    # (docs/BENCHMARKS.md, "Soak and footprint").
     asyncio.run(run_until_signalled(start, stop, trust.poll))
 
 

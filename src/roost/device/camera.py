@@ -46,7 +46,7 @@ class SyntheticCamera:
         self.width = width
         self.height = height
         self.quality = quality
-        self._font = ImageFont.load_default()
+        self._font = ImageFont.load_default_imagefont()
         # The pattern is drawn once at twice the width; each frame crops a window from it,
         # which is what keeps a capture under one millisecond.
         self._bars = self._draw_bars(width, height)
