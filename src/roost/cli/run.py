@@ -18,6 +18,7 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.clock import set_wall_offset_ms
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
@@ -87,13 +88,43 @@ async def run_until_signalled(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     await start()
+    follower = _follow_test_clock()
     try:
         while not done.is_set():
             await poll(loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), _POLL_EVERY)
     finally:
+        if follower is not None:
+            follower.cancel()
         await stop()
+
+
+_TEST_CLOCK_ENV = "ROOST_TEST_CLOCK_OFFSET_FILE"
+
+
+def _follow_test_clock() -> asyncio.Task[None] | None:
+    """With ROOST_TEST_CLOCK_OFFSET_FILE set, apply the wall-clock offset (integer ms) that
+    file holds, re-read four times a second: fault tests step a daemon's clock with it
+    (docs/testing.md, "Faults"). Unset, as in every real deployment, nothing runs."""
+    path = os.environ.get(_TEST_CLOCK_ENV)
+    if not path:
+        return None
+
+    async def follow() -> None:
+        applied: int | None = None
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                offset = int(Path(path).read_text().strip() or 0)
+                if offset != applied:
+                    set_wall_offset_ms(offset)
+                    logging.getLogger("roost.clock").warning(
+                        "test clock offset now %+d ms (%s)", offset, _TEST_CLOCK_ENV
+                    )
+                    applied = offset
+            await asyncio.sleep(0.25)
+
+    return asyncio.get_running_loop().create_task(follow())
 
 
 def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:

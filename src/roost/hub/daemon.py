@@ -15,6 +15,7 @@ import collections
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -400,7 +401,17 @@ class HubDaemon:
             )
             for f in frames
         ]
-        results = await asyncio.to_thread(self.recorder.store_many, incoming)
+        try:
+            results = await asyncio.to_thread(self.recorder.store_many, incoming)
+        except (OSError, sqlite3.Error) as exc:
+            # Disk full or an I/O error: nothing of this batch is acknowledged (section 4,
+            # ACK means durable), and the channel closes so the device keeps every frame
+            # and resends it, here once space returns or to another hub meanwhile
+            # (docs/hub-and-device.md, "Faults").
+            raise StateError(
+                f"cannot store {len(incoming)} frames from {session.device_id}: {exc}",
+                reason=Reason.STORAGE_FAILED,
+            ) from exc
         stored = sum(results)
         self.counters.frames_stored += stored
         self.counters.frames_duplicate += len(results) - stored
