@@ -151,6 +151,9 @@ class HubDaemon:
         # The logging rule for device-channel refusals (PROTOCOL.md preamble): one line
         # per peer host per interval; ``counters`` keeps the counts status reads.
         self.refusals = RejectionCounter(config.refusal_log_interval)
+        # Storage failures are the operator's problem, not a peer's: one ERROR line per
+        # interval, whichever device's frames hit it.
+        self.storage_failures = RejectionCounter(config.refusal_log_interval)
         self.sessions: dict[str, DeviceSession] = {}
         self.certificate = certificate
         node, _, _ = trust.state.verify_node(certificate)
@@ -408,6 +411,17 @@ class HubDaemon:
             # ACK means durable), and the channel closes so the device keeps every frame
             # and resends it, here once space returns or to another hub meanwhile
             # (docs/hub-and-device.md, "Faults").
+            more = self.storage_failures.count(
+                Reason.STORAGE_FAILED, source="recordings", now=_loop_now()
+            )
+            if more is not None:
+                log.error(
+                    "storage-failed: cannot store frames in %s (%s); none acknowledged, "
+                    "devices keep them and resend%s",
+                    self.config.state_dir / "recordings",
+                    exc,
+                    f" ({more} more failures since the last line)" if more else "",
+                )
             raise StateError(
                 f"cannot store {len(incoming)} frames from {session.device_id}: {exc}",
                 reason=Reason.STORAGE_FAILED,
