@@ -59,6 +59,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--handover-share", type=float, default=0.1)
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=30.0)
+    parser.add_argument("--ramp", type=float, default=20.0, help="seconds over which cameras start")
     # Internal: one load-generator worker.
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=1, help=argparse.SUPPRESS)
@@ -107,19 +108,25 @@ class _Camera:
             config=ChannelCoreConfig(),
             on_ack=on_ack,
             on_ignored=lambda reason: None,
+            connect_timeout=15.0,
         )
 
-    async def run(self, fps: float, until: float, payload: bytes) -> None:
+    async def run(self, fps: float, until: float, payload: bytes, ramp: float) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(random.random() / fps)
+        # Cameras power up over ``ramp`` seconds, not in one instant.
+        await asyncio.sleep(random.random() * ramp)
+        backoff = 0.5
         while loop.time() < until:
             try:
                 channel = await self._open()
             except Exception as exc:
                 self.errors[type(exc).__name__] += 1
                 self.hub = (self.hub + 1) % len(self.hubs)
-                await asyncio.sleep(0.5 + random.random())
+                # Jittered exponential back-off, as the device's connection manager does.
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 8.0)
                 continue
+            backoff = 0.5
             # Whatever the last hub did not acknowledge is sent again, in order.
             for seq in range(self.acked + 1, self.next_seq):
                 channel.send_frame(seq, int(time.time() * 1000), "image/jpeg", payload)
@@ -168,7 +175,7 @@ async def _worker(args: argparse.Namespace) -> None:
                 camera.move.set()
 
     mover = asyncio.create_task(handovers())
-    await asyncio.gather(*(camera.run(args.fps, until, payload) for camera in cameras))
+    await asyncio.gather(*(camera.run(args.fps, until, payload, args.ramp) for camera in cameras))
     mover.cancel()
     result = {
         camera.identifier: {
@@ -279,6 +286,8 @@ def main() -> None:
                             str(args.handover_every),
                             "--handover-share",
                             str(args.handover_share),
+                            "--ramp",
+                            str(args.ramp),
                         ],
                         stdout=subprocess.PIPE,
                         stderr=(base / f"worker-{w}.log").open("ab"),
@@ -286,13 +295,20 @@ def main() -> None:
                         env=env,
                     )
                 )
-            samples: dict[str, list[float]] = {"hub_rss": [], "hub_fds": [], "agent_rss": []}
+            samples: dict[str, list[float]] = {
+                "hub_rss": [],
+                "hub_fds": [],
+                "fds_total": [],
+                "agent_rss": [],
+            }
             times: list[float] = []
             t0 = time.monotonic()
             while any(worker.poll() is None for worker in workers):
                 times.append(time.monotonic() - t0)
                 samples["hub_rss"].append(max(_rss_kb(p.pid) for p in processes) / 1024)
-                samples["hub_fds"].append(max(_descriptors(p.pid) for p in processes))
+                descriptors = [_descriptors(p.pid) for p in processes]
+                samples["hub_fds"].append(max(descriptors))
+                samples["fds_total"].append(sum(descriptors))
                 samples["agent_rss"].append(
                     _rss_kb(agent.pid) / 1024 if agent.poll() is None else 0
                 )
@@ -324,7 +340,17 @@ def main() -> None:
         finally:
             for recorder in recorders:
                 recorder.close()
-    warm = next((i for i, t in enumerate(times) if t >= args.warmup), 0)
+    # Warm-up ends at --warmup seconds and once every camera has connected: the first
+    # sample at which both hubs together hold 90 % of the most descriptors seen.
+    peak_fds = max(samples["fds_total"] or [0])
+    warm = next(
+        (
+            i
+            for i, t in enumerate(times)
+            if t >= args.warmup and samples["fds_total"][i] >= 0.9 * peak_fds
+        ),
+        max(0, len(times) - 1),
+    )
     hub_rss, hub_fds = _flat(samples["hub_rss"], warm), _flat(samples["hub_fds"], warm)
     agent_rss = _flat(samples["agent_rss"], warm)
     handovers = sum(c["handovers"] for c in cameras.values())
@@ -350,12 +376,20 @@ def main() -> None:
             "frames_duplicated": duplicated,
             "handovers": handovers,
             "reconnects": sum(c["reconnects"] for c in cameras.values()),
-            "camera_errors": sum(sum(c["errors"].values()) for c in cameras.values()),
+            "camera_errors": dict(sum((Counter(c["errors"]) for c in cameras.values()), Counter())),
             "hub_rss_mb": hub_rss,
             "hub_fds": hub_fds,
             "agent_rss_mb": agent_rss,
             "agent_rss_goal_mb": 48,
             "samples": len(times),
+            "warmup_ended_s": round(times[warm], 1) if times else None,
+            "series": {
+                "t_s": [round(t) for t in times],
+                "hub_rss_mb": [round(v, 1) for v in samples["hub_rss"]],
+                "hub_fds": samples["hub_fds"],
+                "fds_total": samples["fds_total"],
+                "agent_rss_mb": [round(v, 1) for v in samples["agent_rss"]],
+            },
             "machine": machine_facts(),
         },
         table,

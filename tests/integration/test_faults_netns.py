@@ -264,6 +264,8 @@ def _heard(home: NamespacedHome, hub: int) -> bool:
 
 
 def _assert_nothing_lost(accounting: Accounting) -> None:
+    # Shown with -s or on failure: the figures docs/hub-and-device.md ("Faults") quotes.
+    print(f"accounting: {accounting}")
     assert accounting.queued > 0
     assert accounting.lost == 0, accounting
     assert accounting.duplicated <= IN_FLIGHT_BOUND * DEVICES, accounting
