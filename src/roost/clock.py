@@ -13,12 +13,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "wall_ms_now"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "set_wall_offset_ms", "wall_ms_now"]
+
+# A step applied to the wall time, for fault tests only: a daemon started with
+# ROOST_TEST_CLOCK_OFFSET_FILE follows the offset written there (roost.cli.run), so a test
+# can step one process's clock forward and back while it runs, as an NTP step or a wrong
+# RTC would (docs/testing.md, "Faults"). Monotonic time is never offset: deadlines and
+# timers do not jump, exactly as on a real machine whose wall clock is stepped.
+_wall_offset_ms = 0
+
+
+def set_wall_offset_ms(offset_ms: int) -> None:
+    """Shift what :func:`wall_ms_now` reports by ``offset_ms`` (tests' clock steps)."""
+    global _wall_offset_ms
+    _wall_offset_ms = int(offset_ms)
 
 
 def wall_ms_now() -> int:
     """Unix time in milliseconds (announcement ``ts``, frame ``captured_at_ms``, logs)."""
-    return time.time_ns() // 1_000_000
+    return time.time_ns() // 1_000_000 + _wall_offset_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ naming the file and the key (reason ``missing`` when the file itself is absent).
 
 from __future__ import annotations
 
+import math
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -310,7 +311,7 @@ def redirect_table() -> dict[str, object]:
 
 class _Table:
     """One table of a config file, read key by key so that every error names the file and
-    the key (``hub-1.toml: announce.hold_down must be a number >= 0``)."""
+    the key (``hub-1.toml: announce.hold_down must be a finite number >= 0``)."""
 
     __slots__ = ("_doc", "_path", "_prefix")
 
@@ -369,8 +370,15 @@ class _Table:
 
     def number(self, key: str, default: float, minimum: float = 0.0) -> float:
         value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-            raise self.error(key, f"must be a number >= {minimum:g}")
+        # TOML allows inf and nan; neither is a duration, a rate or a size (nan even passes
+        # every comparison), and int(inf) would escape as OverflowError.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < minimum
+        ):
+            raise self.error(key, f"must be a finite number >= {minimum:g}")
         return float(value)
 
     def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
@@ -421,6 +429,13 @@ def _read(path: Path) -> _Table:
         raise ConfigError(f"cannot read {path}: {exc}", reason=Reason.BAD_CONFIG) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", reason=Reason.BAD_CONFIG) from exc
+    except UnicodeDecodeError as exc:
+        # tomllib decodes the file itself and lets a bad byte escape as UnicodeDecodeError;
+        # TOML files are UTF-8, so this is the operator's file at fault, named with its offset.
+        raise ConfigError(
+            f"{path} is not UTF-8 (byte {exc.start}): TOML files are UTF-8",
+            reason=Reason.BAD_CONFIG,
+        ) from exc
 
 
 def _announce(doc: _Table) -> AnnounceSettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,3 +300,35 @@ def test_dns_sd_interfaces_must_be_ipv4_addresses(tmp_path: Path) -> None:
     bad = {**_NODE, "dns_sd": {"interfaces": ["eth0"]}}
     with pytest.raises(ConfigError, match=r"dns_sd\.interfaces"):
         load_device_config(_write(tmp_path, bad, "device.toml"))
+
+
+# Found by the config fuzz target (tests/fuzz, corpus files crash-config-*): TOML's inf and
+# nan reached int() and escaped as OverflowError / ValueError, and a byte that is not UTF-8
+# escaped as UnicodeDecodeError, instead of a ConfigError naming the file and the key.
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize(
+    ("loader", "extra", "key"),
+    [
+        (load_hub_config, 'listen = "127.0.0.1:4000"\nretention_mb = {v}\n', "retention_mb"),
+        (load_device_config, "max_buffer_mb = {v}\n", "max_buffer_mb"),
+        (load_device_config, "fps = {v}\n", "fps"),
+        (load_device_config, "[connection]\nmin_dwell = {v}\n", "connection.min_dwell"),
+        (load_hub_config, 'listen = "127.0.0.1:4000"\n[announce]\ninterval = {v}\n', "interval"),
+    ],
+)
+def test_non_finite_numbers_are_config_errors_naming_the_key(
+    tmp_path: Path, value: str, loader: Any, extra: str, key: str
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(to_toml(_NODE) + extra.format(v=value))
+    with pytest.raises(ConfigError, match=f"{key} must be a finite number") as caught:
+        loader(path)
+    assert caught.value.reason == "bad-config"
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_bytes(to_toml(_NODE).encode() + b'name = "cam\xa4"\n')
+    with pytest.raises(ConfigError, match="not UTF-8") as caught:
+        load_device_config(path)
+    assert caught.value.reason == "bad-config"

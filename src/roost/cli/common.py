@@ -11,13 +11,15 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from typing import IO, Any, ParamSpec, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
 
 from roost.cli.exitcodes import ExitCode, exit_code_for
 from roost.errors import RoostError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "DEBUG_META",
@@ -37,7 +39,8 @@ __all__ = [
 # Where the root group's --debug flag is kept (click's meta is shared by every context).
 DEBUG_META = "roost.debug"
 
-console = Console(highlight=False)
+# Made on first use by ``__getattr__`` below; declared here for the type checker.
+console: Console
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -161,3 +164,18 @@ class RoostGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         with failing_cleanly():
             return super().invoke(ctx)
+
+
+@functools.cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def __getattr__(name: str) -> Console:
+    # ``console`` (rich) is made on first use: only the demo prints with it, and a device
+    # agent should not load rich to never print (docs/BENCHMARKS.md, "Soak and footprint").
+    if name == "console":
+        return _console()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

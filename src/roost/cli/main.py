@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from roost.cli.common import DEBUG_META, RoostGroup
@@ -10,8 +12,46 @@ from roost.cli.exitcodes import epilog
 __all__ = ["cli", "main"]
 
 
+# Each command group lives in its own module; this table is the whole CLI. A group's module
+# is imported only when that group runs (or help lists them all): a device agent started as
+# `roost device run` must not carry the broker, the guard, aiohttp and aioquic that other
+# groups import (docs/BENCHMARKS.md, "Soak and footprint").
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "ca": ("roost.cli.ca", "ca"),
+    "trust": ("roost.cli.trust", "trust"),
+    "demo": ("roost.cli.demo", "demo"),
+    "user": ("roost.cli.user", "user"),
+    "log": ("roost.cli.log", "log"),
+    "init": ("roost.cli.home", "init_home"),
+    "hub": ("roost.cli.run", "hub"),
+    "device": ("roost.cli.run", "device"),
+    "remote": ("roost.cli.remote", "remote"),
+    "broker": ("roost.cli.broker", "broker"),
+    "connect": ("roost.cli.connect", "connect"),
+    "discover": ("roost.cli.discover", "discover"),
+}
+
+
+class _LazyGroup(RoostGroup):
+    """The top-level group: commands from ``_COMMANDS``, each module loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMANDS:
+            _load(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+def _load(name: str) -> None:
+    module, attribute = _COMMANDS[name]
+    command = getattr(importlib.import_module(module), attribute)
+    cli.add_command(command, name)
+
+
 @click.group(
-    cls=RoostGroup,
+    cls=_LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=epilog(),
 )
@@ -29,35 +69,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    # Each command group lives in its own module; the list below is the whole CLI.
-    from roost.cli.broker import broker
-    from roost.cli.ca import ca
-    from roost.cli.connect import connect
-    from roost.cli.demo import demo
-    from roost.cli.discover import discover
-    from roost.cli.home import init_home
-    from roost.cli.log import log
-    from roost.cli.remote import remote
-    from roost.cli.run import device, hub
-    from roost.cli.trust import trust
-    from roost.cli.user import user
-
-    cli.add_command(ca)
-    cli.add_command(trust)
-    cli.add_command(demo)
-    cli.add_command(user)
-    cli.add_command(log)
-    cli.add_command(init_home)
-    cli.add_command(hub)
-    cli.add_command(device)
-    cli.add_command(remote)
-    cli.add_command(broker)
-    cli.add_command(connect)
-    cli.add_command(discover)
+    """Load every command group now (tests that walk ``cli.commands`` call this)."""
+    for name in _COMMANDS:
+        _load(name)
 
 
 def main() -> None:
-    _register()
+    """Run the ``roost`` command line."""
     # Shell completion is click's: `eval "$(_ROOST_COMPLETE=bash_source roost)"` (README).
     # Naming the variable keeps it the same under `python -m roost`.
     cli(complete_var="_ROOST_COMPLETE")

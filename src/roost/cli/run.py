@@ -18,20 +18,22 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
-from roost.cli.human import print_fields, print_table, relative
 from roost.cli.names import home_names, label
+from roost.clock import set_wall_offset_ms
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import ConfigError, StateError, TransportError
-from roost.hub.daemon import HubDaemon
-from roost.hub.peers import PEER_ALPN
-from roost.hub.recorder import Recorder
-from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write_run_file
 from roost.pki.certs import certs_from_pem, key_from_pem
-from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
+
+if TYPE_CHECKING:
+    # The hub's modules load inside the hub's commands only: a device agent that imported
+    # them would carry the guard, the recorder and the hub daemon it never runs
+    # (docs/BENCHMARKS.md, "Soak and footprint").
+    from roost.hub.daemon import HubDaemon
+    from roost.hub.recorder import Recorder
 
 __all__ = [
     "build_hub_daemon",
@@ -58,6 +60,10 @@ def build_hub_daemon(
     The daemon reads no files itself: this is where they are read (the CLI is the
     composition root).
     """
+    from roost.hub.daemon import HubDaemon
+    from roost.hub.peers import PEER_ALPN
+    from roost.pki.tls import ReloadableServerContext
+
     return HubDaemon(
         config,
         trust,
@@ -96,13 +102,43 @@ async def run_until_signalled(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     await start()
+    follower = _follow_test_clock()
     try:
         while not done.is_set():
             await poll(loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), _POLL_EVERY)
     finally:
+        if follower is not None:
+            follower.cancel()
         await stop()
+
+
+_TEST_CLOCK_ENV = "ROOST_TEST_CLOCK_OFFSET_FILE"
+
+
+def _follow_test_clock() -> asyncio.Task[None] | None:
+    """With ROOST_TEST_CLOCK_OFFSET_FILE set, apply the wall-clock offset (integer ms) that
+    file holds, re-read four times a second: fault tests step a daemon's clock with it
+    (docs/testing.md, "Faults"). Unset, as in every real deployment, nothing runs."""
+    path = os.environ.get(_TEST_CLOCK_ENV)
+    if not path:
+        return None
+
+    async def follow() -> None:
+        applied: int | None = None
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                offset = int(Path(path).read_text().strip() or 0)
+                if offset != applied:
+                    set_wall_offset_ms(offset)
+                    logging.getLogger("roost.clock").warning(
+                        "test clock offset now %+d ms (%s)", offset, _TEST_CLOCK_ENV
+                    )
+                    applied = offset
+            await asyncio.sleep(0.25)
+
+    return asyncio.get_running_loop().create_task(follow())
 
 
 def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:
@@ -145,7 +181,9 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     from roost.guard.aio import GuardServer
     from roost.guard.log import SqliteMerkleLog
     from roost.hub.api import start_api
+    from roost.hub.recorder import Recorder
     from roost.hub.remote import build_guard_server, start_remote
+    from roost.hub.runfile import HubRunState, remove_run_file, write_run_file
     from roost.rendezvous.agent_aio import BrokerAgent
 
     configure_logging(verbose)
@@ -291,6 +329,8 @@ def hub_status(config_file: Path, as_json: bool) -> None:
 
 def print_hub_status(doc: dict[str, Any], names: dict[str, str]) -> None:
     """The hub's status document as a person reads it (names next to identifiers)."""
+    from roost.cli.human import print_fields, print_table, relative
+
     elected = doc.get("winner") == doc.get("id")
     broker = doc.get("broker") or {}
     remote = doc.get("remote") or {}
@@ -337,6 +377,8 @@ def print_hub_status(doc: dict[str, Any], names: dict[str, str]) -> None:
 
 def _api_address(config: HubConfig) -> tuple[str, int]:
     """The configured API address, or the bound one from run.json when configured as port 0."""
+    from roost.hub.runfile import read_run_file
+
     if config.api[1] != 0:
         return config.api
     try:
@@ -386,7 +428,9 @@ def device_run(config_file: Path, verbose: bool) -> None:
         await daemon.stop()
         spool.close()
 
-    use_fast_loop()
+    # The default loop, not uvloop: a camera sends ten frames a second and hears a few
+    # announcements, and uvloop would add about 2 MB to an agent meant to stay small
+    # (docs/BENCHMARKS.md, "Soak and footprint").
     asyncio.run(run_until_signalled(start, stop, trust.poll))
 
 
@@ -396,6 +440,8 @@ def device_run(config_file: Path, verbose: bool) -> None:
 @fail_cleanly
 def device_status(config_file: Path, as_json: bool) -> None:
     """Show what the device last reported (hub, state, last acked seq, buffered)."""
+    from roost.cli.human import print_fields, relative
+
     config = load_device_config(config_file)
     try:
         doc = json.loads(config.status_file.read_bytes())

@@ -46,7 +46,10 @@ class SyntheticCamera:
         self.width = width
         self.height = height
         self.quality = quality
-        self._font = ImageFont.load_default()
+        # Pillow's built-in bitmap font (11 pixels), not its FreeType default: the caption
+        # needs no more, and FreeType with HarfBuzz would add about a megabyte to every
+        # camera (docs/BENCHMARKS.md, "Soak and footprint").
+        self._font = ImageFont.load_default_imagefont()
         # The pattern is drawn once at twice the width; each frame crops a window from it,
         # which is what keeps a capture under one millisecond.
         self._bars = self._draw_bars(width, height)

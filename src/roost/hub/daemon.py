@@ -15,6 +15,7 @@ import collections
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,9 @@ class HubDaemon:
             config.admission.replace_burst_per_device,
             config.admission.max_sources,
         )
+        # Storage failures are the operator's problem, not a peer's: one ERROR line per
+        # interval, whichever device's frames hit it.
+        self.storage_failures = RejectionCounter(config.refusal_log_interval)
         self.sessions: dict[str, DeviceSession] = {}
         self.certificate = certificate
         node, _, _ = trust.state.verify_node(certificate)
@@ -548,7 +552,28 @@ class HubDaemon:
             )
             for f in frames
         ]
-        results = await asyncio.to_thread(self.recorder.store_many, incoming)
+        try:
+            results = await asyncio.to_thread(self.recorder.store_many, incoming)
+        except (OSError, sqlite3.Error) as exc:
+            # Disk full or an I/O error: nothing of this batch is acknowledged (section 4,
+            # ACK means durable), and the channel closes so the device keeps every frame
+            # and resends it, here once space returns or to another hub meanwhile
+            # (docs/hub-and-device.md, "Faults").
+            more = self.storage_failures.count(
+                Reason.STORAGE_FAILED, source="recordings", now=_loop_now()
+            )
+            if more is not None:
+                log.error(
+                    "storage-failed: cannot store frames in %s (%s); none acknowledged, "
+                    "devices keep them and resend%s",
+                    self.config.state_dir / "recordings",
+                    exc,
+                    f" ({more} more failures since the last line)" if more else "",
+                )
+            raise StateError(
+                f"cannot store {len(incoming)} frames from {session.device_id}: {exc}",
+                reason=Reason.STORAGE_FAILED,
+            ) from exc
         stored = sum(results)
         self.counters.frames_stored += stored
         self.counters.frames_duplicate += len(results) - stored

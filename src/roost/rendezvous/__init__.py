@@ -14,20 +14,14 @@ sessions over a path, with aioquic) are imported by name, not here, so the pure 
 free of asyncio.
 
 docs/broker.md, "Wire formats (implemented)" and "The two ends", describes them.
+
+The submodules load on first use (PEP 562): a device imports ``roost.config``, which needs
+only ``broker_events``' defaults, and should not pay for the agent, the issuer and the guard
+they pull in (docs/BENCHMARKS.md, "Soak and footprint").
 """
 
-from roost.rendezvous import (
-    agent,
-    agent_events,
-    control,
-    issuer,
-    messages,
-    punch,
-    seal,
-    sessions,
-    state,
-    stun,
-)
+import importlib
+from types import ModuleType
 
 __all__ = [
     "agent",
@@ -41,3 +35,9 @@ __all__ = [
     "state",
     "stun",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
