@@ -209,6 +209,12 @@ class Reason(enum.StrEnum):
     USER_EXISTS = "user-exists"
     BAD_ARGS = "bad-args"
     NOT_RUNNING = "not-running"
+    # Operating a node (docs/operating.md): one instance per state folder, files of the
+    # right role, listeners that can bind.
+    IN_USE = "in-use"
+    WRONG_ROLE = "wrong-role"
+    KEY_MISMATCH = "key-mismatch"
+    ADDRESS_IN_USE = "address-in-use"
 
 
 DESCRIPTIONS: Mapping[Reason, str] = {
@@ -388,6 +394,10 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.USER_EXISTS: "the user already exists",
     Reason.BAD_ARGS: "command arguments out of range",
     Reason.NOT_RUNNING: "the daemon is not running",
+    Reason.IN_USE: "another process holds this state folder's lock",
+    Reason.WRONG_ROLE: "a config file or certificate of another role (hub, device, broker)",
+    Reason.KEY_MISMATCH: "the private key does not belong to the certificate",
+    Reason.ADDRESS_IN_USE: "a listener's address is already bound by another process",
 }
 
 

@@ -1,0 +1,741 @@
+"""The schema of every config file: each key's type, range, default and meaning, once.
+
+`roost.config`'s loaders read values through this schema, `roost config check` and
+`roost doctor` run its checks, and ``python -m roost.config_schema`` writes
+docs/config-reference.md from it (a unit test fails when the committed page differs).
+
+Adding a key is one line in the right table below, for example::
+
+    Key("snapshot_every", Kind.NUMBER, 10.0, above=0, doc="Seconds between stills."),
+
+then read it in the loader with ``doc.value("snapshot_every")`` and regenerate the page.
+A key the loader reads that is not declared here is still accepted (so a key added with
+the loader's older typed accessors keeps working), but ``tests/unit/test_config_schema.py``
+fails until it is declared, because the reference page would miss it. Any other key is
+refused, with a "did you mean" suggestion taken from the declared names (difflib).
+
+Every message names the file, the key (``announce.port``) and what is expected. Checks
+are pure: they take the parsed TOML document and return the problems; reading the file,
+the certificate and the key is the loaders' and `roost.cli.preflight`'s work.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from roost.errors import ConfigError
+from roost.hcsp import AnnounceConfig, RedirectConfig
+from roost.hcsp.aio import UdpConfig
+from roost.hcsp.documents import MAX_CLIENTS, MAX_FEATURE_LENGTH, MAX_FEATURES
+from roost.reasons import Reason
+from roost.rendezvous.broker_events import BrokerCoreConfig
+
+__all__ = [
+    "BROKER_LIMIT_KEYS",
+    "BROKER_SCHEMA",
+    "DEVICE_SCHEMA",
+    "HUB_SCHEMA",
+    "REQUIRED",
+    "ROLES",
+    "SCHEMAS",
+    "Key",
+    "Kind",
+    "Schema",
+    "Table",
+    "check_document",
+    "config_error",
+    "convert",
+    "detect_role",
+    "document_problems",
+    "reference_markdown",
+    "suggest",
+]
+
+_ANNOUNCE = AnnounceConfig()
+_UDP = UdpConfig()
+_REDIRECT = RedirectConfig()
+_BROKER = BrokerCoreConfig()
+
+
+class Kind(enum.Enum):
+    """What a key's value must be, as written in TOML."""
+
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    PATH = "path"
+    HOSTPORT = "HOST:PORT"
+    HOSTPORTS = "list of HOST:PORT"
+    STRINGS = "list of strings"
+    TOKENS = "list of tokens"
+
+
+class _Required:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+# A key without a default must be present.
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key: its kind, its default (``REQUIRED``; ``None`` when absence means "off"),
+    its bounds (``minimum``/``maximum`` inclusive, ``above`` exclusive) and its meaning."""
+
+    name: str
+    kind: Kind
+    default: Any = REQUIRED
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    doc: str = ""
+
+    def expected(self) -> str:
+        """What the value must be, in words, for messages and the reference page."""
+        if self.kind is Kind.INTEGER or self.kind is Kind.NUMBER:
+            noun = "an integer" if self.kind is Kind.INTEGER else "a number"
+            bounds = []
+            if self.above is not None:
+                bounds.append(f"> {self.above:g}")
+            if self.minimum is not None:
+                bounds.append(f">= {self.minimum:g}")
+            if self.maximum is not None:
+                bounds.append(f"<= {self.maximum:g}")
+            return f"{noun} {' and '.join(bounds)}" if bounds else noun
+        return {
+            Kind.STRING: "a string",
+            Kind.BOOLEAN: "true or false",
+            Kind.PATH: "a path string (relative to the file)",
+            Kind.HOSTPORT: 'a string "HOST:PORT" (port 0-65535)',
+            Kind.HOSTPORTS: 'a list of "HOST:PORT" strings',
+            Kind.STRINGS: "a list of strings",
+            Kind.TOKENS: f'a list of at most {MAX_FEATURES} short tokens, like ["hcsp", "webs"]',
+        }[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One table of a file (``name`` "" is the top level); ``optional`` tables switch a
+    feature on by being present, and then their required keys must be there too."""
+
+    name: str
+    keys: tuple[Key, ...]
+    doc: str = ""
+    optional: bool = False
+
+    def key(self, name: str) -> Key | None:
+        return next((k for k in self.keys if k.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """Every table of one role's config file."""
+
+    role: str
+    tables: tuple[Table, ...]
+    doc: str = ""
+
+    def table(self, name: str) -> Table | None:
+        return next((t for t in self.tables if t.name == name), None)
+
+
+def _identity(node: str) -> tuple[Key, ...]:
+    return (
+        Key(
+            "name",
+            Kind.STRING,
+            "",
+            doc=f"The {node}'s name in logs and status (default: the file's stem).",
+        ),
+        Key("state_dir", Kind.PATH, doc=f"The {node}'s state folder (trust store, lock, data)."),
+        Key("cert", Kind.PATH, doc=f"The {node}'s certificate (PEM), of role {node}."),
+        Key("key", Kind.PATH, doc="The private key (PEM) of that certificate."),
+    )
+
+
+_ANNOUNCE_TABLE = Table(
+    "announce",
+    (
+        Key("bind", Kind.STRING, _UDP.bind_host, doc="Address the announcement socket binds."),
+        Key(
+            "port", Kind.INTEGER, _UDP.port, minimum=0, maximum=65535, doc="Announcement UDP port."
+        ),
+        Key("multicast", Kind.BOOLEAN, _UDP.multicast, doc="Announce on the multicast group."),
+        Key("group", Kind.STRING, _UDP.group, doc="The multicast group."),
+        Key(
+            "interfaces",
+            Kind.STRINGS,
+            list(_UDP.interfaces),
+            doc="Interface addresses to join on (empty: the default one).",
+        ),
+        Key("peers", Kind.HOSTPORTS, [], doc="Unicast peers to announce to (loopback homes)."),
+        Key(
+            "interval",
+            Kind.NUMBER,
+            _ANNOUNCE.advert_interval,
+            above=0,
+            doc="Seconds between announcements.",
+        ),
+        Key(
+            "hold_down",
+            Kind.NUMBER,
+            _ANNOUNCE.hold_down,
+            minimum=0,
+            doc="Seconds a new hub must be heard before it can win.",
+        ),
+        Key(
+            "freshness_ms",
+            Kind.INTEGER,
+            _ANNOUNCE.freshness_window_ms,
+            minimum=1,
+            doc="How old an announcement may be, in ms.",
+        ),
+    ),
+    doc="Announcements and the election (PROTOCOL.md section 3).",
+)
+
+HUB_SCHEMA = Schema(
+    "hub",
+    (
+        Table(
+            "",
+            (
+                *_identity("hub"),
+                Key(
+                    "listen",
+                    Kind.HOSTPORT,
+                    doc="Where devices connect (TLS; port 0: any free port, see run.json).",
+                ),
+                Key(
+                    "advertise",
+                    Kind.HOSTPORT,
+                    None,
+                    doc="The endpoint announced to devices (default: listen).",
+                ),
+                Key(
+                    "api",
+                    Kind.HOSTPORT,
+                    "127.0.0.1:8080",
+                    doc="The status API and /metrics (HTTP).",
+                ),
+                Key(
+                    "remote",
+                    Kind.HOSTPORT,
+                    None,
+                    doc="The owner's remote (guard) entrance; absent: none.",
+                ),
+                Key(
+                    "features",
+                    Kind.TOKENS,
+                    ["hcsp"],
+                    doc="Features announced; more features win the election.",
+                ),
+                Key(
+                    "max_devices",
+                    Kind.INTEGER,
+                    16,
+                    minimum=1,
+                    maximum=MAX_CLIENTS,
+                    doc="Devices served at once.",
+                ),
+                Key(
+                    "retention_mb",
+                    Kind.NUMBER,
+                    1024,
+                    above=0,
+                    doc="Recordings kept, in MiB (oldest dropped first).",
+                ),
+            ),
+        ),
+        _ANNOUNCE_TABLE,
+        Table(
+            "redirect",
+            (
+                Key(
+                    "batch_size",
+                    Kind.INTEGER,
+                    _REDIRECT.batch_size,
+                    minimum=1,
+                    doc="Devices redirected per batch.",
+                ),
+                Key(
+                    "spacing",
+                    Kind.NUMBER,
+                    _REDIRECT.batch_spacing,
+                    minimum=0,
+                    doc="Seconds between batches.",
+                ),
+            ),
+            doc="Handing devices over to a better hub (PROTOCOL.md section 3).",
+        ),
+        Table(
+            "broker",
+            (
+                Key(
+                    "address",
+                    Kind.HOSTPORT,
+                    doc="The broker's TLS control port (a reachable address).",
+                ),
+                Key("udp", Kind.HOSTPORT, doc="The broker's UDP port (registrations, STUN)."),
+                Key("local", Kind.HOSTPORT, "0.0.0.0:0", doc="The agent's own UDP socket."),
+            ),
+            doc="The hub's link to a rendezvous broker; absent: not reachable that way.",
+            optional=True,
+        ),
+    ),
+    doc="`roost hub run --config FILE`.",
+)
+
+DEVICE_SCHEMA = Schema(
+    "device",
+    (
+        Table(
+            "",
+            (
+                *_identity("device"),
+                Key(
+                    "fps",
+                    Kind.NUMBER,
+                    5.0,
+                    above=0,
+                    maximum=1000,
+                    doc="Frames captured per second.",
+                ),
+                Key(
+                    "width",
+                    Kind.INTEGER,
+                    320,
+                    minimum=1,
+                    maximum=16384,
+                    doc="Frame width in pixels.",
+                ),
+                Key(
+                    "height",
+                    Kind.INTEGER,
+                    240,
+                    minimum=1,
+                    maximum=16384,
+                    doc="Frame height in pixels.",
+                ),
+                Key(
+                    "max_buffer_frames",
+                    Kind.INTEGER,
+                    10_000,
+                    minimum=1,
+                    doc="Unacknowledged frames kept in the spool.",
+                ),
+                Key("max_buffer_mb", Kind.NUMBER, 256, above=0, doc="Spool size limit, in MiB."),
+                Key("hubs", Kind.HOSTPORTS, [], doc="Hubs to try when none has been heard."),
+            ),
+        ),
+        _ANNOUNCE_TABLE,
+        Table(
+            "connection",
+            (
+                Key(
+                    "min_dwell",
+                    Kind.NUMBER,
+                    2.0,
+                    minimum=0,
+                    doc="Seconds on a hub before following a better one.",
+                ),
+                Key(
+                    "backoff_initial",
+                    Kind.NUMBER,
+                    0.2,
+                    above=0,
+                    doc="First reconnect delay, seconds.",
+                ),
+                Key(
+                    "backoff_max",
+                    Kind.NUMBER,
+                    5.0,
+                    above=0,
+                    doc="Longest reconnect delay, seconds.",
+                ),
+                Key(
+                    "drain_timeout",
+                    Kind.NUMBER,
+                    2.0,
+                    minimum=0,
+                    doc="Seconds a redirect may take to flush the spool.",
+                ),
+            ),
+            doc="The connection manager's timers (PROTOCOL.md section 4).",
+        ),
+    ),
+    doc="`roost device run --config FILE`.",
+)
+
+
+def _limit_key(name: str) -> Key:
+    # Every broker core field but interval_s may be set in [limits]; its default and kind
+    # come from BrokerCoreConfig, so a field added there is a key here with no edit.
+    default = getattr(_BROKER, name)
+    kind = Kind.INTEGER if isinstance(default, int) else Kind.NUMBER
+    return Key(name, kind, default, minimum=0, doc="See BrokerCoreConfig.")
+
+
+BROKER_LIMIT_KEYS = tuple(f.name for f in fields(BrokerCoreConfig) if f.name != "interval_s")
+
+BROKER_SCHEMA = Schema(
+    "broker",
+    (
+        Table(
+            "",
+            (
+                *_identity("broker"),
+                Key("udp", Kind.HOSTPORT, "0.0.0.0:3478", doc="Registrations, wake-ups and STUN."),
+                Key(
+                    "tls",
+                    Kind.HOSTPORT,
+                    "0.0.0.0:7443",
+                    doc="Enrollment, held connections, the relay.",
+                ),
+                Key("api", Kind.HOSTPORT, None, doc="Status API and /metrics; absent: none."),
+                Key(
+                    "interval_s",
+                    Kind.NUMBER,
+                    _BROKER.interval_s,
+                    above=0,
+                    doc="Registration interval, seconds.",
+                ),
+                Key(
+                    "max_channels",
+                    Kind.INTEGER,
+                    4096,
+                    minimum=1,
+                    doc="TLS control channels at once.",
+                ),
+            ),
+        ),
+        Table(
+            "limits",
+            tuple(_limit_key(name) for name in BROKER_LIMIT_KEYS),
+            doc="The broker core's limits and rates (`BrokerCoreConfig` in"
+            " roost.rendezvous.broker_events).",
+        ),
+    ),
+    doc="`roost broker run --config FILE`.",
+)
+
+SCHEMAS: Mapping[str, Schema] = {s.role: s for s in (HUB_SCHEMA, DEVICE_SCHEMA, BROKER_SCHEMA)}
+ROLES = tuple(SCHEMAS)
+
+# Keys only one role's file has: how `roost config check` and a daemon given another
+# role's file tell which role a file is for.
+_MARKS: Mapping[str, frozenset[str]] = {
+    "hub": frozenset(
+        {
+            "listen",
+            "advertise",
+            "features",
+            "max_devices",
+            "retention_mb",
+            "redirect",
+            "broker",
+            "remote",
+        }
+    ),
+    "device": frozenset(
+        {"fps", "width", "height", "max_buffer_frames", "max_buffer_mb", "hubs", "connection"}
+    ),
+    "broker": frozenset({"tls", "udp", "interval_s", "max_channels", "limits"}),
+}
+
+
+def config_error(path: Path, where: str, problem: str) -> ConfigError:
+    """``FILE: KEY PROBLEM`` as the one error class of configuration."""
+    return ConfigError(f"{path}: {where} {problem}", reason=Reason.BAD_CONFIG)
+
+
+def suggest(word: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest declared name, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def detect_role(doc: Mapping[str, Any]) -> str | None:
+    """The role whose distinctive keys the document has most of; None when none."""
+    scores = {role: len(marks & set(doc)) for role, marks in _MARKS.items()}
+    best = max(scores.values())
+    if best == 0:
+        return None
+    winners = [role for role, score in scores.items() if score == best]
+    return winners[0] if len(winners) == 1 else None
+
+
+def _shown(value: object) -> str:
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{text} ({kind})"
+
+
+_HOSTPORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s\[\]:]+|[0-9A-Fa-f:]+):([0-9]{1,5})")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _hostport_problem(value: str) -> str | None:
+    match = _HOSTPORT.fullmatch(value)
+    if match is None:
+        return "is not HOST:PORT"
+    if int(match.group(2)) > 65535:
+        return "has a port above 65535"
+    return None
+
+
+def _value_problem(key: Key, value: object) -> str | None:
+    """Why ``value`` does not fit ``key``, or None."""
+    bad = f"must be {key.expected()}, not {_shown(value)}"
+    kind = key.kind
+    if kind in (Kind.STRING, Kind.PATH):
+        return None if isinstance(value, str) else bad
+    if kind is Kind.BOOLEAN:
+        return None if isinstance(value, bool) else bad
+    if kind is Kind.HOSTPORT:
+        if not isinstance(value, str):
+            return bad
+        problem = _hostport_problem(value)
+        return (
+            None
+            if problem is None
+            else f"holds {value!r}, which {problem}: must be {key.expected()}"
+        )
+    if kind in (Kind.STRINGS, Kind.HOSTPORTS, Kind.TOKENS):
+        if isinstance(value, str) and kind is not Kind.HOSTPORTS and "," in value:
+            listed = ", ".join(f'"{part.strip()}"' for part in value.split(","))
+            return f"must be {key.expected()}: write [{listed}], not {value!r}"
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return bad
+        if kind is Kind.HOSTPORTS:
+            for item in value:
+                problem = _hostport_problem(item)
+                if problem is not None:
+                    return f"holds {item!r}, which {problem}: must be {key.expected()}"
+        if kind is Kind.TOKENS:
+            if len(value) > MAX_FEATURES:
+                return f"has {len(value)} entries, more than {MAX_FEATURES}"
+            for item in value:
+                if len(item) > MAX_FEATURE_LENGTH or _TOKEN.fullmatch(item) is None:
+                    return (
+                        f"holds {item!r}: each entry must be a short token (letters, digits, . _ -)"
+                    )
+        return None
+    # Numbers: TOML has no NaN-free guarantee, and a bool is an int in Python.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return bad
+    if kind is Kind.INTEGER and isinstance(value, float) and not value.is_integer():
+        return bad
+    if value != value or value in (float("inf"), float("-inf")):
+        return bad
+    if key.above is not None and not value > key.above:
+        return bad
+    if key.minimum is not None and value < key.minimum:
+        return bad
+    if key.maximum is not None and value > key.maximum:
+        return bad
+    return None
+
+
+def document_problems(
+    path: Path,
+    doc: Mapping[str, Any],
+    schema: Schema,
+    also_known: frozenset[str] | None = frozenset(),
+) -> list[ConfigError]:
+    """Every problem of a parsed document against ``schema``, in file order.
+
+    ``also_known`` holds dotted keys (``announce.x``) the loader reads although they are not
+    declared: they are not refused (see the module docstring). None leaves unknown keys
+    for later (the loaders check them once they know what they read).
+    """
+    problems: list[ConfigError] = []
+    other = _other_role(doc, schema)
+    if other is not None:
+        problems.append(other(path))
+        return problems
+    top = schema.table("")
+    table_names = [t.name for t in schema.tables if t.name]
+    for name, value in doc.items():
+        table = schema.table(name) if name else None
+        if table is not None:
+            if not isinstance(value, Mapping):
+                problems.append(
+                    config_error(path, name, f"must be a table [{name}], not {_shown(value)}")
+                )
+                continue
+            problems.extend(_table_problems(path, value, table, also_known))
+            continue
+        key = top.key(name) if top is not None else None
+        if key is None:
+            if also_known is None or name in also_known:
+                continue
+            candidates = [k.name for k in top.keys] + table_names if top else table_names
+            kind = "table" if isinstance(value, Mapping) else "key"
+            problems.append(
+                config_error(path, name, f"is not a known {kind}{suggest(name, candidates)}")
+            )
+            continue
+        problem = _value_problem(key, value)
+        if problem is not None:
+            problems.append(config_error(path, name, problem))
+    for table in schema.tables:
+        if table.optional and table.name not in doc:
+            continue
+        present = doc if not table.name else doc.get(table.name, {})
+        if not isinstance(present, Mapping):
+            continue
+        for key in table.keys:
+            if key.default is REQUIRED and key.name not in present:
+                where = f"{table.name}.{key.name}" if table.name else key.name
+                problems.append(
+                    config_error(path, where, f"is missing: it must be {key.expected()}")
+                )
+    return problems
+
+
+def _table_problems(
+    path: Path, section: Mapping[str, Any], table: Table, also_known: frozenset[str] | None
+) -> list[ConfigError]:
+    problems: list[ConfigError] = []
+    for name, value in section.items():
+        where = f"{table.name}.{name}"
+        key = table.key(name)
+        if key is None:
+            if also_known is None or where in also_known:
+                continue
+            hint = suggest(name, [k.name for k in table.keys])
+            problems.append(
+                config_error(path, where, f"is not a known key of [{table.name}]{hint}")
+            )
+            continue
+        problem = _value_problem(key, value)
+        if problem is not None:
+            problems.append(config_error(path, where, problem))
+    return problems
+
+
+def _other_role(doc: Mapping[str, Any], schema: Schema) -> Any:
+    """A file of another role given where ``schema``'s role was expected: refuse it as
+    such, not key by key (a hub config to `roost device run` would fill the hub's state)."""
+    detected = detect_role(doc)
+    if detected is None or detected == schema.role:
+        return None
+    marks = sorted(_MARKS[detected] & set(doc))[:3]
+
+    def error(path: Path) -> ConfigError:
+        return ConfigError(
+            f"{path} is a {detected} config (it has {', '.join(marks)}), not a {schema.role}"
+            f" config: run it with `roost {detected} run --config {path}`",
+            reason=Reason.WRONG_ROLE,
+        )
+
+    return error
+
+
+def check_document(
+    path: Path,
+    doc: Mapping[str, Any],
+    schema: Schema,
+    also_known: frozenset[str] | None = frozenset(),
+) -> None:
+    """Raise the first of :func:`document_problems` (a :class:`ConfigError`), if any."""
+    problems = document_problems(path, doc, schema, also_known)
+    if problems:
+        raise problems[0]
+
+
+def convert(key: Key, value: Any, source: Path) -> Any:
+    """A checked value as the config dataclasses hold it: paths resolved against the file's
+    folder, HOST:PORT as ``(host, port)``, lists as tuples, numbers as float or int."""
+    if value is None:
+        return None
+    kind = key.kind
+    if kind is Kind.PATH:
+        path = Path(value)
+        return path if path.is_absolute() else source.parent / path
+    if kind is Kind.HOSTPORT:
+        return _split(value)
+    if kind is Kind.HOSTPORTS:
+        return tuple(_split(v) for v in value)
+    if kind in (Kind.STRINGS, Kind.TOKENS):
+        return tuple(value)
+    if kind is Kind.NUMBER:
+        return float(value)
+    if kind is Kind.INTEGER:
+        return int(value)
+    return value
+
+
+def _split(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# ----------------------------------------------------------------- the reference page
+
+
+def _default_text(key: Key) -> str:
+    if key.default is REQUIRED:
+        return "required"
+    if key.default is None:
+        return "absent"
+    if isinstance(key.default, bool):
+        return "`true`" if key.default else "`false`"
+    if isinstance(key.default, str):
+        return f'`"{key.default}"`' if key.default else '`""`'
+    if isinstance(key.default, list):
+        return "`[" + ", ".join(f'"{v}"' for v in key.default) + "]`"
+    return f"`{key.default!r}`"
+
+
+def reference_markdown() -> str:
+    """docs/config-reference.md, generated from the schema (``python -m roost.config_schema``)."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `src/roost/config_schema.py` by `python -m roost.config_schema`;",
+        "do not edit by hand (`tests/unit/test_config_schema.py` fails when it differs).",
+        "",
+        "Relative paths are relative to the file's own folder. A key not listed here is refused",
+        "with a suggestion; `roost config check FILE` runs every check without starting anything,",
+        "and `roost doctor FILE` also checks the certificate, trust state, ports and peers.",
+    ]
+    for schema in SCHEMAS.values():
+        lines += ["", f"## {schema.role} ({schema.doc})"]
+        for table in schema.tables:
+            title = f"[{table.name}]" if table.name else "top level"
+            lines += ["", f"### {title}"]
+            if table.doc:
+                lines += ["", table.doc + (" Optional table." if table.optional else "")]
+            lines += ["", "| key | value | default | meaning |", "|---|---|---|---|"]
+            for key in table.keys:
+                lines.append(
+                    f"| `{key.name}` | {key.expected()} | {_default_text(key)} | {key.doc} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())
