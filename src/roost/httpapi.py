@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from roost.errors import listening
 from roost.metrics import MetricRow, StatusCollector
 
 __all__ = ["NO_STORE", "ApiRunner", "add_metrics", "serve_app"]
@@ -45,7 +46,8 @@ async def serve_app(app: web.Application, host: str, port: int) -> ApiRunner:
     runner = ApiRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        with listening("status API", host, port):
+            await web.TCPSite(runner, host, port).start()
     except BaseException:
         await runner.cleanup()
         raise

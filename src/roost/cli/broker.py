@@ -9,12 +9,15 @@ from pathlib import Path
 import click
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.logsetup import configure_logging, log_options
+from roost.cli.preflight import check_identity
 from roost.config import BrokerConfig, load_broker_config
 from roost.errors import ConfigError, TransportError
-from roost.pki.certs import certs_from_pem, key_from_pem
+from roost.pki.certs import Role, certs_from_pem, key_from_pem
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
 from roost.rendezvous.broker_aio import BrokerDaemon
+from roost.statelock import StateLock
 
 __all__ = ["broker", "build_broker_daemon"]
 
@@ -37,14 +40,16 @@ def broker() -> None:
 
 @broker.command("run")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
-@click.option("-v", "--verbose", is_flag=True)
+@log_options
 @fail_cleanly
-def broker_run(config_file: Path, verbose: bool) -> None:
-    """Run the broker until SIGINT/SIGTERM."""
-    from roost.cli.run import configure_logging, run_until_signalled, use_fast_loop
+def broker_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -> None:
+    """Run the broker until SIGINT/SIGTERM (one per state folder)."""
+    from roost.cli.run import run_until_signalled, use_fast_loop
 
-    configure_logging(verbose)
+    configure_logging(log_level, log_format)
     config = load_broker_config(config_file)
+    check_identity(config.source, config.cert, config.key, Role.BROKER)
+    StateLock.acquire(config.state_dir, "roost broker run")
     trust = TrustUpdater(config.trust_dir)
     daemon = build_broker_daemon(config, trust)
 

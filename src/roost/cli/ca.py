@@ -6,23 +6,35 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import click
 from aiohttp import web
 
 from roost.cli.common import RoostGroup, at_option, echo_json, fail_cleanly, parse_at
-from roost.errors import StateError
+from roost.cli.logsetup import configure_logging, log_options
+from roost.errors import StateError, listening
 from roost.files import atomic_write
 from roost.pki.authority import Authority
 from roost.pki.cainfo import accept_successor, decode_cainfo
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.download import DownloadServer, download_tls_context
 from roost.pki.schedule import Action, GenerationTimes, plan
+from roost.statelock import StateLock
 
 __all__ = ["ca", "tick_authority"]
 
 _YEAR = dt.timedelta(days=365)
+_log = logging.getLogger("roost.download")
+
+
+def _lock(directory: Path, what: str) -> None:
+    """Hold the authority folder's lock until the command ends (roost.statelock): two
+    `roost ca roll` at once would both prepare generation N+1."""
+    if not directory.exists() and what != "roost ca init":
+        return  # Authority.load names the missing folder; the lock must not create it.
+    StateLock.acquire(directory, what)
 
 
 @click.group(cls=RoostGroup)
@@ -49,6 +61,7 @@ def init(
     at: str | None,
 ) -> None:
     """Create generation 1 of a new authority in DIRECTORY."""
+    _lock(directory, "roost ca init")
     authority = Authority.init(
         directory,
         publish_url,
@@ -79,6 +92,7 @@ def issue(
     at: str | None,
 ) -> None:
     """Issue a certificate; writes cert.pem, key.pem and ca-info.bin into OUT."""
+    _lock(directory, "roost ca issue")
     authority = Authority.load(directory)
     targets = [out / "cert.pem", out / "key.pem", out / "ca-info.bin"]
     existing = [str(p) for p in targets if p.exists()]
@@ -102,6 +116,7 @@ def issue(
 @fail_cleanly
 def roll(directory: Path, revoke_current: bool, rotate_dl_keys: int, at: str | None) -> None:
     """Prepare generation N+1 (and its download-server certificate)."""
+    _lock(directory, "roost ca roll")
     authority = Authority.load(directory)
     info = authority.roll(parse_at(at), revoke_current, rotate_dl_keys)
     echo_json(
@@ -119,6 +134,7 @@ def roll(directory: Path, revoke_current: bool, rotate_dl_keys: int, at: str | N
 @fail_cleanly
 def activate(directory: Path) -> None:
     """Move issuing to the newest generation (S510)."""
+    _lock(directory, "roost ca activate")
     echo_json({"active": Authority.load(directory).activate()})
 
 
@@ -151,6 +167,7 @@ def tick_authority(authority: Authority, at: dt.datetime) -> list[dict[str, obje
 @fail_cleanly
 def tick(directory: Path, at: str | None) -> None:
     """Run the automated operator: prepare, activate and retire on schedule."""
+    _lock(directory, "roost ca tick")
     authority = Authority.load(directory)
     done = tick_authority(authority, parse_at(at))
     echo_json({"actions": done, "active": authority.settings.active})
@@ -168,8 +185,20 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=download_tls_context(authority, generation))
-    await site.start()
+    try:
+        with listening("download server", host, port):
+            await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
+    _log.info(
+        "download server listening on https://%s:%s/, generations %s",
+        host,
+        bound,
+        authority.published_generations(),
+        extra={"event": "listening"},
+    )
     echo_json(
         {"serving": f"https://{host}:{bound}/", "generations": authority.published_generations()}
     )
@@ -183,9 +212,18 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, metavar="HOST:PORT")
 @click.option("--generation", type=int, default=None, help="Whose download certificate to use.")
+@log_options
 @fail_cleanly
-def serve(directory: Path, listen: str, generation: int | None) -> None:
+def serve(
+    directory: Path,
+    listen: str,
+    generation: int | None,
+    log_level: str,
+    log_format: str,
+    verbose: bool,
+) -> None:
     """HTTPS download server publishing every prepared generation."""
+    configure_logging(log_level, log_format)
     authority = Authority.load(directory)
     host, port = _split_listen(listen)
     try:
@@ -193,8 +231,6 @@ def serve(directory: Path, listen: str, generation: int | None) -> None:
             asyncio.run(_serve(authority, host, port, generation))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
 
 
 @ca.command()

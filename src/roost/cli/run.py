@@ -17,6 +17,8 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.logsetup import configure_logging, log_options
+from roost.cli.preflight import check_identity
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
@@ -24,14 +26,14 @@ from roost.errors import StateError, TransportError
 from roost.hub.daemon import HubDaemon
 from roost.hub.recorder import Recorder
 from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write_run_file
-from roost.pki.certs import certs_from_pem, key_from_pem
+from roost.pki.certs import Role, certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
+from roost.statelock import StateLock
 
 __all__ = [
     "build_hub_daemon",
-    "configure_logging",
     "device",
     "hub",
     "run_until_signalled",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 _POLL_EVERY = 60.0
+log = logging.getLogger("roost.cli")
 
 
 def build_hub_daemon(
@@ -97,14 +100,6 @@ def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:
     asyncio.run(trust.follow_own_certificate(leaf, time.monotonic()))
 
 
-def configure_logging(verbose: bool) -> None:
-    """One log format for every daemon (INFO with --verbose, else WARNING)."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-
-
 @click.group(cls=RoostGroup)
 def hub() -> None:
     """The home hub: records cameras, announces itself, hands devices over."""
@@ -112,18 +107,21 @@ def hub() -> None:
 
 @hub.command("run")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
-@click.option("-v", "--verbose", is_flag=True)
+@log_options
 @fail_cleanly
-def hub_run(config_file: Path, verbose: bool) -> None:
-    """Run a hub until SIGINT/SIGTERM."""
+def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -> None:
+    """Run a hub until SIGINT/SIGTERM (one per state folder)."""
     from roost.guard.aio import GuardServer
     from roost.guard.log import SqliteMerkleLog
     from roost.hub.api import start_api
     from roost.hub.remote import build_guard_server, start_remote
     from roost.rendezvous.agent_aio import BrokerAgent
 
-    configure_logging(verbose)
+    configure_logging(log_level, log_format)
     config = load_hub_config(config_file)
+    check_identity(config.source, config.cert, config.key, Role.HUB)
+    # Held until the process ends: a second hub on this folder is refused (docs/operating.md).
+    StateLock.acquire(config.state_dir, "roost hub run")
     trust = TrustUpdater(config.trust_dir)
     _follow_own_certificate(trust, config.cert)
     recorder = Recorder(config.state_dir / "recordings", config.retention_bytes)
@@ -170,6 +168,14 @@ def hub_run(config_file: Path, verbose: bool) -> None:
             remote=remote_address,
         )
         write_run_file(config.run_file, state)
+        log.info(
+            "hub %s (%s) ready: devices %s:%s, api %s:%s",
+            config.name,
+            daemon.identifier,
+            *state.listen,
+            *state.api,
+            extra={"event": "ready"},
+        )
         echo_json({"hub": daemon.identifier, **json.loads(state.to_json())})
 
     async def stop() -> None:
@@ -233,12 +239,15 @@ def device() -> None:
 
 @device.command("run")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
-@click.option("-v", "--verbose", is_flag=True)
+@log_options
 @fail_cleanly
-def device_run(config_file: Path, verbose: bool) -> None:
-    """Run a camera until SIGINT/SIGTERM."""
-    configure_logging(verbose)
+def device_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -> None:
+    """Run a camera until SIGINT/SIGTERM (one per state folder)."""
+    configure_logging(log_level, log_format)
     config = load_device_config(config_file)
+    check_identity(config.source, config.cert, config.key, Role.DEVICE)
+    # Two devices on one spool would replace each other's connection (docs/operating.md).
+    StateLock.acquire(config.state_dir, "roost device run")
     trust = TrustUpdater(config.trust_dir)
     _follow_own_certificate(trust, config.cert)
     spool = FrameSpool(
@@ -248,6 +257,13 @@ def device_run(config_file: Path, verbose: bool) -> None:
 
     async def start() -> None:
         await daemon.start()
+        log.info(
+            "device %s (%s) ready: %s frames unacknowledged",
+            config.name,
+            daemon.identifier,
+            spool.buffered,
+            extra={"event": "ready"},
+        )
         echo_json({"device": daemon.identifier, "last_acked": spool.last_acked})
 
     async def stop() -> None:

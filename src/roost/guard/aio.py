@@ -33,6 +33,7 @@ from roost.errors import (
     RoostError,
     StateError,
     VerificationError,
+    listening,
 )
 from roost.guard.aio_client import GuardClient
 from roost.guard.challenge import AuthConfig, LoginServer
@@ -211,7 +212,8 @@ class GuardServer:
         if self._binding is None:
             raise StateError("a TLS listener needs server_certificate_der", reason="bad-config")
         await self.open()
-        self._server = await asyncio.start_server(self._accept_tls, host, port, ssl=ssl_context)
+        with listening("remote entrance", host, port):
+            self._server = await asyncio.start_server(self._accept_tls, host, port, ssl=ssl_context)
 
     def _make_login_server(self) -> LoginServer:
         directory = self._open_user_store()

@@ -34,7 +34,7 @@ from roost.channel import (
 from roost.channel.aio import flush_channel
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
-from roost.errors import RefusedError, RoostError, StateError, VerificationError
+from roost.errors import RefusedError, RoostError, StateError, VerificationError, listening
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import FrameMessage
@@ -183,16 +183,17 @@ class HubDaemon:
     async def start(self) -> None:
         """Bind the device listener (port 0 picks a free one), then start announcing."""
         host, port = self.config.listen
-        self._server = await asyncio.start_server(
-            self._serve_device,
-            host,
-            port,
-            ssl=self.tls.outer,
-            limit=_READ_CHUNK,
-            # A redirect batch arrives as a burst of handshakes; the default backlog of
-            # 100 drops some and TCP retries them only after a second or more.
-            backlog=max(128, self.config.max_devices),
-        )
+        with listening("device channel", host, port):
+            self._server = await asyncio.start_server(
+                self._serve_device,
+                host,
+                port,
+                ssl=self.tls.outer,
+                limit=_READ_CHUNK,
+                # A redirect batch arrives as a burst of handshakes; the default backlog of
+                # 100 drops some and TCP retries them only after a second or more.
+                backlog=max(128, self.config.max_devices),
+            )
         try:
             self._wire_announce()
             # Seed S40: announce at start-up, then every interval (the core schedules it).

@@ -56,6 +56,7 @@ from roost.pki.certs import (
     key_to_pem,
     make_ca,
 )
+from roost.statelock import LOCK_NAME
 
 __all__ = ["Authority", "GenerationRecord", "IssuedLeaf", "Settings"]
 
@@ -159,7 +160,8 @@ class Authority:
         if lead_years >= validity_years:
             raise StateError("the lead time must be shorter than the validity", reason="bad-args")
         directory.mkdir(parents=True, exist_ok=True)
-        if any(p.name != ".gitkeep" for p in directory.iterdir()):
+        # The lock `roost ca` commands hold while they write (roost.statelock) may be there.
+        if any(p.name not in (".gitkeep", LOCK_NAME) for p in directory.iterdir()):
             raise StateError(f"{directory} is not empty", reason="exists")
         publish_url = publish_url if publish_url.endswith("/") else publish_url + "/"
         settings = Settings(

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from roost.clock import wall_ms_now
 from roost.config import BrokerConfig
-from roost.errors import RoostError, VerificationError
+from roost.errors import RoostError, VerificationError, listening
 from roost.framing import RecordFramer, encode_record
 from roost.httpapi import NO_STORE, ApiRunner, add_metrics, serve_app
 from roost.metrics import BROKER_METRICS
@@ -117,19 +117,25 @@ class BrokerDaemon:
         # datagram (docs/BENCHMARKS.md, "Broker").
         self._timer = CoreTimer(loop, self._on_timer, keep_earlier=True)
         host, port = self.config.udp
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=(host, port)
-        )
+        with listening("broker (udp)", host, port):
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(host, port)
+            )
         self._udp = transport
         tls_host, tls_port = self.config.tls
-        self._server = await asyncio.start_server(
-            self._serve,
-            tls_host,
-            tls_port,
-            ssl=self.tls.outer,
-            ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
-            limit=_READ_CHUNK,
-        )
+        try:
+            with listening("broker (tls)", tls_host, tls_port):
+                self._server = await asyncio.start_server(
+                    self._serve,
+                    tls_host,
+                    tls_port,
+                    ssl=self.tls.outer,
+                    ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
+                    limit=_READ_CHUNK,
+                )
+        except BaseException:
+            transport.close()
+            raise
         if self.config.api is not None:
             self._api = await _start_api(self, *self.config.api)
         log.info("broker udp %s tls %s", self.udp_port, self.tls_port)
