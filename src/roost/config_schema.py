@@ -121,7 +121,7 @@ class Key:
             Kind.HOSTPORT: 'a string "HOST:PORT" (port 0-65535)',
             Kind.HOSTPORTS: 'a list of "HOST:PORT" strings',
             Kind.STRINGS: "a list of strings",
-            Kind.TOKENS: f'a list of at most {MAX_FEATURES} short tokens, like ["hcsp", "webs"]',
+            Kind.TOKENS: f'a list of at most {MAX_FEATURES} short tokens (["hcsp", "webs"])',
         }[self.kind]
 
 
@@ -525,7 +525,7 @@ def _value_problem(key: Key, value: object) -> str | None:
     if kind in (Kind.STRINGS, Kind.HOSTPORTS, Kind.TOKENS):
         if isinstance(value, str) and kind is not Kind.HOSTPORTS and "," in value:
             listed = ", ".join(f'"{part.strip()}"' for part in value.split(","))
-            return f"must be {key.expected()}: write [{listed}], not {value!r}"
+            return f"must be a list: write [{listed}], not {value!r}"
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return bad
         if kind is Kind.HOSTPORTS:

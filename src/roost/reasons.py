@@ -464,7 +464,14 @@ def log_rejection(
         return
     reason = error if isinstance(error, str) else error.reason
     more = f" ({suppressed} more since the last line)" if suppressed else ""
-    logger.info("%s %s: %s%s", what, source, reason, more)
+    logger.info(
+        "%s %s: %s%s",
+        what,
+        source,
+        reason,
+        more,
+        extra={"event": "refused", "reason": str(reason), "source": source},
+    )
 
 
 def catalogue_markdown() -> str:

@@ -475,17 +475,23 @@ class _ServerStream:
         counters = self._server.counters
         if isinstance(event, LoggedIn):
             counters.logins_ok += 1
+            # The source only: the user id stays out of logs like everything the peer sent.
+            log.info(
+                "remote login accepted from %s",
+                self._peer,
+                extra={"event": "login-accepted", "source": self._peer},
+            )
         elif isinstance(event, StreamClosed):
             if event.cause in (CloseCause.LOGIN_FAILED, CloseCause.LOGIN_TIMEOUT):
                 counters.logins_failed += 1
-                self._log_refusal(event.reason)
+                self._log_refusal(event.reason, "remote login refused from")
             elif event.cause is CloseCause.SESSION_ENDED:
                 counters.sessions_expired += 1
             elif event.cause is CloseCause.PEER_ERROR:
                 counters.stream_errors += 1
                 self._log_refusal(event.reason)
 
-    def _log_refusal(self, reason: str) -> None:
+    def _log_refusal(self, reason: str, what: str = "remote session from") -> None:
         """A line for a refused session when the rule allows (PROTOCOL.md preamble): the
         reason and the source only, never the user id or what the peer sent."""
         server = self._server
@@ -495,7 +501,7 @@ class _ServerStream:
             reason,
             source=self._peer,
             now=server._clock(),
-            what="remote session from",
+            what=what,
         )
 
     def _transmit(self) -> None:

@@ -54,6 +54,7 @@ def _log_refusal(event: AnnouncementRefused) -> None:
         event.source_port,
         event.reason,
         more,
+        extra={"event": "refused", "reason": str(event.reason), "source": event.source_host},
     )
 
 

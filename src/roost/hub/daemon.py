@@ -201,7 +201,13 @@ class HubDaemon:
         except BaseException:
             self._server.close()
             raise
-        log.info("hub %s listening on %s:%s", self.identifier, host, self.bound_port)
+        log.info(
+            "hub %s listening on %s:%s",
+            self.identifier,
+            host,
+            self.bound_port,
+            extra={"event": "listening"},
+        )
 
     def _wire_announce(self) -> None:
         """Build the announce core and its transport for the endpoint peers must dial.
@@ -363,6 +369,12 @@ class HubDaemon:
                 if self.sessions.get(session.device_id) is session:
                     del self.sessions[session.device_id]
                     self._load_changed()
+                    log.info(
+                        "device %s left (%s frames stored on this channel)",
+                        session.device_id,
+                        session.frames_stored,
+                        extra={"event": "device-left", "device": session.device_id},
+                    )
             writer.close()
 
     async def _handle_channel_events(self, session: DeviceSession, host: str) -> None:
@@ -390,6 +402,14 @@ class HubDaemon:
         session.connected_at = _loop_now()
         self.sessions[device_id] = session
         self._load_changed()
+        log.info(
+            "device %s connected%s (%s of %s)",
+            device_id,
+            " again, replacing its previous channel" if previous is not None else "",
+            len(self.sessions),
+            self.config.max_devices,
+            extra={"event": "device-connected", "device": device_id},
+        )
         session.core.accept(self.config.features, self.config.max_devices)
 
     async def _store(self, session: DeviceSession, frames: Sequence[FrameMessage]) -> None:
@@ -439,6 +459,7 @@ class HubDaemon:
         now = _loop_now()
         if isinstance(event, WinnerChanged):
             # S110–S180: the verified subscribe was compared; act on the outcome.
+            _log_election(event.winner)
             self._replan(event.winner, now)
         elif isinstance(event, HubUpdated | HubDown):
             target = self.planner.target
@@ -469,6 +490,13 @@ class HubDaemon:
             session.send_redirect(HubAddress(target.identifier, target.endpoint), target.features)
             session.redirected_to = target.identifier
             self.counters.redirects_sent += 1
+            log.info(
+                "redirect sent: device %s to hub %s at %s",
+                device_id,
+                target.identifier,
+                target.endpoint.format(),
+                extra={"event": "redirect-sent", "device": device_id, "hub": target.identifier},
+            )
         self._arm_redirects()
 
     # ------------------------------------------------------------------------- reporting
@@ -533,6 +561,19 @@ class HubDaemon:
             stream_errors=counters.stream_errors,
             rejected=self.guard.rejections.as_dict(),
         )
+
+
+def _log_election(winner: LiveHub | None) -> None:
+    """The election's outcome as the hub sees it (PROTOCOL.md section 3)."""
+    if winner is None:
+        log.info("election: no hub is eligible", extra={"event": "election"})
+        return
+    log.info(
+        "election: hub %s wins%s",
+        winner.identifier,
+        " (this hub)" if winner.is_self else "",
+        extra={"event": "election", "winner": winner.identifier, "is_self": winner.is_self},
+    )
 
 
 def _peer_host(writer: asyncio.StreamWriter) -> str:

@@ -138,7 +138,14 @@ class BrokerDaemon:
             raise
         if self.config.api is not None:
             self._api = await _start_api(self, *self.config.api)
-        log.info("broker udp %s tls %s", self.udp_port, self.tls_port)
+        log.info(
+            "broker listening: udp %s:%s, tls %s:%s",
+            host,
+            self.udp_port,
+            tls_host,
+            self.tls_port,
+            extra={"event": "listening"},
+        )
 
     async def stop(self) -> None:
         if self._timer is not None:
@@ -187,7 +194,13 @@ class BrokerDaemon:
         while (event := self.core.next_event()) is not None:
             if isinstance(event, Refused):
                 more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
-                log.info("refused %s: %s%s", event.source, event.reason, more)
+                log.info(
+                    "refused %s: %s%s",
+                    event.source,
+                    event.reason,
+                    more,
+                    extra={"event": "refused", "reason": str(event.reason), "source": event.source},
+                )
             elif isinstance(event, CloseChannel):
                 writer = self._writers.get(event.channel)
                 if writer is not None:
