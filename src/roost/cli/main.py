@@ -34,6 +34,7 @@ def _register() -> None:
     from roost.cli.ca import ca
     from roost.cli.connect import connect
     from roost.cli.demo import demo
+    from roost.cli.doctor import config, doctor
     from roost.cli.home import init_home
     from roost.cli.log import log
     from roost.cli.remote import remote
@@ -52,6 +53,8 @@ def _register() -> None:
     cli.add_command(remote)
     cli.add_command(broker)
     cli.add_command(connect)
+    cli.add_command(config)
+    cli.add_command(doctor)
 
 
 def main() -> None:
