@@ -10,7 +10,7 @@ import click
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.cli.logsetup import configure_logging, log_options
-from roost.cli.preflight import check_identity
+from roost.cli.preflight import check_identity, check_listeners
 from roost.config import BrokerConfig, load_broker_config
 from roost.errors import ConfigError, TransportError
 from roost.pki.certs import Role, certs_from_pem, key_from_pem
@@ -50,6 +50,13 @@ def broker_run(config_file: Path, log_level: str, log_format: str, verbose: bool
     config = load_broker_config(config_file)
     check_identity(config.source, config.cert, config.key, Role.BROKER)
     StateLock.acquire(config.state_dir, "roost broker run")
+    check_listeners(
+        [
+            ("broker (udp)", "udp", config.udp),
+            ("broker (tls)", "tcp", config.tls),
+            *([("status API", "tcp", config.api)] if config.api else []),
+        ]
+    )
     trust = TrustUpdater(config.trust_dir)
     daemon = build_broker_daemon(config, trust)
 

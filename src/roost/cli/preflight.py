@@ -8,16 +8,18 @@ one line naming the file and the key instead of an ``SSLError`` from deep in a l
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from roost.errors import ConfigError, RoostError
+from roost.errors import ConfigError, RoostError, listening
 from roost.pki.certs import Role, certs_from_pem, identifier_of, key_from_pem
 from roost.reasons import Reason
 
-__all__ = ["certificate_role", "check_identity"]
+__all__ = ["certificate_role", "check_identity", "check_listeners"]
 
 
 def certificate_role(cert: x509.Certificate) -> Role | None:
@@ -94,3 +96,21 @@ def check_identity(
             reason=Reason.WRONG_ROLE,
         )
     return cert
+
+
+def check_listeners(listeners: Sequence[tuple[str, str, tuple[str, int]]]) -> None:
+    """Bind each configured TCP/UDP listener once and let go, before the daemon takes its
+    state folder or writes anything: a taken address then ends the start with one line
+    (exit code 14) and the state left as it was. Port 0 is any free port, never taken.
+    The daemon's own bind reports the same way if the port is taken in between."""
+    for what, kind, (host, port) in listeners:
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock_type = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+        with socket.socket(family, sock_type) as sock:
+            if sock_type == socket.SOCK_STREAM:
+                # As asyncio's listeners do: a port in TIME_WAIT is not taken.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with listening(what, host, port):
+                sock.bind((host, port))

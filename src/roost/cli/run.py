@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.cli.logsetup import configure_logging, log_options
-from roost.cli.preflight import check_identity
+from roost.cli.preflight import check_identity, check_listeners
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
@@ -122,6 +122,13 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
     check_identity(config.source, config.cert, config.key, Role.HUB)
     # Held until the process ends: a second hub on this folder is refused (docs/operating.md).
     StateLock.acquire(config.state_dir, "roost hub run")
+    check_listeners(
+        [
+            ("device channel", "tcp", config.listen),
+            ("status API", "tcp", config.api),
+            *([("remote entrance", "tcp", config.remote)] if config.remote else []),
+        ]
+    )
     trust = TrustUpdater(config.trust_dir)
     _follow_own_certificate(trust, config.cert)
     recorder = Recorder(config.state_dir / "recordings", config.retention_bytes)
