@@ -10,14 +10,13 @@ import click
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.cli.logsetup import configure_logging, log_options
-from roost.cli.preflight import check_identity, check_listeners
+from roost.cli.preflight import check_identity, check_listeners, lock_state_folder
 from roost.config import BrokerConfig, load_broker_config
 from roost.errors import ConfigError, TransportError
 from roost.pki.certs import Role, certs_from_pem, key_from_pem
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
 from roost.rendezvous.broker_aio import BrokerDaemon
-from roost.statelock import StateLock
 
 __all__ = ["broker", "build_broker_daemon"]
 
@@ -49,7 +48,7 @@ def broker_run(config_file: Path, log_level: str, log_format: str, verbose: bool
     configure_logging(log_level, log_format)
     config = load_broker_config(config_file)
     check_identity(config.source, config.cert, config.key, Role.BROKER)
-    StateLock.acquire(config.state_dir, "roost broker run")
+    lock_state_folder(config.state_dir, "roost broker run")
     check_listeners(
         [
             ("broker (udp)", "udp", config.udp),

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from roost.cli.common import RoostGroup, at_option, echo_json, fail_cleanly, parse_at
 from roost.cli.logsetup import configure_logging, log_options
+from roost.cli.preflight import lock_state_folder
 from roost.errors import StateError, listening
 from roost.files import atomic_write
 from roost.pki.authority import Authority
@@ -21,7 +22,6 @@ from roost.pki.cainfo import accept_successor, decode_cainfo
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.download import DownloadServer, download_tls_context
 from roost.pki.schedule import Action, GenerationTimes, plan
-from roost.statelock import StateLock
 
 __all__ = ["ca", "tick_authority"]
 
@@ -34,7 +34,7 @@ def _lock(directory: Path, what: str) -> None:
     `roost ca roll` at once would both prepare generation N+1."""
     if not directory.exists() and what != "roost ca init":
         return  # Authority.load names the missing folder; the lock must not create it.
-    StateLock.acquire(directory, what)
+    lock_state_folder(directory, what)
 
 
 @click.group(cls=RoostGroup)

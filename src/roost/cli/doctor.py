@@ -46,7 +46,7 @@ from roost.pki.truststore import load_state
 from roost.reasons import Reason
 from roost.statelock import LOCK_NAME, lock_holder
 
-__all__ = ["config", "doctor", "run_checks"]
+__all__ = ["Check", "config", "doctor", "run_checks"]
 
 _LOADERS: dict[str, Callable[[Path], Any]] = {
     "hub": load_hub_config,

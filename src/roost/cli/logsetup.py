@@ -69,9 +69,12 @@ class _TextFormatter(logging.Formatter):
         return "  " + text.splitlines()[-1]
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
+def configure_logging(level: str = "info", fmt: str = "text", *, verbose: bool = False) -> None:
     """Send every log line to standard error in ``fmt`` at ``level`` (replacing any
-    earlier set-up, so a test or a second call gets what it asked for)."""
+    earlier set-up, so a test or a second call gets what it asked for). ``verbose`` is the
+    older ``-v``: at least ``info``, which is now the default anyway."""
+    if verbose and level not in ("debug", "info"):
+        level = "info"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()

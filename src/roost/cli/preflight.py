@@ -12,14 +12,16 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from roost.errors import ConfigError, RoostError, listening
 from roost.pki.certs import Role, certs_from_pem, identifier_of, key_from_pem
 from roost.reasons import Reason
+from roost.statelock import StateLock
 
-__all__ = ["certificate_role", "check_identity", "check_listeners"]
+__all__ = ["certificate_role", "check_identity", "check_listeners", "lock_state_folder"]
 
 
 def certificate_role(cert: x509.Certificate) -> Role | None:
@@ -114,3 +116,14 @@ def check_listeners(listeners: Sequence[tuple[str, str, tuple[str, int]]]) -> No
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with listening(what, host, port):
                 sock.bind((host, port))
+
+
+def lock_state_folder(directory: Path, what: str) -> StateLock:
+    """Take ``directory``'s lock for the rest of the command (roost.statelock); it is
+    released when the command ends, however it ends, so the lock file is left empty and a
+    refused or failed command leaves the folder as it found it."""
+    lock = StateLock.acquire(directory, what)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().call_on_close(lock.release)
+    return lock

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.cli.logsetup import configure_logging, log_options
-from roost.cli.preflight import check_identity, check_listeners
+from roost.cli.preflight import check_identity, check_listeners, lock_state_folder
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
@@ -30,10 +30,10 @@ from roost.pki.certs import Role, certs_from_pem, key_from_pem
 from roost.pki.tls import ReloadableServerContext
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
-from roost.statelock import StateLock
 
 __all__ = [
     "build_hub_daemon",
+    "configure_logging",
     "device",
     "hub",
     "run_until_signalled",
@@ -121,7 +121,7 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
     config = load_hub_config(config_file)
     check_identity(config.source, config.cert, config.key, Role.HUB)
     # Held until the process ends: a second hub on this folder is refused (docs/operating.md).
-    StateLock.acquire(config.state_dir, "roost hub run")
+    lock_state_folder(config.state_dir, "roost hub run")
     check_listeners(
         [
             ("device channel", "tcp", config.listen),
@@ -254,7 +254,7 @@ def device_run(config_file: Path, log_level: str, log_format: str, verbose: bool
     config = load_device_config(config_file)
     check_identity(config.source, config.cert, config.key, Role.DEVICE)
     # Two devices on one spool would replace each other's connection (docs/operating.md).
-    StateLock.acquire(config.state_dir, "roost device run")
+    lock_state_folder(config.state_dir, "roost device run")
     trust = TrustUpdater(config.trust_dir)
     _follow_own_certificate(trust, config.cert)
     spool = FrameSpool(

@@ -8,7 +8,6 @@ and `roost ca roll` take effect without a restart.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from dataclasses import dataclass
 
@@ -19,8 +18,6 @@ from roost.pki.cainfo import MEDIA_TYPE
 from roost.pki.tls import server_context
 
 __all__ = ["MEDIA_TYPE", "DownloadServer", "download_tls_context"]
-
-log = logging.getLogger("roost.download")
 
 
 def download_tls_context(authority: Authority, generation: int | None = None) -> ssl.SSLContext:
@@ -56,18 +53,10 @@ class DownloadServer:
         for generation in authority.published_generations():
             if request.path == authority.publish_path(generation):
                 self.served += 1
-                log.info(
-                    "served CA information %s to %s",
-                    generation,
-                    request.remote,
-                    extra={"event": "served"},
-                )
                 return web.Response(
                     body=authority.ca_info_bytes(generation),
                     content_type=MEDIA_TYPE,
                     headers={"Cache-Control": "no-cache"},
                 )
         self.not_found += 1
-        # Nodes poll for N+1 before it exists: routine, so not an INFO line each time.
-        log.debug("not published: %s from %s", request.path, request.remote)
         raise web.HTTPNotFound(text="not published\n")
