@@ -252,3 +252,30 @@ def test_json_log_lines_carry_the_event_and_fields() -> None:
     doc = json.loads(JsonFormatter().format(record))
     assert doc["event"] == "device-left" and doc["device"] == "ab:x"
     assert doc["message"] == "device ab:x left" and doc["level"] == "info"
+
+
+def test_authority_commands_that_write_take_the_folders_lock(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from roost.cli.main import _register, cli
+
+    _register()
+    ca = tmp_path / "ca"
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    assert run("ca", "init", str(ca), "--publish-url", "https://127.0.0.1:1/ca").exit_code == 0
+    # Released when the command ended: empty, and free for the next one.
+    assert (ca / LOCK_NAME).read_text() == ""
+    held = StateLock.acquire(ca, "roost ca roll")
+    try:
+        before = {p.name: p.read_bytes() for p in ca.iterdir() if p.is_file()}
+        for args in (("ca", "roll", str(ca)), ("ca", "tick", str(ca)), ("ca", "activate", str(ca))):
+            result = run(*args)
+            assert result.exit_code == ExitCode.STATE, result.output
+            assert "is in use by pid" in result.output and "roost ca roll" in result.output
+        assert {p.name: p.read_bytes() for p in ca.iterdir() if p.is_file()} == before
+    finally:
+        held.release()
+    assert run("ca", "roll", str(ca)).exit_code == 0
