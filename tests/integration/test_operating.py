@@ -243,6 +243,18 @@ def test_a_second_instance_on_a_state_folder_is_refused_naming_the_first(home: P
             assert f"is in use by pid {first[kind].pid}, roost {kind} run" in err, err
         for process in first.values():
             assert process.poll() is None, "the first instance must keep running"
+        # The doctor sees the running hub: its lock's pid, its API where run.json says.
+        doctor = subprocess.run(
+            _command("doctor", "hub-1.toml", "--json"),
+            cwd=home,
+            env=_env(),
+            capture_output=True,
+            timeout=60 * time_unit(),
+        )
+        checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert doctor.returncode == 0, doctor.stdout
+        assert f"pid {first['hub'].pid}" in checks["instance"]["detail"]
+        assert checks["hub API"]["status"] == "ok" and checks["reach broker"]["status"] == "ok"
     finally:
         for process in first.values():
             process.send_signal(signal.SIGTERM)
@@ -373,3 +385,41 @@ def test_logs_tell_a_handover_a_failover_and_a_refused_rogue_hub_in_order(
     for log in home.path.glob("*.log"):
         text = log.read_text(errors="replace")
         assert "PRIVATE KEY" not in text and "Traceback" not in text, log.name
+
+
+def test_doctor_names_what_holds_a_port_and_config_check_lists_every_problem(
+    home: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        file = _variant(home, "hub-2.toml", "doctor-port.toml", _set("api", f'"127.0.0.1:{port}"'))
+        before = _state_hash(home)
+        doctor = subprocess.run(
+            _command("doctor", file, "--json"),
+            cwd=home,
+            env=_env(),
+            capture_output=True,
+            timeout=60 * time_unit(),
+        )
+    assert doctor.returncode == ExitCode.FAILED, doctor.stderr
+    report = json.loads(doctor.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["role"] == "hub" and not report["ok"]
+    assert checks["port status API"]["status"] == "fail"
+    assert f"held by pid {os.getpid()}" in checks["port status API"]["detail"]
+    assert checks["identity"]["status"] == "ok" and checks["chain"]["status"] == "ok"
+    assert checks["instance"]["detail"].startswith("not running")
+    assert _state_hash(home) == before
+    # Two mistakes in one file: both listed, one line each, exit 4.
+    both = _variant(
+        home, "hub-2.toml", "two-problems.toml", _both(_set("max_devices", "0"), _set("api", "1"))
+    )
+    check = subprocess.run(
+        _command("config", "check", both), cwd=home, env=_env(), capture_output=True, text=True
+    )
+    assert check.returncode == ExitCode.CONFIG
+    lines = check.stderr.splitlines()
+    assert len(lines) == 2 and "api must be a string" in check.stderr, check.stderr
+    assert "max_devices must be an integer >= 1" in check.stderr

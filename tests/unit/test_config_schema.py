@@ -279,3 +279,29 @@ def test_authority_commands_that_write_take_the_folders_lock(tmp_path: Path) -> 
     finally:
         held.release()
     assert run("ca", "roll", str(ca)).exit_code == 0
+
+
+async def test_trust_changes_are_logged_as_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import datetime as dt
+
+    from roost.pki.authority import Authority
+    from roost.pki.trust import TrustState
+    from roost.pki.truststore import save_state
+    from roost.pki.updater import TrustUpdater
+
+    at = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    authority = Authority.init(tmp_path / "ca", "https://127.0.0.1:1/ca/", at)
+    save_state(tmp_path / "trust", TrustState.provision(authority.ca_info(1)))
+    authority.roll(at)
+
+    async def fetch(url: str, anchors: object, floor: object) -> bytes | None:
+        return authority.ca_info_bytes(2) if url.endswith("2.rcai") else None
+
+    updater = TrustUpdater(tmp_path / "trust", fetcher=fetch)
+    with caplog.at_level(logging.INFO, logger="roost.trust"):
+        await updater.update_once()
+        updater.commit(updater.state.promote())
+    events = [(r.event, r.generation) for r in caplog.records if hasattr(r, "event")]
+    assert events == [("trust-fetched", 2), ("trust-promoted", 2)]
