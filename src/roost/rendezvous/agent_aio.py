@@ -266,8 +266,19 @@ class BrokerAgent:
             elif isinstance(event, StartPunch):
                 self._start_punch(event)
             elif isinstance(event, RelayReady):
+                log.info(
+                    "remote session %s relayed by the broker",
+                    event.session,
+                    extra={"event": "session-relayed", "session": event.session},
+                )
                 self._relay_ready(event)
             elif isinstance(event, SessionEnded):
+                log.info(
+                    "remote session %s ended: %s",
+                    event.session,
+                    event.reason,
+                    extra={"event": "session-ended", "reason": str(event.reason)},
+                )
                 entry = self._served.get(event.session) if event.session is not None else None
                 if entry is not None:
                     self._end_session(entry)
@@ -435,6 +446,12 @@ class BrokerAgent:
             self._waiting_paths.append(self.mux.path_to(event.address))
         elif isinstance(event, DirectPathFound):
             assert self.mux is not None
+            log.info(
+                "remote session %s direct to %s",
+                session,
+                event.address,
+                extra={"event": "session-direct", "session": session},
+            )
             self.core.punch_succeeded(session, event.address, self._now())
             chosen = self.mux.path_to(event.address)
             self._close_waiting_paths(keep=chosen)
