@@ -166,7 +166,7 @@ _documents = st.dictionaries(_keys, _values | _tables, max_size=10)
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(doc=_documents, role=st.sampled_from(sorted(_LOADERS)))
 def test_the_loaders_raise_only_config_errors_on_any_toml_shaped_document(
@@ -179,6 +179,22 @@ def test_the_loaders_raise_only_config_errors_on_any_toml_shaped_document(
     path = tmp_path / "random.toml"
     path.write_text(text)
     # Anything but a ConfigError (a TypeError, a KeyError) fails the test.
+    with contextlib.suppress(ConfigError):
+        _LOADERS[role](path)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode),
+    role=st.sampled_from(sorted(_LOADERS)),
+)
+def test_the_loaders_raise_only_config_errors_on_any_bytes(
+    tmp_path: Path, data: bytes, role: str
+) -> None:
+    path = tmp_path / "random.toml"
+    path.write_bytes(data)
     with contextlib.suppress(ConfigError):
         _LOADERS[role](path)
 
