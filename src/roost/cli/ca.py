@@ -192,15 +192,15 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
         await runner.cleanup()
         raise
     bound = runner.addresses[0][1] if runner.addresses else port
+    echo_json(
+        {"serving": f"https://{host}:{bound}/", "generations": authority.published_generations()}
+    )
     _log.info(
         "download server listening on https://%s:%s/, generations %s",
         host,
         bound,
         authority.published_generations(),
         extra={"event": "listening"},
-    )
-    echo_json(
-        {"serving": f"https://{host}:{bound}/", "generations": authority.published_generations()}
     )
     try:
         await asyncio.Event().wait()

@@ -175,6 +175,7 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
             remote=remote_address,
         )
         write_run_file(config.run_file, state)
+        echo_json({"hub": daemon.identifier, **json.loads(state.to_json())})
         log.info(
             "hub %s (%s) ready: devices %s:%s, api %s:%s",
             config.name,
@@ -183,7 +184,6 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
             *state.api,
             extra={"event": "ready"},
         )
-        echo_json({"hub": daemon.identifier, **json.loads(state.to_json())})
 
     async def stop() -> None:
         remove_run_file(config.run_file)
@@ -264,6 +264,7 @@ def device_run(config_file: Path, log_level: str, log_format: str, verbose: bool
 
     async def start() -> None:
         await daemon.start()
+        echo_json({"device": daemon.identifier, "last_acked": spool.last_acked})
         log.info(
             "device %s (%s) ready: %s frames unacknowledged",
             config.name,
@@ -271,7 +272,6 @@ def device_run(config_file: Path, log_level: str, log_format: str, verbose: bool
             spool.buffered,
             extra={"event": "ready"},
         )
-        echo_json({"device": daemon.identifier, "last_acked": spool.last_acked})
 
     async def stop() -> None:
         await daemon.stop()
