@@ -87,8 +87,6 @@ def test_every_everyday_mistake_is_one_line_with_its_code_and_leaves_state_alone
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        broker_udp = load_hub_config(home / "hub-1.toml").broker
-        assert broker_udp is not None
         cases: list[tuple[str, list[str], ExitCode, str]] = [
             (
                 "hub config to device run",
@@ -137,7 +135,8 @@ def test_every_everyday_mistake_is_one_line_with_its_code_and_leaves_state_alone
             "port-in-use": (
                 _set("listen", f'"127.0.0.1:{port}"'),
                 ExitCode.ADDRESS_IN_USE,
-                f"cannot listen on 127.0.0.1:{port} for the device channel: address already in use",
+                f"cannot listen on 127.0.0.1:{port} for the device channel (listen in"
+                " bad-port-in-use.toml): address already in use",
             ),
         }
         for name, (edit, code, words) in hub_edits.items():
@@ -152,6 +151,18 @@ def test_every_everyday_mistake_is_one_line_with_its_code_and_leaves_state_alone
         for name, (edit, words) in device_edits.items():
             file = _variant(home, "device-1.toml", f"bad-{name}.toml", edit)
             cases.append((name, ["device", "run", "--config", file], ExitCode.CONFIG, words))
+        broker_file = _variant(
+            home, "broker.toml", "bad-broker-port.toml", _set("tls", f'"127.0.0.1:{port}"')
+        )
+        cases.append(
+            (
+                "broker port in use",
+                ["broker", "run", "--config", broker_file],
+                ExitCode.ADDRESS_IN_USE,
+                f"cannot listen on 127.0.0.1:{port} for the broker's TLS port (tls in"
+                f" {broker_file}): address already in use",
+            )
+        )
         cases.append(
             (
                 "config check",

@@ -49,11 +49,12 @@ def broker_run(config_file: Path, log_level: str, log_format: str, verbose: bool
     config = load_broker_config(config_file)
     check_identity(config.source, config.cert, config.key, Role.BROKER)
     lock_state_folder(config.state_dir, "roost broker run")
+    where = config.source.name if config.source else "the config"
     check_listeners(
         [
-            ("broker (udp)", "udp", config.udp),
-            ("broker (tls)", "tcp", config.tls),
-            *([("status API", "tcp", config.api)] if config.api else []),
+            (f"broker's UDP port (udp in {where})", "udp", config.udp),
+            (f"broker's TLS port (tls in {where})", "tcp", config.tls),
+            *([(f"status API (api in {where})", "tcp", config.api)] if config.api else []),
         ]
     )
     trust = TrustUpdater(config.trust_dir)

@@ -122,11 +122,16 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
     check_identity(config.source, config.cert, config.key, Role.HUB)
     # Held until the process ends: a second hub on this folder is refused (docs/operating.md).
     lock_state_folder(config.state_dir, "roost hub run")
+    where = config.source.name if config.source else "the config"
     check_listeners(
         [
-            ("device channel", "tcp", config.listen),
-            ("status API", "tcp", config.api),
-            *([("remote entrance", "tcp", config.remote)] if config.remote else []),
+            (f"device channel (listen in {where})", "tcp", config.listen),
+            (f"status API (api in {where})", "tcp", config.api),
+            *(
+                [(f"remote entrance (remote in {where})", "tcp", config.remote)]
+                if config.remote
+                else []
+            ),
         ]
     )
     trust = TrustUpdater(config.trust_dir)
