@@ -159,7 +159,12 @@ def run_checks(path: Path, forced_role: str | None = None) -> tuple[str | None, 
     try:
         role, doc = _role_of(path, forced_role)
     except ConfigError as exc:
-        return None, [_fail("config", str(exc), "fix the file (docs/config-reference.md)")]
+        fix = (
+            "check the path (`roost init` writes a home's configs)"
+            if exc.reason == Reason.MISSING
+            else "fix the file (docs/config-reference.md)"
+        )
+        return None, [_fail("config", str(exc), fix)]
     problems = _problems(path, role, doc)
     if problems:
         checks = [
