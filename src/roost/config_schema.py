@@ -16,24 +16,35 @@ refused, with a "did you mean" suggestion taken from the declared names (difflib
 
 Every message names the file, the key (``announce.port``) and what is expected. Checks
 are pure: they take the parsed TOML document and return the problems; reading the file,
-the certificate and the key is the loaders' and `roost.cli.preflight`'s work.
+the certificate and the key is the loaders' and `roost.cli.preflight`'s work. What a key
+is, how a value is checked and converted, lives in `roost.config_types`.
 """
 
 from __future__ import annotations
 
-import difflib
-import enum
-import re
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from roost.config_types import (
+    REQUIRED,
+    Key,
+    Kind,
+    Schema,
+    Table,
+    config_error,
+    convert,
+    default_text,
+    shown,
+    suggest,
+    value_problem,
+)
 from roost.errors import ConfigError
 from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
-from roost.hcsp.documents import MAX_CLIENTS, MAX_FEATURE_LENGTH, MAX_FEATURES
+from roost.hcsp.documents import MAX_CLIENTS
 from roost.reasons import Reason
 from roost.rendezvous.broker_events import BrokerCoreConfig
 
@@ -62,93 +73,6 @@ _ANNOUNCE = AnnounceConfig()
 _UDP = UdpConfig()
 _REDIRECT = RedirectConfig()
 _BROKER = BrokerCoreConfig()
-
-
-class Kind(enum.Enum):
-    """What a key's value must be, as written in TOML."""
-
-    STRING = "string"
-    INTEGER = "integer"
-    NUMBER = "number"
-    BOOLEAN = "boolean"
-    PATH = "path"
-    HOSTPORT = "HOST:PORT"
-    HOSTPORTS = "list of HOST:PORT"
-    STRINGS = "list of strings"
-    TOKENS = "list of tokens"
-
-
-class _Required:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-# A key without a default must be present.
-REQUIRED: Any = _Required()
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """One key: its kind, its default (``REQUIRED``; ``None`` when absence means "off"),
-    its bounds (``minimum``/``maximum`` inclusive, ``above`` exclusive) and its meaning."""
-
-    name: str
-    kind: Kind
-    default: Any = REQUIRED
-    minimum: float | None = None
-    maximum: float | None = None
-    above: float | None = None
-    doc: str = ""
-
-    def expected(self) -> str:
-        """What the value must be, in words, for messages and the reference page."""
-        if self.kind is Kind.INTEGER or self.kind is Kind.NUMBER:
-            noun = "an integer" if self.kind is Kind.INTEGER else "a number"
-            bounds = []
-            if self.above is not None:
-                bounds.append(f"> {self.above:g}")
-            if self.minimum is not None:
-                bounds.append(f">= {self.minimum:g}")
-            if self.maximum is not None:
-                bounds.append(f"<= {self.maximum:g}")
-            return f"{noun} {' and '.join(bounds)}" if bounds else noun
-        return {
-            Kind.STRING: "a string",
-            Kind.BOOLEAN: "true or false",
-            Kind.PATH: "a path string (relative to the file)",
-            Kind.HOSTPORT: 'a string "HOST:PORT" (port 0-65535)',
-            Kind.HOSTPORTS: 'a list of "HOST:PORT" strings',
-            Kind.STRINGS: "a list of strings",
-            Kind.TOKENS: f'a list of at most {MAX_FEATURES} short tokens (["hcsp", "webs"])',
-        }[self.kind]
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """One table of a file (``name`` "" is the top level); ``optional`` tables switch a
-    feature on by being present, and then their required keys must be there too."""
-
-    name: str
-    keys: tuple[Key, ...]
-    doc: str = ""
-    optional: bool = False
-
-    def key(self, name: str) -> Key | None:
-        return next((k for k in self.keys if k.name == name), None)
-
-
-@dataclass(frozen=True, slots=True)
-class Schema:
-    """Every table of one role's config file."""
-
-    role: str
-    tables: tuple[Table, ...]
-    doc: str = ""
-
-    def table(self, name: str) -> Table | None:
-        return next((t for t in self.tables if t.name == name), None)
 
 
 def _identity(node: str) -> tuple[Key, ...]:
@@ -456,17 +380,6 @@ _MARKS: Mapping[str, frozenset[str]] = {
 }
 
 
-def config_error(path: Path, where: str, problem: str) -> ConfigError:
-    """``FILE: KEY PROBLEM`` as the one error class of configuration."""
-    return ConfigError(f"{path}: {where} {problem}", reason=Reason.BAD_CONFIG)
-
-
-def suggest(word: str, choices: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest declared name, or "" when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def detect_role(doc: Mapping[str, Any]) -> str | None:
     """The role whose distinctive keys the document has most of; None when none."""
     scores = {role: len(marks & set(doc)) for role, marks in _MARKS.items()}
@@ -475,87 +388,6 @@ def detect_role(doc: Mapping[str, Any]) -> str | None:
         return None
     winners = [role for role, score in scores.items() if score == best]
     return winners[0] if len(winners) == 1 else None
-
-
-def _shown(value: object) -> str:
-    kind = {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{text} ({kind})"
-
-
-_HOSTPORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s\[\]:]+|[0-9A-Fa-f:]+):([0-9]{1,5})")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def _hostport_problem(value: str) -> str | None:
-    match = _HOSTPORT.fullmatch(value)
-    if match is None:
-        return "is not HOST:PORT"
-    if int(match.group(2)) > 65535:
-        return "has a port above 65535"
-    return None
-
-
-def _value_problem(key: Key, value: object) -> str | None:
-    """Why ``value`` does not fit ``key``, or None."""
-    bad = f"must be {key.expected()}, not {_shown(value)}"
-    kind = key.kind
-    if kind in (Kind.STRING, Kind.PATH):
-        return None if isinstance(value, str) else bad
-    if kind is Kind.BOOLEAN:
-        return None if isinstance(value, bool) else bad
-    if kind is Kind.HOSTPORT:
-        if not isinstance(value, str):
-            return bad
-        problem = _hostport_problem(value)
-        return (
-            None
-            if problem is None
-            else f"holds {value!r}, which {problem}: must be {key.expected()}"
-        )
-    if kind in (Kind.STRINGS, Kind.HOSTPORTS, Kind.TOKENS):
-        if isinstance(value, str) and kind is not Kind.HOSTPORTS and "," in value:
-            listed = ", ".join(f'"{part.strip()}"' for part in value.split(","))
-            return f"must be a list: write [{listed}], not {value!r}"
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return bad
-        if kind is Kind.HOSTPORTS:
-            for item in value:
-                problem = _hostport_problem(item)
-                if problem is not None:
-                    return f"holds {item!r}, which {problem}: must be {key.expected()}"
-        if kind is Kind.TOKENS:
-            if len(value) > MAX_FEATURES:
-                return f"has {len(value)} entries, more than {MAX_FEATURES}"
-            for item in value:
-                if len(item) > MAX_FEATURE_LENGTH or _TOKEN.fullmatch(item) is None:
-                    return (
-                        f"holds {item!r}: each entry must be a short token (letters, digits, . _ -)"
-                    )
-        return None
-    # Numbers: TOML has no NaN-free guarantee, and a bool is an int in Python.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return bad
-    if kind is Kind.INTEGER and isinstance(value, float) and not value.is_integer():
-        return bad
-    if value != value or value in (float("inf"), float("-inf")):
-        return bad
-    if key.above is not None and not value > key.above:
-        return bad
-    if key.minimum is not None and value < key.minimum:
-        return bad
-    if key.maximum is not None and value > key.maximum:
-        return bad
-    return None
 
 
 def document_problems(
@@ -582,7 +414,7 @@ def document_problems(
         if table is not None:
             if not isinstance(value, Mapping):
                 problems.append(
-                    config_error(path, name, f"must be a table [{name}], not {_shown(value)}")
+                    config_error(path, name, f"must be a table [{name}], not {shown(value)}")
                 )
                 continue
             problems.extend(_table_problems(path, value, table, also_known))
@@ -597,7 +429,7 @@ def document_problems(
                 config_error(path, name, f"is not a known {kind}{suggest(name, candidates)}")
             )
             continue
-        problem = _value_problem(key, value)
+        problem = value_problem(key, value)
         if problem is not None:
             problems.append(config_error(path, name, problem))
     for table in schema.tables:
@@ -630,7 +462,7 @@ def _table_problems(
                 config_error(path, where, f"is not a known key of [{table.name}]{hint}")
             )
             continue
-        problem = _value_problem(key, value)
+        problem = value_problem(key, value)
         if problem is not None:
             problems.append(config_error(path, where, problem))
     return problems
@@ -666,48 +498,7 @@ def check_document(
         raise problems[0]
 
 
-def convert(key: Key, value: Any, source: Path) -> Any:
-    """A checked value as the config dataclasses hold it: paths resolved against the file's
-    folder, HOST:PORT as ``(host, port)``, lists as tuples, numbers as float or int."""
-    if value is None:
-        return None
-    kind = key.kind
-    if kind is Kind.PATH:
-        path = Path(value)
-        return path if path.is_absolute() else source.parent / path
-    if kind is Kind.HOSTPORT:
-        return _split(value)
-    if kind is Kind.HOSTPORTS:
-        return tuple(_split(v) for v in value)
-    if kind in (Kind.STRINGS, Kind.TOKENS):
-        return tuple(value)
-    if kind is Kind.NUMBER:
-        return float(value)
-    if kind is Kind.INTEGER:
-        return int(value)
-    return value
-
-
-def _split(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 # ----------------------------------------------------------------- the reference page
-
-
-def _default_text(key: Key) -> str:
-    if key.default is REQUIRED:
-        return "required"
-    if key.default is None:
-        return "absent"
-    if isinstance(key.default, bool):
-        return "`true`" if key.default else "`false`"
-    if isinstance(key.default, str):
-        return f'`"{key.default}"`' if key.default else '`""`'
-    if isinstance(key.default, list):
-        return "`[" + ", ".join(f'"{v}"' for v in key.default) + "]`"
-    return f"`{key.default!r}`"
 
 
 def reference_markdown() -> str:
@@ -732,7 +523,7 @@ def reference_markdown() -> str:
             lines += ["", "| key | value | default | meaning |", "|---|---|---|---|"]
             for key in table.keys:
                 lines.append(
-                    f"| `{key.name}` | {key.expected()} | {_default_text(key)} | {key.doc} |"
+                    f"| `{key.name}` | {key.expected()} | {default_text(key)} | {key.doc} |"
                 )
     return "\n".join(lines) + "\n"
 
