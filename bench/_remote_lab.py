@@ -32,10 +32,11 @@ from roost.guard.remote import CallResult
 from roost.guard.userstore import SqliteUserStore
 from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, certs_from_pem, key_from_pem, key_to_pem
-from roost.pki.tls import server_context
+from roost.pki.tls import client_context, server_context
 from roost.pki.updater import TrustUpdater
 from roost.rendezvous.agent_aio import BrokerAgent
 from roost.rendezvous.paths import UdpMux
+from roost.rendezvous.quic import quic_connect, quic_serve
 from roost.rendezvous.stun import build_binding_request, parse_binding_response
 from tests.helpers.natlab import BROKER_IP, REFLECTOR_IP, NatLab, Side
 
@@ -48,6 +49,7 @@ __all__ = [
     "bulk_handler",
     "delay_inbound",
     "hostport",
+    "loopback_ceiling",
     "mux_on",
     "port_forward",
     "prepare_home",
@@ -273,7 +275,13 @@ async def serve_hub2(home: Path, identifier: str, stop: threading.Event) -> dict
         while not stop.is_set():
             await asyncio.sleep(0.1)
         assert agent.mux is not None
-        return {"received": dict(agent.mux.received), "errors": dict(agent.mux.errors)}
+        return {
+            "received": dict(agent.mux.received),
+            "errors": dict(agent.mux.errors),
+            # Logins whose password the brokered request's check admitted (no second KDF).
+            "logins_ok": guard.counters.logins_ok,
+            "logins_granted": guard.counters.logins_granted,
+        }
     finally:
         await agent.stop()
         await guard.stop()
@@ -367,3 +375,72 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
 def hostport(text: str) -> tuple[str, int]:
     host, port = text.rsplit(":", 1)
     return host, int(port)
+
+
+async def loopback_ceiling(hub: Path, anchors: Sequence[Any], total: int) -> dict[str, float]:
+    """aioquic's own ceiling beside OpenSSL's, with no lab, delay or NAT: ``total`` bytes
+    hub → issuer on 127.0.0.1 with both ends on this one event loop (as the benchmark's
+    in-process hub-2 shares the issuer's process), over the session's QUIC
+    (`roost.rendezvous.quic` on two `UdpMux` sockets) and over TLS 1.3 (asyncio streams,
+    hub-2's certificate). Gives MB/s of wall time and MB per CPU second of this process,
+    the figure that stays meaningful on a loaded machine."""
+    chunk = b"\x00" * 65536
+    der = certs_from_pem((hub / "cert.pem").read_bytes())[0].public_bytes(Encoding.DER)
+    key = key_from_pem((hub / "key.pem").read_bytes())
+    result: dict[str, float] = {}
+
+    async def measure(name: str, sender: Any, reader: Any) -> None:
+        async def send() -> None:
+            for _ in range(total // len(chunk)):
+                sender.write(chunk)
+                await sender.drain()
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        sending = asyncio.ensure_future(send())
+        got = await read_all(reader, total)
+        await sending
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if got != total:
+            raise RuntimeError(f"{name} gave {got} bytes")
+        result[f"loopback_{name}_mb_per_s"] = round(total / wall / 1e6, 2)
+        result[f"loopback_{name}_mb_per_cpu_s"] = round(total / cpu / 1e6, 2)
+
+    a = await UdpMux.open(("127.0.0.1", 0))
+    b = await UdpMux.open(("127.0.0.1", 0))
+    try:
+        serving = asyncio.ensure_future(
+            quic_serve(a.path_to(b.local_address), certificate_der=der, private_key=key)
+        )
+        client = await quic_connect(b.path_to(a.local_address), verify_server=lambda c: None)
+        server = await serving
+        reader, writer = client.stream()
+        writer.write(b"go")
+        server_reader, server_writer = await server.accept_stream()
+        await server_reader.read(2)
+        await measure("quic", server_writer, reader)
+        client.close()
+        server.close()
+    finally:
+        a.close()
+        b.close()
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    listener = await asyncio.start_server(
+        on_client, "127.0.0.1", 0, ssl=server_context(hub / "cert.pem", hub / "key.pem")
+    )
+    port = listener.sockets[0].getsockname()[1]
+    context = client_context(list(anchors))
+    context.check_hostname = False
+    tls_reader, tls_writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    sender = await accepted.get()
+    try:
+        await measure("tls", sender, tls_reader)
+    finally:
+        for writer in (sender, tls_writer):
+            writer.close()
+        listener.close()
+        await listener.wait_closed()
+    return result

@@ -222,25 +222,61 @@ class _Counting(asyncio.DatagramProtocol):
         self.count += 1
 
 
-def _raw_main(conn: multiprocessing.connection.Connection) -> None:
+class _Answering:
+    """The broker's own receive shape (batches of 64 off a non-blocking socket, see
+    broker_aio) doing no work but a 19-byte answer per datagram, RACK's size: the ceiling
+    of a request/answer service in this process, since on loopback each send pays the
+    receiver's side of the kernel too."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.count = 0
+        self._sock = sock
+
+    def readable(self) -> None:
+        receive, send = self._sock.recvfrom, self._sock.sendto
+        answer = b"RACK" + bytes(15)
+        for _ in range(64):
+            try:
+                _, addr = receive(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            with contextlib.suppress(OSError):
+                send(answer, addr)
+            self.count += 1
+
+
+def _raw_main(conn: multiprocessing.connection.Connection, mode: str = "count") -> None:
     import uvloop
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        protocol = _Counting()
-        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, local_addr=(_HOST, 0))
-        conn.send(transport.get_extra_info("sockname")[1])
+        counter: _Counting | _Answering
+        if mode == "count":
+            counter = protocol = _Counting()
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: protocol, local_addr=(_HOST, 0)
+            )
+            conn.send(transport.get_extra_info("sockname")[1])
+            close = transport.close
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind((_HOST, 0))
+            counter = answering = _Answering(sock)
+            loop.add_reader(sock.fileno(), answering.readable)
+            conn.send(sock.getsockname()[1])
+            close = sock.close
         done = asyncio.Event()
 
         def command() -> None:
             if conn.recv() == "count":
-                conn.send(protocol.count)
+                conn.send(counter.count)
             else:
                 done.set()
 
         loop.add_reader(conn.fileno(), command)
         await done.wait()
-        transport.close()
+        close()
 
     uvloop.run(serve())
 
@@ -497,12 +533,16 @@ def _run(args: argparse.Namespace, home: Path, result: dict[str, Any], cleanup: 
     sender = context.Process(target=_sender_main, args=(sender_child,), daemon=True)
     raw_conn, raw_child = context.Pipe()
     raw = context.Process(target=_raw_main, args=(raw_child,), daemon=True)
+    echo_conn, echo_child = context.Pipe()
+    echo = context.Process(target=_raw_main, args=(echo_child, "answer"), daemon=True)
     sender.start()
     raw.start()
-    cleanup.extend([sender, raw])
-    if not raw_conn.poll(10):
+    echo.start()
+    cleanup.extend([sender, raw, echo])
+    if not raw_conn.poll(10) or not echo_conn.poll(10):
         raise TimeoutError("raw receiver did not start")
     raw_port = raw_conn.recv()
+    echo_port = echo_conn.recv()
 
     make_home(home / "home", hubs=1, devices=0, loopback=True)
     home = home / "home"
@@ -553,20 +593,23 @@ def _run(args: argparse.Namespace, home: Path, result: dict[str, Any], cleanup: 
     before = fetch_broker_status(api_host, api_port)
     result["registry_size"] = before["registry_size"]
 
-    cases = ["raw", "broker", "broker_stun", "coturn_stun"]
+    cases = ["raw", "raw_answer", "broker", "broker_stun", "coturn_stun"]
     totals: dict[str, list[float]] = {c: [0.0, 0.0, 0.0, 0.0] for c in cases}  # n, s, sent, cpu
     rounds: dict[str, list[float]] = {c: [] for c in cases}
     seconds = args.seconds
     timeout = seconds + 30
     for r in range(args.rounds):
         # Rotate the order each round so outside load falls on every case alike.
-        for case in cases[r % 4 :] + cases[: r % 4]:
-            if case == "raw":
-                c0 = _ask(raw_conn, "count", 5)
-                cpu0 = cpu_seconds(raw.pid)
-                sent, elapsed = _ask(sender_conn, ("pool", raw_port, seconds), timeout)
-                n = _ask(raw_conn, "count", 5) - c0
-                cpu = cpu_seconds(raw.pid) - cpu0
+        for case in cases[r % len(cases) :] + cases[: r % len(cases)]:
+            if case in ("raw", "raw_answer"):
+                conn, child, port = (
+                    (raw_conn, raw, raw_port) if case == "raw" else (echo_conn, echo, echo_port)
+                )
+                c0 = _ask(conn, "count", 5)
+                cpu0 = cpu_seconds(child.pid)
+                sent, elapsed = _ask(sender_conn, ("pool", port, seconds), timeout)
+                n = _ask(conn, "count", 5) - c0
+                cpu = cpu_seconds(child.pid) - cpu0
             elif case == "broker":
                 s0 = fetch_broker_status(api_host, api_port)["counters"]["registrations"]
                 cpu0 = cpu_seconds(broker.pid)
@@ -599,6 +642,9 @@ def _run(args: argparse.Namespace, home: Path, result: dict[str, Any], cleanup: 
             "registrations_per_s": round(rate["broker"], 1),
             "raw_udp_recv_per_s": round(rate["raw"], 1),
             "registrations_vs_raw_udp": round(rate["broker"] / rate["raw"], 3),
+            "raw_udp_answer_per_s": round(rate["raw_answer"], 1),
+            "registrations_vs_raw_answer": round(rate["broker"] / rate["raw_answer"], 3),
+            "raw_udp_answer_per_cpu_s": round(per_cpu["raw_answer"], 1),
             "stun_per_s": round(rate["broker_stun"], 1),
             "coturn_stun_per_s": round(rate["coturn_stun"], 1),
             "stun_vs_coturn": round(rate["broker_stun"] / rate["coturn_stun"], 3),
@@ -650,6 +696,8 @@ def _table(result: dict[str, Any]) -> Table:
     row("raw UDP receive /s (counting protocol, same datagrams)", "raw_udp_recv_per_s")
     row("registrations / raw UDP", "registrations_vs_raw_udp", "{:.3f}", "≥ 0.5")
     row("  same, per CPU second of each receiver", "registrations_vs_raw_udp_per_cpu", "{:.3f}")
+    row("raw UDP receive + 19-byte answer /s (broker's read loop)", "raw_udp_answer_per_s")
+    row("registrations / raw receive + answer", "registrations_vs_raw_answer", "{:.3f}")
     row("STUN Binding answers /s, broker", "stun_per_s")
     row("STUN Binding answers /s, coturn (-m 0)", "coturn_stun_per_s")
     row("broker / coturn", "stun_vs_coturn", "{:.3f}", "≥ 0.5")

@@ -7,6 +7,7 @@ naming the file and the key (reason ``missing`` when the file itself is absent).
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
@@ -24,6 +25,9 @@ from roost.config_schema import (
     check_document,
     convert,
 )
+from roost.device.source_health import SourceHealthConfig
+from roost.device.sources import CameraSettings, SourceKind, parse_source
+from roost.dnssd.aio import DnsSdSettings
 from roost.errors import ConfigError
 from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
@@ -35,9 +39,13 @@ __all__ = [
     "AnnounceSettings",
     "BrokerConfig",
     "BrokerLink",
+    "CameraSettings",
+    "DashboardSettings",
     "DeviceConfig",
+    "DnsSdSettings",
     "HubConfig",
     "broker_limits_table",
+    "camera_table",
     "connection_table",
     "load_broker_config",
     "load_device_config",
@@ -53,6 +61,8 @@ _ANNOUNCE = AnnounceConfig()
 _UDP = UdpConfig()
 _REDIRECT = RedirectConfig()
 _BROKER = BrokerCoreConfig()
+_CAMERA = CameraSettings()
+_SOURCE_HEALTH = SourceHealthConfig()
 # Section 5: the broker's UDP port (STUN's 3478) and its TLS port.
 BROKER_UDP_PORT = 3478
 BROKER_TLS_PORT = 7443
@@ -93,6 +103,41 @@ class AnnounceSettings:
 
 # The agent's UDP bind when ``local`` is left out: every address, a port the system picks.
 BROKER_LOCAL_DEFAULT = "0.0.0.0:0"
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardSettings:
+    """``[dashboard]``: the home's web app (docs/dashboard.md). The limits' defaults are
+    ``roost.hub.websession.WebSessionConfig``'s and ``roost.hub.eventlog``'s."""
+
+    listen: tuple[str, int]
+    # Plain HTTP instead of TLS with the hub's certificate: only on a loopback address.
+    plain_http: bool = False
+    idle_s: float = 15 * 60.0
+    absolute_s: float = 12 * 3600.0
+    event_max_rows: int = 100_000
+    event_max_days: float = 30.0
+
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _dashboard(doc: _Table) -> DashboardSettings | None:
+    if not doc.has("dashboard"):
+        return None
+    section = doc.table("dashboard")
+    listen = section.hostport("listen", "127.0.0.1:8443")
+    plain = section.boolean("plain_http", False)
+    if plain and listen[0] not in _LOOPBACK_HOSTS:
+        raise section.error("plain_http", "is allowed only when listen is a loopback address")
+    return DashboardSettings(
+        listen=listen,
+        plain_http=plain,
+        idle_s=section.number("idle_minutes", 15.0, minimum=0.1) * 60.0,
+        absolute_s=section.number("absolute_hours", 12.0, minimum=0.01) * 3600.0,
+        event_max_rows=section.integer("event_max_rows", 100_000, minimum=100),
+        event_max_days=section.number("event_max_days", 30.0, minimum=0.01),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +193,15 @@ class HubConfig:
     remote: tuple[str, int] | None = None
     # The agent's link to a broker (``[broker]``); None: the hub is not reachable that way.
     broker: BrokerLink | None = None
+    # DNS-SD (``[dns_sd]``): publish this hub as ``_roost._tcp`` and browse for others.
+    dns_sd: DnsSdSettings = field(default_factory=DnsSdSettings)
     source: Path | None = None
+    # The home's web app (``[dashboard]``); None: no dashboard on this hub.
+    dashboard: DashboardSettings | None = None
+    # A file holding the bearer token ``/api/status`` and ``/metrics`` then require on the
+    # admin address (``api``); None: the admin address answers anyone who can reach it, so
+    # it belongs on loopback (the default).
+    api_token_file: Path | None = None
     # Refused channels and announcements are logged at most once per source host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
     refusal_log_interval: float = _ANNOUNCE.refusal_log_interval
@@ -183,6 +236,10 @@ class DeviceConfig:
     backoff_max: float = 5.0
     drain_timeout: float = 2.0
     hubs: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    # Where frames come from (``[camera]``); ``source`` below is the config file itself.
+    camera: CameraSettings = field(default_factory=CameraSettings)
+    # DNS-SD (``[dns_sd]``): browse for hubs, as candidates besides announcements.
+    dns_sd: DnsSdSettings = field(default_factory=DnsSdSettings)
     source: Path | None = None
     # Refused redirects and failed connections are logged at most once per hub host per
     # this many seconds (PROTOCOL.md preamble); every one is still counted.
@@ -211,6 +268,21 @@ _CONNECTION_KEYS = ("min_dwell", "backoff_initial", "backoff_max", "drain_timeou
 def connection_table() -> dict[str, object]:
     """The ``[connection]`` table of a device config, at its defaults (for `roost init`)."""
     return {key: _field_default(DeviceConfig, key) for key in _CONNECTION_KEYS}
+
+
+def camera_table() -> dict[str, object]:
+    """The ``[camera]`` table of a device config, at its defaults (for `roost init`)."""
+    return {
+        "source": _CAMERA.source,
+        "quality": _CAMERA.quality,
+        "loop": _CAMERA.loop,
+        "rtsp_transport": _CAMERA.rtsp_transport,
+        "open_timeout": _CAMERA.open_timeout,
+        "retry_initial": _SOURCE_HEALTH.retry_initial,
+        "retry_max": _SOURCE_HEALTH.retry_max,
+        "stall_timeout": _SOURCE_HEALTH.stall_timeout,
+        "stable_after": _SOURCE_HEALTH.stable_after,
+    }
 
 
 def redirect_table() -> dict[str, object]:
@@ -417,10 +489,74 @@ def _name(doc: _Table, path: Path) -> str:
     return str(doc.value("name")) or path.stem
 
 
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _dns_sd(doc: _Table, default_on: bool, interfaces: Sequence[str]) -> DnsSdSettings:
+    """The ``[dns_sd]`` table; left out, DNS-SD is on where the node has a LAN to use."""
+    section = doc.table("dns_sd")
+    enabled = section.boolean("enabled", default_on)
+    chosen = section.strings("interfaces", tuple(interfaces))
+    for address in chosen:
+        try:
+            socket.inet_aton(address)
+        except OSError as exc:
+            raise section.error("interfaces", f"holds {address!r}, not an IPv4 address") from exc
+    return DnsSdSettings(enabled=enabled, interfaces=chosen)
+
+
+def _hub_dns_sd(
+    doc: _Table, advertise: tuple[str, int], announce: AnnounceSettings
+) -> DnsSdSettings:
+    # A hub announcing a loopback address is reachable from this machine only: a LAN has
+    # nothing to learn from it. Otherwise it publishes on its announce interfaces, or on
+    # the interface of the address it announces.
+    host = advertise[0]
+    interfaces = announce.udp.interfaces or ((host,) if host not in ("0.0.0.0", "") else ())
+    return _dns_sd(doc, not _is_loopback(host), interfaces)
+
+
+def _camera(doc: _Table, width: int, height: int) -> CameraSettings:
+    """The ``[camera]`` table; a relative file path is relative to the config file."""
+    section = doc.table("camera")
+    text = section.string("source", _CAMERA.source)
+    spec = parse_source(text)
+    if spec.kind is SourceKind.FILE:
+        if not text:
+            raise section.error("source", "must name a source")
+        text = str(section.path("source"))
+    if spec.kind is SourceKind.TEST_PATTERN and (width < 16 or height < 16):
+        raise doc.error("width", "and height must be at least 16 for the test pattern")
+    transport = section.string("rtsp_transport", _CAMERA.rtsp_transport)
+    if transport not in ("tcp", "udp"):
+        raise section.error("rtsp_transport", 'must be "tcp" or "udp"')
+    try:
+        health = SourceHealthConfig(
+            retry_initial=section.number("retry_initial", _SOURCE_HEALTH.retry_initial),
+            retry_max=section.number("retry_max", _SOURCE_HEALTH.retry_max),
+            stall_timeout=section.number("stall_timeout", _SOURCE_HEALTH.stall_timeout),
+            stable_after=section.number("stable_after", _SOURCE_HEALTH.stable_after),
+        )
+    except ConfigError as exc:
+        raise section.invalid(f"is invalid: {exc}") from exc
+    return CameraSettings(
+        source=text,
+        quality=section.integer("quality", _CAMERA.quality, minimum=1, maximum=95),
+        loop=section.boolean("loop", _CAMERA.loop),
+        input_format=section.string("format", _CAMERA.input_format),
+        rtsp_transport=transport,
+        open_timeout=section.number("open_timeout", _CAMERA.open_timeout),
+        health=health,
+    )
+
+
 def load_hub_config(path: Path) -> HubConfig:
     """Read a hub's TOML config; a :class:`ConfigError` names the file and the key."""
     doc = _read(path, HUB_SCHEMA)
     listen = doc.value("listen")
+    advertise = doc.value("advertise") or listen
+    announce = _announce(doc)
     redirect = doc.table("redirect")
     config = HubConfig(
         name=_name(doc, path),
@@ -428,17 +564,20 @@ def load_hub_config(path: Path) -> HubConfig:
         cert=doc.value("cert"),
         key=doc.value("key"),
         listen=listen,
-        advertise=doc.value("advertise") or listen,
+        advertise=advertise,
         api=doc.value("api"),
         features=doc.value("features"),
         max_devices=doc.value("max_devices"),
         retention_bytes=int(doc.value("retention_mb") * 1024 * 1024),
-        announce=_announce(doc),
+        announce=announce,
         redirect_batch=redirect.value("batch_size"),
         redirect_spacing=redirect.value("spacing"),
         remote=doc.value("remote"),
         broker=_broker_link(doc),
+        dns_sd=_hub_dns_sd(doc, advertise, announce),
         source=path,
+        dashboard=_dashboard(doc),
+        api_token_file=doc.path("api_token_file") if doc.has("api_token_file") else None,
     )
     _finish(doc)
     return config
@@ -449,22 +588,32 @@ def load_device_config(path: Path) -> DeviceConfig:
     doc = _read(path, DEVICE_SCHEMA)
     conn = doc.table("connection")
     timers = {key: conn.value(key) for key in _CONNECTION_KEYS}
+    width = doc.value("width")
+    height = doc.value("height")
+    announce = _announce(doc)
+    hubs = doc.value("hubs")
+    # Browsing is on by default where a bootstrap list is not given and the device
+    # listens for multicast announcements: it is on a LAN, and DNS-SD may reach hubs whose
+    # announcements do not arrive. A loopback home (unicast peers) does not browse.
+    browse = not hubs and announce.udp.multicast
     config = DeviceConfig(
         name=_name(doc, path),
         state_dir=doc.value("state_dir"),
         cert=doc.value("cert"),
         key=doc.value("key"),
         fps=doc.value("fps"),
-        width=doc.value("width"),
-        height=doc.value("height"),
+        width=width,
+        height=height,
         max_buffer_frames=doc.value("max_buffer_frames"),
         max_buffer_bytes=int(doc.value("max_buffer_mb") * 1024 * 1024),
-        announce=_announce(doc),
+        announce=announce,
         min_dwell=timers["min_dwell"],
         backoff_initial=timers["backoff_initial"],
         backoff_max=timers["backoff_max"],
         drain_timeout=timers["drain_timeout"],
-        hubs=doc.value("hubs"),
+        hubs=hubs,
+        camera=_camera(doc, width, height),
+        dns_sd=_dns_sd(doc, browse, announce.udp.interfaces),
         source=path,
     )
     _finish(doc)

@@ -41,6 +41,8 @@ from roost.config_types import (
     suggest,
     value_problem,
 )
+from roost.device.source_health import SourceHealthConfig
+from roost.device.sources import CameraSettings
 from roost.errors import ConfigError
 from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
@@ -73,6 +75,8 @@ _ANNOUNCE = AnnounceConfig()
 _UDP = UdpConfig()
 _REDIRECT = RedirectConfig()
 _BROKER = BrokerCoreConfig()
+_CAMERA = CameraSettings()
+_HEALTH = SourceHealthConfig()
 
 
 def _identity(node: str) -> tuple[Key, ...]:
@@ -130,6 +134,15 @@ _ANNOUNCE_TABLE = Table(
     doc="Announcements and the election (PROTOCOL.md section 3).",
 )
 
+_DNS_SD_TABLE = Table(
+    "dns_sd",
+    (
+        Key("enabled", Kind.BOOLEAN, None, doc="Default: on unless the node is on loopback only."),
+        Key("interfaces", Kind.STRINGS, None, doc="IPv4 addresses to use (default: announce's)."),
+    ),
+    doc="DNS-SD: hubs publish, devices browse.",
+)
+
 HUB_SCHEMA = Schema(
     "hub",
     (
@@ -181,6 +194,7 @@ HUB_SCHEMA = Schema(
                     above=0,
                     doc="Recordings kept, in MiB (oldest dropped first).",
                 ),
+                Key("api_token_file", Kind.PATH, None, doc="A token file the API requires."),
             ),
         ),
         _ANNOUNCE_TABLE,
@@ -218,6 +232,22 @@ HUB_SCHEMA = Schema(
             doc="The hub's link to a rendezvous broker; absent: not reachable that way.",
             optional=True,
         ),
+        Table(
+            "dashboard",
+            (
+                Key("listen", Kind.HOSTPORT, "127.0.0.1:8443", doc="The web dashboard (HTTPS)."),
+                Key(
+                    "plain_http", Kind.BOOLEAN, False, doc="Plain HTTP, on a loopback listen only."
+                ),
+                Key("idle_minutes", Kind.NUMBER, 15.0, minimum=0.1, doc="Idle session limit."),
+                Key("absolute_hours", Kind.NUMBER, 12.0, minimum=0.01, doc="Session limit."),
+                Key("event_max_rows", Kind.INTEGER, 100_000, minimum=100, doc="Events kept."),
+                Key("event_max_days", Kind.NUMBER, 30.0, minimum=0.01, doc="Days events are kept."),
+            ),
+            doc="The owner's web dashboard (docs/dashboard.md); absent: off.",
+            optional=True,
+        ),
+        _DNS_SD_TABLE,
     ),
     doc="`roost hub run --config FILE`.",
 )
@@ -299,6 +329,66 @@ DEVICE_SCHEMA = Schema(
             ),
             doc="The connection manager's timers (PROTOCOL.md section 4).",
         ),
+        Table(
+            "camera",
+            (
+                Key(
+                    "source",
+                    Kind.STRING,
+                    _CAMERA.source,
+                    doc="test-pattern, a file, a URL, /dev/videoN.",
+                ),
+                Key(
+                    "quality",
+                    Kind.INTEGER,
+                    _CAMERA.quality,
+                    minimum=1,
+                    maximum=95,
+                    doc="JPEG quality.",
+                ),
+                Key("loop", Kind.BOOLEAN, _CAMERA.loop, doc="A video file starts over at its end."),
+                Key(
+                    "format",
+                    Kind.STRING,
+                    _CAMERA.input_format,
+                    doc="FFmpeg input format; empty: probe.",
+                ),
+                Key("rtsp_transport", Kind.STRING, _CAMERA.rtsp_transport, doc='"tcp" or "udp".'),
+                Key(
+                    "open_timeout",
+                    Kind.NUMBER,
+                    _CAMERA.open_timeout,
+                    minimum=0,
+                    doc="Seconds to open.",
+                ),
+                Key(
+                    "retry_initial",
+                    Kind.NUMBER,
+                    _HEALTH.retry_initial,
+                    minimum=0,
+                    doc="First retry, s.",
+                ),
+                Key(
+                    "retry_max", Kind.NUMBER, _HEALTH.retry_max, minimum=0, doc="Longest retry, s."
+                ),
+                Key(
+                    "stall_timeout",
+                    Kind.NUMBER,
+                    _HEALTH.stall_timeout,
+                    minimum=0,
+                    doc="No frame: stalled, s.",
+                ),
+                Key(
+                    "stable_after",
+                    Kind.NUMBER,
+                    _HEALTH.stable_after,
+                    minimum=0,
+                    doc="Back-off resets, s.",
+                ),
+            ),
+            doc='Where frames come from (docs/hub-and-device.md, "Camera sources").',
+        ),
+        _DNS_SD_TABLE,
     ),
     doc="`roost device run --config FILE`.",
 )
@@ -371,10 +461,21 @@ _MARKS: Mapping[str, frozenset[str]] = {
             "redirect",
             "broker",
             "remote",
+            "dashboard",
+            "api_token_file",
         }
     ),
     "device": frozenset(
-        {"fps", "width", "height", "max_buffer_frames", "max_buffer_mb", "hubs", "connection"}
+        {
+            "fps",
+            "width",
+            "height",
+            "max_buffer_frames",
+            "max_buffer_mb",
+            "hubs",
+            "connection",
+            "camera",
+        }
     ),
     "broker": frozenset({"tls", "udp", "interval_s", "max_channels", "limits"}),
 }

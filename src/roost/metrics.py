@@ -196,6 +196,11 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         lambda s: len(s.hubs),
     ),
     gauge(
+        "roost_hub_dns_sd_hubs",
+        "Other hubs DNS-SD found (unverified hints); absent when DNS-SD is off.",
+        lambda s: None if s.dns_sd is None else len(s.dns_sd),
+    ),
+    gauge(
         "roost_hub_is_winner",
         "1 when this hub is the elected hub, else 0.",
         lambda s: 1 if s.is_winner else 0,
@@ -283,6 +288,11 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "roost_hub_remote_logins_ok",
         "Guard logins that succeeded.",
         _remote(lambda r: r.logins_ok),
+    ),
+    counter(
+        "roost_hub_remote_logins_granted",
+        "Guard logins whose password a brokered request had just checked (no second KDF).",
+        _remote(lambda r: r.logins_granted),
     ),
     counter(
         "roost_hub_remote_logins_failed",

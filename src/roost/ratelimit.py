@@ -16,15 +16,43 @@ from collections import OrderedDict
 
 from roost.errors import RefusedError
 
-__all__ = ["SourceRateLimiter"]
+__all__ = ["SourceRateLimiter", "TokenBucket"]
 
 
-class _Bucket:
-    __slots__ = ("tokens", "updated")
+class TokenBucket:
+    """One token bucket: ``rate`` tokens per second, at most ``burst`` banked (a global
+    limit, or one source's entry in a :class:`SourceRateLimiter`)."""
 
-    def __init__(self, tokens: float, updated: float) -> None:
-        self.tokens = tokens
-        self.updated = updated
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float, now: float = 0.0) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("a token bucket needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        """Bank what accrued since the last update (time never runs backwards here)."""
+        elapsed = now - self.updated
+        if elapsed > 0:
+            tokens = self.tokens + elapsed * self.rate
+            self.tokens = tokens if tokens < self.burst else self.burst
+            self.updated = now
+
+    def spend(self, now: float) -> bool:
+        """Take one token if there is one; False when the bucket is empty."""
+        self.refill(now)
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def take(self, now: float) -> None:
+        """Take one token; raises RefusedError("rate-limited") when none is left."""
+        if not self.spend(now):
+            raise RefusedError("rate limit exceeded", reason="rate-limited")
 
 
 class SourceRateLimiter:
@@ -38,15 +66,10 @@ class SourceRateLimiter:
         self._rate = rate
         self._burst = burst
         self._max_sources = max_sources
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-    def _refill(self, bucket: _Bucket, now: float) -> None:
-        elapsed = max(0.0, now - bucket.updated)
-        bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
-        bucket.updated = max(bucket.updated, now)
 
     def take(self, source: str, now: float) -> None:
         """Spend one token for ``source``; raises RefusedError when none is left.
@@ -59,18 +82,16 @@ class SourceRateLimiter:
             bucket = self._admit(source, now)
         else:
             self._buckets.move_to_end(source)
-            self._refill(bucket, now)
-        if bucket.tokens < 1:
+        if not bucket.spend(now):
             raise RefusedError(f"{source} exceeds its rate limit", reason="rate-limited")
-        bucket.tokens -= 1
 
-    def _admit(self, source: str, now: float) -> _Bucket:
+    def _admit(self, source: str, now: float) -> TokenBucket:
         if len(self._buckets) >= self._max_sources:
             oldest_source, oldest = next(iter(self._buckets.items()))
-            self._refill(oldest, now)
+            oldest.refill(now)
             if oldest.tokens < self._burst:
                 raise RefusedError("too many active sources", reason="source-table-full")
             del self._buckets[oldest_source]
-        bucket = _Bucket(self._burst, now)
+        bucket = TokenBucket(self._rate, self._burst, now)
         self._buckets[source] = bucket
         return bucket

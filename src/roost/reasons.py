@@ -104,6 +104,10 @@ class Reason(enum.StrEnum):
     NO_PREPARED = "no-prepared"
     FETCH = "fetch"
     STATUS = "status"
+    CA_EXPIRED = "ca-expired"
+    REVOKED = "revoked"
+    NOT_YET_KNOWN = "not-yet-known"
+    RETIRED = "retired"
     # Guard login and sessions (section 6).
     NO_SUCH_USER = "no-such-user"
     UNKNOWN_USER = "unknown-user"
@@ -136,6 +140,10 @@ class Reason(enum.StrEnum):
     CONNECT = "connect"
     SESSION_IDLE_EXPIRED = "session-idle-expired"
     SESSION_LIFETIME_EXPIRED = "session-lifetime-expired"
+    NO_SESSION = "no-session"
+    BAD_CSRF = "bad-csrf"
+    NO_LOGIN_ATTEMPT = "no-login-attempt"
+    NOT_PEER_HUB = "not-peer-hub"
     # Merkle log and receipts (section 6, tamper evidence).
     NO_LOG = "no-log"
     UNKNOWN_LEAF = "unknown-leaf"
@@ -196,6 +204,12 @@ class Reason(enum.StrEnum):
     IDLE_TIMEOUT = "idle-timeout"
     NOT_BROKER = "not-broker"
     NO_CAMERA = "no-camera"
+    # Camera sources and hub discovery (roost.device.sources, roost.dnssd).
+    SOURCE_UNAVAILABLE = "source-unavailable"
+    SOURCE_LOST = "source-lost"
+    SOURCE_UNDECODABLE = "source-undecodable"
+    SOURCE_STALLED = "source-stalled"
+    BAD_SERVICE_RECORD = "bad-service-record"
     # Persisted state (recorder, spool, authority, trust store, user store).
     MISSING = "missing"
     EXISTS = "exists"
@@ -209,6 +223,8 @@ class Reason(enum.StrEnum):
     USER_EXISTS = "user-exists"
     BAD_ARGS = "bad-args"
     NOT_RUNNING = "not-running"
+    NOT_STATE_DIR = "not-state-dir"
+    INCONSISTENT = "inconsistent"
     # Operating a node (docs/operating.md): one instance per state folder, files of the
     # right role, listeners that can bind.
     IN_USE = "in-use"
@@ -294,6 +310,10 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.NO_PREPARED: "nothing prepared to promote",
     Reason.FETCH: "fetching CA information failed",
     Reason.STATUS: "the download server answered an unexpected HTTP status",
+    Reason.CA_EXPIRED: "a CA generation already expired at the time asked",
+    Reason.REVOKED: "a certificate of a generation a newer CA information revoked",
+    Reason.NOT_YET_KNOWN: "a certificate of a generation the trust store does not hold yet",
+    Reason.RETIRED: "a certificate of a generation the trust store has moved past",
     Reason.NO_SUCH_USER: "no such user",
     Reason.UNKNOWN_USER: "a login for a user that is not registered",
     Reason.BAD_PASSWORD: "the password is wrong",
@@ -325,6 +345,10 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.CONNECT: "the connection could not be opened",
     Reason.SESSION_IDLE_EXPIRED: "the session passed its idle limit; log in again",
     Reason.SESSION_LIFETIME_EXPIRED: "the session passed its absolute limit; log in again",
+    Reason.NO_SESSION: "a dashboard request without a valid session cookie",
+    Reason.BAD_CSRF: "a state-changing dashboard request without the session's CSRF token",
+    Reason.NO_LOGIN_ATTEMPT: "dashboard codes for a login attempt that is unknown or over",
+    Reason.NOT_PEER_HUB: "a peer dashboard request whose certificate is not a hub's",
     Reason.NO_LOG: "the server keeps no log",
     Reason.UNKNOWN_LEAF: "a receipt asked for a leaf the log does not hold",
     Reason.NO_SUCH_LEAF: "no such leaf in the log",
@@ -382,6 +406,11 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.IDLE_TIMEOUT: "a broker connection silent past its idle limit",
     Reason.NOT_BROKER: "a peer that should be the broker presented another role",
     Reason.NO_CAMERA: "the hub has no connected camera to watch",
+    Reason.SOURCE_UNAVAILABLE: "a camera source could not be opened (no file, refused, no device)",
+    Reason.SOURCE_LOST: "a camera stream that was delivering broke or ended",
+    Reason.SOURCE_UNDECODABLE: "a camera source sent data that does not decode as video",
+    Reason.SOURCE_STALLED: "a camera source delivered no frame within its stall timeout",
+    Reason.BAD_SERVICE_RECORD: "a DNS-SD hub record with a missing or malformed field, ignored",
     Reason.MISSING: "a file or directory that should exist does not",
     Reason.EXISTS: "refusing to overwrite what exists",
     Reason.CORRUPT: "stored state does not parse",
@@ -394,6 +423,8 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.USER_EXISTS: "the user already exists",
     Reason.BAD_ARGS: "command arguments out of range",
     Reason.NOT_RUNNING: "the daemon is not running",
+    Reason.NOT_STATE_DIR: "a path that is not the state directory the command works on",
+    Reason.INCONSISTENT: "an authority directory whose files disagree with its table",
     Reason.IN_USE: "another process holds this state folder's lock",
     Reason.WRONG_ROLE: "a config file or certificate of another role (hub, device, broker)",
     Reason.KEY_MISMATCH: "the private key does not belong to the certificate",

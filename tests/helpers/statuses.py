@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from roost.device.status import DeviceCountersView, DeviceStatus
+from roost.device.status import CameraStatus, DeviceCountersView, DeviceStatus
 from roost.hub.status import (
     BrokerAgentStatus,
     HubCountersView,
@@ -16,6 +16,7 @@ from roost.status import TrustSummary
 
 __all__ = [
     "broker_agent_statuses",
+    "camera_statuses",
     "counts",
     "device_statuses",
     "hub_statuses",
@@ -84,6 +85,7 @@ remote_statuses = st.builds(
     refused_busy=totals,
     refused_rate=totals,
     logins_ok=totals,
+    logins_granted=totals,
     logins_failed=totals,
     calls=totals,
     sessions_expired=totals,
@@ -131,6 +133,13 @@ def hub_statuses(draw: st.DrawFn) -> HubStatus:
         remote=draw(st.none() | remote_statuses),
         uptime_s=draw(seconds),
         broker=draw(st.none() | broker_agent_statuses),
+        dns_sd=draw(
+            st.none()
+            | st.lists(
+                st.fixed_dictionaries({"id": hub_ids, "name": text, "endpoint": endpoints}),
+                max_size=3,
+            ).map(tuple)
+        ),
     )
 
 
@@ -146,6 +155,24 @@ device_counters = st.builds(
     announcements_accepted=totals,
     announcements_rejected=counts,
 )
+
+camera_statuses = st.builds(
+    CameraStatus,
+    source=text,
+    kind=st.sampled_from(["test-pattern", "file", "rtsp", "http", "v4l2"]),
+    state=st.sampled_from(["starting", "ok", "failing", "stopped"]),
+    reason=st.none() | reasons,
+    detail=st.none() | text,
+    since=st.none() | seconds,
+    retries=totals,
+    frames=totals,
+    last_frame_at=st.none() | seconds,
+    retry_at=st.none() | seconds,
+    failures=counts,
+)
+dns_sd_hints = st.none() | st.lists(
+    st.fixed_dictionaries({"id": hub_ids, "endpoint": endpoints}), max_size=3
+).map(tuple)
 
 device_statuses = st.builds(
     DeviceStatus,
@@ -163,4 +190,6 @@ device_statuses = st.builds(
     trust=trust_summaries,
     counters=device_counters,
     written_at=seconds,
+    camera=st.none() | camera_statuses,
+    dns_sd=dns_sd_hints,
 )

@@ -120,6 +120,30 @@ class Site:
             cwd=self.base,
         )
 
+    def connect_command(self, *extra: str, password_file: str = "password") -> list[str]:
+        """The argument list of one ``roost connect`` to hub-1 (for concurrent runs)."""
+        return [
+            sys.executable,
+            "-m",
+            "roost",
+            "connect",
+            self.home.hub_id(1),
+            "--broker",
+            self.tls,
+            "--broker-udp",
+            self.udp,
+            "--trust",
+            str(self.base / "owner-trust"),
+            "--user",
+            "owner",
+            "--password-file",
+            str(self.base / password_file),
+            "--card-file",
+            str(self.base / "owner.card"),
+            "--json",
+            *extra,
+        ]
+
     def close(self) -> None:
         self.home.close()
         if self.broker is not None:
@@ -282,6 +306,39 @@ def test_the_relay_limit_has_its_own_code(limited_site: Site) -> None:
     assert "relay limit reached" in done.stderr and "Traceback" not in done.stderr
     counters = (limited_site.broker_status() or {})["counters"]
     assert counters["refusals"].get("relay-limit", 0) >= 1
+
+
+def test_two_owners_connecting_at_once_both_get_direct_sessions(site: Site) -> None:
+    # Two `roost connect` at the same moment: the hub punches for both sessions on its one
+    # socket (each probe goes to its session's puncher), so both go direct and get frames.
+    (site.base / "password").write_text(PASSWORD + "\n")
+    before = site.hub_broker() or {}
+    runs = [
+        subprocess.Popen(
+            site.connect_command("--frames", "3", "--out", f"both-{index}"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=site.base,
+        )
+        for index in (1, 2)
+    ]
+    try:
+        outputs = [run.communicate(timeout=120) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr
+        summary = json.loads(stdout)
+        assert summary["path"] == "direct" and summary["frames"] == 3
+    for index in (1, 2):
+        assert len(_frames(site.base / f"both-{index}")) == 3
+    after = site.hub_broker() or {}
+    assert after["direct"] == before.get("direct", 0) + 2
+    assert after["relayed"] == before.get("relayed", 0)
 
 
 def test_hub_offline_has_its_own_code(site: Site) -> None:

@@ -1,199 +1,209 @@
-"""The hub dashboard rendered by a real browser: headless Chromium against loopback.
+"""The home's web app in a real browser: Debian's Chromium driven by Playwright.
 
-The API is served from the test's own event loop with a real recorder holding JPEG frames
-from the synthetic camera and a fake daemon status. Chromium runs as a subprocess with a
-virtual-time budget, so the page's script has fetched /api/status and built the DOM before
-the screenshot is taken and the DOM is dumped. When CI=true a missing Chromium is a
-failure (tests/conftest.py); elsewhere the test is skipped with the reason.
+One browser for the module and one loopback home (two hubs, three cameras, every hub with
+its dashboard over TLS) in the module's event loop. The tests log in through the form as a
+person would, watch the cameras play, start the better hub and see the handover arrive on
+the open page without a reload, keep using the page of the hub that lost (a bookmark),
+and stop a camera to see its tile go offline. Screenshots are kept under
+``test-artifacts/dashboard/`` (gitignored) for a person to look at.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import shutil
-import struct
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from roost.device.camera import SyntheticCamera
-from roost.httpapi import ApiRunner
-from roost.hub.api import start_api
-from roost.hub.recorder import Recorder
-from roost.hub.status import HubStatus
-from tests.helpers.net import time_unit
+from tests.helpers.dashboard import OWNER, PASSWORD, DashboardHome, dashboard_home
 from tests.helpers.tools import require_tool
+from tests.helpers.waits import scaled
 
-pytestmark = [pytest.mark.real, pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.timeout(180),
+    pytest.mark.asyncio(loop_scope="module"),
+]
 
-CAMERAS = {"ab:EIW6Qe0ARnWrsJZTsHWadA": "porch", "ab:gC3YWhxMRQGZVBboYIEgxw": "garage"}
-OWN_HUB = "hcsp:Qm9vc3RIdWJPbmVfX19fXw"
-PEER_HUB = "hcsp:UGVlckh1YlR3b19fX19fXw"
-# Chromium's first start in a fresh profile can take several seconds on a loaded machine.
-_CHROMIUM_TIMEOUT = 60.0
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass
-class FakeSession:
-    frames_stored: int
-    last_seq: int
-    connected_at: float
-
-
-class FakeHub:
-    """The daemon's reporting surface with a fixed, realistic status."""
-
-    def __init__(self, recorder: Recorder, sessions: dict[str, FakeSession]) -> None:
-        self.recorder = recorder
-        self.sessions = sessions
-
-    def status(self) -> HubStatus:
-        return HubStatus.from_json(self._document())
-
-    def _document(self) -> dict[str, Any]:
-        return {
-            "id": OWN_HUB,
-            "name": "attic",
-            "endpoint": "192.0.2.10:7400",
-            "features": ["jpeg", "night"],
-            "max": 8,
-            "connected": sorted(self.sessions),
-            "winner": PEER_HUB,
-            "hubs": [
-                {
-                    "id": PEER_HUB,
-                    "endpoint": "192.0.2.11:7400",
-                    "features": ["jpeg", "night", "4k"],
-                    "connected": 3,
-                    "max": 16,
-                    "rank": 1,
-                    "self": False,
-                    "last_seen_s_ago": 0.4,
-                },
-                {
-                    "id": OWN_HUB,
-                    "endpoint": "192.0.2.10:7400",
-                    "features": ["jpeg", "night"],
-                    "connected": len(self.sessions),
-                    "max": 8,
-                    "rank": 2,
-                    "self": True,
-                    "last_seen_s_ago": 0.0,
-                },
-            ],
-            "trust": {"current": 1, "prepared": None, "time_floor": "2025-01-01T00:00:00+00:00"},
-            "counters": {
-                "announcements_accepted": 41,
-                "announcements_rejected": {"bad-signature": 3, "<b>stale</b>": 2},
-                "announcements_sent": 17,
-                "own_echoes": 16,
-                "redirects_sent": 5,
-                "frames_stored": 4,
-                "frames_duplicate": 1,
-                "connections_rejected": {"full": 1},
-                "channel_errors": {},
-                "trust_rejected": {},
-            },
-            "uptime_s": 93.5,
-        }
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+_ARGS = [
+    "--headless",
+    "--no-sandbox",  # Tests may run as root, where Chromium refuses its sandbox.
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
-def _chromium() -> str:
-    return require_tool("chromium", "chromium-browser")
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def browser() -> AsyncIterator[Any]:
+    chromium = require_tool("chromium", "chromium-browser")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        instance = await playwright.chromium.launch(executable_path=chromium, args=_ARGS)
+        try:
+            yield instance
+        finally:
+            await instance.close()
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[str]:
-    recorder = Recorder(tmp_path / "recordings", retention_bytes=10_000_000)
-    sessions: dict[str, FakeSession] = {}
-    loop_now = asyncio.get_running_loop().time()
-    for device_id, name in CAMERAS.items():
-        camera = SyntheticCamera(name)
-        for seq in (1, 2):
-            at_ms = 1_700_000_000_000 + seq * 100
-            payload = camera.capture(seq, at_ms)
-            recorder.store(device_id, seq, at_ms, camera.mime, payload, at_ms + 5)
-        sessions[device_id] = FakeSession(frames_stored=2, last_seq=2, connected_at=loop_now - 42)
-    runner: ApiRunner = await start_api(FakeHub(recorder, sessions), "127.0.0.1", 0)
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def home(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DashboardHome]:
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    async with dashboard_home(tmp_path_factory.mktemp("home"), start_hubs=1) as running:
+        yield running
+
+
+async def _shot(page: Any, name: str) -> bytes:
+    data: bytes = await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    return data
+
+
+async def _fill_password(page: Any, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for_selector("#password-form", state="visible")
+    await page.fill("#user", OWNER)
+    await page.fill("#password", PASSWORD)
+    await page.click("#next")
+    await page.wait_for_selector("#codes-form", state="visible")
+
+
+async def _log_in(page: Any, home: DashboardHome, url: str) -> None:
+    await _fill_password(page, url)
+    inputs = await page.query_selector_all("#codes input")
+    for field in inputs:
+        label = await field.get_attribute("data-label")
+        await field.fill(home.card.code_for(label))
+    await page.click("#login")
+    await page.wait_for_selector("#cameras .tile", timeout=scaled(10) * 1000)
+
+
+async def _tile_images(page: Any) -> dict[str, bytes]:
+    """Each live tile's picture as rendered now, by camera."""
+    shots = {}
+    for tile in await page.query_selector_all("#cameras .tile.live"):
+        camera = await tile.get_attribute("data-camera")
+        image = await tile.query_selector("img")
+        shots[camera] = await image.screenshot()
+    return shots
+
+
+async def _wait_playing(page: Any, count: int) -> None:
+    # naturalWidth > 0 once the first part of the multipart stream has been decoded.
+    await page.wait_for_function(
+        f"""() => Array.from(document.querySelectorAll('#cameras .tile.live img'))
+              .filter((img) => img.naturalWidth > 0).length >= {count}""",
+        timeout=scaled(15) * 1000,
+    )
+
+
+async def _assert_pictures_change(page: Any, cameras: int) -> None:
+    first = await _tile_images(page)
+    deadline = time.monotonic() + scaled(6)
+    changed: set[str] = set()
+    while time.monotonic() < deadline and len(changed) < cameras:
+        await asyncio.sleep(0.4)
+        later = await _tile_images(page)
+        changed |= {camera for camera, shot in later.items() if shot != first.get(camera)}
+    assert len(first) == cameras and len(changed) == cameras, (len(first), changed)
+
+
+async def test_the_login_page_appears_and_a_wrong_code_is_refused(
+    browser: Any, home: DashboardHome
+) -> None:
+    context = await browser.new_context(ignore_https_errors=True)
     try:
-        yield f"http://127.0.0.1:{runner.bound_port}/"
+        page = await context.new_page()
+        response = await page.goto(home.url(0))
+        assert response.status == 401  # the page is the login form, not the home
+        assert await page.is_visible("#password-form")
+        assert await page.query_selector("#cameras") is None
+        await _shot(page, "01-login")
+        await _fill_password(page, home.url(0))
+        await _shot(page, "02-codes")
+        for field in await page.query_selector_all("#codes input"):
+            code = home.card.code_for(await field.get_attribute("data-label"))
+            await field.fill(("3" if code[0] == "2" else "2") + code[1:])
+        async with page.expect_response(lambda r: r.url.endswith("/login/codes")) as answer:
+            await page.click("#login")
+        assert (await answer.value).status == 401
+        await page.wait_for_selector("#message:not(:empty)")
+        assert "Login refused" in await page.inner_text("#message")
+        assert await page.query_selector("#cameras") is None
+        cookies = {c["name"] for c in await context.cookies()}
+        assert "roost_session" not in cookies
+        await _shot(page, "03-refused")
     finally:
-        await runner.cleanup()
-        recorder.close()
+        await context.close()
 
 
-async def _run_chromium(binary: str, profile: Path, *args: str) -> bytes:
-    argv = [
-        binary,
-        "--headless",
-        "--no-sandbox",  # Tests may run as root, where Chromium refuses its sandbox.
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
-    # The subprocess is awaited asynchronously so this event loop keeps serving the page.
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def test_live_cameras_follow_a_handover_on_the_bookmarked_page(
+    browser: Any, home: DashboardHome
+) -> None:
+    context = await browser.new_context(
+        ignore_https_errors=True, viewport={"width": 1400, "height": 1000}
     )
     try:
-        stdout, stderr = await asyncio.wait_for(
-            process.communicate(), _CHROMIUM_TIMEOUT * time_unit()
+        page = await context.new_page()
+        await _log_in(page, home, home.url(0))
+        session = next(c for c in await context.cookies() if c["name"] == "roost_session")
+        assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"
+
+        # Three cameras play: each picture changes between two looks.
+        await _wait_playing(page, 3)
+        await _shot(page, "04-home-live")
+        await _assert_pictures_change(page, 3)
+        await _shot(page, "05-home-live-later")
+
+        # The better hub starts: the election moves, and the open page shows it without a
+        # reload (pushed over Server-Sent Events).
+        navigations: list[str] = []
+        page.on("framenavigated", lambda frame: navigations.append(frame.url))
+        hub_two = await home.start_hub(1)
+        started = time.monotonic()
+        await page.wait_for_selector(
+            f'#hubs tr.elected[data-hub="{hub_two.identifier}"]', timeout=scaled(15) * 1000
         )
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
-    return stdout
+        await page.wait_for_selector(
+            '#events .event[data-kind="handover"]', timeout=scaled(5) * 1000
+        )
+        assert navigations == [], "the page reloaded"
+        handover_seen_s = time.monotonic() - started
 
+        # The page bookmarked on hub-1 keeps showing every camera, now streaming to hub-2
+        # and passed through hub-1 over the peer link.
+        await page.wait_for_function(
+            """() => Array.from(document.querySelectorAll('#cameras .tile.live'))
+                  .filter((t) => t.textContent.includes('streaming to hub-2')).length === 3""",
+            timeout=scaled(20) * 1000,
+        )
+        await _wait_playing(page, 3)
+        await _assert_pictures_change(page, 3)
+        await _shot(page, "06-after-handover-on-hub-1")
+        timeline = await page.inner_text("#events")
+        assert "handover: the elected hub is now " + hub_two.identifier in timeline
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    assert data.startswith(_PNG_SIGNATURE)
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
-async def test_dashboard_renders_devices_hubs_and_counters(served: str, tmp_path: Path) -> None:
-    chromium = _chromium()
-    screenshot = tmp_path / "dashboard.png"
-    common = ["--hide-scrollbars", "--window-size=1280,1100", "--virtual-time-budget=3000"]
-
-    await _run_chromium(
-        chromium, tmp_path / "profile-shot", *common, f"--screenshot={screenshot}", served
-    )
-    png = screenshot.read_bytes()
-    # A person reviewing the design can ask for a copy of the screenshot.
-    keep = os.environ.get("ROOST_KEEP_SCREENSHOT")
-    if keep:
-        shutil.copy(screenshot, keep)
-    assert _png_size(png) == (1280, 1100)
-    # A blank page compresses to a few kilobytes; two camera frames and tables do not.
-    assert len(png) > 40_000
-
-    dom = await _run_chromium(chromium, tmp_path / "profile-dom", *common, "--dump-dom", served)
-    page = dom.decode()
-    for device_id in CAMERAS:
-        assert f'data-device="{device_id}"' in page
-        assert f"/api/devices/{device_id.replace(':', '%3A')}/latest.jpg?t=" in page
-    assert page.count('class="frame has-frame"') == len(CAMERAS), "frames did not load"
-    assert '<tr class="winner">' in page
-    assert PEER_HUB in page and "★ WINNER" in page and "THIS HUB" in page
-    assert 'data-counter="frames_stored"' in page
-    # Reasons are inserted as text, so markup in a reason shows up escaped.
-    assert "&lt;b&gt;stale&lt;/b&gt;" in page and "<b>stale</b>" not in page
-    assert '<span class="pill good" id="link">Live</span>' in page
+        # A camera stops: its tile stays, as an offline tile with when it was last seen.
+        stopped = home.devices[2]
+        await stopped.stop()
+        camera_id = stopped.identifier
+        await page.wait_for_selector(
+            f'#cameras .tile.offline[data-camera="{camera_id}"]', timeout=scaled(15) * 1000
+        )
+        tile_text = await page.inner_text(f'#cameras .tile[data-camera="{camera_id}"]')
+        assert "OFFLINE" in tile_text and "last seen" in tile_text
+        assert len(await page.query_selector_all("#cameras .tile")) == 3
+        await _shot(page, "07-camera-offline")
+        print(f"handover shown on the page {handover_seen_s:.2f} s after hub-2 started")
+    finally:
+        await context.close()

@@ -35,6 +35,10 @@ def test_demo_runs_and_accounts_for_every_frame(tmp_path: Path) -> None:
     out = " ".join(result.stdout.split())
     assert "Every frame accounted for" in out
     assert "rejected (chain)" in out
+    # The demo says where hub A's dashboard is and how to log in to it.
+    assert re.search(r"Hub A's dashboard: https://127\.0\.0\.1:\d+/", out), out
+    assert "Log in as owner, password demo owner password" in out
+    assert (tmp_path / "act-2" / "owner-card.txt").read_text().count("\n") >= 3
     # Act 3: the remote viewer reached hub A through the broker and saved live frames.
     assert "act 3: a remote viewer through the broker" in out
     assert re.search(r"then path (direct|relay) \(started on (direct|relay)\)", out), out

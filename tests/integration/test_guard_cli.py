@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from roost.cli.exitcodes import ExitCode
@@ -18,9 +20,29 @@ from roost.guard.card import ALPHABET
 from roost.guard.challenge import LoginClient, LoginServer
 from roost.guard.log import SqliteMerkleLog
 from roost.guard.userstore import SqliteUserStore
+from roost.pki.authority import Authority
+from roost.pki.cainfo import decode_cainfo
+from roost.pki.trust import TrustState
+from roost.pki.truststore import save_state
 
 FAST = ["--password-cost", "4", "--code-cost", "4"]
+CA_T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CODE = re.compile(r"(\d\d): ([" + ALPHABET + r"]{4})-([" + ALPHABET + r"]{4})")
+
+
+@pytest.fixture(scope="module")
+def ca_info(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    authority = Authority.init(
+        tmp_path_factory.mktemp("ca") / "ca", "https://127.0.0.1:1/ca/", CA_T0
+    )
+    return authority.ca_info_bytes(1)
+
+
+@pytest.fixture(autouse=True)
+def hub_state_dir(tmp_path: Path, ca_info: bytes) -> Path:
+    """`roost user` works on a hub's state directory, which holds the hub's trust store."""
+    save_state(tmp_path / "trust", TrustState.provision(decode_cainfo(ca_info)))
+    return tmp_path
 
 
 def _card(text: str) -> dict[str, str]:
@@ -46,8 +68,13 @@ def test_user_add_prints_the_card_once_and_it_logs_in(tmp_path: Path) -> None:
     raw = (tmp_path / "users.sqlite3").read_bytes()
     assert b"s3cret" not in raw and not any(code.encode() in raw for code in card.values())
 
-    listed = runner.invoke(user, ["list", str(tmp_path)])
-    assert listed.exit_code == 0 and re.search(r"alice\s+20\s+1\s+0", listed.output)
+    listed = runner.invoke(user, ["list", str(tmp_path), "--json"])
+    assert listed.exit_code == 0
+    assert json.loads(listed.output) == [
+        {"user": "alice", "pairs": 20, "counter": 1, "failures": 0, "locked_until": None}
+    ]
+    human = runner.invoke(user, ["list", str(tmp_path)])
+    assert re.search(r"alice\W+20\W+1\W+0\W+no", human.output), human.output
 
 
 def test_user_add_refuses_existing_and_mismatched_passwords(tmp_path: Path) -> None:

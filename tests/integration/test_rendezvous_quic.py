@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -21,7 +21,7 @@ from roost.guard.remote import CallResult
 from roost.guard.suites import KdfParams
 from roost.guard.userstore import MemoryUserStore, make_user
 from roost.pki.certs import Role
-from roost.rendezvous.control import decode_relay
+from roost.rendezvous.control import MAX_RELAY_PAYLOAD, decode_relay
 from roost.rendezvous.paths import DatagramHandler, RelayPath, UdpMux
 from roost.rendezvous.quic import QuicSession, quic_connect, quic_serve, verify_target
 from tests.helpers.pki import EPOCH, Node, TestCA
@@ -338,11 +338,13 @@ class FakeBroker:
 
     sides: dict[str, RelayPath] = field(default_factory=dict)
     records: int = 0
+    largest: int = 0
 
     def sender(self, to: str) -> Callable[[bytes], None]:
         def send_record(body: bytes) -> None:
             record = decode_relay(body)
             self.records += 1
+            self.largest = max(self.largest, len(record.payload))
             asyncio.get_running_loop().call_soon(self.sides[to].feed, record.payload)
 
         return send_record
@@ -377,6 +379,16 @@ async def test_relay_then_direct_takeover_keeps_the_stream(ca: TestCA, hub: Node
         first = await read_exactly(server_reader, 10_000)
         relayed = broker.records
         assert relayed > 0
+        # Inside relay records no path MTU applies: full-size records, never above the cap.
+        assert 1200 < broker.largest <= MAX_RELAY_PAYLOAD
+        sizes: list[int] = []
+        send_direct = hub_mux.sendto
+
+        def counted(data: bytes, address: Sequence[object]) -> None:
+            sizes.append(len(data))
+            send_direct(data, address)
+
+        hub_mux.sendto = counted  # type: ignore[method-assign]
         # A direct path comes up: each side switches at its own moment; the hub first,
         # while the issuer is still sending on the relay but already accepts the hub's
         # packets on the direct path.
@@ -407,6 +419,8 @@ async def test_relay_then_direct_takeover_keeps_the_stream(ca: TestCA, hub: Node
         assert await read_exactly(reader, 24) == b"reply on the direct path"
         assert hub_mux.received.get("quic", 0) > 0 and issuer_mux.received.get("quic", 0) > 0
         assert broker.records == records_before
+        # The direct path is back at the size every path carries.
+        assert sizes and max(sizes) <= 1200
         assert server.path.switches == client.path.switches == 1
         assert issuer_mux.received.get("unrouted", 0) == 0
         # The issuer kept the relay until its own switch, and the hub's packets reached it
@@ -426,16 +440,18 @@ async def test_drain_waits_for_acknowledgements_on_a_slow_path(ca: TestCA, hub: 
     )
     try:
         reader, writer = client.stream()
-        writer.write(b"0" * (1024 * 1024))
+        size = 2 * 1024 * 1024
+        writer.write(b"0" * size)
         # Nothing reads on the server yet, but QUIC acknowledges what arrives, so drain
-        # returns once most of the megabyte is through; its wait is on acknowledgements.
+        # returns once at most the high water (1 MiB, the stream window) is still
+        # unacknowledged; its wait is on acknowledgements.
         waited = asyncio.create_task(writer.drain())
         await asyncio.sleep(0)
         assert not waited.done()
         await asyncio.wait_for(waited, TIMEOUT)
-        assert client._unacknowledged(reader.stream_id) <= 256 * 1024
+        assert client._unacknowledged(reader.stream_id) <= 1024 * 1024
         server_reader, _ = await asyncio.wait_for(server.accept_stream(), TIMEOUT)
-        assert len(await read_exactly(server_reader, 1024 * 1024)) == 1024 * 1024
+        assert len(await read_exactly(server_reader, size)) == size
     finally:
         client.close()
         server.close()

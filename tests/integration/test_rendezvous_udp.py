@@ -197,6 +197,42 @@ async def test_punching_between_two_sockets_on_loopback() -> None:
         b.close()
 
 
+async def test_one_socket_punches_for_several_sessions_at_once() -> None:
+    # A hub's one socket, two owners punching toward it at the same time: every probe
+    # goes to the driver of its own session, so both find their direct path.
+    hub = await UdpMux.open(LOOPBACK)
+    owners = [await UdpMux.open(LOOPBACK), await UdpMux.open(LOOPBACK)]
+    now = asyncio.get_running_loop().time()
+    drivers: list[PunchDriver] = []
+    try:
+        for session, owner in zip((7, 8), owners, strict=True):
+            drivers.append(
+                PunchDriver(hub, Puncher(session, [owner.local_address], now, now + 3.0))
+            )
+            drivers.append(
+                PunchDriver(owner, Puncher(session, [hub.local_address], now + 0.1, now + 3.0))
+            )
+        found = await asyncio.wait_for(
+            asyncio.gather(*(driver.result() for driver in drivers)), TIMEOUT
+        )
+        assert found == [
+            owners[0].local_address,
+            hub.local_address,
+            owners[1].local_address,
+            hub.local_address,
+        ]
+        assert all(driver.puncher.ignored == {} for driver in drivers)
+        # A driver that closes leaves the other session's probes with their own driver.
+        drivers[0].close()
+        assert hub._probe_handlers.keys() == {8}
+    finally:
+        for driver in drivers:
+            driver.close()
+        hub.close()
+        for owner in owners:
+            owner.close()
+
+
 async def test_punching_fails_at_the_deadline_without_an_answer() -> None:
     a = await UdpMux.open(LOOPBACK)
     try:

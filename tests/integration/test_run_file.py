@@ -30,9 +30,10 @@ def home(tmp_path: Path) -> Iterator[LoopbackHome]:
         built.close()
 
 
-def _hub_status_cli(home: LoopbackHome) -> subprocess.CompletedProcess[str]:
+def _hub_status_cli(home: LoopbackHome, *extra: str) -> subprocess.CompletedProcess[str]:
+    config = str(home.path / "hub-1.toml")
     return subprocess.run(
-        [sys.executable, "-m", "roost", "hub", "status", "--config", str(home.path / "hub-1.toml")],
+        [sys.executable, "-m", "roost", "hub", "status", "--config", config, *extra],
         capture_output=True,
         text=True,
         timeout=30,
@@ -57,9 +58,12 @@ def test_run_file_names_the_bound_ports_and_goes_at_a_clean_stop(home: LoopbackH
     assert status["id"] == home.hub_id(1)
     assert status["endpoint"] == f"127.0.0.1:{state.listen[1]}"
     # `roost hub status --config` finds the API through run.json.
-    shown = _hub_status_cli(home)
+    shown = _hub_status_cli(home, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["endpoint"] == status["endpoint"]
+    human = _hub_status_cli(home)
+    assert human.returncode == 0 and f"Hub hub-1 ({home.hub_id(1)})" in human.stdout
+    assert "None" not in human.stdout
     # A camera that knows no hub port reaches the hub from its verified announcement.
     home.start("device-1")
     home.wait_for("camera streaming to hub-1", lambda: home.devices_on(1), 30)

@@ -53,7 +53,7 @@ def test_update_exit_codes_and_check_promotes(tmp_path: Path) -> None:
             roost("ca", "issue", ca, "--role", "hub", "--out", hub, "--ip", "127.0.0.1").returncode
             == 0
         )
-        checked = roost("trust", "check", dev, "--cert", f"{hub}/cert.pem")
+        checked = roost("trust", "check", dev, "--cert", f"{hub}/cert.pem", "--json")
         doc = json.loads(checked.stdout)
         assert checked.returncode == 0 and doc["verified_by"] == "prepared" and doc["promoted"]
         assert json.loads(roost("trust", "status", dev, "--json").stdout)["current"] == 2

@@ -23,6 +23,8 @@ import roost
 # Modules that must stay pure. Adapters (`aio.py`), daemons, stores and the CLI are not here:
 # they are where the I/O the cores leave out is done.
 CORE_MODULES = (
+    "roost.hub.websession",
+    "roost.hub.events",
     "roost.wire",
     "roost.framing",
     "roost.reasons",
@@ -57,6 +59,8 @@ CORE_MODULES = (
     "roost.channel.hub",
     "roost.channel.device",
     "roost.device.manager",
+    "roost.device.source_health",
+    "roost.dnssd.records",
     "roost.guard.calls",
     "roost.rendezvous.messages",
     "roost.rendezvous.control",

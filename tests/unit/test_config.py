@@ -10,7 +10,10 @@ import pytest
 from roost.config import (
     BROKER_LOCAL_DEFAULT,
     BrokerLink,
+    CameraSettings,
     DeviceConfig,
+    DnsSdSettings,
+    camera_table,
     connection_table,
     load_device_config,
     load_hub_config,
@@ -191,3 +194,108 @@ def test_a_broker_key_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as caught:
         load_hub_config(_hub(tmp_path, broker="127.0.0.1:7443"))
     assert "broker must be a table" in str(caught.value)
+
+
+def test_plain_http_is_refused_off_loopback(tmp_path: Path) -> None:
+    source = tmp_path / "hub.toml"
+    base = 'state_dir = "s"\ncert = "c"\nkey = "k"\nlisten = "127.0.0.1:0"\n[announce]\n'
+    source.write_text(base + '[dashboard]\nlisten = "0.0.0.0:8080"\nplain_http = true\n')
+    with pytest.raises(ConfigError, match="plain_http"):
+        load_hub_config(source)
+    source.write_text(base + '[dashboard]\nlisten = "127.0.0.1:8080"\nplain_http = true\n')
+    settings = load_hub_config(source).dashboard
+    assert settings is not None and settings.plain_http
+    source.write_text(base + "[dashboard]\n")
+    default = load_hub_config(source).dashboard
+    assert default is not None and not default.plain_http
+    assert default.listen == ("127.0.0.1", 8443) and default.idle_s == 900.0
+    source.write_text(base)
+    assert load_hub_config(source).dashboard is None
+
+
+# ----------------------------------------------------------- [camera] and [dns_sd]
+
+
+def test_camera_defaults_to_the_test_pattern_and_old_configs_keep_working(tmp_path: Path) -> None:
+    device = load_device_config(_write(tmp_path, dict(_NODE), "device.toml"))
+    assert device.camera == CameraSettings()
+    assert device.camera.source == "test-pattern"
+    # The top-level `source` is still the config file itself, not the camera.
+    assert device.source == tmp_path / "device.toml"
+
+
+def test_the_camera_table_roost_init_writes_loads_back_to_the_defaults(tmp_path: Path) -> None:
+    doc = {**_NODE, "camera": camera_table()}
+    assert load_device_config(_write(tmp_path, doc, "device.toml")).camera == CameraSettings()
+
+
+def test_camera_table_keys(tmp_path: Path) -> None:
+    camera = {
+        "source": "clips/porch.mp4",
+        "quality": 50,
+        "loop": False,
+        "format": "mp4",
+        "rtsp_transport": "udp",
+        "open_timeout": 2,
+        "retry_initial": 0.1,
+        "retry_max": 3,
+        "stall_timeout": 4,
+        "stable_after": 6,
+    }
+    device = load_device_config(_write(tmp_path, {**_NODE, "camera": camera}, "device.toml"))
+    settings = device.camera
+    assert settings.source == str(tmp_path / "clips/porch.mp4")  # relative to the file
+    assert (settings.quality, settings.loop, settings.input_format) == (50, False, "mp4")
+    assert (settings.rtsp_transport, settings.open_timeout) == ("udp", 2.0)
+    health = settings.health
+    assert (health.retry_initial, health.retry_max, health.stall_timeout) == (0.1, 3.0, 4.0)
+    assert health.stable_after == 6.0
+    url = "rtsp://cam:secret@192.0.2.9/stream"
+    device = load_device_config(_write(tmp_path, {**_NODE, "camera": {"source": url}}, "d2.toml"))
+    assert (
+        device.camera.source == url
+        and device.camera.spec.display == "rtsp://cam:***@192.0.2.9/stream"
+    )
+
+
+@pytest.mark.parametrize(
+    ("camera", "key"),
+    [
+        ({"source": 5}, "camera.source"),
+        ({"source": ""}, "camera.source"),
+        ({"quality": 0}, "camera.quality"),
+        ({"rtsp_transport": "sctp"}, "camera.rtsp_transport"),
+        ({"retry_initial": 9, "retry_max": 1}, "[camera]"),
+        ({"stall_timeout": 0}, "[camera]"),
+    ],
+)
+def test_invalid_camera_keys_name_the_key(
+    tmp_path: Path, camera: dict[str, object], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_device_config(_write(tmp_path, {**_NODE, "camera": camera}, "device.toml"))
+
+
+def test_dns_sd_defaults_follow_where_the_node_is(tmp_path: Path) -> None:
+    # A device listening for multicast without a bootstrap list browses, on its interfaces.
+    lan = {**_NODE, "announce": {"multicast": True, "interfaces": ["10.0.0.7"]}}
+    device = load_device_config(_write(tmp_path, lan, "lan.toml"))
+    assert device.dns_sd == DnsSdSettings(enabled=True, interfaces=("10.0.0.7",))
+    with_list = {**lan, "hubs": ["10.0.0.5:17320"]}
+    assert not load_device_config(_write(tmp_path, with_list, "list.toml")).dns_sd.enabled
+    unicast = {**_NODE, "announce": {"multicast": False, "peers": ["127.0.0.1:9"]}}
+    assert not load_device_config(_write(tmp_path, unicast, "uni.toml")).dns_sd.enabled
+    forced = {**unicast, "dns_sd": {"enabled": True, "interfaces": ["10.0.0.8"]}}
+    assert load_device_config(_write(tmp_path, forced, "forced.toml")).dns_sd.interfaces == (
+        "10.0.0.8",
+    )
+    # A hub publishes unless it announces a loopback address; on that address's interface.
+    hub = load_hub_config(_hub(tmp_path, advertise="10.0.0.5:17320"))
+    assert hub.dns_sd == DnsSdSettings(enabled=True, interfaces=("10.0.0.5",))
+    assert not load_hub_config(_hub(tmp_path, advertise="127.0.0.1:0")).dns_sd.enabled
+
+
+def test_dns_sd_interfaces_must_be_ipv4_addresses(tmp_path: Path) -> None:
+    bad = {**_NODE, "dns_sd": {"interfaces": ["eth0"]}}
+    with pytest.raises(ConfigError, match=r"dns_sd\.interfaces"):
+        load_device_config(_write(tmp_path, bad, "device.toml"))

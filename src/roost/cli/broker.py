@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.human import print_fields, print_table, relative
 from roost.cli.logsetup import configure_logging, log_options
 from roost.cli.preflight import check_identity, check_listeners, lock_state_folder
 from roost.config import BrokerConfig, load_broker_config
@@ -18,7 +19,7 @@ from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
 from roost.rendezvous.broker_aio import BrokerDaemon
 
-__all__ = ["broker", "build_broker_daemon"]
+__all__ = ["broker", "build_broker_daemon", "print_broker_status"]
 
 
 def build_broker_daemon(config: BrokerConfig, trust: TrustUpdater) -> BrokerDaemon:
@@ -104,4 +105,33 @@ def broker_status(config_file: Path, as_json: bool) -> None:
     if as_json:
         echo_json(doc)
         return
-    click.echo(json.dumps(doc, indent=2))
+    print_broker_status(doc)
+
+
+def print_broker_status(doc: dict[str, Any]) -> None:
+    """The broker's status document as a person reads it."""
+    uptime = float(doc.get("uptime_s") or 0)
+    print_fields(
+        f"Broker {doc.get('name')}",
+        [
+            ("UDP", doc.get("udp")),
+            ("TLS", doc.get("tls")),
+            ("up for", relative(0.0, uptime).removesuffix(" ago")),
+            ("hubs registered", doc.get("registry_size")),
+            ("control channels", doc.get("channels")),
+            ("sessions", f"{doc.get('sessions')} ({doc.get('relaying')} relayed)"),
+            ("trust", f"generation {(doc.get('trust') or {}).get('current')}"),
+        ],
+    )
+    counters = doc.get("counters") or {}
+    rows = [
+        (
+            name.replace("_", " "),
+            value
+            if not isinstance(value, dict)
+            else ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "0",
+        )
+        for name, value in counters.items()
+    ]
+    if rows:
+        print_table("Since start", ("counter", "value"), rows)

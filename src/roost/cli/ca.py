@@ -5,23 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 
 import click
 from aiohttp import web
 
-from roost.cli.common import RoostGroup, at_option, echo_json, fail_cleanly, parse_at
+from roost.cli.common import (
+    RoostGroup,
+    at_option,
+    echo_json,
+    fail_cleanly,
+    now_utc,
+    parse_at,
+)
+from roost.cli.human import absolute, fingerprint, print_fields, print_table, relative
 from roost.cli.logsetup import configure_logging, log_options
 from roost.cli.preflight import lock_state_folder
 from roost.errors import StateError, listening
 from roost.files import atomic_write
+from roost.pki import authority_ops
 from roost.pki.authority import Authority
 from roost.pki.cainfo import accept_successor, decode_cainfo
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.download import DownloadServer, download_tls_context
-from roost.pki.schedule import Action, GenerationTimes, plan
+from roost.pki.schedule import Action, TimedStep
 
 __all__ = ["ca", "tick_authority"]
 
@@ -101,6 +109,7 @@ def issue(
     try:
         issued = authority.issue(Role(role), parse_at(at), dns=dns, ips=ips)
     except ValueError as exc:
+        # An IP or DNS name the certificate cannot carry: nothing was written.
         raise click.UsageError(str(exc)) from exc
     atomic_write(out / "key.pem", key_to_pem(issued.key), mode=0o600)
     atomic_write(out / "cert.pem", cert_to_pem(issued.cert))
@@ -111,7 +120,12 @@ def issue(
 @ca.command()
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--revoke-current", is_flag=True, help="CA N is compromised: flag and issue now.")
-@click.option("--rotate-dl-keys", default=0, help="Give N+1 a fresh DL key set of this size.")
+@click.option(
+    "--rotate-dl-keys",
+    default=0,
+    type=click.IntRange(0, 255),
+    help="Give N+1 a fresh DL key set of this size.",
+)
 @at_option
 @fail_cleanly
 def roll(directory: Path, revoke_current: bool, rotate_dl_keys: int, at: str | None) -> None:
@@ -140,37 +154,76 @@ def activate(directory: Path) -> None:
 
 def tick_authority(authority: Authority, at: dt.datetime) -> list[dict[str, object]]:
     """Apply every action the FIG. 5/6 schedule wants at `at`; returns what was done."""
-    done: list[dict[str, object]] = []
-    lead = authority.settings.lead_years * _YEAR
-    for _ in range(64):
-        times = [
-            GenerationTimes(g.generation, g.not_after_time, g.published)
-            for g in authority.settings.generations
-        ]
-        steps = plan(times, authority.settings.active, at, lead)
-        if not steps:
-            break
-        step = steps[0]
-        if step.action is Action.PREPARE:
-            authority.roll(at)
-        elif step.action is Action.ACTIVATE:
-            authority.activate()
-        else:
-            authority.unpublish(step.generation)
-        done.append({"action": step.action.value, "generation": step.generation})
-    return done
+    return [
+        {"action": step.action.value, "generation": step.generation}
+        for step in authority_ops.tick(authority, at)
+    ]
+
+
+def _step_text(step: TimedStep) -> str:
+    verbs = {
+        Action.PREPARE: "prepare generation {}",
+        Action.ACTIVATE: "move issuing to generation {}",
+        Action.UNPUBLISH: "stop publishing generation {} (its download certificate expires)",
+    }
+    return verbs[step.action].format(step.generation)
 
 
 @ca.command()
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @at_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
 @fail_cleanly
-def tick(directory: Path, at: str | None) -> None:
-    """Run the automated operator: prepare, activate and retire on schedule."""
+def tick(directory: Path, at: str | None, as_json: bool) -> None:
+    """Run the automated operator: prepare, activate and retire on schedule.
+
+    A tick long after a step was due applies every missed step at the time it was due, so
+    the authority ends as if it had never been left alone (docs/OPERATIONS.md).
+    """
     _lock(directory, "roost ca tick")
     authority = Authority.load(directory)
-    done = tick_authority(authority, parse_at(at))
-    echo_json({"actions": done, "active": authority.settings.active})
+    when = parse_at(at)
+    steps = authority_ops.tick(authority, when)
+    doc = {
+        "actions": [
+            {"action": s.action.value, "generation": s.generation, "due": s.due.isoformat()}
+            for s in steps
+        ],
+        "active": authority.settings.active,
+    }
+    if as_json:
+        echo_json(doc)
+        return
+    if not steps:
+        click.echo(
+            f"nothing due at {absolute(when)}; issuing from generation {authority.settings.active}"
+        )
+    for step in steps:
+        late = f" (due {absolute(step.due)}, applied then)" if step.due < when else ""
+        click.echo(f"{_step_text(step)}{late}")
+    if steps:
+        click.echo(f"issuing from generation {authority.settings.active}")
+
+
+@ca.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
+@fail_cleanly
+def repair(directory: Path, as_json: bool) -> None:
+    """Check the authority and remove what an interrupted or failed change left behind.
+
+    Nothing listed in authority.json is ever removed; a listed generation with missing or
+    broken files is reported (exit 5) and left for a restore from backup.
+    """
+    _lock(directory, "roost ca repair")
+    authority = Authority.load(directory)
+    fixed = authority_ops.repair(authority)
+    if as_json:
+        echo_json({"removed": fixed, "consistent": True})
+        return
+    for line in fixed:
+        click.echo(f"removed: {line}")
+    click.echo("the authority is consistent" + ("" if fixed else "; nothing to repair"))
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -184,7 +237,9 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
     server = DownloadServer(authority)
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=download_tls_context(authority, generation))
+    site = web.TCPSite(
+        runner, host, port, ssl_context=download_tls_context(authority, generation, now_utc())
+    )
     try:
         with listening("download server", host, port):
             await site.start()
@@ -222,7 +277,7 @@ def serve(
     log_format: str,
     verbose: bool,
 ) -> None:
-    """HTTPS download server publishing every prepared generation."""
+    """HTTPS download server publishing every prepared generation (one log line a request)."""
     configure_logging(log_level, log_format)
     authority = Authority.load(directory)
     host, port = _split_listen(listen)
@@ -266,14 +321,92 @@ def inspect(file: Path, prev: Path | None, as_json: bool) -> None:
         click.echo(f"{key:>16}: {value}")
 
 
+def _status_doc(authority: Authority, now: dt.datetime) -> dict[str, object]:
+    doc = authority.status()
+    rows = doc["generations"]
+    assert isinstance(rows, list)
+    for row in rows:
+        row["fingerprint"] = authority.ca_info(row["generation"]).digest.hex()
+    doc["problems"] = [
+        {"problem": p.message, "repairable": p.repairable} for p in authority_ops.check(authority)
+    ]
+    doc["next"] = [
+        {
+            "action": s.action.value,
+            "generation": s.generation,
+            "due": s.due.isoformat(),
+            "overdue": s.due <= now,
+        }
+        for s in authority_ops.next_steps(authority)
+    ]
+    return doc
+
+
 @ca.command()
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
+@at_option
 @fail_cleanly
-def status(directory: Path, as_json: bool) -> None:
-    """Show generations, the active one, and how much was issued."""
-    doc = Authority.load(directory).status()
+def status(directory: Path, as_json: bool, at: str | None) -> None:
+    """Show generations, the active one, what a tick would do next and when."""
+    authority = Authority.load(directory)
+    now = parse_at(at)
+    doc = _status_doc(authority, now)
     if as_json:
         echo_json(doc)
         return
-    click.echo(json.dumps(doc, indent=2))
+    settings = authority.settings
+    key_count = len(settings.record(settings.newest).dl_keys)
+    print_fields(
+        f"Authority {directory}",
+        [
+            ("issuing from", f"generation {settings.active}"),
+            ("publish URL", settings.publish_url),
+            (
+                "DL keys",
+                f"{settings.dl_threshold} of {key_count} sign each generation",
+            ),
+            ("certificates", f"{doc['issued']} issued"),
+        ],
+    )
+    rows = []
+    for g in settings.generations:
+        start = dt.datetime.fromisoformat(g.not_before)
+        state = (
+            "active"
+            if g.generation == settings.active
+            else ("prepared" if g.generation > settings.active else "retired")
+        )
+        if g.not_after_time <= now:
+            state += ", expired"
+        rows.append(
+            (
+                g.generation,
+                state,
+                f"{absolute(start)} ({relative(start, now)})",
+                f"{absolute(g.not_after_time)} ({relative(g.not_after_time, now)})",
+                "-" if g.generation == 1 else g.published,
+                "yes" if g.revokes_previous else "no",
+                fingerprint(authority.ca_info(g.generation).digest)[:39],
+            )
+        )
+    print_table(
+        "Generations",
+        (
+            "gen",
+            "state",
+            "valid from",
+            "valid until",
+            "published",
+            "revokes prev.",
+            "fingerprint (start)",
+        ),
+        rows,
+    )
+    click.echo("Next (roost ca tick):")
+    for step in authority_ops.next_steps(authority):
+        when = "overdue since" if step.due <= now else "due"
+        click.echo(f"  {_step_text(step)}: {when} {absolute(step.due)} ({relative(step.due, now)})")
+    for problem in authority_ops.check(authority):
+        fix = " (roost ca repair removes it)" if problem.repairable else " (restore from backup)"
+        click.echo(f"problem: {problem.message}{fix}")

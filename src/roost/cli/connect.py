@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from roost.cli.common import echo_json, fail_cleanly
+from roost.cli.names import resolve_node
 from roost.cli.remote import answer_from, read_secret
 from roost.config import parse_hostport
 from roost.errors import (
@@ -97,7 +98,9 @@ async def _first_camera(client: GuardClient) -> str:
     default=None,
     help="Read the asked codes from a card file instead of prompting.",
 )
-@click.option("--camera", default=None, help="Device id to watch (default: the first connected).")
+@click.option(
+    "--camera", default=None, help="Device to watch, by name or id (default: the first connected)."
+)
 @click.option("--frames", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option(
     "--out",
@@ -118,6 +121,12 @@ async def _first_camera(client: GuardClient) -> str:
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    help="Directory of the home's configs, so HUB_ID may be a name (hub-1), and --camera too.",
+)
 @fail_cleanly
 def connect(
     hub_id: str,
@@ -134,10 +143,14 @@ def connect(
     relay_first: bool,
     timeout: float,
     as_json: bool,
+    home: Path,
 ) -> None:
     """Reach HUB_ID (hcsp:…) through the broker, log in as --user and save --frames live
     frames of a camera into --out. The password is asked for once (hidden), or read from
     --password-file, or as the first line of standard input."""
+    hub_id = resolve_node(hub_id, home)
+    if camera is not None:
+        camera = resolve_node(camera, home)
     try:
         check_identifier(hub_id)
     except LocalProtocolError as exc:
@@ -191,6 +204,8 @@ def connect(
             password=password,
             answer=answer,
             timeout_s=timeout,
+            # The first call (status or watch) goes out with the proof: one round trip less.
+            pipeline=True,
         )
         try:
             device = camera or await _first_camera(client)

@@ -29,17 +29,18 @@ from roost.cli.common import console
 from roost.cli.demo_net import DemoNet
 from roost.cli.demo_remote import RemoteSite, open_net, viewer_act
 from roost.cli.home import make_home
-from roost.cli.run import build_hub_daemon
+from roost.cli.run import build_hub_daemon, start_hub_dashboard
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import VerificationError
 from roost.files import atomic_write
 from roost.guard.aio import GuardClient, GuardServer
-from roost.guard.card import Card, generate_card
+from roost.guard.card import Card, format_card, generate_card
 from roost.guard.log import SqliteMerkleLog
 from roost.guard.userstore import SqliteUserStore, make_user
 from roost.hub.daemon import HubDaemon
+from roost.hub.dashboard import Dashboard
 from roost.hub.recorder import Recorder
 from roost.hub.remote import build_guard_server, start_remote
 from roost.pki.authority import Authority
@@ -205,6 +206,7 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
     site: RemoteSite | None = None
     capture: asyncio.Task[None] | None = None
     rogue: HubDaemon | None = None
+    dashboard: Dashboard | None = None
     remote_ok = False
     try:
         net, why_loopback = open_net()
@@ -212,6 +214,15 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
         # The broker first: hub A's agent then enrolls at once, with no retry to log.
         await site.start_broker()
         await hub_a.start()
+        dashboard = await start_hub_dashboard(hub_a, hub_a.config)
+        card_file = workdir / "owner-card.txt"
+        card_file.write_text(format_card("owner", card))
+        card_file.chmod(0o600)
+        _step(
+            f"Hub A's dashboard: {dashboard.url} (TLS with the hub's certificate). Log in "
+            f"as [bold]owner[/], password [bold]{password}[/], then the codes your card "
+            f"shows ({card_file}; run with --keep to keep it)"
+        )
         await site.start_agent(hub_a, guard[0])
         for device in devices:
             await device.start(capture=False)
@@ -267,6 +278,8 @@ async def home_act(workdir: Path, cameras: int = 3) -> tuple[Table, bool, bool]:
             await device.stop()
         if site is not None:
             await site.stop()
+        if dashboard is not None:
+            await dashboard.stop()
         await guard[0].stop()
         guard[1].close()
         hub_a.guard = None

@@ -9,10 +9,12 @@ from pathlib import Path
 import click
 
 from roost.cli.common import echo_json, fail_cleanly, now_utc
+from roost.cli.human import print_table
 from roost.config import (
     BROKER_TLS_PORT,
     BROKER_UDP_PORT,
     broker_limits_table,
+    camera_table,
     connection_table,
     redirect_table,
     to_toml,
@@ -26,8 +28,10 @@ from roost.pki.trust import TrustState
 from roost.pki.truststore import save_state
 from roost.rendezvous.broker_events import BrokerCoreConfig
 
-__all__ = ["free_loopback_ports", "init_home", "make_home", "write_broker"]
+__all__ = ["DASHBOARD_PORT", "free_loopback_ports", "init_home", "make_home", "write_broker"]
 
+# Where a hub's dashboard listens when the home is not on loopback.
+DASHBOARD_PORT = 8443
 # Richer hubs come later in the list, so starting them in order shows a handover.
 _HUB_FEATURES = [("hcsp", "webs"), ("hcsp", "webs", "db"), ("hcsp", "webs", "db", "ai")]
 
@@ -113,6 +117,9 @@ def make_home(
             "retention_mb": 512,
             "announce": announce(i),
             "redirect": redirect_table(),
+            # The home's web app over TLS with the hub's certificate (docs/dashboard.md);
+            # log in with a user from `roost user add --state {name}`.
+            "dashboard": {"listen": f"{host}:0" if loopback else f"0.0.0.0:{DASHBOARD_PORT}"},
         }
         comment = f"Roost hub {name} ({identifier}). Run: roost hub run --config {name}.toml"
         (home / f"{name}.toml").write_text(to_toml(config, comment))
@@ -133,6 +140,8 @@ def make_home(
             "max_buffer_mb": 256,
             "announce": announce(hubs + j),
             "connection": connection_table(),
+            # Where frames come from: the test pattern, a file, an RTSP/HTTP URL, /dev/videoN.
+            "camera": camera_table(),
         }
         comment = f"Roost camera {name} ({identifier}). Run: roost device run --config {name}.toml"
         (home / f"{name}.toml").write_text(to_toml(config, comment))
@@ -208,18 +217,52 @@ def write_broker(
 
 @click.command("init")
 @click.argument("home", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--hubs", default=2, show_default=True)
-@click.option("--devices", default=3, show_default=True)
+@click.option("--hubs", default=2, show_default=True, type=click.IntRange(1, 16))
+@click.option("--devices", default=3, show_default=True, type=click.IntRange(0, 256))
 @click.option(
     "--loopback", is_flag=True, help="Everything on 127.0.0.1; hubs bind free ports (see run.json)."
 )
-@click.option("--max-devices", default=8, show_default=True, help="Per hub.")
-@click.option("--fps", default=5.0, show_default=True)
+@click.option(
+    "--max-devices", default=8, show_default=True, type=click.IntRange(1, 1024), help="Per hub."
+)
+@click.option("--fps", default=5.0, show_default=True, type=click.FloatRange(0.1, 60.0))
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
 @fail_cleanly
 def init_home(
-    home: Path, hubs: int, devices: int, loopback: bool, max_devices: int, fps: float
+    home: Path,
+    hubs: int,
+    devices: int,
+    loopback: bool,
+    max_devices: int,
+    fps: float,
+    as_json: bool,
 ) -> None:
     """Create a home: authority, hub and device identities, trust stores, configs."""
-    if hubs < 1 or devices < 0:
-        raise click.BadParameter("need at least one hub")
-    echo_json(make_home(home, hubs, devices, loopback, max_devices, fps))
+    summary = make_home(home, hubs, devices, loopback, max_devices, fps)
+    if as_json:
+        echo_json(summary)
+        return
+    _print_summary(home, summary)
+
+
+def _print_summary(home: Path, summary: dict[str, object]) -> None:
+    hub_ids = summary["hubs"]
+    device_ids = summary["devices"]
+    assert isinstance(hub_ids, list) and isinstance(device_ids, list)
+    rows = [(f"hub-{i + 1}", "hub", ident, f"hub-{i + 1}.toml") for i, ident in enumerate(hub_ids)]
+    rows += [
+        (f"device-{j + 1}", "camera", ident, f"device-{j + 1}.toml")
+        for j, ident in enumerate(device_ids)
+    ]
+    rows.append(("broker", "broker", "-", "broker.toml"))
+    print_table(f"Home {home}", ("name", "role", "identifier", "config"), rows)
+    click.echo(
+        f"Authority: {home}/ca; its download server will listen on {summary['download_server']}"
+    )
+    click.echo("Next, from that directory, each in its own terminal (or under systemd, contrib/):")
+    lines = [f"cd {home}", f"roost ca serve ca --listen {summary['download_server']} &"]
+    lines += [f"roost hub run --config hub-{i + 1}.toml &" for i in range(len(hub_ids))]
+    lines += [f"roost device run --config device-{j + 1}.toml &" for j in range(len(device_ids))]
+    lines += ["roost broker run --config broker.toml &", "roost hub status --config hub-1.toml"]
+    for line in lines:
+        click.echo(f"  {line}")

@@ -29,6 +29,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 LEVELS = ("debug", "info", "warning", "error")
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Libraries whose INFO lines are not the operator's business (aiohttp's access log is off).
 _QUIET = ("asyncio", "aiohttp", "aioquic", "quic")
 # Attributes every LogRecord has; anything else was passed through ``extra``.
@@ -59,7 +60,7 @@ class JsonFormatter(logging.Formatter):
 
 class _TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        super().__init__(fmt=_TEXT_FORMAT)
 
     def formatException(self, ei: object) -> str:
         # One line per event: a traceback only with --log-level debug.

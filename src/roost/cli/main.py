@@ -34,6 +34,7 @@ def _register() -> None:
     from roost.cli.ca import ca
     from roost.cli.connect import connect
     from roost.cli.demo import demo
+    from roost.cli.discover import discover
     from roost.cli.doctor import config, doctor
     from roost.cli.home import init_home
     from roost.cli.log import log
@@ -53,10 +54,13 @@ def _register() -> None:
     cli.add_command(remote)
     cli.add_command(broker)
     cli.add_command(connect)
+    cli.add_command(discover)
     cli.add_command(config)
     cli.add_command(doctor)
 
 
 def main() -> None:
     _register()
-    cli()
+    # Shell completion is click's: `eval "$(_ROOST_COMPLETE=bash_source roost)"` (README).
+    # Naming the variable keeps it the same under `python -m roost`.
+    cli(complete_var="_ROOST_COMPLETE")

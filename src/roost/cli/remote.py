@@ -23,6 +23,7 @@ from roost.pki.tls import client_context
 from roost.pki.truststore import load_state
 
 from .common import RoostGroup, echo_json, fail_cleanly
+from .names import resolve_node
 
 __all__ = ["answer_from", "read_secret", "remote"]
 
@@ -170,6 +171,12 @@ async def _watch(client: GuardClient, args: Sequence[bytes], out: Path) -> Respo
     help="watch: how many frames to stream (the hub's default and bound apply).",
 )
 @click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    help="Directory of the home's configs, so DEVICE may be a name (device-1).",
+)
 @fail_cleanly
 def call(
     address: str,
@@ -185,6 +192,7 @@ def call(
     out: Path | None,
     frames: int | None,
     timeout: float,
+    home: Path,
 ) -> None:
     """Log in to ADDRESS (host:port) as --user and call METHOD (status, latest-frame
     DEVICE_ID, watch DEVICE_ID --frames N --out DIR, …). The password is asked for, or
@@ -192,6 +200,9 @@ def call(
     """
     if frames is not None and method != "watch":
         raise click.UsageError("--frames goes with the watch method")
+    if method in ("latest-frame", "watch") and args:
+        # A device by its name in the home's configs, or by its identifier.
+        args = [resolve_node(args[0], home), *args[1:]]
     call_args = [arg.encode("utf-8") for arg in args]
     if frames is not None:
         call_args.append(str(frames).encode("ascii"))

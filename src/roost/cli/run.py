@@ -12,18 +12,22 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.human import print_fields, print_table, relative
 from roost.cli.logsetup import configure_logging, log_options
+from roost.cli.names import home_names, label
 from roost.cli.preflight import check_identity, check_listeners, lock_state_folder
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
-from roost.errors import StateError, TransportError
+from roost.errors import ConfigError, StateError, TransportError
 from roost.hub.daemon import HubDaemon
+from roost.hub.peers import PEER_ALPN
 from roost.hub.recorder import Recorder
 from roost.hub.runfile import HubRunState, read_run_file, remove_run_file, write_run_file
 from roost.pki.certs import Role, certs_from_pem, key_from_pem
@@ -36,9 +40,14 @@ __all__ = [
     "configure_logging",
     "device",
     "hub",
+    "print_hub_status",
     "run_until_signalled",
+    "start_hub_dashboard",
     "use_fast_loop",
 ]
+
+if TYPE_CHECKING:
+    from roost.hub.dashboard import Dashboard
 
 _POLL_EVERY = 60.0
 log = logging.getLogger("roost.cli")
@@ -58,7 +67,10 @@ def build_hub_daemon(
         recorder,
         certificate=certs_from_pem(config.cert.read_bytes())[0],
         private_key=key_from_pem(config.key.read_bytes()),
-        tls=ReloadableServerContext(config.cert, config.key, trust.state.anchors),
+        # ALPN lets a peer hub's dashboard reach this listener (roost.hub.peers).
+        tls=ReloadableServerContext(
+            config.cert, config.key, trust.state.anchors, alpn=(PEER_ALPN,)
+        ),
         rng=rng,
     )
 
@@ -141,10 +153,14 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
     runners = []
     remote: list[tuple[GuardServer, SqliteMerkleLog]] = []
     agents: list[BrokerAgent] = []
+    dashboards: list[Dashboard] = []
+    token = _read_token(config.api_token_file)
 
     async def start() -> None:
         await daemon.start()
-        runners.append(await start_api(daemon, *config.api))
+        runners.append(await start_api(daemon, *config.api, token=token))
+        if config.dashboard is not None:
+            dashboards.append(await start_hub_dashboard(daemon, config))
         remote_address = None
         if config.remote is not None or config.broker is not None:
             # One guard server for the TCP remote entrance and the broker's QUIC sessions:
@@ -170,6 +186,7 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
             await agent.start()
             agents.append(agent)
             daemon.broker_status = agent.status
+        await daemon.start_dns_sd(api_port=runners[0].bound_port)
         # Every listener may be configured with port 0: report the ports really bound,
         # on stdout and in run.json, once all of them are (docs/testing.md).
         state = HubRunState(
@@ -178,6 +195,10 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
             advertise=(daemon.advertised.host, daemon.advertised.port),
             api=(config.api[0], runners[0].bound_port),
             remote=remote_address,
+            dashboard=(
+                (dashboards[0].options.listen[0], dashboards[0].bound_port) if dashboards else None
+            ),
+            dashboard_scheme="https" if not dashboards or dashboards[0].tls else "http",
         )
         write_run_file(config.run_file, state)
         echo_json({"hub": daemon.identifier, **json.loads(state.to_json())})
@@ -194,6 +215,8 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
         remove_run_file(config.run_file)
         for agent in agents:
             await agent.stop()
+        for dashboard in dashboards:
+            await dashboard.stop()
         for runner in runners:
             await runner.cleanup()
         for server, merkle_log in remote:
@@ -204,6 +227,45 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
 
     use_fast_loop()
     asyncio.run(run_until_signalled(start, stop, trust.poll))
+
+
+def _read_token(path: Path | None) -> str | None:
+    """The admin API's bearer token from its file (one line), or None without one."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read api_token_file {path}: {exc}") from exc
+    if len(token) < 16:
+        raise ConfigError(f"the token in {path} is shorter than 16 characters")
+    return token
+
+
+async def start_hub_dashboard(daemon: HubDaemon, config: HubConfig) -> Dashboard:
+    """Start the home's web app of a hub from its ``[dashboard]`` table."""
+    from roost.hub.dashboard import DashboardOptions, start_dashboard
+    from roost.hub.eventlog import EventRetention
+    from roost.hub.websession import WebSessionConfig
+
+    settings = config.dashboard
+    assert settings is not None
+    options = DashboardOptions(
+        listen=settings.listen,
+        plain_http=settings.plain_http,
+        sessions=WebSessionConfig(idle_s=settings.idle_s, absolute_s=settings.absolute_s),
+        retention=EventRetention(
+            max_rows=settings.event_max_rows,
+            max_age_ms=int(settings.event_max_days * 86_400_000),
+        ),
+    )
+    return await start_dashboard(
+        daemon,
+        options,
+        state_dir=config.state_dir,
+        cert_file=config.cert,
+        key_file=config.key,
+    )
 
 
 @hub.command("status")
@@ -217,7 +279,7 @@ def hub_status(config_file: Path, as_json: bool) -> None:
 
     host, port = _api_address(config)
     try:
-        doc = fetch_status(host, port)
+        doc = fetch_status(host, port, token=_read_token(config.api_token_file))
     except OSError as exc:
         # Nothing answered: unreachable (docs/exit-codes.md), whether it is down or elsewhere.
         raise TransportError(
@@ -226,7 +288,53 @@ def hub_status(config_file: Path, as_json: bool) -> None:
     if as_json:
         echo_json(doc)
         return
-    click.echo(json.dumps(doc, indent=2))
+    print_hub_status(doc, home_names(config_file.resolve().parent))
+
+
+def print_hub_status(doc: dict[str, Any], names: dict[str, str]) -> None:
+    """The hub's status document as a person reads it (names next to identifiers)."""
+    elected = doc.get("winner") == doc.get("id")
+    broker = doc.get("broker") or {}
+    remote = doc.get("remote") or {}
+    counters = doc.get("counters") or {}
+    print_fields(
+        f"Hub {doc.get('name')} ({doc.get('id')})",
+        [
+            (
+                "state",
+                "elected hub" if elected else f"standing by for {label(doc.get('winner'), names)}",
+            ),
+            ("endpoint", doc.get("endpoint")),
+            ("features", doc.get("features")),
+            ("up for", relative(0.0, float(doc.get("uptime_s") or 0)).removesuffix(" ago")),
+            ("devices", f"{len(doc.get('connected') or [])} of {doc.get('max')}"),
+            ("frames stored", counters.get("frames_stored")),
+            ("trust", f"generation {(doc.get('trust') or {}).get('current')}"),
+            (
+                "remote entrance",
+                f"{remote.get('active', 0)} open, {remote.get('logins_ok', 0)} logins"
+                if remote
+                else "off",
+            ),
+            ("broker", broker.get("state") if broker else "off"),
+        ],
+    )
+    connected = doc.get("connected") or []
+    if connected:
+        print_table("Connected devices", ("device",), [(label(d, names),) for d in connected])
+    hubs = doc.get("hubs") or []
+    if hubs:
+        rows = [
+            (
+                label(h.get("id"), names) + (" (this hub)" if h.get("self") else ""),
+                h.get("rank"),
+                h.get("endpoint"),
+                f"{h.get('connected')} of {h.get('max')}",
+                "-" if h.get("self") else relative(-float(h.get("last_seen_s_ago") or 0), 0.0),
+            )
+            for h in hubs
+        ]
+        print_table("Hubs seen", ("hub", "rank", "endpoint", "devices", "last heard"), rows)
 
 
 def _api_address(config: HubConfig) -> tuple[str, int]:
@@ -234,7 +342,7 @@ def _api_address(config: HubConfig) -> tuple[str, int]:
     if config.api[1] != 0:
         return config.api
     try:
-        return read_run_file(config.run_file).api
+        run_state = read_run_file(config.run_file)
     except StateError as exc:
         if exc.reason != Reason.NOT_RUNNING:
             raise
@@ -242,6 +350,14 @@ def _api_address(config: HubConfig) -> tuple[str, int]:
         raise TransportError(
             f"hub {config.name} is not running (no {config.run_file})", reason=Reason.NOT_RUNNING
         ) from exc
+    if not _alive(run_state.pid):
+        # A hub killed without its clean stop leaves run.json behind (roost.hub.runfile).
+        raise TransportError(
+            f"hub {config.name} is not running ({config.run_file} is left by process"
+            f" {run_state.pid}, which is gone)",
+            reason=Reason.NOT_RUNNING,
+        )
+    return run_state.api
 
 
 @click.group(cls=RoostGroup)
@@ -301,9 +417,54 @@ def device_status(config_file: Path, as_json: bool) -> None:
         raise StateError(f"{config.status_file} is not JSON: {exc}", reason=Reason.CORRUPT) from exc
     if not isinstance(doc, dict):
         raise StateError(f"{config.status_file} is not a status document", reason=Reason.CORRUPT)
-    doc["age_s"] = round(time.time() - float(doc.get("written_at", 0)), 1)
+    written_at = float(doc.get("written_at", 0))
+    doc["age_s"] = round(time.time() - written_at, 1)
+    doc["running"] = bool(doc.get("running", True)) and _alive(doc.get("pid"))
     if as_json:
         echo_json(doc)
         return
-    for key in ("name", "id", "state", "hub", "last_acked_seq", "buffered", "dropped", "age_s"):
-        click.echo(f"{key:>15}: {doc.get(key)}")
+    names = home_names(config_file.resolve().parent)
+    title = f"Device {doc.get('name')} ({doc.get('id')})"
+    if not doc["running"]:
+        click.echo(
+            f"{title} is not running (last status {relative(written_at, time.time())});"
+            f" start it with `roost device run --config {config_file}`"
+        )
+        return
+    print_fields(
+        title,
+        [
+            ("state", doc.get("state")),
+            ("hub", label(doc.get("hub"), names)),
+            ("hub endpoint", doc.get("hub_endpoint")),
+            ("last acked frame", doc.get("last_acked_seq")),
+            ("buffered", f"{doc.get('buffered')} frames, {doc.get('buffered_bytes')} bytes"),
+            ("dropped", doc.get("dropped")),
+            ("camera", _camera_line(doc.get("camera"))),
+            ("trust", f"generation {(doc.get('trust') or {}).get('current')}"),
+            ("status written", relative(written_at, time.time())),
+        ],
+    )
+
+
+def _alive(pid: object) -> bool:
+    """Whether a process of that pid exists (a status file without a pid counts as alive)."""
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _camera_line(camera: object) -> str:
+    """The camera source and its health, as the status file's ``camera`` object has them."""
+    if not isinstance(camera, dict):
+        return "-"
+    state = camera.get("state")
+    if state == "failing":
+        state = f"failing: {camera.get('reason')} ({camera.get('detail')})"
+    return f"{camera.get('source')} {state}"

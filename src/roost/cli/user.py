@@ -6,14 +6,17 @@ salts and verifiers, so a lost card means ``add --replace`` with a new one.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
 import click
 
-from roost.cli.common import RoostGroup, fail_cleanly
+from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.human import print_table, relative
 from roost.errors import StateError
 from roost.guard.card import format_card, generate_card
 from roost.guard.suites import DEFAULT_PAIR_KDF, DEFAULT_PASSWORD_KDF, KdfParams
@@ -23,6 +26,24 @@ from roost.reasons import Reason
 __all__ = ["user"]
 
 _STATE = click.argument("state", type=click.Path(file_okay=False, path_type=Path))
+
+
+def _open_store(state: Path) -> SqliteUserStore:
+    """The hub's user store, refusing a path that is not a hub's state directory.
+
+    A mistyped path must not silently become a new, empty user database: the directory has
+    to exist and hold the hub's trust store (``trust/trust-store.json``, written by
+    ``roost init``) or the user database already.
+    """
+    database = state / SqliteUserStore.FILENAME
+    trust_store = state / "trust" / "trust-store.json"
+    if not state.is_dir() or not (database.is_file() or trust_store.is_file()):
+        raise StateError(
+            f"{state} is not a hub's state directory (no {SqliteUserStore.FILENAME} and no"
+            " trust/trust-store.json); give the hub config's state_dir, such as hub-1",
+            reason=Reason.NOT_STATE_DIR,
+        )
+    return SqliteUserStore.in_state_dir(state)
 
 
 def _read_password() -> str:
@@ -84,7 +105,7 @@ def add(
     """Register USER: ask for the password twice, then issue and show the card once."""
     if not 1 <= len(user_id.encode("utf-8")) <= 64:
         raise click.BadParameter("user ids are 1 to 64 bytes", param_hint="USER")
-    with closing(SqliteUserStore.in_state_dir(state)) as store:
+    with closing(_open_store(state)) as store:
         if store.load(user_id) is not None and not replace:
             raise StateError(
                 f"user {user_id!r} exists; use --replace to re-issue", reason=Reason.USER_EXISTS
@@ -111,15 +132,47 @@ def add(
 
 @user.command("list")
 @_STATE
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for scripts.")
 @fail_cleanly
-def list_users(state: Path) -> None:
+def list_users(state: Path, as_json: bool) -> None:
     """Show users with their pair count, access counter, failures and lock-out."""
-    with closing(SqliteUserStore.in_state_dir(state)) as store:
+    with closing(_open_store(state)) as store:
         rows = store.list_users()
-    click.echo(f"{'user':<24} {'pairs':>5} {'counter':>8} {'failures':>8}  locked until (ms)")
-    for user_id, pair_count, counter, failures, locked_until in rows:
-        locked = str(locked_until) if locked_until else "-"
-        click.echo(f"{user_id:<24} {pair_count:>5} {counter:>8} {failures:>8}  {locked}")
+    now_ms = time.time_ns() // 1_000_000
+    if as_json:
+        echo_json(
+            [
+                {
+                    "user": user_id,
+                    "pairs": pair_count,
+                    "counter": counter,
+                    "failures": failures,
+                    "locked_until": (
+                        dt.datetime.fromtimestamp(locked / 1000, dt.UTC).isoformat()
+                        if locked and locked > now_ms
+                        else None
+                    ),
+                }
+                for user_id, pair_count, counter, failures, locked in rows
+            ]
+        )
+        return
+    if not rows:
+        click.echo(f"no users in {state} (add one with `roost user add {state} NAME`)")
+        return
+    table = []
+    for user_id, pair_count, counter, failures, locked in rows:
+        lock = relative(locked / 1000, now_ms / 1000) if locked and locked > now_ms else "-"
+        table.append(
+            (
+                user_id,
+                pair_count,
+                counter,
+                failures,
+                f"locked, opens {lock}" if lock != "-" else "no",
+            )
+        )
+    print_table(f"Users of {state}", ("user", "card pairs", "logins", "failures", "locked"), table)
 
 
 @user.command("remove")
@@ -128,7 +181,7 @@ def list_users(state: Path) -> None:
 @fail_cleanly
 def remove(state: Path, user_id: str) -> None:
     """Delete USER and all its verifiers."""
-    with closing(SqliteUserStore.in_state_dir(state)) as store:
+    with closing(_open_store(state)) as store:
         store.remove(user_id)
     click.echo(f"user {user_id} removed")
 
@@ -139,6 +192,6 @@ def remove(state: Path, user_id: str) -> None:
 @fail_cleanly
 def reset_counter(state: Path, user_id: str) -> None:
     """Clear USER's failure counter and lock-out (the access counter only moves forward)."""
-    with closing(SqliteUserStore.in_state_dir(state)) as store:
+    with closing(_open_store(state)) as store:
         store.reset_failures(user_id)
     click.echo(f"user {user_id}: failures cleared")

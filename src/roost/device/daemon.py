@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable
@@ -40,8 +41,11 @@ from roost.device.manager import (
     Stream,
     Wait,
 )
+from roost.device.sources import CameraSource, TestPatternSource, open_camera_source
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceCountersView, DeviceStatus
+from roost.dnssd.aio import DnsSdNode, start_browsing
+from roost.dnssd.records import HubRecord
 from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
 from roost.hcsp.aio import AnnounceTransport, UdpConfig
@@ -113,19 +117,30 @@ class DeviceDaemon:
         trust: TrustUpdater,
         spool: FrameSpool,
         certificate: x509.Certificate,
-        camera: SyntheticCamera | None = None,
+        camera: CameraSource | SyntheticCamera | None = None,
         rng: random.Random | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
         announce_transport: AnnounceTransportFactory = AnnounceTransport,
     ) -> None:
-        """``certificate`` is this device's own leaf (the one in ``config.cert``)."""
+        """``certificate`` is this device's own leaf (the one in ``config.cert``);
+        ``camera`` defaults to the source ``config.camera`` names."""
         self.config = config
         self.trust = trust
         self.spool = spool
-        self.camera = camera or SyntheticCamera(config.name, config.width, config.height)
         self.rng = rng or random.Random()
         self.clock = clock
+        self.camera: CameraSource
+        if isinstance(camera, SyntheticCamera):
+            self.camera = TestPatternSource(camera, clock)
+        elif camera is None:
+            self.camera = open_camera_source(
+                config.camera, config.name, config.width, config.height, config.fps, clock=clock
+            )
+        else:
+            self.camera = camera
+        # DNS-SD browsing (``[dns_sd]``), started in start() when the config enables it.
+        self.dns_sd: DnsSdNode | None = None
         self.counters = DeviceCounters()
         # The logging rule for refused redirects and failed connections (PROTOCOL.md
         # preamble): one line per hub host per interval; the counts status reads stay in
@@ -159,7 +174,10 @@ class DeviceDaemon:
 
     async def start(self, capture: bool = True) -> None:
         await self.listener.start()
+        if self.config.dns_sd.enabled:
+            self.dns_sd = await start_browsing(self.config.dns_sd.interfaces, self._on_dns_sd)
         if capture and self.config.fps > 0:
+            await self.camera.start()
             self._tasks.append(asyncio.create_task(self._capture_loop()))
         self._tasks.append(asyncio.create_task(self._connection_loop()))
         self._tasks.append(asyncio.create_task(self._status_loop()))
@@ -177,15 +195,21 @@ class DeviceDaemon:
         for channel in (self.channel, self._redirected):
             if channel is not None:
                 channel.close()
+        await self.camera.stop()
+        if self.dns_sd is not None:
+            await self.dns_sd.close()
         self.write_status()
 
     # --------------------------------------------------------------------------- frames
 
-    def capture_one(self) -> int:
-        """Capture and spool one frame; returns its sequence number."""
-        seq = self.spool.next_seq()
-        now_ms = self.clock.wall_ms()
-        self.spool.add(seq, now_ms, self.camera.mime, self.camera.capture(seq, now_ms))
+    def capture_one(self) -> int | None:
+        """Spool the camera's newest frame; its sequence number, or None when the source
+        had nothing new (a stream slower than ``fps``, or one that is failing)."""
+        taken = self.camera.take(self.clock.wall_ms(), self.spool.next_seq)
+        if taken is None:
+            return None
+        seq, captured_ms, payload = taken
+        self.spool.add(seq, captured_ms, self.camera.mime, payload)
         self.counters.captured += 1
         self._new_frames.set()
         return seq
@@ -243,6 +267,12 @@ class DeviceDaemon:
             )
         if isinstance(event, HubDown) and channel and event.hub.identifier == channel.hub_id:
             self._hub_lost.set()
+
+    def _on_dns_sd(self, records: tuple[HubRecord, ...]) -> None:
+        """DNS-SD found hubs: hints for the manager, verified by TLS when dialled."""
+        now = asyncio.get_running_loop().time()
+        self.manager.hints_changed(((r.host, r.port, r.identifier) for r in records), now)
+        self._hubs_changed.set()
 
     # ------------------------------------------------------------------ channel (§4)
 
@@ -505,11 +535,20 @@ class DeviceDaemon:
                 announcements_rejected=dict(self.core.counters.rejected),
             ),
             written_at=self.clock.wall_ms() / 1000,
+            camera=self.camera.status(),
+            dns_sd=(
+                tuple({"id": i, "endpoint": f"{h}:{p}"} for h, p, i in self.manager.hints)
+                if self.dns_sd is not None
+                else None
+            ),
         )
 
     def write_status(self) -> None:
         """Replace ``status.json`` with the current snapshot (docs/hub-and-device.md)."""
-        document = json.dumps(self.status().to_json()).encode("utf-8")
+        # The pid and whether the daemon is still running tell `roost device status` to say
+        # "not running" rather than show a stopped or killed device's last state.
+        doc = {**self.status().to_json(), "pid": os.getpid(), "running": not self._stopping}
+        document = json.dumps(doc).encode("utf-8")
         atomic_write(self.config.status_file, document)
 
     async def _status_loop(self) -> None:

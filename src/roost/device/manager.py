@@ -16,8 +16,10 @@ The adapter loop is: ``action = manager.next_action(now)``, perform it, report b
   close is done, or the stream was interrupted by the input just reported.
 
 Candidate order (section 4): the verified live hubs best first, skipping any whose
-failed-until time has not passed and any with no free capacity, then the configured
-bootstrap hubs, which carry no expected identifier.
+failed-until time has not passed and any with no free capacity, then the hubs DNS-SD
+suggested that no announcement covers (each must prove the identifier its record named;
+docs/hub-and-device.md, "Finding hubs with DNS-SD"), then the configured bootstrap hubs,
+which carry no expected identifier.
 """
 
 from __future__ import annotations
@@ -240,6 +242,8 @@ class ConnectionManager:
         self._rng = rng
         self._state = State.STARTING
         self._live: tuple[LiveHub, ...] = ()
+        # DNS-SD hints: (host, port, identifier) of hubs a record named, unverified.
+        self._hints: tuple[tuple[str, int, str], ...] = ()
         self._failed_until: dict[str, float] = {}
         self._backoff = config.backoff_initial
         # The current round of connection attempts, fixed when it begins.
@@ -340,6 +344,12 @@ class ConnectionManager:
             Connect(hub.endpoint.host, hub.endpoint.port, hub.identifier)
             for hub in self.candidates(now)
         )
+        announced = {hub.identifier for hub in self._live}
+        self._round.extend(
+            Connect(host, port, identifier)
+            for host, port, identifier in self._hints
+            if identifier not in announced and self._failed_until.get(identifier, 0.0) <= now
+        )
         self._round.extend(Connect(host, port, None) for host, port in self.config.hubs)
         return self._next_target(now)
 
@@ -364,6 +374,19 @@ class ConnectionManager:
         self._forget_expired(now)
         if self._state is State.SEARCHING:
             self._woken = True
+
+    def hints_changed(self, hints: Iterable[tuple[str, int, str]], now: float) -> None:
+        """DNS-SD found these hubs (host, port, identifier); a waiting search ends early."""
+        if self._state is State.STOPPED:
+            return
+        self._hints = tuple(hints)
+        if self._state is State.SEARCHING:
+            self._woken = True
+
+    @property
+    def hints(self) -> tuple[tuple[str, int, str], ...]:
+        """The DNS-SD hints last reported."""
+        return self._hints
 
     def connect_succeeded(self, hub_id: str, now: float) -> None:
         """The ``Connect`` just given opened a channel to ``hub_id`` at ``now``."""

@@ -17,11 +17,12 @@ from roost.status import (
     read_float,
     read_int,
     read_object,
+    read_objects,
     read_optional_str,
     read_str,
 )
 
-__all__ = ["DeviceCountersView", "DeviceStatus"]
+__all__ = ["CameraStatus", "DeviceCountersView", "DeviceStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,69 @@ class DeviceCountersView:
 
 
 @dataclass(frozen=True, slots=True)
+class CameraStatus:
+    """The camera source's health (docs/hub-and-device.md, "Camera sources").
+
+    ``state`` is ``starting``, ``ok``, ``failing`` or ``stopped``; while failing, ``reason``
+    is a catalogue reason (``source-unavailable``, ``source-lost``, ``source-undecodable``,
+    ``source-stalled``) and ``detail`` the decoder's own words. Times are Unix seconds.
+    """
+
+    # What the config names, a URL's password replaced by ***.
+    source: str
+    # "test-pattern", "file", "rtsp", "http" or "v4l2".
+    kind: str
+    state: str
+    reason: str | None
+    detail: str | None
+    since: float | None
+    # How often the source was reopened after a failure.
+    retries: int
+    frames: int
+    last_frame_at: float | None
+    # When the next attempt starts, while waiting out a back-off.
+    retry_at: float | None
+    failures: Mapping[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """The status document's ``camera`` object."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "state": self.state,
+            "reason": self.reason,
+            "detail": self.detail,
+            "since": self.since,
+            "retries": self.retries,
+            "frames": self.frames,
+            "last_frame_at": self.last_frame_at,
+            "retry_at": self.retry_at,
+            "failures": dict(self.failures),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> CameraStatus:
+        """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
+        return cls(
+            source=read_str(doc, "source"),
+            kind=read_str(doc, "kind"),
+            state=read_str(doc, "state"),
+            reason=read_optional_str(doc, "reason"),
+            detail=read_optional_str(doc, "detail"),
+            since=_optional_float(doc, "since"),
+            retries=read_int(doc, "retries"),
+            frames=read_int(doc, "frames"),
+            last_frame_at=_optional_float(doc, "last_frame_at"),
+            retry_at=_optional_float(doc, "retry_at"),
+            failures=read_counts(doc, "failures"),
+        )
+
+
+def _optional_float(doc: Mapping[str, Any], key: str) -> float | None:
+    return None if doc.get(key) is None else read_float(doc, key)
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceStatus:
     """One snapshot of a running device."""
 
@@ -91,6 +155,10 @@ class DeviceStatus:
     counters: DeviceCountersView
     # Wall-clock seconds (Unix time) when the snapshot was taken, so readers see its age.
     written_at: float
+    # The camera source's health; None in documents written before sources had one.
+    camera: CameraStatus | None = None
+    # Hubs DNS-SD suggested (unverified hints: "id" and "endpoint"), when it is on.
+    dns_sd: tuple[Mapping[str, str], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The object written to ``status.json``."""
@@ -109,6 +177,8 @@ class DeviceStatus:
             "trust": self.trust.to_json(),
             "counters": self.counters.to_json(),
             "written_at": self.written_at,
+            "camera": self.camera.to_json() if self.camera is not None else None,
+            "dns_sd": [dict(hint) for hint in self.dns_sd] if self.dns_sd is not None else None,
         }
 
     @classmethod
@@ -129,4 +199,17 @@ class DeviceStatus:
             trust=TrustSummary.from_json(read_object(doc, "trust")),
             counters=DeviceCountersView.from_json(read_object(doc, "counters")),
             written_at=read_float(doc, "written_at"),
+            camera=(
+                CameraStatus.from_json(read_object(doc, "camera"))
+                if doc.get("camera") is not None
+                else None
+            ),
+            dns_sd=(
+                tuple(
+                    {"id": read_str(hint, "id"), "endpoint": read_str(hint, "endpoint")}
+                    for hint in read_objects(doc, "dns_sd")
+                )
+                if doc.get("dns_sd") is not None
+                else None
+            ),
         )

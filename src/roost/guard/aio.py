@@ -59,6 +59,7 @@ from roost.guard.streams import READ_CHUNK, STREAM_ERRORS, ByteStreamReader, Byt
 from roost.guard.suites import KdfParams
 from roost.guard.userstore import (
     SALT_SIZE,
+    PasswordGrant,
     PasswordVerifier,
     UserDirectory,
     after_failure,
@@ -133,6 +134,9 @@ class GuardServerConfig:
     connect_rate_per_source: float = 0.5
     connect_burst_per_source: float = 10.0
     max_sources: int = 4096
+    # A brokered request's password check is good, once, for the login of the same
+    # session during this long (PasswordGrant: the KDF is not run twice).
+    password_grant_ttl_s: float = 20.0
     # Refused and failed streams are logged at most once per source per this many seconds
     # (PROTOCOL.md preamble); every one is still counted.
     refusal_log_interval: float = 60.0
@@ -144,6 +148,8 @@ class GuardServerCounters:
     refused_busy: int = 0
     refused_rate: int = 0
     logins_ok: int = 0
+    # Of logins_ok: those whose password a brokered request's check had just verified.
+    logins_granted: int = 0
     logins_failed: int = 0
     calls: int = 0
     sessions_expired: int = 0
@@ -223,16 +229,17 @@ class GuardServer:
             counter=self.rejections,
         )
 
-    async def check_password(self, user_id: str, password: str) -> None:
+    async def check_password(self, user_id: str, password: str) -> PasswordGrant:
         """Check one user's password the way a login's hello does (PROTOCOL.md section 5,
         step 5: a brokered request is checked before anything is punched), on the login
         worker: VerificationError ``unknown-user``, ``locked-out`` or ``bad-password``
-        (counted toward the user's lock-out, like a failed login)."""
+        (counted toward the user's lock-out, like a failed login). The grant it returns
+        lets the login of the same session skip the KDF once (``serve_stream``)."""
         await self.open()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._check_password, user_id, password)
+        return await loop.run_in_executor(self._executor, self._check_password, user_id, password)
 
-    def _check_password(self, user_id: str, password: str) -> None:
+    def _check_password(self, user_id: str, password: str) -> PasswordGrant:
         assert self._login_server is not None
         directory = self._login_server.directory
         wall_ms = self._wall_ms()
@@ -251,6 +258,13 @@ class GuardServer:
             directory.record_failure(user_id, failed.failures, failed.locked_until_ms)
             self.counters.logins_failed += 1
             raise
+        return PasswordGrant.issue(
+            user_id,
+            record.password,
+            password,
+            now=self._clock(),
+            ttl_s=self.config.password_grant_ttl_s,
+        )
 
     @property
     def bound_port(self) -> int:
@@ -295,11 +309,14 @@ class GuardServer:
         *,
         peer: str,
         channel_binding: bytes,
+        password_grant: PasswordGrant | None = None,
     ) -> None:
         """Run one guard session on an open stream until it ends, then close the stream.
 
         ``peer`` is the source the per-source limits count (an address); ``channel_binding``
         is what both ends bind the login to (docs/guard.md, "Binding and server check").
+        ``password_grant`` (from :meth:`check_password`, for a stream of the same brokered
+        session only) admits that password once without the KDF.
         """
         if self._login_server is None:
             raise StateError("open() the guard server first", reason="not-running")
@@ -334,6 +351,7 @@ class GuardServer:
             channel_binding=channel_binding,
             login_timeout_s=self.config.login_timeout_s,
             now=self._clock(),
+            password_grant=password_grant,
         )
         stream = _ServerStream(self, core, reader, writer, peer)
         self._tasks[task] = stream
@@ -475,6 +493,7 @@ class _ServerStream:
         counters = self._server.counters
         if isinstance(event, LoggedIn):
             counters.logins_ok += 1
+            counters.logins_granted += int(self._core.used_password_grant)
             # The source only: the user id stays out of logs like everything the peer sent.
             log.info(
                 "remote login accepted from %s",

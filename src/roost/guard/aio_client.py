@@ -133,9 +133,15 @@ class GuardClient:
         min_counter: int = 0,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        pipeline: bool = False,
     ) -> GuardClient:
         """Log in on a stream already open to the server; the stream is closed if the login
-        fails. ``channel_binding`` must be what the server binds the same stream to."""
+        fails. ``channel_binding`` must be what the server binds the same stream to.
+
+        ``pipeline`` returns once the proof is sent, without waiting for the server's
+        Accept: the first call goes out at once and the Accept is read and verified
+        before its response (one round trip less; a refused login then raises from that
+        first call, and ``counter`` is known only after it)."""
         core = RemoteClientCore(
             user_id,
             password,
@@ -150,18 +156,36 @@ class GuardClient:
             codes = answer(labels)
             if not isinstance(codes, Sequence):
                 codes = await codes
-            core.receive_result(await client._exchange(core.answer(codes)), now=clock())
+            proof = core.answer(codes)
+            if pipeline:
+                client._write(proof)
+                core.open_early(now=clock())
+                return client
+            core.receive_result(await client._exchange(proof), now=clock())
             return client
         except BaseException:
             writer.close()
             raise
 
-    async def _exchange(self, body: bytes) -> bytes:
+    def _write(self, body: bytes) -> None:
         try:
             self._writer.write(encode_record(body))
+        except STREAM_ERRORS as exc:
+            raise TransportError(f"guard stream failed: {exc}", reason="stream") from exc
+
+    async def _exchange(self, body: bytes) -> bytes:
+        self._write(body)
+        try:
             await self._writer.drain()
         except STREAM_ERRORS as exc:
             raise TransportError(f"guard stream failed: {exc}", reason="stream") from exc
+        if self._core.awaiting_accept:
+            # A pipelined login: the server's Accept precedes the first response.
+            try:
+                self._core.receive_result(await self._next_record(), now=self._clock())
+            except BaseException:
+                self._writer.close()
+                raise
         return await self._next_record()
 
     async def _next_record(self) -> bytes:

@@ -132,6 +132,8 @@ class RemoteClientCore:
         self.session: GuardSession | None = None
         self.counter = 0
         self._pending_digest: bytes | None = None
+        # True between open_early() and the server's Accept.
+        self._early = False
 
     @property
     def max_record(self) -> int:
@@ -146,10 +148,33 @@ class RemoteClientCore:
     def answer(self, codes: Sequence[str]) -> bytes:
         return self._login.answer(list(codes))
 
+    def open_early(self, *, now: float) -> None:
+        """Open the session the sent proof will open, before the server's Accept, so the
+        first call goes out with the proof and the login costs one round trip less. The
+        Accept must still come (``receive_result``) before any response is taken; the
+        server holds the early call until it has accepted the proof (docs/guard.md)."""
+        pending = self._login.pending_result
+        self.session = GuardSession(pending, Role.CLIENT, now=now, limits=self._limits)
+        self._early = True
+
+    @property
+    def awaiting_accept(self) -> bool:
+        """True while the session was opened early and the server's Accept is still due."""
+        return self._early
+
     def receive_result(self, body: bytes, *, now: float) -> None:
-        result = self._login.receive_result(body)
+        try:
+            result = self._login.receive_result(body)
+        except BaseException:
+            if self._early and self.session is not None:
+                self.session.close("refused")
+                self.session = None
+            self._early = False
+            raise
         self.counter = result.counter
-        self.session = GuardSession(result, Role.CLIENT, now=now, limits=self._limits)
+        if not self._early:
+            self.session = GuardSession(result, Role.CLIENT, now=now, limits=self._limits)
+        self._early = False
 
     def request(self, method: str, args: Sequence[bytes], *, now: float) -> bytes:
         session = self._open_session()
@@ -160,6 +185,8 @@ class RemoteClientCore:
         return frame
 
     def receive_response(self, body: bytes, *, now: float) -> Response:
+        if self._early:
+            raise LocalProtocolError("the server's Accept comes first", reason="not-logged-in")
         session = self._open_session()
         digest = self._pending_digest
         if digest is None:

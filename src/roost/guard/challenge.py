@@ -77,6 +77,7 @@ from roost.guard.suites import (
 from roost.guard.userstore import (
     SALT_SIZE,
     LockoutPolicy,
+    PasswordGrant,
     UserDirectory,
     UserRecord,
     after_failure,
@@ -247,6 +248,7 @@ class LoginClient:
         self._transcript = b""
         self._client_keys: list[bytes] = []
         self._server_keys: list[bytes] = []
+        self._pending: LoginResult | None = None
 
     def hello(self) -> bytes:
         self._require(_ClientState.START)
@@ -286,7 +288,26 @@ class LoginClient:
             self._client_keys.append(client_key)
             self._server_keys.append(server_key)
         self._state = _ClientState.SENT_PROOF
+        # The session the proof opens if the server accepts it: known now, so a client may
+        # send its first sealed call with the proof (docs/guard.md, "Remote calls"); only
+        # a server holding the pairs' verifiers can derive these keys.
+        self._pending = _login_result(
+            self._suite,
+            self._hello.user_id,
+            self._transcript,
+            self._client_keys,
+            self._challenge.counter + 1,
+        )
+        self._client_keys = []
         return encode_proof(Proof(tuple(proofs)))
+
+    @property
+    def pending_result(self) -> LoginResult:
+        """The session material the sent proof opens once the server accepts it; the
+        server is authenticated only by :meth:`receive_result`."""
+        self._require(_ClientState.SENT_PROOF)
+        assert self._pending is not None
+        return self._pending
 
     def receive_result(self, data: bytes) -> LoginResult:
         self._require(_ClientState.SENT_PROOF)
@@ -300,14 +321,8 @@ class LoginClient:
         if not hmac.compare_digest(expected, accept.server_signature):
             raise VerificationError("server proof is wrong", reason="bad-server-proof")
         self._state = _ClientState.DONE
-        result = _login_result(
-            self._suite,
-            self._hello.user_id,
-            self._transcript,
-            self._client_keys,
-            self._challenge.counter + 1,
-        )
-        self._client_keys = []
+        result, self._pending = self._pending, None
+        assert result is not None
         return result
 
     def _require(self, state: _ClientState) -> None:
@@ -389,8 +404,11 @@ class LoginServer:
         self.random_bytes = random_bytes
         self.rejections = counter or RejectionCounter()
 
-    def handshake(self, channel_binding: bytes = b"") -> ServerHandshake:
-        return ServerHandshake(self, channel_binding)
+    def handshake(
+        self, channel_binding: bytes = b"", password_grant: PasswordGrant | None = None
+    ) -> ServerHandshake:
+        """One login attempt; ``password_grant`` (single use) may stand in for the KDF."""
+        return ServerHandshake(self, channel_binding, password_grant)
 
 
 class _ServerState(enum.Enum):
@@ -404,9 +422,17 @@ class ServerHandshake:
     """One login attempt. Errors are raised after being counted; the adapter then sends
     :func:`encode_reject` (no detail) and closes."""
 
-    def __init__(self, server: LoginServer, channel_binding: bytes) -> None:
+    def __init__(
+        self,
+        server: LoginServer,
+        channel_binding: bytes,
+        password_grant: PasswordGrant | None = None,
+    ) -> None:
         self._server = server
         self._binding = channel_binding
+        self._grant = password_grant
+        # True once a Hello was admitted by the grant instead of the KDF.
+        self.used_grant = False
         self._state = _ServerState.AWAIT_HELLO
         self._hello: Hello | None = None
         self._challenge: Challenge | None = None
@@ -486,14 +512,20 @@ class ServerHandshake:
         if is_locked(record, wall_ms):
             raise VerificationError("user locked out", reason="locked-out")
         verifier = record.password
-        candidate = yield from self._kdf(
-            password_secret(hello.password), verifier.salt, verifier.kdf
-        )
-        try:
-            check_password_digest(verifier, candidate)
-        except VerificationError as wrong:
-            yield from self._record_failure(record, wall_ms)
-            raise wrong
+        grant, self._grant = self._grant, None
+        if grant is not None and grant.admits(hello.user_id, verifier, hello.password, now):
+            # The same password for the same verifier passed the full KDF moments ago in
+            # this session's brokered request (PasswordGrant); the codes are still asked.
+            self.used_grant = True
+        else:
+            candidate = yield from self._kdf(
+                password_secret(hello.password), verifier.salt, verifier.kdf
+            )
+            try:
+                check_password_digest(verifier, candidate)
+            except VerificationError as wrong:
+                yield from self._record_failure(record, wall_ms)
+                raise wrong
         if len(record.pairs) < config.min_pairs:
             raise StateError("user has too few registered pairs", reason="too-few-pairs")
         # n is itself random within the configured bounds (PROTOCOL.md §6).

@@ -63,6 +63,7 @@ from roost.guard.calls import (
 from roost.guard.challenge import LoginResult, LoginServer, LoginSteps, LoginWork, encode_reject
 from roost.guard.messages import MAX_MESSAGE_SIZE
 from roost.guard.session import GuardSession, Role, SessionLimits
+from roost.guard.userstore import PasswordGrant
 
 __all__ = [
     "CONSISTENCY_METHOD",
@@ -214,8 +215,9 @@ class RemoteServerCore:
         channel_binding: bytes = b"",
         login_timeout_s: float = 60.0,
         now: float = 0.0,
+        password_grant: PasswordGrant | None = None,
     ) -> None:
-        self._handshake = login_server.handshake(channel_binding)
+        self._handshake = login_server.handshake(channel_binding, password_grant)
         self._rejections = login_server.rejections
         self._handler = handler
         self._limits = limits or SessionLimits()
@@ -234,6 +236,11 @@ class RemoteServerCore:
         self.session: GuardSession | None = None
         self.closed_reason: str | None = None
         self.calls = 0
+
+    @property
+    def used_password_grant(self) -> bool:
+        """True when the login's password was admitted by a ``PasswordGrant``."""
+        return self._handshake.used_grant
 
     @property
     def closed(self) -> bool:

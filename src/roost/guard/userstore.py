@@ -14,7 +14,7 @@ import hmac
 import os
 import sqlite3
 import unicodedata
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +32,7 @@ __all__ = [
     "LockoutPolicy",
     "MemoryUserStore",
     "PairVerifier",
+    "PasswordGrant",
     "PasswordVerifier",
     "SqliteUserStore",
     "UserDirectory",
@@ -110,6 +111,56 @@ def check_password_digest(verifier: PasswordVerifier, candidate: bytes) -> None:
     computed elsewhere) is the stored digest; constant-time compare."""
     if not hmac.compare_digest(candidate, verifier.digest):
         raise VerificationError("wrong password", reason="bad-password")
+
+
+_GRANT_KEY_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordGrant:
+    """A password the hub has just checked with the full KDF, usable ONCE in place of the
+    KDF by the login of the same brokered session (PROTOCOL.md section 5: the target checks
+    the sealed password before punching; section 6: the login checks it again).
+
+    It holds no password: a keyed hash of it under a random key that never leaves memory,
+    the verifier digest it matched, and a deadline. A Hello is admitted without the KDF only
+    when it names the same user, carries the same password (constant-time compare of the
+    keyed hash), the user's stored verifier is still the one that matched (a password
+    changed meanwhile voids it) and the deadline has not passed. Anything else takes the
+    normal path with the KDF; lock-out and the challenge codes apply either way.
+    """
+
+    user_id: str
+    digest: bytes = field(repr=False)
+    tag: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    expires_at: float
+
+    @classmethod
+    def issue(
+        cls,
+        user_id: str,
+        verifier: PasswordVerifier,
+        password: str,
+        *,
+        now: float,
+        ttl_s: float,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> PasswordGrant:
+        """The grant for ``password``, which the caller has just verified for ``user_id``
+        against ``verifier`` (``now`` is monotonic seconds)."""
+        key = random_bytes(_GRANT_KEY_SIZE)
+        tag = hmac.new(key, password_secret(password), hashlib.sha256).digest()
+        return cls(user_id, verifier.digest, tag, key, now + ttl_s)
+
+    def admits(self, user_id: str, verifier: PasswordVerifier, password: str, now: float) -> bool:
+        """True when this Hello's user and password are the ones checked, still valid."""
+        tag = hmac.new(self.key, password_secret(password), hashlib.sha256).digest()
+        same_password = hmac.compare_digest(tag, self.tag)
+        same_verifier = hmac.compare_digest(verifier.digest, self.digest)
+        return (
+            same_password and same_verifier and user_id == self.user_id and now <= self.expires_at
+        )
 
 
 def client_keys_for_code(code: str, salt: bytes, kdf: KdfParams) -> tuple[bytes, bytes, bytes]:

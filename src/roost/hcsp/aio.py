@@ -90,6 +90,8 @@ class AnnounceTransport:
         self._sock: socket.socket | None = None
         self._timer: CoreTimer | None = None  # built in start(), on the running loop
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Unicast peers learned at run time (DNS-SD), besides the configured ones.
+        self.discovered_peers: tuple[tuple[str, int], ...] = ()
 
     @property
     def local_port(self) -> int:
@@ -150,7 +152,7 @@ class AnnounceTransport:
     def _destinations(self) -> Sequence[tuple[str, int]]:
         cfg = self.config
         group = [(cfg.group, cfg.port)] if cfg.multicast else []
-        return [*group, *cfg.peers]
+        return [*group, *cfg.peers, *self.discovered_peers]
 
     def _send(self, datagram: bytes) -> None:
         assert self._sock is not None and self._transport is not None
@@ -187,6 +189,12 @@ class AnnounceTransport:
                 self.on_event(event)
         if self._timer is not None:
             self._timer.arm(self.core.get_timer())
+
+    def set_discovered_peers(self, peers: Sequence[tuple[str, int]]) -> None:
+        """Also send announcements to ``peers`` (hubs DNS-SD found); every datagram from
+        them is still verified like any other (section 3)."""
+        configured = set(self.config.peers)
+        self.discovered_peers = tuple(p for p in dict.fromkeys(peers) if p not in configured)
 
     def refresh(self) -> None:
         """Call after changing the core from outside (load, trust) to flush and re-arm."""

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,13 +34,15 @@ from roost.channel import (
 from roost.channel.aio import flush_channel
 from roost.clock import wall_ms_now
 from roost.config import HubConfig
+from roost.dnssd.aio import DnsSdNode, start_browsing
+from roost.dnssd.records import HubRecord
 from roost.errors import RefusedError, RoostError, StateError, VerificationError, listening
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import FrameMessage
 from roost.hcsp.core import AnnounceCore, OwnHub
 from roost.hcsp.documents import Endpoint, HubAddress
-from roost.hcsp.events import HcspEvent, HubDown, HubUpdated, LiveHub, WinnerChanged
+from roost.hcsp.events import HcspEvent, HubDown, HubUp, HubUpdated, LiveHub, WinnerChanged
 from roost.hcsp.redirect import RedirectConfig, RedirectPlanner, fair_share
 from roost.hub.recorder import IncomingFrame, Recorder
 from roost.hub.status import (
@@ -59,7 +61,14 @@ from roost.timer import CoreTimer
 __all__ = ["AnnounceTransportFactory", "DeviceSession", "HubCounters", "HubDaemon"]
 
 log = logging.getLogger("roost.hub")
+# The ALPN protocol of peer dashboard requests (roost.hub.peers.PEER_ALPN, kept equal by a
+# test; the daemon does not import the dashboard).
+_PEER_ALPN = "roost-web/1"
 _READ_CHUNK = 256 * 1024
+# A hub DNS-SD found but whose announcements are not (or no longer) verified is sent ours
+# for this many seconds out of every _DNS_SD_RETRIAL (docs/hub-and-device.md).
+_DNS_SD_TRIAL = 10.0
+_DNS_SD_RETRIAL = 60.0
 
 # What builds the announcement transport around the daemon's announce core; the default
 # runs it on the config's UDP sockets, a test may hand in its own.
@@ -177,6 +186,16 @@ class HubDaemon:
         self.guard: GuardServer | None = None
         # The broker agent's status (roost.rendezvous.agent_aio), when the hub has one.
         self.broker_status: Callable[[], BrokerAgentStatus] | None = None
+        # Where a verified peer hub's dashboard connection goes (ALPN ``roost-web/1`` on
+        # this listener, roost.hub.peers); None: such connections are refused.
+        self.peer_web: (
+            Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None
+        ) = None
+        # DNS-SD publication and browsing (``[dns_sd]``), once start_dns_sd() ran.
+        self.dns_sd: DnsSdNode | None = None
+        # Found hubs sent unicast announcements: identifier -> (record, first seen).
+        self._dns_sd_peers: dict[str, tuple[HubRecord, float]] = {}
+        self._dns_sd_timer: CoreTimer | None = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -270,8 +289,88 @@ class HubDaemon:
         """The port the device listener is bound to (the real one when configured as 0)."""
         return self.bound_address[1]
 
+    async def start_dns_sd(self, api_port: int | None = None) -> None:
+        """Publish this hub as ``_roost._tcp`` and browse for the others, when the config
+        enables DNS-SD (docs/hub-and-device.md, "Finding hubs with DNS-SD").
+
+        Called once every listener is bound, so the record names the bound ports. A hub
+        without multicast announcements also sends them unicast to the hubs it finds, so
+        hubs on a network that drops the announce group still elect (section 3).
+        """
+        if not self.config.dns_sd.enabled or self.dns_sd is not None:
+            return
+        record = HubRecord(
+            identifier=self.identifier,
+            name=self.config.name,
+            host=self.advertised.host,
+            port=self.advertised.port,
+            features=tuple(self.config.features),
+            max_devices=self.config.max_devices,
+            api_port=api_port,
+            announce_port=self.announcer.local_port,
+        )
+        node = await start_browsing(self.config.dns_sd.interfaces, self._on_dns_sd)
+        if node is None:
+            return
+        self.dns_sd = node
+        try:
+            await node.publish(record)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # DNS-SD is a convenience beside announcements: the hub runs on without it.
+            log.warning("DNS-SD: publishing failed (%s); announcements still run", exc)
+
+    def _on_dns_sd(self, records: tuple[HubRecord, ...]) -> None:
+        """Found hubs become unicast announce peers when multicast is off."""
+        if self.config.announce.udp.multicast:
+            return
+        now = _loop_now()
+        found = {}
+        for record in records:
+            if record.identifier == self.identifier or not record.announce_port:
+                continue
+            known = self._dns_sd_peers.get(record.identifier)
+            # A changed record (a restarted hub) starts a fresh trial.
+            found[record.identifier] = (
+                known if known is not None and known[0] == record else (record, now)
+            )
+        self._dns_sd_peers = found
+        self._refresh_dns_sd_peers()
+
+    def _refresh_dns_sd_peers(self) -> None:
+        """Send announcements to a found hub while it is verified live, and otherwise only
+        during a trial window (``_DNS_SD_TRIAL`` s every ``_DNS_SD_RETRIAL`` s).
+
+        A record is unverified: one naming a host that is not a hub must not buy a stream
+        of datagrams to it, so an address that never answers with a verified announcement
+        gets at most a sixth of the announcement rate.
+        """
+        if not self._dns_sd_peers:
+            if self._announcer is not None:
+                self._announcer.set_discovered_peers(())
+            return
+        now = _loop_now()
+        live = {hub.identifier for hub in self.core.live_hubs(now)}
+        peers, next_change = [], None
+        for identifier, (record, first_seen) in self._dns_sd_peers.items():
+            into_cycle = (now - first_seen) % _DNS_SD_RETRIAL
+            trying = into_cycle < _DNS_SD_TRIAL
+            if identifier in live or trying:
+                peers.append((record.host, record.announce_port or 0))
+            boundary = now + (
+                _DNS_SD_TRIAL - into_cycle if trying else _DNS_SD_RETRIAL - into_cycle
+            )
+            next_change = boundary if next_change is None else min(next_change, boundary)
+        self.announcer.set_discovered_peers(peers)
+        if self._dns_sd_timer is None:
+            self._dns_sd_timer = CoreTimer(asyncio.get_running_loop(), self._refresh_dns_sd_peers)
+        self._dns_sd_timer.arm(next_change)
+
     async def stop(self) -> None:
         """Stop announcing, close every channel and the listener."""
+        if self._dns_sd_timer is not None:
+            self._dns_sd_timer.cancel()
+        if self.dns_sd is not None:
+            await self.dns_sd.close()
         if self._announcer is not None:
             self._announcer.close()
         if self._redirect_timer is not None:
@@ -333,7 +432,11 @@ class HubDaemon:
         host = _peer_host(writer)
         rejected = self.counters.connections_rejected
         try:
-            leaf = peer_certificate(writer.get_extra_info("ssl_object"))
+            ssl_object = writer.get_extra_info("ssl_object")
+            leaf = peer_certificate(ssl_object)
+            if ssl_object.selected_alpn_protocol() == _PEER_ALPN:
+                await self._serve_peer_web(leaf, reader, writer, host)
+                return
             try:
                 device_id = self._verify_node(leaf)
             except VerificationError as exc:
@@ -376,6 +479,24 @@ class HubDaemon:
                         extra={"event": "device-left", "device": session.device_id},
                     )
             writer.close()
+
+    async def _serve_peer_web(
+        self,
+        leaf: x509.Certificate,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+    ) -> None:
+        """A hub's dashboard asks this hub for cameras (roost.hub.peers): hubs only."""
+        try:
+            self._verify_hub_certificate(leaf)
+        except VerificationError as exc:
+            self._count_refusal(self.counters.connections_rejected, exc, host)
+            return
+        if self.peer_web is None:
+            self._count_refusal(self.counters.connections_rejected, Reason.NOT_RUNNING, host)
+            return
+        await self.peer_web(reader, writer)
 
     async def _handle_channel_events(self, session: DeviceSession, host: str) -> None:
         core = session.core
@@ -457,6 +578,9 @@ class HubDaemon:
 
     def _on_event(self, event: HcspEvent) -> None:
         now = _loop_now()
+        if isinstance(event, HubUp | HubDown) and event.hub.identifier in self._dns_sd_peers:
+            # A found hub proved itself, or went silent: its trial window applies again.
+            self._refresh_dns_sd_peers()
         if isinstance(event, WinnerChanged):
             # S110–S180: the verified subscribe was compared; act on the outcome.
             _log_election(event.winner)
@@ -543,6 +667,11 @@ class HubDaemon:
             remote=self._remote_status(),
             uptime_s=round(time.monotonic() - self._started, 1),
             broker=self.broker_status() if self.broker_status is not None else None,
+            dns_sd=None
+            if self.dns_sd is None
+            else tuple(
+                r.to_json() for r in self.dns_sd.found.values() if r.identifier != self.identifier
+            ),
         )
 
     def _remote_status(self) -> RemoteStatus | None:
@@ -555,6 +684,7 @@ class HubDaemon:
             refused_busy=counters.refused_busy,
             refused_rate=counters.refused_rate,
             logins_ok=counters.logins_ok,
+            logins_granted=counters.logins_granted,
             logins_failed=counters.logins_failed,
             calls=counters.calls,
             sessions_expired=counters.sessions_expired,

@@ -6,6 +6,12 @@ hub would acknowledge). :class:`FrameFeed` is such a listener: it hops to the ev
 and hands each frame to the :class:`FrameWatch` objects waiting for that camera, each a
 bounded queue, so a watcher costs memory for at most the frames it asked for and the
 payload is never read back from disk.
+
+A watch starts with the camera's latest stored frame when that frame is recent
+(``latest_max_age_ms``): a remote viewer sees a picture at once instead of waiting for the
+camera's next one (bench/remote_session.py measured about half a frame interval plus the
+call's round trip for the first frame). The feed keeps that one frame per camera in memory;
+an older one is not shown, since the watch promises live frames.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Protocol
 
+from roost.clock import SYSTEM_CLOCK, Clock
 from roost.errors import StateError
 from roost.hub.recorder import IncomingFrame
 
@@ -36,10 +43,22 @@ class _Listened(Protocol):
 class FrameFeed:
     """Fans recorded frames out to watchers; create it on the event loop that reads them."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        latest_max_age_ms: int = 2000,
+    ) -> None:
         self._loop = loop or asyncio.get_running_loop()
         self._watchers: dict[str, set[FrameWatch]] = {}
         self._source: _Listened | None = None
+        self._clock = clock
+        self._latest_max_age_ms = latest_max_age_ms
+        # The newest stored frame per camera (one item each), written on the storing
+        # thread: a dict item assignment is atomic in CPython, and a watch that reads an
+        # older item at that moment only starts with that older frame.
+        self._latest: dict[str, IncomingFrame] = {}
 
     def attach(self, source: _Listened) -> None:
         """Listen to ``source`` (the recorder) until :meth:`detach`."""
@@ -54,6 +73,8 @@ class FrameFeed:
 
     def stored(self, frames: list[IncomingFrame]) -> None:
         """The recorder's listener: runs on the storing thread and only schedules work."""
+        for frame in frames:
+            self._latest[frame.device_id] = frame
         # Reading the dict's size from another thread is safe in CPython; a watcher added
         # at this very moment may miss this batch, which was stored before it asked.
         if not self._watchers:
@@ -69,9 +90,15 @@ class FrameFeed:
                 watch.offer(frame)
 
     def watch(self, device_id: str, frames: int) -> FrameWatch:
-        """Start watching ``device_id`` for its next ``frames`` frames; close it after."""
+        """Start watching ``device_id`` for ``frames`` frames: its latest stored one when
+        it is recent, then the next ones; close it after."""
         watch = FrameWatch(self, device_id, frames)
         self._watchers.setdefault(device_id, set()).add(watch)
+        latest = self._latest.get(device_id)
+        if latest is not None and (
+            self._clock.wall_ms() - latest.received_at_ms <= self._latest_max_age_ms
+        ):
+            watch.offer(latest)
         return watch
 
     def _forget(self, watch: FrameWatch) -> None:
@@ -95,8 +122,17 @@ class FrameWatch:
         self._feed = feed
         self._queue: asyncio.Queue[IncomingFrame] = asyncio.Queue(maxsize=max(limit, 1))
         self.dropped = 0
+        self._newest: IncomingFrame | None = None
 
     def offer(self, frame: IncomingFrame) -> None:
+        newest = self._newest
+        if newest is not None and (
+            frame.seq <= newest.seq and frame.captured_at_ms <= newest.captured_at_ms
+        ):
+            # Already shown, or older than what was (the watch began with the latest
+            # frame while a batch holding it was still on its way to the loop).
+            return
+        self._newest = frame
         if self._queue.full():
             # The watcher asked for no more than the queue holds; later ones are not owed.
             self.dropped += 1

@@ -33,7 +33,14 @@ from pathlib import Path
 
 from roost.errors import StateError
 
-__all__ = ["IncomingFrame", "Recorder", "StoredFrame", "device_dir_name"]
+__all__ = [
+    "CameraRecording",
+    "FrameEntry",
+    "IncomingFrame",
+    "Recorder",
+    "StoredFrame",
+    "device_dir_name",
+]
 
 _SCHEMA_VERSION = 1
 _INDEX_NAME = "index.sqlite3"
@@ -51,6 +58,11 @@ _U64_OFFSET = 1 << 63
 
 def _to_sql(value: int) -> int:
     return value - _U64_OFFSET
+
+
+def _time_to_sql(value: int) -> int:
+    # A query bound outside u64 is clamped, so "from 0" and "to far future" just work.
+    return _to_sql(min(max(value, 0), (1 << 64) - 1))
 
 
 def _from_sql(value: int) -> int:
@@ -90,6 +102,28 @@ class StoredFrame:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class CameraRecording:
+    """What is stored of one camera: frame count, bytes and the capture-time span."""
+
+    device_id: str
+    frames: int
+    bytes: int
+    first_ms: int
+    last_ms: int
+    last_received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameEntry:
+    """One indexed frame, without its payload."""
+
+    seq: int
+    captured_at_ms: int
+    mime: str
+    size: int
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS frames (
@@ -105,6 +139,7 @@ CREATE TABLE IF NOT EXISTS frames (
     UNIQUE (device, seq)
 );
 CREATE INDEX IF NOT EXISTS frames_by_dir ON frames (dir);
+CREATE INDEX IF NOT EXISTS frames_by_time ON frames (device, captured_at_ms);
 CREATE TABLE IF NOT EXISTS evicted (
     device TEXT PRIMARY KEY,
     through_seq INTEGER NOT NULL
@@ -297,6 +332,78 @@ class Recorder:
                 "SELECT seq FROM frames WHERE device = ? ORDER BY seq", (device_id,)
             ).fetchall()
         return [_from_sql(seq) for (seq,) in rows]
+
+    def cameras(self) -> list[CameraRecording]:
+        """Every camera with stored frames (recordings are browsed by capture time)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT device, COUNT(*), SUM(size), MIN(captured_at_ms), MAX(captured_at_ms),"
+                " MAX(received_at_ms) FROM frames GROUP BY device ORDER BY device"
+            ).fetchall()
+        return [
+            CameraRecording(device, count, size, _from_sql(first), _from_sql(last), received)
+            for device, count, size, first, last, received in rows
+        ]
+
+    def index(
+        self, device_id: str, from_ms: int, to_ms: int, limit: int = 100_000
+    ) -> list[FrameEntry]:
+        """Frames of ``device_id`` captured in [from_ms, to_ms], in capture order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, captured_at_ms, mime, size FROM frames WHERE device = ?"
+                " AND captured_at_ms BETWEEN ? AND ? ORDER BY captured_at_ms, seq LIMIT ?",
+                (device_id, _time_to_sql(from_ms), _time_to_sql(to_ms), limit),
+            ).fetchall()
+        return [
+            FrameEntry(_from_sql(seq), _from_sql(at), mime, size) for seq, at, mime, size in rows
+        ]
+
+    def read(self, device_id: str, seq: int) -> StoredFrame | None:
+        """One stored frame with its payload; None when it is not (or no longer) stored."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT captured_at_ms, received_at_ms, mime, dir, name FROM frames"
+                " WHERE device = ? AND seq = ?",
+                (device_id, _to_sql(seq)),
+            ).fetchone()
+            if row is None:
+                return None
+            captured_at_ms, received_at_ms, mime, directory, name = row
+            try:
+                payload = (self._frames_root / directory / name).read_bytes()
+            except FileNotFoundError:
+                return None
+        return StoredFrame(device_id, seq, _from_sql(captured_at_ms), received_at_ms, mime, payload)
+
+    def delete_range(self, device_id: str, from_ms: int, to_ms: int) -> int:
+        """Delete the frames of ``device_id`` captured in [from_ms, to_ms]; returns how many.
+
+        Rows go first (committed), files second, as retention does, so a crash between
+        leaves orphan files that start-up removes.
+        """
+        with self._lock:
+            victims = self._db.execute(
+                "SELECT id, size, dir, name FROM frames WHERE device = ?"
+                " AND captured_at_ms BETWEEN ? AND ?",
+                (device_id, _time_to_sql(from_ms), _time_to_sql(to_ms)),
+            ).fetchall()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM frames WHERE id = ?", [(v[0],) for v in victims])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for _, _, directory, name in victims:
+                (self._frames_root / directory / name).unlink(missing_ok=True)
+            self._bytes_stored -= sum(v[1] for v in victims)
+        return len(victims)
+
+    @property
+    def retention_bytes(self) -> int:
+        """The size bound the oldest frames are removed to keep under."""
+        return self._retention_bytes
 
     # Internals; callers hold the lock.
 

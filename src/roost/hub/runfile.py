@@ -49,6 +49,9 @@ class HubRunState:
     advertise: HostPort
     api: HostPort
     remote: HostPort | None = None
+    # The dashboard's bound address and scheme (``https`` or ``http``), when it has one.
+    dashboard: HostPort | None = None
+    dashboard_scheme: str = "https"
 
     def to_json(self) -> bytes:
         """The file's bytes: one JSON object, addresses as ``host:port`` text."""
@@ -58,6 +61,11 @@ class HubRunState:
             "advertise": _format(self.advertise),
             "api": _format(self.api),
             "remote": _format(self.remote) if self.remote is not None else None,
+            "dashboard": (
+                f"{self.dashboard_scheme}://{_format(self.dashboard)}/"
+                if self.dashboard is not None
+                else None
+            ),
         }
         return json.dumps(doc, indent=1).encode() + b"\n"
 
@@ -76,7 +84,21 @@ class HubRunState:
             advertise=_parse(doc, "advertise"),
             api=_parse(doc, "api"),
             remote=_parse(doc, "remote") if doc.get("remote") is not None else None,
+            **_parse_dashboard(doc),
         )
+
+
+def _parse_dashboard(doc: dict[str, Any]) -> dict[str, Any]:
+    url = doc.get("dashboard")
+    if url is None:
+        return {}
+    if not isinstance(url, str) or "://" not in url:
+        raise StateError("run file: dashboard is not a URL", reason=Reason.CORRUPT)
+    scheme, _, rest = url.partition("://")
+    try:
+        return {"dashboard": parse_hostport(rest.rstrip("/")), "dashboard_scheme": scheme}
+    except ConfigError as exc:
+        raise StateError(f"run file: dashboard: {exc}", reason=Reason.CORRUPT) from exc
 
 
 def write_run_file(path: Path, state: HubRunState) -> None:

@@ -133,6 +133,7 @@ class RemoteStatus:
     refused_busy: int
     refused_rate: int
     logins_ok: int
+    logins_granted: int
     logins_failed: int
     calls: int
     sessions_expired: int
@@ -147,6 +148,7 @@ class RemoteStatus:
             "refused_busy": self.refused_busy,
             "refused_rate": self.refused_rate,
             "logins_ok": self.logins_ok,
+            "logins_granted": self.logins_granted,
             "logins_failed": self.logins_failed,
             "calls": self.calls,
             "sessions_expired": self.sessions_expired,
@@ -163,6 +165,7 @@ class RemoteStatus:
             refused_busy=read_int(doc, "refused_busy"),
             refused_rate=read_int(doc, "refused_rate"),
             logins_ok=read_int(doc, "logins_ok"),
+            logins_granted=read_int(doc, "logins_granted"),
             logins_failed=read_int(doc, "logins_failed"),
             calls=read_int(doc, "calls"),
             sessions_expired=read_int(doc, "sessions_expired"),
@@ -259,6 +262,9 @@ class HubStatus:
     uptime_s: float
     # None when the hub's config has no [broker] table.
     broker: BrokerAgentStatus | None = None
+    # The hubs DNS-SD found (unverified hints, `roost.dnssd.records.HubRecord.to_json`);
+    # None when DNS-SD is off.
+    dns_sd: tuple[Mapping[str, Any], ...] | None = None
 
     @property
     def is_winner(self) -> bool:
@@ -281,6 +287,7 @@ class HubStatus:
             "remote": self.remote.to_json() if self.remote is not None else None,
             "uptime_s": self.uptime_s,
             "broker": self.broker.to_json() if self.broker is not None else None,
+            "dns_sd": [dict(hub) for hub in self.dns_sd] if self.dns_sd is not None else None,
         }
 
     @classmethod
@@ -308,4 +315,7 @@ class HubStatus:
             broker=None
             if broker is None
             else BrokerAgentStatus.from_json(read_object(doc, "broker")),
+            dns_sd=None
+            if doc.get("dns_sd") is None
+            else tuple(dict(hub) for hub in read_objects(doc, "dns_sd")),
         )

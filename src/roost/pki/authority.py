@@ -25,6 +25,8 @@ index records every certificate ever signed.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import datetime as dt
 import ipaddress
 import json
@@ -32,7 +34,7 @@ import os
 import re
 import shutil
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -58,12 +60,21 @@ from roost.pki.certs import (
 )
 from roost.statelock import LOCK_NAME
 
-__all__ = ["Authority", "GenerationRecord", "IssuedLeaf", "Settings"]
+__all__ = [
+    "Authority",
+    "GenerationRecord",
+    "IssuedLeaf",
+    "Settings",
+    "check_publish_url",
+    "describe_time",
+]
 
 _SETTINGS = "authority.json"
 _INDEX = "index.sqlite3"
 _YEAR = dt.timedelta(days=365)
 _LEAF_BACKDATE = dt.timedelta(hours=1)
+# X.509 GeneralizedTime ends with the year 9999.
+_LAST_TIME = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
 # Directories a generation passes through before it is committed, and ``gen-N`` itself.
 _STAGING_PREFIX = ".gen-"
 _GENERATION_DIR = re.compile(r"gen-([1-9][0-9]*)")
@@ -79,6 +90,12 @@ class GenerationRecord:
     revokes_previous: bool = False
     published: bool = True
     dl_keys: list[str] = field(default_factory=list)
+    # Set when a late `roost ca tick` made this generation (roost.pki.schedule).
+    publish_until: str | None = None
+
+    @property
+    def publish_until_time(self) -> dt.datetime | None:
+        return None if self.publish_until is None else dt.datetime.fromisoformat(self.publish_until)
 
     @property
     def not_after_time(self) -> dt.datetime:
@@ -129,12 +146,50 @@ def _write_new(path: Path, data: bytes) -> None:
     atomic_write(path, data)
 
 
+def check_publish_url(url: str) -> None:
+    """Raise StateError unless `url` can be the base of every generation's next_url."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise StateError(f"{url!r} is not a URL: {exc}", reason="bad-url") from exc
+    if parts.scheme != "https" or not parts.hostname:
+        raise StateError(
+            f"the publish URL {url!r} must be https://HOST[:PORT]/PATH", reason="bad-url"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise StateError(
+            f"the publish URL {url!r} may not carry a query, fragment or user", reason="bad-url"
+        )
+    if port == 0 or any(c.isspace() or ord(c) < 0x20 for c in url):
+        raise StateError(f"the publish URL {url!r} has a bad port or character", reason="bad-url")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def describe_time(at: dt.datetime) -> str:
+    """A time as people read it in messages: ``2046-01-01 00:00 UTC``."""
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+_when = describe_time
+
+
 class Authority:
     """Operations on an authority directory; every method validates before it writes."""
 
     def __init__(self, directory: Path, settings: Settings) -> None:
         self.directory = directory
         self.settings = settings
+        # Inside `transaction()`, saves wait for its end: several steps, one commit.
+        self._deferred = False
+        self._dirty = False
 
     # ----------------------------------------------------------------- set-up and loading
 
@@ -153,12 +208,17 @@ class Authority:
         """Create generation 1 (S501): CA key and certificate, DL key set, CA information 1."""
         if (directory / _SETTINGS).exists():
             raise StateError(f"{directory} already holds an authority", reason="exists")
-        if not publish_url.startswith("https://"):
-            raise StateError("the publish URL must be https://", reason="bad-url")
+        check_publish_url(publish_url)
         if not 1 <= dl_threshold <= dl_keys <= 255:
             raise StateError("need 1 <= --dl-threshold <= --dl-keys <= 255", reason="bad-args")
-        if lead_years >= validity_years:
-            raise StateError("the lead time must be shorter than the validity", reason="bad-args")
+        if not 0 < lead_years < validity_years <= 100:
+            raise StateError("need 0 < --lead-years < --validity-years <= 100", reason="bad-args")
+        if leaf_validity_days < 1:
+            raise StateError("leaf certificates need at least one day", reason="bad-args")
+        if at + validity_years * _YEAR > _LAST_TIME:
+            raise StateError(
+                f"a CA made at {_when(at)} would outlive the year 9999", reason="bad-args"
+            )
         directory.mkdir(parents=True, exist_ok=True)
         # The lock `roost ca` commands hold while they write (roost.statelock) may be there.
         if any(p.name not in (".gitkeep", LOCK_NAME) for p in directory.iterdir()):
@@ -181,14 +241,46 @@ class Authority:
             gens = [GenerationRecord(**g) for g in raw.pop("generations")]
             settings = Settings(generations=gens, **raw)
         except FileNotFoundError as exc:
-            raise StateError(f"{directory} holds no authority (run `roost ca init`)") from exc
+            raise StateError(
+                f"{directory} holds no authority (run `roost ca init`)", reason="missing"
+            ) from exc
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise StateError(f"{path} is corrupt: {exc}", reason="corrupt") from exc
         return cls(directory, settings)
 
     def _save(self) -> None:
+        if self._deferred:
+            self._dirty = True
+            return
         doc = asdict(self.settings)
         atomic_write(self.directory / _SETTINGS, json.dumps(doc, indent=2).encode("utf-8"))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several changes, one commit: authority.json is saved once, at the end.
+
+        If anything inside raises, the generation table in memory goes back to what it was
+        and generation directories written meanwhile are removed (they are unrecorded, so
+        readers already ignore them), so a failed `roost ca tick` changes nothing that
+        counts. The index keeps rows of certificates signed meanwhile (it records every
+        certificate ever signed), and DL keys made meanwhile stay unused in dl-keys/.
+        """
+        if self._deferred:
+            yield
+            return
+        saved = copy.deepcopy(self.settings)
+        self._deferred, self._dirty = True, False
+        try:
+            yield
+        except BaseException:
+            self.settings = saved
+            self._deferred = False
+            with contextlib.suppress(OSError):
+                self.discard_interrupted()
+            raise
+        self._deferred = False
+        if self._dirty:
+            self._save()
 
     # --------------------------------------------------------------------- key material
 
@@ -242,8 +334,9 @@ class Authority:
         revokes_previous: bool,
         new_dl_keys: Sequence[Ed25519PrivateKey] | None,
         activate: bool = False,
+        publish_until: dt.datetime | None = None,
     ) -> CAInfo:
-        self._discard_interrupted()
+        self.discard_interrupted()
         gen_dir = self._gen_dir(generation)
         if gen_dir.exists():
             raise StateError(f"generation {generation} already exists", reason="exists")
@@ -294,13 +387,14 @@ class Authority:
                 revokes_previous,
                 True,
                 [k.public_key().public_bytes_raw().hex() for k in dl_keys],
+                None if publish_until is None else publish_until.isoformat(),
             )
         )
         # The commit: until authority.json lists it, gen-N is debris of an interrupted roll.
         self._save()
         return decode_cainfo(info_bytes)
 
-    def _discard_interrupted(self) -> None:
+    def discard_interrupted(self) -> None:
         """Remove what a roll that crashed before its commit left behind (module docstring)."""
         recorded = {record.generation for record in self.settings.generations}
         for entry in sorted(self.directory.iterdir()):
@@ -317,22 +411,24 @@ class Authority:
             if entry.name.startswith(_STAGING_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry)
 
+    def download_names(self) -> tuple[list[str], list[str]]:
+        """The DNS names and IP addresses a download certificate carries: the publish host."""
+        host = urlsplit(self.settings.publish_url).hostname or "localhost"
+        return ([], [host]) if _is_ip(host) else ([host], [])
+
     def _issue_download_cert(self, gen_dir: Path, generation: int, at: dt.datetime) -> None:
         """The server publishing N is certified by CA N-1, the one devices still trust."""
-        host = urlsplit(self.settings.publish_url).hostname or "localhost"
-        ips: list[str] = []
-        dns: list[str] = []
-        try:
-            ipaddress.ip_address(host)
-            ips.append(host)
-        except ValueError:
-            dns.append(host)
+        dns, ips = self.download_names()
         issued = self.issue(Role.DOWNLOAD, at, dns=dns, ips=ips, generation=generation - 1)
         _write_new(gen_dir / "download-cert.pem", cert_to_pem(issued.cert))
         _write_private(gen_dir / "download-key.pem", key_to_pem(issued.key))
 
     def roll(
-        self, at: dt.datetime, revoke_current: bool = False, rotate_dl_keys: int = 0
+        self,
+        at: dt.datetime,
+        revoke_current: bool = False,
+        rotate_dl_keys: int = 0,
+        publish_until: dt.datetime | None = None,
     ) -> CAInfo:
         """Prepare the next generation (S502–S504); with revocation, issue from it at once.
 
@@ -343,16 +439,77 @@ class Authority:
         threshold of the old set).
         """
         generation = self.settings.newest + 1
+        self.check_roll(at, rotate_dl_keys)
         new_keys = self._new_dl_keys(rotate_dl_keys) if rotate_dl_keys else None
         # With revocation, issuing moves in the same commit, so no crash can leave the
         # compromised generation active beside its recorded replacement.
         return self._create_generation(
-            generation, at, revoke_current, new_keys, activate=revoke_current
+            generation,
+            at,
+            revoke_current,
+            new_keys,
+            activate=revoke_current,
+            publish_until=publish_until,
         )
 
-    def activate(self) -> int:
-        """Issuing moves to the newest generation (S510)."""
-        self.settings.active = self.settings.newest
+    def check_roll(self, at: dt.datetime, rotate_dl_keys: int = 0) -> None:
+        """Raise StateError, before anything is written, if a roll at `at` cannot be made.
+
+        CA N+1's download server is certified by CA N (section 2, "Publication"), so a roll
+        needs CA N valid at `at`; after CA N expired only `roost ca tick`, which applies a
+        missed roll at the time it was due, can still make N+1.
+        """
+        newest = self.settings.record(self.settings.newest)
+        if at >= newest.not_after_time:
+            raise StateError(
+                f"CA generation {newest.generation} expired at {_when(newest.not_after_time)},"
+                f" so it cannot certify the download server of generation"
+                f" {newest.generation + 1} at {_when(at)}; run `roost ca tick`, which makes"
+                " missed generations at the times they were due",
+                reason="ca-expired",
+            )
+        self.check_issue(Role.DOWNLOAD, at, newest.generation)
+        if at + self.settings.validity_years * _YEAR > _LAST_TIME:
+            raise StateError(
+                f"a CA made at {_when(at)} would outlive the year 9999", reason="bad-args"
+            )
+        if rotate_dl_keys and not self.settings.dl_threshold <= rotate_dl_keys <= 255:
+            raise StateError(
+                f"--rotate-dl-keys needs {self.settings.dl_threshold} to 255 keys"
+                f" (the threshold is {self.settings.dl_threshold})",
+                reason="bad-args",
+            )
+
+    def check_issue(self, role: Role, at: dt.datetime, generation: int | None = None) -> None:
+        """Raise StateError, before anything is written, if a leaf cannot be issued at `at`."""
+        generation = generation or self.settings.active
+        record = self.settings.record(generation)
+        start = dt.datetime.fromisoformat(record.not_before)
+        if at > _LAST_TIME - dt.timedelta(days=self.settings.leaf_validity_days):
+            raise StateError(f"{_when(at)} is too close to the year 9999", reason="bad-args")
+        if at >= record.not_after_time:
+            raise StateError(
+                f"CA generation {generation} expired at {_when(record.not_after_time)};"
+                f" run `roost ca tick --at {at.isoformat()}` to move issuing on first",
+                reason="ca-expired",
+            )
+        if at + dt.timedelta(days=self.settings.leaf_validity_days) <= start:
+            raise StateError(
+                f"CA generation {generation} starts at {_when(start)}, after a {role.value}"
+                f" certificate issued at {_when(at)} would expire",
+                reason="bad-args",
+            )
+
+    def activate(self, generation: int | None = None) -> int:
+        """Issuing moves to `generation`, by default the newest (S510)."""
+        target = self.settings.newest if generation is None else generation
+        self.settings.record(target)
+        if target < self.settings.active:
+            raise StateError(
+                f"generation {target} is older than the active {self.settings.active}",
+                reason="rollback",
+            )
+        self.settings.active = target
         self._save()
         return self.settings.active
 
@@ -385,6 +542,10 @@ class Authority:
     ) -> IssuedLeaf:
         """Issue a leaf under the active generation (or `generation`) and index it."""
         generation = generation or self.settings.active
+        self.check_issue(role, at, generation)
+        if role not in (Role.HUB, Role.DEVICE) and not (dns or ips):
+            # A usage mistake (the CLI maps ValueError to exit 2), found before any write.
+            raise ValueError(f"a {role.value} certificate needs at least one DNS or IP name")
         ca_cert = self.ca_cert(generation)
         key = generate_key()
         # Backdate slightly for peers whose clocks lag, never before the CA itself.

@@ -12,6 +12,7 @@ import enum
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -28,6 +29,7 @@ __all__ = [
     "CAInfoBody",
     "Flags",
     "accept_successor",
+    "check_standalone",
     "decode_cainfo",
     "encode_body",
     "sign_body",
@@ -230,3 +232,59 @@ def accept_successor(trusted: CAInfo, candidate: CAInfo) -> None:
         raise VerificationError("too few signatures by the trusted DL keys", reason="threshold")
     if _count_valid(candidate, candidate.body.dl_keys) < candidate.body.dl_threshold:
         raise VerificationError("too few signatures by its own DL keys", reason="threshold-new")
+
+
+def _check_next_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise VerificationError(f"next_url {url!r} is not a URL: {exc}", reason="bad-url") from exc
+    bad_char = any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url)
+    if parts.scheme != "https" or not parts.hostname or bad_char or port == 0:
+        raise VerificationError(
+            f"next_url {url!r} is not an https://HOST[:PORT]/PATH address", reason="bad-url"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise VerificationError(
+            f"next_url {url!r} carries a query, fragment or user name", reason="bad-url"
+        )
+
+
+def check_standalone(info: CAInfo, floor: dt.datetime) -> None:
+    """What a holder can check of CA information it is asked to trust with nothing before it.
+
+    Provisioning trusts the file as installed (section 2: generation 1 is trusted because it
+    is installed), so nothing proves where it came from: a person compares its fingerprint
+    (`digest`) with the authority's. What the file can prove about itself is checked here:
+    a threshold of its own DL keys signed exactly these bytes (so a flipped byte anywhere in
+    the body, a signature or a key is caught), `next_url` has the form rollover needs, and
+    the CA certificate is a self-signed CA of this generation, still valid at `floor`.
+    Raises VerificationError saying which of these failed.
+    """
+    valid = _count_valid(info, info.body.dl_keys)
+    if valid < info.body.dl_threshold:
+        raise VerificationError(
+            f"only {valid} of its {len(info.signatures)} signatures verify against its own DL"
+            f" keys, {info.body.dl_threshold} are needed: the file is damaged or not from the"
+            " authority",
+            reason="threshold-new",
+        )
+    _check_next_url(info.body.next_url)
+    cert = info.ca_certificate
+    try:
+        cert.verify_directly_issued_by(cert)
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (InvalidSignature, ValueError, TypeError, x509.ExtensionNotFound) as exc:
+        raise VerificationError(
+            f"the CA certificate is not a valid self-signed CA: {exc or type(exc).__name__}",
+            reason="bad-cert",
+        ) from exc
+    if not constraints.ca:
+        raise VerificationError("the CA certificate is not a CA (CA:FALSE)", reason="bad-cert")
+    if cert.not_valid_after_utc <= floor:
+        raise VerificationError(
+            f"CA generation {info.generation} expired at {cert.not_valid_after_utc:%Y-%m-%d},"
+            f" before {floor:%Y-%m-%d}, the earliest time this trust store accepts",
+            reason="ca-expired",
+        )

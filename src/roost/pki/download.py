@@ -8,19 +8,29 @@ and `roost ca roll` take effect without a restart.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from roost.pki.authority import Authority
+from roost.pki.authority_ops import idle_download_credentials
 from roost.pki.cainfo import MEDIA_TYPE
 from roost.pki.tls import server_context
 
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 __all__ = ["MEDIA_TYPE", "DownloadServer", "download_tls_context"]
 
+_log = logging.getLogger("roost.pki.download")
 
-def download_tls_context(authority: Authority, generation: int | None = None) -> ssl.SSLContext:
+
+def download_tls_context(
+    authority: Authority, generation: int | None = None, at: dt.datetime | None = None
+) -> ssl.SSLContext:
     """TLS with the download certificate of `generation` (issued by CA generation - 1).
 
     By default the oldest published generation's certificate is used: it is issued by the
@@ -30,7 +40,10 @@ def download_tls_context(authority: Authority, generation: int | None = None) ->
     published = authority.published_generations()
     if generation is None:
         if not published:
-            raise ValueError("no generation is published yet (run `roost ca roll` first)")
+            if at is None:
+                raise ValueError("no generation is published yet (run `roost ca roll` first)")
+            # A fresh home: answer "not published yet" under the active CA's certificate.
+            return server_context(*idle_download_credentials(authority, at))
         generation = min(published)
     cert, key = authority.download_credentials(generation)
     return server_context(cert, key)
@@ -43,10 +56,28 @@ class DownloadServer:
     authority: Authority
 
     def __post_init__(self) -> None:
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._log_request])
         self.app.router.add_get("/{tail:.*}", self._serve)
         self.served = 0
         self.not_found = 0
+
+    @web.middleware
+    async def _log_request(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """One log line per request: peer, method, path, status and what was served."""
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            _log.info("%s %s %s -> %d", request.remote, request.method, request.path, exc.status)
+            raise
+        _log.info(
+            "%s %s %s -> %d (%s bytes)",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            response.content_length,
+        )
+        return response
 
     async def _serve(self, request: web.Request) -> web.Response:
         authority = Authority.load(self.authority.directory)

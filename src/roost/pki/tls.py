@@ -55,13 +55,18 @@ def server_context(
     client_anchors: Sequence[x509.Certificate] = (),
     *,
     optional_client_cert: bool = False,
+    alpn: Sequence[str] = (),
 ) -> ssl.SSLContext:
     """A server context; with `client_anchors` it requires a client certificate (mutual TLS).
 
     With `optional_client_cert` a client may present none (the broker's issuers, PROTOCOL.md
-    section 5); one it does present must still chain to `client_anchors`.
+    section 5); one it does present must still chain to `client_anchors`. `alpn` lists
+    application protocols a client may select (a hub's peer dashboard requests); a client
+    offering none gets the listener's default protocol.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     _harden(ctx, client_anchors)
     ctx.load_cert_chain(cert_file, key_file)
     if not client_anchors:
@@ -94,10 +99,12 @@ class ReloadableServerContext:
         client_anchors: Sequence[x509.Certificate],
         *,
         optional_client_cert: bool = False,
+        alpn: Sequence[str] = (),
     ) -> None:
         self._cert_file = cert_file
         self._key_file = key_file
         self._optional = optional_client_cert
+        self._alpn = tuple(alpn)
         self._inner = self._build(client_anchors)
         self.outer = self._build(client_anchors)
         self.outer.sni_callback = self._pick
@@ -108,6 +115,7 @@ class ReloadableServerContext:
             self._key_file,
             client_anchors,
             optional_client_cert=self._optional,
+            alpn=self._alpn,
         )
 
     def _pick(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -34,6 +35,7 @@ BUILD_TIME = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 MAX_CATCH_UP = 16
 # Retired generations kept for download-server TLS only.
 MAX_RETIRED = 16
+_ISSUER_GENERATION = re.compile(r"Roost CA generation ([0-9]{1,9})\b")
 
 
 class Slot(enum.Enum):
@@ -54,6 +56,10 @@ class TrustState:
     # CA information it serves carries its own authenticity (section 2). Generations a
     # successor revoked are never kept here.
     retired: tuple[bytes, ...] = ()
+    # What each accepted REVOKES_PREVIOUS generation made this holder drop, as
+    # (revoking generation, dropped generation, the dropped CA's key identifier): what lets
+    # `explain` say which generation revoked a certificate's issuer.
+    revocations: tuple[tuple[int, int, bytes], ...] = ()
 
     @classmethod
     def provision(cls, first: CAInfo, build_time: dt.datetime = BUILD_TIME) -> TrustState:
@@ -97,16 +103,24 @@ class TrustState:
             older = [self.current] if self.prepared is not None else []
             compromised = self.newest.body.ca_cert_der
             retired = tuple(d for d in self._retire(*older) if d != compromised)
-            return TrustState(candidate, None, floor, retired)
+            dropped = tuple(
+                (candidate.generation, info.generation, _key_id(info.ca_certificate))
+                for _, info in self._slots()
+            )
+            return TrustState(candidate, None, floor, retired, (*self.revocations, *dropped))
         if self.prepared is None:
-            return TrustState(self.current, candidate, floor, self.retired)
-        return TrustState(self.prepared, candidate, floor, self._retire(self.current))
+            return TrustState(self.current, candidate, floor, self.retired, self.revocations)
+        return TrustState(
+            self.prepared, candidate, floor, self._retire(self.current), self.revocations
+        )
 
     def promote(self) -> TrustState:
         """Prepared becomes current (a server verified under prepared only; claims 4–6)."""
         if self.prepared is None:
             raise StateError("nothing prepared to promote", reason="no-prepared")
-        return TrustState(self.prepared, None, self.time_floor, self._retire(self.current))
+        return TrustState(
+            self.prepared, None, self.time_floor, self._retire(self.current), self.revocations
+        )
 
     def verify_node(
         self, leaf: x509.Certificate, expected_identifier: str | None = None
@@ -127,7 +141,58 @@ class TrustState:
                 continue
             state = self.promote() if slot is Slot.PREPARED else self
             return node, slot, state._raise_floor(leaf.not_valid_before_utc)
-        raise _first_meaningful(errors)
+        error = _first_meaningful(errors)
+        if error.reason == "chain":
+            explained = self.explain(leaf)
+            if explained is not None:
+                raise explained from error
+        raise error
+
+    @property
+    def revoked_by(self) -> list[int]:
+        """The generations whose REVOKES_PREVIOUS this holder accepted, oldest first."""
+        return sorted({by for by, _, _ in self.revocations})
+
+    def explain(self, leaf: x509.Certificate) -> VerificationError | None:
+        """Why `leaf` cannot verify here, in words, when the store knows its issuer.
+
+        The issuer is matched by the leaf's authority key identifier against the CAs this
+        store dropped at a revocation, then the ones it retired; a certificate of a CA it
+        never knew is reported as "not yet known" only when its issuer name claims a newer
+        generation than the store holds. These are words for a person, never a reason to
+        accept anything; None leaves the chain error as it is (a foreign CA, an expiry).
+        """
+        key_id = _authority_key_id(leaf)
+        known = [info.generation for _, info in self._slots()]
+        holds = ", ".join(map(str, known))
+        for by, generation, dropped in self.revocations:
+            if key_id is not None and key_id == dropped:
+                along = "" if generation == by - 1 else f" along with generation {by - 1}"
+                return VerificationError(
+                    f"the certificate was issued by generation {generation}, which generation"
+                    f" {by} revoked{along} (REVOKES_PREVIOUS); the node needs a new"
+                    " certificate from the active generation",
+                    reason="revoked",
+                )
+        for der in self.retired:
+            cert = x509.load_der_x509_certificate(der)
+            if key_id is not None and key_id == _key_id(cert):
+                retired_generation = _generation_of(cert.subject.rfc4514_string())
+                return VerificationError(
+                    f"the certificate was issued by generation {retired_generation}, which this"
+                    f" trust store has moved past (it holds {holds}); the node needs a certificate"
+                    " from a newer generation",
+                    reason="retired",
+                )
+        claimed = _generation_of(leaf.issuer.rfc4514_string())
+        if claimed is not None and claimed > max(known):
+            return VerificationError(
+                f"the certificate names generation {claimed} as its issuer, which this trust"
+                f" store does not hold yet (it holds {holds}); run `roost trust update` or"
+                " check the download server",
+                reason="not-yet-known",
+            )
+        return None
 
     def _slots(self) -> list[tuple[Slot, CAInfo]]:
         slots = [(Slot.CURRENT, self.current)]
@@ -141,6 +206,26 @@ class TrustState:
             "prepared": self.prepared.generation if self.prepared else None,
             "time_floor": self.time_floor.isoformat(),
         }
+
+
+def _key_id(cert: x509.Certificate) -> bytes:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _authority_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier
+
+
+def _generation_of(name: str) -> int | None:
+    match = _ISSUER_GENERATION.search(name)
+    return int(match.group(1)) if match else None
 
 
 def _first_meaningful(errors: Sequence[VerificationError]) -> VerificationError:

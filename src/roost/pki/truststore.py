@@ -38,6 +38,7 @@ def save_state(directory: Path, state: TrustState) -> None:
         "prepared": _b64(state.prepared.raw) if state.prepared else None,
         "time_floor": state.time_floor.isoformat(),
         "retired": [_b64(d) for d in state.retired],
+        "revocations": [[by, gen, key_id.hex()] for by, gen, key_id in state.revocations],
     }
     atomic_write(directory / STATE_FILE, json.dumps(doc, indent=2).encode("utf-8"))
 
@@ -63,6 +64,10 @@ def load_state(directory: Path) -> TrustState:
         retired = tuple(base64.b64decode(d, validate=True) for d in doc.get("retired", []))
         for der in retired:
             x509.load_der_x509_certificate(der)
+        revocations = tuple(
+            (int(by), int(gen), bytes.fromhex(key_id))
+            for by, gen, key_id in doc.get("revocations", [])
+        )
         if prepared is not None:
             # The pair was accepted as a chain; a file edited by hand must not bypass that.
             accept_successor(current, prepared)
@@ -70,4 +75,4 @@ def load_state(directory: Path) -> TrustState:
         raise StateError(f"trust store at {directory} is corrupt: {exc}", reason="corrupt") from exc
     if floor.tzinfo is None:
         raise StateError("trust store floor has no time zone", reason="corrupt")
-    return TrustState(current, prepared, floor, retired[-MAX_RETIRED:])
+    return TrustState(current, prepared, floor, retired[-MAX_RETIRED:], revocations)

@@ -32,6 +32,7 @@ from roost.pki.verify import VerifiedNode, verify_server_name
 
 __all__ = [
     "FetchOutcome",
+    "FetchRecord",
     "Fetcher",
     "HttpsFetcher",
     "TrustUpdater",
@@ -56,6 +57,21 @@ class UpdateConfig:
 class FetchOutcome(enum.Enum):
     STORED = "stored"
     NOT_PUBLISHED = "not-published"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRecord:
+    """How the last fetch of CA information went (the dashboard's trust panel reads it).
+
+    ``at`` is the event loop's clock; ``outcome`` is a `FetchOutcome` value or, for a
+    fetch that failed, the error's reason; ``reachable`` says whether the download server
+    answered at all (a refused or malformed answer still means it is reachable).
+    """
+
+    at: float
+    url: str
+    outcome: str
+    reachable: bool
 
 
 @dataclass
@@ -225,6 +241,8 @@ class TrustUpdater:
         self.schedule = UpdateSchedule(config, rng or random.Random())
         self.state = load_state(directory)
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.last_fetch: FetchRecord | None = None
+        self.fetches = 0
         self._lock = asyncio.Lock()
 
     def authenticate(
@@ -251,13 +269,28 @@ class TrustUpdater:
         """Fetch the successor of the newest slot once; raise on anything wrong."""
         async with self._lock:
             url = self.state.newest.body.next_url
+            self.fetches += 1
+            loop = asyncio.get_running_loop()
             try:
                 anchors = self.state.transport_anchors
-                data = await self.fetcher(url, anchors, self.state.time_floor)
+                try:
+                    data = await self.fetcher(url, anchors, self.state.time_floor)
+                except RoostError as exc:
+                    self.last_fetch = FetchRecord(
+                        loop.time(), url, exc.reason, exc.reason != "fetch"
+                    )
+                    raise
                 if data is None:
+                    self.last_fetch = FetchRecord(
+                        loop.time(), url, FetchOutcome.NOT_PUBLISHED.value, True
+                    )
                     return FetchOutcome.NOT_PUBLISHED
-                candidate = decode_cainfo(data, self.config.max_size)
-                new_state = self.state.accept(candidate)
+                try:
+                    candidate = decode_cainfo(data, self.config.max_size)
+                    new_state = self.state.accept(candidate)
+                except RoostError as exc:
+                    self.last_fetch = FetchRecord(loop.time(), url, exc.reason, True)
+                    raise
             except RoostError as exc:
                 self.rejected[exc.reason] += 1
                 # Fetches are paced by the schedule (a poll a minute at most, failures
@@ -270,6 +303,7 @@ class TrustUpdater:
                 )
                 raise
             self.commit(new_state)
+            self.last_fetch = FetchRecord(loop.time(), url, FetchOutcome.STORED.value, True)
             return FetchOutcome.STORED
 
     async def catch_up(self, satisfied: Callable[[TrustState], bool]) -> bool:

@@ -143,6 +143,8 @@ class AgentCore:
         self._state = LinkState.IDLE
         self._key: bytes | None = None
         self._interval = config.interval
+        # The interval our NAT's mappings have shown they need (None: the broker's is fine).
+        self._adapted: float | None = None
         self._channels = itertools.count(1)
         self._enroll_channel: int | None = None
         self._held_channel: int | None = None
@@ -278,6 +280,8 @@ class AgentCore:
         self.counters.enrollments += 1
         if interval_ms > 0:
             self._interval = max(interval_ms / 1000.0, self.config.min_interval)
+        if self._adapted is not None:
+            self._interval = min(self._interval, self._adapted)
         if self._enroll_channel is not None:
             self._events.append(CloseConnection(self._enroll_channel))
             self._enroll_channel = None
@@ -449,6 +453,9 @@ class AgentCore:
         self._missed = 0
         self.counters.acks += 1
         if ack.observed != self.reflexive:
+            previous = self.reflexive
+            if previous is not None and previous.address == ack.observed.address:
+                self._mapping_renewed()
             self.reflexive = ack.observed
             self._events.append(ReflexiveAddress(ack.observed))
         if self._state is LinkState.HELD:
@@ -457,6 +464,16 @@ class AgentCore:
                 self._events.append(CloseConnection(self._held_channel))
             self._held_channel = None
             self._keepalive_at = self._enroll_at = None
+
+    def _mapping_renewed(self) -> None:
+        # Same public address, another port, same socket here: the NAT dropped the mapping
+        # between two registrations (a NAT that keeps the port on a new mapping hides this;
+        # then only a shorter configured interval helps, docs/broker.md).
+        self.counters.remapped += 1
+        shorter = max(self.config.shortest_adapted_interval, self._interval / 2)
+        if shorter < self._interval:
+            self._interval = self._adapted = shorter
+            self.counters.adapted += 1
 
     def _keepalive(self, now: float) -> None:
         if self._held_channel is None:

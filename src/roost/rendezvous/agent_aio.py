@@ -17,9 +17,9 @@ present connection); a direct path found later takes over. Each stream of the se
 guard session of the hub's ``GuardServer`` (the same users, calls and Merkle log as the
 TCP remote entrance), bound to ``tls-server-end-point`` of the hub certificate.
 
-One punch at a time: the mux has one probe handler, so a second ``StartPunch`` while one
-runs ends the first as failed (it goes to the relay). The hub serves at most
-``AgentConfig.max_sessions`` sessions anyway.
+Several punches at a time: each ``StartPunch`` gets its own ``PunchDriver``, and the mux
+hands every probe to the driver of the probe's session, so two owners connecting at once
+both punch (the hub serves at most ``AgentConfig.max_sessions`` sessions).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from roost.config import BrokerLink
 from roost.errors import RemoteProtocolError, RoostError, VerificationError
 from roost.guard.aio import GuardServer
 from roost.guard.calls import tls_server_end_point
+from roost.guard.userstore import PasswordGrant
 from roost.hub.status import BrokerAgentStatus
 from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
@@ -120,6 +121,8 @@ class _Served:
     quic: QuicSession | None = None
     kind: PathKind | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # The checked password, good once for the first stream's login (PasswordGrant).
+    grant: PasswordGrant | None = field(default=None, repr=False)
 
 
 class BrokerAgent:
@@ -159,8 +162,9 @@ class BrokerAgent:
         self.mux: UdpMux | None = None
         self._channels: dict[int, BrokerChannel] = {}
         self._served: dict[int, _Served] = {}
-        self._punch: tuple[int, PunchDriver] | None = None
-        self._waiting_paths: list[UdpPath] = []
+        self._punches: dict[int, PunchDriver] = {}
+        # Per punching session: the paths opened toward its candidates before it settles.
+        self._waiting_paths: dict[int, list[UdpPath]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: CoreTimer | None = None  # built in start(), on the running loop
         self._transmitting = False
@@ -196,9 +200,9 @@ class BrokerAgent:
         self.transmit()
         for entry in list(self._served.values()):
             self._end_session(entry)
-        if self._punch is not None:
-            self._punch[1].close()
-            self._punch = None
+        for driver in self._punches.values():
+            driver.close()
+        self._punches.clear()
         for channel in list(self._channels.values()):
             channel.abort()
         for task in list(self._tasks):
@@ -371,11 +375,12 @@ class BrokerAgent:
 
     async def _check_password(self, item: CheckPassword) -> None:
         ok, reason = False, Reason.BAD_PASSWORD
+        grant: PasswordGrant | None = None
         try:
             credentials = open_request(
                 self.private_key, self.identifier, item.sealed, item.issuer_candidates
             )
-            await self.guard.check_password(credentials.user, credentials.password)
+            grant = await self.guard.check_password(credentials.user, credentials.password)
             ok = True
         except VerificationError as exc:
             with contextlib.suppress(ValueError):
@@ -399,7 +404,7 @@ class BrokerAgent:
             peer = str(item.issuer_candidates[0].address) if item.issuer_candidates else "?"
             channel = self.core.channel_of(item.session)
             if channel is not None:
-                self._served[item.session] = _Served(item.session, channel, peer)
+                self._served[item.session] = _Served(item.session, channel, peer, grant=grant)
         self.core.password_checked(item.session, ok, self._now(), reason=None if ok else reason)
         self.transmit()
 
@@ -407,11 +412,10 @@ class BrokerAgent:
 
     def _start_punch(self, plan: StartPunch) -> None:
         assert self.mux is not None
-        if self._punch is not None:
-            previous, driver = self._punch
-            driver.close()
-            self._punch = None
-            self.core.punch_failed(previous, self._now())
+        previous = self._punches.pop(plan.session, None)
+        if previous is not None:
+            # A second start for one session (a misbehaving broker): the new plan wins.
+            previous.close()
         try:
             puncher = Puncher(
                 plan.session,
@@ -430,9 +434,9 @@ class BrokerAgent:
         # Initial may arrive before our own punch settles, and a datagram from an address
         # with no path is dropped (bench/remote_session.py measured about 1.5 s of QUIC
         # retransmission from that). A path keeps what arrives until QUIC takes it.
-        self._waiting_paths = [self.mux.path_to(address) for address in puncher.targets]
+        self._waiting_paths[session] = [self.mux.path_to(address) for address in puncher.targets]
         driver = PunchDriver(self.mux, puncher, lambda event: self._on_punch(session, event))
-        self._punch = (session, driver)
+        self._punches[session] = driver
 
     def _on_punch(self, session: int, event: PunchEvent) -> None:
         # Deferred to the loop: the driver reports from inside its own transmit.
@@ -443,7 +447,9 @@ class BrokerAgent:
             # A peer-reflexive address: the issuer may send QUIC from it too.
             assert self.mux is not None
             self.learned += 1
-            self._waiting_paths.append(self.mux.path_to(event.address))
+            waiting = self._waiting_paths.get(session)
+            if waiting is not None:
+                waiting.append(self.mux.path_to(event.address))
         elif isinstance(event, DirectPathFound):
             assert self.mux is not None
             log.info(
@@ -454,24 +460,29 @@ class BrokerAgent:
             )
             self.core.punch_succeeded(session, event.address, self._now())
             chosen = self.mux.path_to(event.address)
-            self._close_waiting_paths(keep=chosen)
+            self._close_waiting_paths(session, keep=chosen)
             entry = self._served.get(session)
             if entry is not None:
                 self._take_path(entry, chosen, PathKind.DIRECT)
             self.transmit()
         elif isinstance(event, PunchFailed):
-            self._close_waiting_paths(keep=None)
+            self._close_waiting_paths(session, keep=None)
             self.core.punch_failed(session, self._now())
             self.transmit()
 
-    def _close_waiting_paths(self, keep: UdpPath | None) -> None:
-        """The paths opened for candidates that did not win are closed (their datagrams
-        would otherwise wait for a QUIC session that never comes); a path some session
-        already uses is left alone."""
-        for path in self._waiting_paths:
-            if path is not keep and not path.has_receiver:
+    def _close_waiting_paths(self, session: int, keep: UdpPath | None) -> None:
+        """The paths opened for a session's candidates that did not win are closed (their
+        datagrams would otherwise wait for a QUIC session that never comes); a path some
+        session already uses, or another punch still waits on, is left alone."""
+        others = {
+            id(path)
+            for other, paths in self._waiting_paths.items()
+            if other != session
+            for path in paths
+        }
+        for path in self._waiting_paths.pop(session, []):
+            if path is not keep and not path.has_receiver and id(path) not in others:
                 path.close()
-        self._waiting_paths = []
 
     def _relay_ready(self, event: RelayReady) -> None:
         entry = self._served.get(event.session)
@@ -517,10 +528,17 @@ class BrokerAgent:
         try:
             while not session.closed:
                 reader, writer = await session.accept_stream()
+                # Only a stream of this QUIC connection, which only this session's issuer
+                # holds the keys of, may use the grant, and only the first one.
+                grant, entry.grant = entry.grant, None
                 entry.tasks.add(
                     self._spawn(
                         self.guard.serve_stream(
-                            reader, writer, peer=entry.peer, channel_binding=self._binding
+                            reader,
+                            writer,
+                            peer=entry.peer,
+                            channel_binding=self._binding,
+                            password_grant=grant,
                         )
                     )
                 )
@@ -542,9 +560,10 @@ class BrokerAgent:
             entry.quic.close("closed")
         elif entry.path is not None:
             entry.path.close()
-        if self._punch is not None and self._punch[0] == entry.session:
-            self._punch[1].close()
-            self._punch = None
+        driver = self._punches.pop(entry.session, None)
+        if driver is not None:
+            driver.close()
+        self._close_waiting_paths(entry.session, keep=None)
 
     # ------------------------------------------------------------------ status
 

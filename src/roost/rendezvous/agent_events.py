@@ -49,6 +49,11 @@ class AgentConfig:
     # holds a TLS connection instead (step 2).
     rack_timeout: float = 3.0
     missed_racks: int = 3
+    # A RACK that names another port of the same public address than the last one means
+    # the NAT forgot our mapping between two registrations and made a new one (its UDP
+    # timeout is shorter than the interval, so wake-ups sent meanwhile were lost): the
+    # interval is halved, down to this (docs/broker.md, "The two ends").
+    shortest_adapted_interval: float = 5.0
     keepalive_interval: float = 20.0
     # A failed enrollment or held connection is opened again after this.
     enroll_retry: float = 5.0
@@ -67,6 +72,7 @@ class AgentConfig:
             "min_interval",
             "rack_timeout",
             "keepalive_interval",
+            "shortest_adapted_interval",
             "enroll_retry",
             "setup_timeout",
             "token_memory",
@@ -89,6 +95,9 @@ class AgentCounters:
     acks: int = 0
     enrollments: int = 0
     fallbacks: int = 0
+    # RACKs showing a new NAT mapping (another port), and the interval shortenings.
+    remapped: int = 0
+    adapted: int = 0
     keepalives: int = 0
     wakes: int = 0
     wake_resends: int = 0

@@ -37,7 +37,7 @@ import random
 from collections import deque
 
 from roost.errors import RefusedError, RoostError, VerificationError
-from roost.ratelimit import SourceRateLimiter
+from roost.ratelimit import SourceRateLimiter, TokenBucket
 from roost.reasons import Reason, RejectionCounter
 from roost.rendezvous import control, stun
 from roost.rendezvous.broker_events import (
@@ -51,18 +51,22 @@ from roost.rendezvous.broker_events import (
 )
 from roost.rendezvous.broker_state import Address, BrokerCounters, ChannelRecord, SessionRecord
 from roost.rendezvous.messages import (
+    ACK_MAGIC,
     MAX_CANDIDATES,
     REGISTRATION_KEY_SIZE,
     REGISTRATION_MAGIC,
     TOKEN_SIZE,
-    Ack,
     Candidate,
     Wake,
+    candidate_wire,
     check_counter,
+    check_reply_size,
     decode_registration,
-    encode_ack,
+    encode_candidates,
     encode_wake,
-    verify_registration,
+    registration_candidates,
+    scan_registration,
+    verify_tag,
 )
 from roost.rendezvous.registry import Registry
 
@@ -90,7 +94,7 @@ class BrokerCore:
         self.counters = BrokerCounters()
         self.rejections = RejectionCounter(config.log_interval_s, config.max_sources)
         self._wake_counter = wake_counter_start
-        self._udp_global = SourceRateLimiter(config.global_udp_rate, config.global_udp_burst, 1)
+        self._udp_global = TokenBucket(config.global_udp_rate, config.global_udp_burst)
         self._udp_sources = SourceRateLimiter(
             config.udp_source_rate, config.udp_source_burst, config.max_sources
         )
@@ -100,7 +104,7 @@ class BrokerCore:
         self._targets = SourceRateLimiter(
             config.target_rate, config.target_burst, config.max_sources
         )
-        self._wake_global = SourceRateLimiter(config.global_wake_rate, config.global_wake_burst, 1)
+        self._wake_global = TokenBucket(config.global_wake_rate, config.global_wake_burst)
         self._channels: dict[int, ChannelRecord] = {}
         self._sessions: dict[int, SessionRecord] = {}
         self._tokens: dict[bytes, int] = {}
@@ -179,7 +183,7 @@ class BrokerCore:
         """One datagram on the broker's UDP port from ``addr`` (host, port)."""
         host = addr[0]
         try:
-            self._udp_global.take("", now)
+            self._udp_global.take(now)
             self._udp_sources.take(host, now)
         except RefusedError as exc:
             self._refuse(exc, host, now)
@@ -187,19 +191,17 @@ class BrokerCore:
         try:
             if len(data) > _MAX_DATAGRAM:
                 raise RefusedError("datagram too large", reason=Reason.OVERSIZED)
-            source = Candidate.of(host, addr[1])
-            if stun.looks_like_stun(data):
-                self._answer_stun(data, source, addr)
-            elif data[: len(REGISTRATION_MAGIC)] == REGISTRATION_MAGIC:
-                self._registration(data, source, addr, now)
+            if data[:4] == REGISTRATION_MAGIC:
+                self._registration(data, candidate_wire(host, addr[1]), addr, now)
+            elif stun.looks_like_stun(data):
+                self._answer_stun(data, candidate_wire(host, addr[1]), addr)
             else:
                 raise RefusedError("not a broker datagram", reason=Reason.BAD_MAGIC)
         except RoostError as exc:
             self._refuse(exc, host, now)
 
-    def _answer_stun(self, data: bytes, source: Candidate, addr: Address) -> None:
-        request = stun.parse_binding_request(data)
-        response = stun.build_binding_response(request, source)
+    def _answer_stun(self, data: bytes, observed: bytes, addr: Address) -> None:
+        response = stun.answer_binding_request(data, observed)
         # Amplification (research/rendezvous.md section 3.3): the source is unproven.
         if len(response) > len(data) * self.config.stun_amplification:
             raise RefusedError(
@@ -208,20 +210,34 @@ class BrokerCore:
         self._datagrams.append((response, addr))
         self.counters.stun_answers += 1
 
-    def _registration(self, data: bytes, source: Candidate, addr: Address, now: float) -> None:
-        received = decode_registration(data)
-        identifier = received.registration.identifier
-        key = self.registry.key_of(identifier)
-        if key is None:
+    def _registration(self, data: bytes, observed: bytes, addr: Address, now: float) -> None:
+        # Section 5, "Registration", in the order of its checks: structure, enrolled key,
+        # tag, counter. The datagram is checked in place and its candidates are stored in
+        # their wire form, so a registration builds no objects (docs/BENCHMARKS.md, "Broker").
+        identifier, counter, count, tag_start = scan_registration(data)
+        known = self.registry.key_and_counter(identifier)
+        if known is None:
+            decode_registration(data)  # a malformed identifier has its own reason
             raise VerificationError(
                 "registration from an unknown identifier", reason=Reason.NOT_ENROLLED
             )
-        registration = verify_registration(received, key)
-        check_counter(self.registry.counter_of(identifier), registration.counter)
-        ack = encode_ack(Ack(registration.counter, source), data)
-        self.registry.register(
-            identifier, registration.counter, source, registration.candidates, now
-        )
+        key, last = known
+        verify_tag(key, data[:tag_start], data[tag_start:])
+        # A counter is above the last accepted one, and above 0 (0 stands for "none yet").
+        check_counter(last, counter)
+        ack = ACK_MAGIC + counter.to_bytes(8, "big") + observed
+        check_reply_size(ack, data)
+        if count < MAX_CANDIDATES:
+            # ``magic | version | length | identifier | counter | count``, then candidates.
+            candidates_start = 6 + data[5] + 9
+            addresses = bytes((count + 1,)) + observed + data[candidates_start:tag_start]
+        else:
+            # Sixteen local candidates plus the reflexive one exceed what the list holds.
+            local_candidates = registration_candidates(data, count, tag_start)
+            addresses = encode_candidates(
+                (Candidate.of(*addr[:2]), *local_candidates[: MAX_CANDIDATES - 1])
+            )
+        self.registry.register_packed(identifier, counter, addresses, now)
         self._datagrams.append((ack, addr))
         self.counters.registrations += 1
 
@@ -258,10 +274,23 @@ class BrokerCore:
         if channel is not None:
             channel.rtt_ms = max(0, int(rtt_ms))
 
-    def _start_in(self, channel_id: int | None) -> int:
+    def _rtt_of(self, channel_id: int | None) -> int:
         channel = self._channels.get(channel_id) if channel_id is not None else None
-        rtt = channel.rtt_ms if channel is not None else 0
-        return max(0, self.config.start_delay_ms - rtt // 2)
+        return channel.rtt_ms if channel is not None else 0
+
+    def _start_delays(self, issuer_rtt: int, target_rtt: int) -> tuple[int, int]:
+        # Section 5, step 6: one common start time, reached by each side at once. The
+        # start message needs half a round trip to reach each side, so the common moment
+        # is the farther side's half round trip plus a margin for the estimate's error,
+        # never later than start_delay_ms; with a round trip unknown (0: no kernel
+        # estimate) the fixed start_delay_ms is all the broker can go by.
+        config = self.config
+        if issuer_rtt > 0 and target_rtt > 0:
+            common = max(issuer_rtt, target_rtt) // 2 + config.start_margin_ms
+            common = min(config.start_delay_ms, common)
+        else:
+            common = config.start_delay_ms
+        return (max(0, common - issuer_rtt // 2), max(0, common - target_rtt // 2))
 
     def close_channel(self, channel_id: int, now: float) -> None:
         """The connection closed (either side); its sessions end."""
@@ -399,7 +428,7 @@ class BrokerCore:
             # Live by a recent enrollment, but neither RWAK nor a connection reaches it.
             raise RefusedError("no way to wake the target", reason=Reason.TARGET_OFFLINE)
         # The wake-up is the work a flood would buy: the global bucket goes last.
-        self._wake_global.take("", now)
+        self._wake_global.take(now)
         session = SessionRecord(
             self._new_session_id(),
             self._new_token(),
@@ -486,21 +515,18 @@ class BrokerCore:
         entry = self.registry.get(session.target)
         reflexive = (entry.reflexive,) if entry is not None and entry.reflexive else ()
         target_candidates = _unique(reflexive + message.candidates)
-        # Both sides should probe at the same moment: start_delay_ms after this send,
-        # each told to wait half its own round trip less (DCUtR's synchronisation).
+        # Both sides should probe at the same moment: each is told to wait the common
+        # delay less half its own round trip (DCUtR's synchronisation, _start_delays).
         deadline = self.config.deadline_ms
+        issuer_in, target_in = self._start_delays(
+            self._rtt_of(session.issuer), self._rtt_of(session.target_channel)
+        )
         self._send(
-            session.issuer,
-            control.Start(session.id, target_candidates, self._start_in(session.issuer), deadline),
+            session.issuer, control.Start(session.id, target_candidates, issuer_in, deadline)
         )
         self._send(
             session.target_channel,
-            control.Start(
-                session.id,
-                _unique(session.candidates),
-                self._start_in(session.target_channel),
-                deadline,
-            ),
+            control.Start(session.id, _unique(session.candidates), target_in, deadline),
         )
         session.deadline = 0.0
 

@@ -58,19 +58,109 @@ _READ_CHUNK = 64 * 1024
 _HANDSHAKE_TIMEOUT = 10.0
 
 
-class _UdpProtocol(asyncio.DatagramProtocol):
-    """The broker's one UDP socket: every datagram goes to the core."""
+# Datagrams read per readiness callback: one core flush and one timer check serve the whole
+# batch (docs/BENCHMARKS.md, "Broker"), and a burst cannot starve the TLS side for long.
+_UDP_BATCH = 64
+# Replies waiting for the socket to take them again; past this they are dropped (a RACK or
+# a STUN answer is repeated by its sender, a wake-up by the core's resend timer).
+_UDP_PENDING = 4096
+_UDP_RECEIVE_SIZE = 2048
 
-    def __init__(self, daemon: BrokerDaemon) -> None:
+
+class _UdpSocket:
+    """The broker's one UDP socket, read in batches straight off a non-blocking socket.
+
+    asyncio's datagram transport costs one protocol callback and one core flush per
+    datagram; the broker's port takes every registration of every equipment, so this reads
+    up to ``_UDP_BATCH`` datagrams per readiness callback, hands each to the core, and
+    flushes once. Sends go straight to the socket; when it is full they wait in a bounded
+    queue for writability, like the transport's buffer."""
+
+    def __init__(self, daemon: BrokerDaemon, sock: socket.socket) -> None:
         self._daemon = daemon
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._pending: collections.deque[tuple[bytes, tuple[Any, ...]]] = collections.deque()
+        self._writing = False
+        self.dropped = 0
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self._daemon.datagram_received(data, (str(addr[0]), int(addr[1])))
+    @classmethod
+    def bind(cls, daemon: BrokerDaemon, host: str, port: int) -> _UdpSocket:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.bind(address)
+            return cls(daemon, sock)
+        except BaseException:
+            sock.close()
+            raise
 
-    def error_received(self, exc: Exception) -> None:
-        # An ICMP error for an earlier send (a wake-up to a closed port): the resends or the
-        # wake-up timeout deal with it; the socket stays open.
-        log.debug("udp error: %s", exc)
+    @property
+    def port(self) -> int:
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    def _readable(self) -> None:
+        receive = self._sock.recvfrom
+        deliver = self._daemon.core.receive_datagram
+        now = self._loop.time()
+        for _ in range(_UDP_BATCH):
+            try:
+                data, addr = receive(_UDP_RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # An ICMP error for an earlier send (a wake-up to a closed port): the
+                # resends or the wake-up timeout deal with it; the socket stays open.
+                log.debug("udp error: %s", exc)
+                continue
+            deliver(data, addr if len(addr) == 2 else addr[:2], now)
+        self._daemon.transmit()
+
+    def sendto(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if self._pending:
+            self._queue(data, addr)
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._queue(data, addr)
+        except OSError as exc:
+            log.debug("udp send to %s: %s", addr, exc)
+
+    def _queue(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if len(self._pending) >= _UDP_PENDING:
+            self.dropped += 1
+            return
+        self._pending.append((data, addr))
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        while self._pending:
+            data, addr = self._pending[0]
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("udp send to %s: %s", addr, exc)
+            self._pending.popleft()
+        self._writing = False
+        self._loop.remove_writer(self._sock.fileno())
+
+    def close(self) -> None:
+        if self._sock.fileno() < 0:
+            return
+        self._loop.remove_reader(self._sock.fileno())
+        if self._writing:
+            self._loop.remove_writer(self._sock.fileno())
+        self._sock.close()
 
 
 class BrokerDaemon:
@@ -98,7 +188,7 @@ class BrokerDaemon:
         # Wall microseconds: RWAK counters keep rising across restarts (section 5).
         self.core = BrokerCore(config.core, rng=rng, wake_counter_start=wall_ms_now() * 1000)
         self.connections_rejected: collections.Counter[str] = collections.Counter()
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: _UdpSocket | None = None
         self._server: asyncio.Server | None = None
         self._api: ApiRunner | None = None
         self._writers: dict[int, asyncio.StreamWriter] = {}
@@ -118,10 +208,7 @@ class BrokerDaemon:
         self._timer = CoreTimer(loop, self._on_timer, keep_earlier=True)
         host, port = self.config.udp
         with listening("broker (udp)", host, port):
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(host, port)
-            )
-        self._udp = transport
+            self._udp = _UdpSocket.bind(self, host, port)
         tls_host, tls_port = self.config.tls
         try:
             with listening("broker (tls)", tls_host, tls_port):
@@ -134,7 +221,7 @@ class BrokerDaemon:
                     limit=_READ_CHUNK,
                 )
         except BaseException:
-            transport.close()
+            self._udp.close()
             raise
         if self.config.api is not None:
             self._api = await _start_api(self, *self.config.api)
@@ -167,8 +254,7 @@ class BrokerDaemon:
     @property
     def udp_port(self) -> int:
         assert self._udp is not None
-        port: int = self._udp.get_extra_info("sockname")[1]
-        return port
+        return self._udp.port
 
     @property
     def tls_port(self) -> int:
@@ -210,10 +296,6 @@ class BrokerDaemon:
 
     def _on_timer(self) -> None:
         self.core.handle_timer(_loop_now())
-        self.transmit()
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.core.receive_datagram(data, addr, _loop_now())
         self.transmit()
 
     # ------------------------------------------------------------------ trust
@@ -354,7 +436,8 @@ def _rtt_ms(writer: asyncio.StreamWriter) -> int:
     if len(info) < _TCPI_RTT_OFFSET + 4:
         return 0
     (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
-    return int(rtt_us // 1000)
+    # Rounded up, so a sub-millisecond loopback round trip is 1 ms, not "unknown" (0).
+    return int(-(-rtt_us // 1000))
 
 
 # ---------------------------------------------------------------------- HTTP API

@@ -37,9 +37,12 @@ class BrokerCoreConfig:
     wake_timeout_s: float = 5.0
     # The target checks the password (a KDF) before it answers the request.
     answer_timeout_s: float = 10.0
-    # start: probe this long after receipt, minus half the side's round trip; then
-    # probe for deadline_ms before asking for the relay.
+    # start: both sides probe at one common moment, the farther side's one-way time plus
+    # start_margin_ms after the broker sends (each side is told that minus half its own
+    # round trip); start_delay_ms bounds it, and is used alone while a side's round trip
+    # is unknown. Then probe for deadline_ms before asking for the relay.
     start_delay_ms: int = 200
+    start_margin_ms: int = 15
     deadline_ms: int = 3000
     # Relay limits per session, and relayed sessions per hub.
     relay_max_bytes: int = 64 * 1024 * 1024
@@ -106,8 +109,8 @@ class BrokerCoreConfig:
         for name in at_least_one:
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.start_delay_ms < 0 or self.deadline_ms < 1:
-            raise ValueError("start_delay_ms must be >= 0 and deadline_ms >= 1")
+        if self.start_delay_ms < 0 or self.start_margin_ms < 0 or self.deadline_ms < 1:
+            raise ValueError("start_delay_ms and start_margin_ms must be >= 0 and deadline_ms >= 1")
 
     @property
     def ttl_s(self) -> float:

@@ -54,6 +54,7 @@ __all__ = [
     "ReceivedWake",
     "Registration",
     "Wake",
+    "candidate_wire",
     "check_counter",
     "check_identifier",
     "check_reply_size",
@@ -66,6 +67,8 @@ __all__ = [
     "encode_candidates",
     "encode_registration",
     "encode_wake",
+    "registration_candidates",
+    "scan_registration",
     "verify_registration",
     "verify_tag",
     "verify_wake",
@@ -174,6 +177,22 @@ class Candidate:
         if self.address.version == 6:
             return f"[{self.address}]:{self.port}"
         return f"{self.address}:{self.port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_wire(host: str) -> bytes:
+    # The family byte and packed address of a source host, cached like _ip_address: the
+    # same NAT addresses send again and again.
+    address = Candidate.of(host, 1).address
+    return bytes((address.version,)) + address.packed
+
+
+def candidate_wire(host: str, port: int) -> bytes:
+    """The wire form of the candidate ``(host, port)`` (``family | address | port``), as
+    ``Candidate.of(host, port)`` would encode it; raises LocalProtocolError likewise."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFF:
+        raise LocalProtocolError("candidate port out of range", reason=Reason.BAD_CANDIDATE)
+    return _host_wire(host) + port.to_bytes(2, "big")
 
 
 def _candidate_bytes(candidate: Candidate) -> bytes:
@@ -337,31 +356,32 @@ def encode_registration(registration: Registration, key: bytes) -> bytes:
     return datagram
 
 
-def decode_registration(data: bytes) -> ReceivedRegistration:
-    """Parse an RREG datagram (structure only; call ``verify_registration`` next)."""
+def scan_registration(data: bytes) -> tuple[str, int, int, int]:
+    """Check an RREG datagram's structure without building objects (section 5): returns
+    ``(identifier, counter, count, tag_start)``, the candidates being the ``count``
+    wire-form entries between ``tag_start - len`` and ``tag_start`` (see
+    ``registration_candidates``). The identifier's form is not checked here: the broker
+    looks it up among enrolled identifiers first (``decode_registration`` checks it).
+    Raises RemoteProtocolError with the same reasons as the full decoder."""
     check_size(data, MAX_REGISTRATION, "registration")
-    _check_magic(data, REGISTRATION_MAGIC, "registration")
-    # Offsets rather than a wire.Reader: the broker decodes every registration it takes,
-    # and the cursor's ten calls were half of the decode. Same checks, same reasons.
+    if data[:4] != REGISTRATION_MAGIC:
+        raise RemoteProtocolError(
+            f"registration does not start with {REGISTRATION_MAGIC!r}", reason=Reason.BAD_MAGIC
+        )
+    # Offsets rather than a wire.Reader: the broker scans every registration it takes, and
+    # the cursor's calls were half of the decode. Same checks, same reasons.
     end = len(data)
-    position = len(REGISTRATION_MAGIC) + 2
-    if position > end:
+    if end < 6:
         raise _truncated()
     if data[4] != VERSION:
         raise RemoteProtocolError(f"registration version {data[4]}", reason=Reason.BAD_VERSION)
-    after_identifier = position + data[5]
-    if after_identifier > end:
-        raise _truncated()
-    try:
-        identifier = data[position:after_identifier].decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise RemoteProtocolError("identifier is not ASCII", reason=Reason.BAD_IDENTIFIER) from exc
-    try:
-        check_identifier(identifier)
-    except LocalProtocolError as error:
-        raise as_remote(error) from error
+    after_identifier = 6 + data[5]
     if after_identifier + 9 > end:
         raise _truncated()
+    try:
+        identifier = data[6:after_identifier].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("identifier is not ASCII", reason=Reason.BAD_IDENTIFIER) from exc
     counter = int.from_bytes(data[after_identifier : after_identifier + 8], "big")
     position = after_identifier + 9
     count = data[position - 1]
@@ -369,7 +389,6 @@ def decode_registration(data: bytes) -> ReceivedRegistration:
         raise RemoteProtocolError(
             f"{count} candidates, above {MAX_CANDIDATES}", reason=Reason.TOO_MANY_CANDIDATES
         )
-    candidates: list[Candidate] = []
     for _ in range(count):
         if position >= end:
             raise _truncated()
@@ -377,19 +396,13 @@ def decode_registration(data: bytes) -> ReceivedRegistration:
         size = _FAMILY_SIZE.get(family)
         if size is None:
             raise RemoteProtocolError(f"address family {family}", reason=Reason.BAD_FAMILY)
-        following = position + 1 + size + 2
+        following = position + 3 + size
         if following > end:
             raise _truncated()
-        packed = data[position + 1 : position + 1 + size]
-        address: IPAddress = (
-            ipaddress.IPv4Address(packed) if family == 4 else ipaddress.IPv6Address(packed)
-        )
-        try:
-            candidates.append(
-                Candidate(address, int.from_bytes(data[following - 2 : following], "big"))
-            )
-        except LocalProtocolError as error:
-            raise as_remote(error) from error
+        # Any 4 or 16 bytes are an address and the wire has no scope id, so the port is
+        # all that Candidate would still refuse (port 0 reaches nothing).
+        if data[following - 2] == 0 == data[following - 1]:
+            raise RemoteProtocolError("candidate port out of range", reason=Reason.BAD_CANDIDATE)
         position = following
     if position + TAG_SIZE > end:
         raise _truncated()
@@ -398,10 +411,40 @@ def decode_registration(data: bytes) -> ReceivedRegistration:
             f"registration has {end - position - TAG_SIZE} trailing bytes",
             reason=Reason.TRAILING_BYTES,
         )
+    return identifier, counter, count, position
+
+
+def registration_candidates(data: bytes, count: int, tag_start: int) -> tuple[Candidate, ...]:
+    """The ``count`` candidates of a datagram ``scan_registration`` accepted, decoded."""
+    position = 6 + data[5] + 9
+    candidates: list[Candidate] = []
+    for _ in range(count):
+        family = data[position]
+        following = position + 3 + _FAMILY_SIZE[family]
+        packed = data[position + 1 : following - 2]
+        address: IPAddress = (
+            ipaddress.IPv4Address(packed) if family == 4 else ipaddress.IPv6Address(packed)
+        )
+        candidates.append(
+            Candidate(address, int.from_bytes(data[following - 2 : following], "big"))
+        )
+        position = following
+    if position != tag_start:
+        raise LocalProtocolError("not a scanned registration", reason=Reason.LOCAL_PROTOCOL)
+    return tuple(candidates)
+
+
+def decode_registration(data: bytes) -> ReceivedRegistration:
+    """Parse an RREG datagram (structure only; call ``verify_registration`` next)."""
+    identifier, counter, count, tag_start = scan_registration(data)
+    try:
+        check_identifier(identifier)
+    except LocalProtocolError as error:
+        raise as_remote(error) from error
     return ReceivedRegistration(
-        Registration(identifier, counter, tuple(candidates)),
-        bytes(data[:position]),
-        bytes(data[position:]),
+        Registration(identifier, counter, registration_candidates(data, count, tag_start)),
+        bytes(data[:tag_start]),
+        bytes(data[tag_start:]),
     )
 
 

@@ -6,7 +6,8 @@ probes and QUIC, so the NAT mapping the broker observes is the one the session u
 bytes (section 5, "one socket"):
 
 * ``RREG``/``RACK``/``RWAK`` -> the registration handler (agent or broker),
-* ``RPRB`` -> the punch handler (``roost.rendezvous.punch``),
+* ``RPRB`` -> the punch handler of the probe's session (``add_probe_handler``: several
+  sessions punch at once from one socket), else the general ``on_probe`` handler,
 * STUN (``stun.looks_like_stun``: two zero bits and the magic cookie) -> the STUN handler,
 * anything else is QUIC, handed to the ``UdpPath`` opened toward its source address, or to
   the unrouted handler when there is none.
@@ -39,7 +40,14 @@ from roost.errors import RoostError, TransportError, listening
 from roost.reasons import Reason
 from roost.rendezvous.control import RelayRecord, encode_relay
 from roost.rendezvous.messages import ACK_MAGIC, REGISTRATION_MAGIC, WAKE_MAGIC
-from roost.rendezvous.punch import Address, Puncher, PunchEvent, PunchState, is_probe
+from roost.rendezvous.punch import (
+    Address,
+    Puncher,
+    PunchEvent,
+    PunchState,
+    is_probe,
+    probe_session,
+)
 from roost.rendezvous.stun import looks_like_stun
 from roost.timer import CoreTimer
 
@@ -263,6 +271,7 @@ class UdpMux(asyncio.DatagramProtocol):
         self.on_unrouted = on_unrouted
         self._transport: asyncio.DatagramTransport | None = None
         self._paths: dict[Address, UdpPath] = {}
+        self._probe_handlers: dict[int, SourcedHandler] = {}
         self.received: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self._closed = asyncio.get_running_loop().create_future()
@@ -320,7 +329,10 @@ class UdpMux(asyncio.DatagramProtocol):
             "probe": self.on_probe,
             "stun": self.on_stun,
         }.get(kind)
-        if kind == "quic":
+        if kind == "probe":
+            session = probe_session(data)
+            handler = self._probe_handlers.get(session, handler) if session is not None else handler
+        elif kind == "quic":
             path = self._paths.get(source)
             if path is not None:
                 self._count(self.received, kind)
@@ -352,6 +364,15 @@ class UdpMux(asyncio.DatagramProtocol):
             raise TransportError("socket is closed", reason=Reason.CLOSED)
         self._transport.sendto(data, socket_address(address))
 
+    def add_probe_handler(self, session: int, handler: SourcedHandler) -> None:
+        """Hand the probes of ``session`` to ``handler`` (one punch of several)."""
+        self._probe_handlers[session] = handler
+
+    def remove_probe_handler(self, session: int, handler: SourcedHandler) -> None:
+        """Stop handing ``session``'s probes to ``handler`` (if it is still the one)."""
+        if self._probe_handlers.get(session) == handler:
+            del self._probe_handlers[session]
+
     def path_to(
         self, peer: Sequence[object], on_datagram: DatagramHandler | None = None
     ) -> UdpPath:
@@ -382,7 +403,8 @@ class UdpMux(asyncio.DatagramProtocol):
 
 class PunchDriver:
     """Runs a ``Puncher`` on a mux: probes go out of the shared socket, ``RPRB`` datagrams
-    come in through ``mux.on_probe``; one ``loop.call_at`` for the core's next deadline.
+    of its session come in through the mux (``UdpMux.add_probe_handler``, so several
+    drivers run on one mux at once); one ``loop.call_at`` for the core's next deadline.
 
     The driver keeps answering the peer's probes after the result is known (the peer may
     still be probing) until ``close``. ``on_event`` sees each ``PunchEvent`` (a learned
@@ -401,7 +423,7 @@ class PunchDriver:
         self._loop = asyncio.get_running_loop()
         self._timer = CoreTimer(self._loop, self._on_timer)
         self._settled = self._loop.create_future()
-        mux.on_probe = self._on_probe
+        mux.add_probe_handler(puncher.session, self._on_probe)
         self.transmit()
 
     def _on_probe(self, data: bytes, source: Address) -> None:
@@ -435,7 +457,6 @@ class PunchDriver:
     def close(self) -> None:
         """Stop probing and answering."""
         self._timer.cancel()
-        if self._mux.on_probe == self._on_probe:
-            self._mux.on_probe = None
+        self._mux.remove_probe_handler(self.puncher.session, self._on_probe)
         if not self._settled.done():
             self._settled.set_result(None)

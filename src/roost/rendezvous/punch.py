@@ -54,6 +54,7 @@ __all__ = [
     "decode_probe",
     "encode_probe",
     "is_probe",
+    "probe_session",
 ]
 
 PROBE_MAGIC = b"RPRB"
@@ -87,6 +88,18 @@ class Probe:
 def is_probe(data: bytes) -> bool:
     """The demultiplexing test of the shared socket: the magic alone."""
     return data[: len(PROBE_MAGIC)] == PROBE_MAGIC
+
+
+_SESSION_OFFSET = len(PROBE_MAGIC) + 2
+
+
+def probe_session(data: bytes) -> int | None:
+    """The session field of a probe-sized datagram, without checking anything else (the
+    shared socket sorts probes of concurrent sessions by it; the puncher decodes fully),
+    or None for a datagram of another size."""
+    if len(data) != PROBE_SIZE:
+        return None
+    return int.from_bytes(data[_SESSION_OFFSET : _SESSION_OFFSET + 4], "big")
 
 
 def encode_probe(probe: Probe) -> bytes:

@@ -24,6 +24,16 @@ answers there, and every QUIC packet is authenticated by the connection's keys, 
 datagram accepted from either path cannot inject anything. ``switch_path`` sends on the
 new path from then on and keeps receiving from the old one until the session closes.
 
+Tuning (docs/BENCHMARKS.md, "Remote session"): aioquic is CPU-bound in CPython, so the
+session spends fewer packets per byte where that is safe. Once the handshake is done the
+receiver acknowledges after ``_ACK_DELAY_S`` instead of aioquic's 1 ms (well under the
+25 ms ``max_ack_delay`` it advertises, RFC 9000 section 13.2.1), which sends several
+times fewer ACK-only packets; the handshake itself keeps prompt ACKs. Inside relay records
+the datagrams are not bound by a path MTU (the broker's TLS connections carry them), so
+the session sends ``MAX_RELAY_PAYLOAD``-byte datagrams there; a direct path stays at
+1200 bytes, the size every IPv4 and IPv6 path carries (RFC 9000 section 14), since
+aioquic does no path MTU discovery.
+
 A stream is exposed as the guard's ``ByteStreamReader``/``ByteStreamWriter``
 (``roost.guard.streams``): ``read(n)`` returns ``b""`` at the stream's end, ``close`` ends
 both directions.
@@ -56,7 +66,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from roost.errors import RoostError, TransportError, VerificationError
 from roost.pki.verify import verify_node
 from roost.reasons import Reason
-from roost.rendezvous.paths import DatagramPath, SwitchingPath
+from roost.rendezvous.control import MAX_RELAY_PAYLOAD
+from roost.rendezvous.paths import DatagramPath, RelayPath, SwitchingPath
 from roost.timer import CoreTimer
 
 __all__ = [
@@ -80,8 +91,12 @@ _MAX_PENDING_STREAMS = 8
 # Bytes one stream may hold unread before it is reset: a peer cannot make us buffer more.
 _MAX_UNREAD = 4 * 1024 * 1024
 _MIN_INITIAL = 1200
-# Unacknowledged bytes of one stream above which ``drain`` waits.
-_HIGH_WATER = 256 * 1024
+# Unacknowledged bytes of one stream above which ``drain`` waits: aioquic's default stream
+# flow-control window, so drain never stops a sender that QUIC itself would let through
+# (256 kB is one 40 ms round trip at 6.5 MB/s, so it could hold a sender below the path).
+_HIGH_WATER = 1024 * 1024
+# The receiver's ACK delay after the handshake (see the module docstring).
+_ACK_DELAY_S = 0.005
 
 
 def verify_target(
@@ -248,6 +263,10 @@ class QuicSession:
         assert self._quic is not None
         while (event := self._quic.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
+                # aioquic keeps both knobs on the connection without a public setter.
+                if hasattr(self._quic, "_ack_delay"):
+                    self._quic._ack_delay = _ACK_DELAY_S
+                self._fit_datagram_size()
                 if not self._handshake.done():
                     self._handshake.set_result(event.alpn_protocol)
             elif isinstance(event, StreamDataReceived):
@@ -266,6 +285,17 @@ class QuicSession:
                     waiter.set_result((self._loop.time() - sent_at) * 1000.0)
             elif isinstance(event, ConnectionTerminated):
                 self._terminate(event.reason_phrase or f"error {event.error_code}")
+
+    def _fit_datagram_size(self) -> None:
+        # Relay records carry up to MAX_RELAY_PAYLOAD bytes whatever the path MTU; a
+        # direct path gets the configured size (1200, RFC 9000 section 14).
+        quic = self._quic
+        if quic is None or not hasattr(quic, "_max_datagram_size"):
+            return
+        relayed = isinstance(self._path.current, RelayPath)
+        quic._max_datagram_size = (
+            MAX_RELAY_PAYLOAD if relayed else self._configuration.max_datagram_size
+        )
 
     def _peer_stream(self, stream_id: int) -> QuicStream | None:
         # Client-initiated bidirectional streams have ids 0, 4, 8... (RFC 9000 section
@@ -409,6 +439,8 @@ class QuicSession:
         old one. A PING goes out at once so the new path carries traffic and refreshes
         the round-trip estimate."""
         self._path.switch_to(path)
+        if self._handshake.done():
+            self._fit_datagram_size()
         if self._quic is not None and not self.closed:
             self._ping_uid += 1
             self._quic.send_ping(self._ping_uid)

@@ -153,6 +153,16 @@ class Registry:
         entry.data = _pack(entry.key, counter, addresses)
         self._touch(identifier, entry, now)
 
+    def register_packed(self, identifier: str, counter: int, addresses: bytes, now: float) -> None:
+        """``register`` for the broker's hot path: ``addresses`` is already the wire form
+        ``encode_candidates((reflexive, *local))`` (at most 16), the counter checked."""
+        entry = self._entries[identifier]
+        if not 1 <= counter < 2**64:
+            raise ValueError("a registration counter is a positive u64")
+        entry.data = entry.data[:REGISTRATION_KEY_SIZE] + counter.to_bytes(8, "big") + addresses
+        entry.seen = now
+        self._entries.move_to_end(identifier)
+
     def hold(self, identifier: str, channel: int) -> None:
         """A TLS connection of this identifier stays open (section 5, the fallback)."""
         self._entries[identifier].held = channel
@@ -176,6 +186,17 @@ class Registry:
         """The registration key, or None when the identifier is not enrolled."""
         entry = self._entries.get(identifier)
         return None if entry is None else entry.key
+
+    def key_and_counter(self, identifier: str) -> tuple[bytes, int] | None:
+        """The registration key and the last accepted counter (0: none yet), or None when
+        the identifier is not enrolled: one lookup for the broker's hot path."""
+        entry = self._entries.get(identifier)
+        if entry is None:
+            return None
+        data = entry.data
+        return data[:REGISTRATION_KEY_SIZE], int.from_bytes(
+            data[REGISTRATION_KEY_SIZE:_COUNTER_END], "big"
+        )
 
     def counter_of(self, identifier: str) -> int | None:
         entry = self._entries.get(identifier)

@@ -53,6 +53,7 @@ __all__ = [
     "XOR_MAPPED_ADDRESS",
     "StunAttribute",
     "StunMessage",
+    "answer_binding_request",
     "build_binding_request",
     "build_binding_response",
     "decode_stun",
@@ -83,10 +84,10 @@ FINGERPRINT_XOR = 0x5354554E
 # or 1280 (IPv6); nothing larger is read.
 MAX_STUN_MESSAGE = 1280
 _XOR_FAMILY = {1: 4, 2: 16}
-_FAMILY_CODE = {4: 1, 6: 2}
 _XOR_HEAD = struct.Struct(">BBH")
 _ATTRIBUTE_HEAD = struct.Struct(">HH")
 _FINGERPRINT_ATTRIBUTE = struct.Struct(">HHI")
+_BINDING_SUCCESS_HEAD = struct.Struct(">HHI")
 # Header, XOR-MAPPED-ADDRESS for IPv6 (4 + 20) and FINGERPRINT (8): our largest response.
 MAX_RESPONSE = HEADER_SIZE + 4 + 20 + 8
 # 23 characters pad to 24: 20 + 28 + 8 = 56 bytes, never smaller than MAX_RESPONSE.
@@ -151,17 +152,17 @@ def encode_stun(message: StunMessage) -> bytes:
     return data
 
 
-def decode_stun(data: bytes) -> StunMessage:
-    """Parse any STUN message, checking the header, every attribute's bounds and the
-    FINGERPRINT if present; raises RemoteProtocolError."""
+def _attribute_spans(data: bytes) -> tuple[list[tuple[int, int, int]], bool]:
+    """Check a message's header, every attribute's bounds and the FINGERPRINT if present;
+    returns ``(type, value start, value size)`` per attribute before FINGERPRINT, and
+    whether one ended the message. Raises RemoteProtocolError."""
     check_size(data, MAX_STUN_MESSAGE, "STUN message")
     if not looks_like_stun(data):
         raise RemoteProtocolError("not a STUN message", reason=Reason.BAD_MAGIC)
-    # Offsets rather than a wire.Reader: the broker decodes every Binding request it takes,
+    # Offsets rather than a wire.Reader: the broker checks every Binding request it takes,
     # and the cursor's calls cost about a third of the decode. looks_like_stun has checked
     # that the 20-byte header is there; the checks and reasons are the Reader's.
-    message_type, length = _ATTRIBUTE_HEAD.unpack_from(data, 0)
-    transaction_id = bytes(data[8:HEADER_SIZE])
+    length = _ATTRIBUTE_HEAD.unpack_from(data, 0)[1]
     end = len(data)
     remaining = end - HEADER_SIZE
     if length % 4:
@@ -170,8 +171,7 @@ def decode_stun(data: bytes) -> StunMessage:
         raise RemoteProtocolError("STUN message is truncated", reason=Reason.TRUNCATED)
     if length < remaining:
         raise RemoteProtocolError("bytes after the STUN message", reason=Reason.TRAILING_BYTES)
-    attributes: list[StunAttribute] = []
-    fingerprint = False
+    spans: list[tuple[int, int, int]] = []
     position = HEADER_SIZE
     while position < end:
         # The rest is a multiple of 4 bytes, so an attribute header always fits.
@@ -181,18 +181,27 @@ def decode_stun(data: bytes) -> StunMessage:
         following = position + size + (-size % 4)
         if following > end:
             raise RemoteProtocolError("STUN message is truncated", reason=Reason.TRUNCATED)
-        value = bytes(data[position : position + size])
-        position = following
         if attribute_type != FINGERPRINT:
-            attributes.append(StunAttribute(attribute_type, value))
+            spans.append((attribute_type, position, size))
+            position = following
             continue
         # RFC 8489 section 14.7: FINGERPRINT is the last attribute, 4 bytes.
-        if position < end or size != 4:
+        if following < end or size != 4:
             raise RemoteProtocolError("misplaced FINGERPRINT", reason=Reason.BAD_ATTRIBUTE)
-        if int.from_bytes(value, "big") != fingerprint_of(bytes(data[:start])):
+        if int.from_bytes(data[position:following], "big") != fingerprint_of(data[:start]):
             raise RemoteProtocolError("FINGERPRINT mismatch", reason=Reason.BAD_FINGERPRINT)
-        fingerprint = True
-    return StunMessage(message_type, transaction_id, tuple(attributes), fingerprint)
+        return spans, True
+    return spans, False
+
+
+def decode_stun(data: bytes) -> StunMessage:
+    """Parse any STUN message, checking the header, every attribute's bounds and the
+    FINGERPRINT if present; raises RemoteProtocolError."""
+    spans, fingerprint = _attribute_spans(data)
+    attributes = tuple(
+        StunAttribute(kind, bytes(data[start : start + size])) for kind, start, size in spans
+    )
+    return StunMessage(data[0] << 8 | data[1], bytes(data[8:HEADER_SIZE]), attributes, fingerprint)
 
 
 # --------------------------------------------------------------------------- addresses
@@ -200,15 +209,18 @@ def decode_stun(data: bytes) -> StunMessage:
 
 def encode_xor_address(candidate: Candidate, transaction_id: bytes) -> bytes:
     """The XOR-MAPPED-ADDRESS value (RFC 8489 section 14.2) for ``candidate``."""
-    packed = candidate.address.packed
+    return _xor_value(candidate.address.packed, candidate.port, transaction_id)
+
+
+def _xor_value(packed: bytes, port: int, transaction_id: bytes) -> bytes:
+    # RFC 8489 section 14.2: the port XOR the cookie's high half, the address XOR the
+    # cookie (followed by the transaction id, for IPv6).
     mask = (_COOKIE + transaction_id)[: len(packed)]
     xored = (int.from_bytes(packed, "big") ^ int.from_bytes(mask, "big")).to_bytes(
         len(packed), "big"
     )
-    return (
-        _XOR_HEAD.pack(0, _FAMILY_CODE[candidate.family], candidate.port ^ (MAGIC_COOKIE >> 16))
-        + xored
-    )
+    family = 1 if len(packed) == 4 else 2
+    return _XOR_HEAD.pack(0, family, port ^ (MAGIC_COOKIE >> 16)) + xored
 
 
 def decode_xor_address(value: bytes, transaction_id: bytes) -> Candidate:
@@ -242,21 +254,37 @@ def parse_binding_request(data: bytes) -> StunMessage:
     return message
 
 
+def answer_binding_request(data: bytes, observed: bytes) -> bytes:
+    """The broker's hot path: check that ``data`` is a well-formed Binding request (as
+    ``parse_binding_request`` does, building no attribute objects) and return the success
+    response naming ``observed``, the source in candidate wire form (``family | address |
+    port``, messages.candidate_wire); raises RemoteProtocolError."""
+    _attribute_spans(data)
+    if data[0] << 8 | data[1] != BINDING_REQUEST:
+        raise RemoteProtocolError("not a Binding request", reason=Reason.NOT_BINDING)
+    return _binding_success(data[8:HEADER_SIZE], observed)
+
+
 def build_binding_response(request: StunMessage, mapped: Candidate) -> bytes:
     """The success response naming ``mapped`` (the request's source address), with
     XOR-MAPPED-ADDRESS and FINGERPRINT; at most ``MAX_RESPONSE`` bytes."""
-    value = encode_xor_address(mapped, request.transaction_id)
     if len(request.transaction_id) != TRANSACTION_ID_SIZE:
         raise LocalProtocolError("transaction id is not 12 bytes", reason=Reason.LOCAL_PROTOCOL)
+    address = mapped.address
+    wire = bytes((address.version,)) + address.packed + mapped.port.to_bytes(2, "big")
+    return _binding_success(request.transaction_id, wire)
+
+
+def _binding_success(transaction_id: bytes, observed: bytes) -> bytes:
     # The bytes encode_stun gives for this one message, packed directly: the broker answers
-    # every Binding request it takes, and the general encoder costs about four microseconds
-    # more (docs/BENCHMARKS.md, "Broker"). The value is 8 or 20 bytes, so no padding.
-    attributes = _ATTRIBUTE_HEAD.pack(XOR_MAPPED_ADDRESS, len(value)) + value
+    # every Binding request it takes (docs/BENCHMARKS.md, "Broker"). The value is 8 or 20
+    # bytes, so no padding.
+    value = _xor_value(observed[1:-2], int.from_bytes(observed[-2:], "big"), transaction_id)
     data = (
-        _ATTRIBUTE_HEAD.pack(BINDING_SUCCESS, len(attributes) + 8)
-        + _COOKIE
-        + request.transaction_id
-        + attributes
+        _BINDING_SUCCESS_HEAD.pack(BINDING_SUCCESS, len(value) + 12, MAGIC_COOKIE)
+        + transaction_id
+        + _ATTRIBUTE_HEAD.pack(XOR_MAPPED_ADDRESS, len(value))
+        + value
     )
     return data + _FINGERPRINT_ATTRIBUTE.pack(FINGERPRINT, 4, fingerprint_of(data))
 

@@ -84,12 +84,14 @@ def test_trust_init_status_check(tmp_path: Path) -> None:
     run("ca", "init", ca, "--publish-url", "https://127.0.0.1:1/ca/", "--at", AT)
     run("ca", "issue", ca, "--role", "hub", "--out", str(tmp_path / "h"), "--ip", "127.0.0.1")
     state = str(tmp_path / "dev")
-    code, out = run("trust", "init", state, "--ca-info", str(tmp_path / "h" / "ca-info.bin"))
+    code, out = run(
+        "trust", "init", state, "--ca-info", str(tmp_path / "h" / "ca-info.bin"), "--json"
+    )
     assert code == 0 and last_json(out)["current"] == 1
     again = run("trust", "init", state, "--ca-info", str(tmp_path / "h" / "ca-info.bin"))
     assert again[0] == ExitCode.STATE
     code, out = run(
-        "trust", "check", state, "--cert", str(tmp_path / "h" / "cert.pem"), "--no-fetch"
+        "trust", "check", state, "--cert", str(tmp_path / "h" / "cert.pem"), "--no-fetch", "--json"
     )
     doc = last_json(out)
     assert code == 0 and doc["verified_by"] == "current" and doc["generation"] == 1

@@ -220,3 +220,9 @@ def test_a_commands_own_refusal_is_one_line_and_the_failed_code() -> None:
 def test_failures_write_nothing_to_stdout(tmp_path: Path) -> None:
     result = run("hub", "status", "--config", str(tmp_path / "absent.toml"))
     assert result.exit_code == ExitCode.CONFIG and result.stdout == ""
+
+
+def test_discover_refuses_an_interface_that_is_not_an_ipv4_address() -> None:
+    # Rejected before any socket is opened: nothing is sent anywhere.
+    result = run("discover", "--interface", "eth0", "--timeout", "0.5")
+    assert result.exit_code == 2 and "--interface" in result.output

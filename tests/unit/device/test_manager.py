@@ -593,3 +593,43 @@ def test_a_faithful_adapter_never_connects_to_a_held_hub(
         elif isinstance(action, Stream):
             clock.advance(pick / 5)
         assert m.backoff <= BACKOFF_MAX * 1.2
+
+
+# ------------------------------------------------------------------------ DNS-SD hints
+
+
+def test_dns_sd_hints_come_after_announced_hubs_and_before_bootstrap_hubs() -> None:
+    m, clock = manager(), FakeClock()
+    a = live(1)
+    m.hubs_changed([a], clock.now)
+    # Hub 1 is announced too: its announcement wins, the hint adds nothing.
+    m.hints_changed([("192.0.2.5", 7400, hub_id(5)), ("192.0.2.1", 9, hub_id(1))], clock.now)
+    tried = fail_round(m, clock)
+    assert tried == [
+        connect_to(a),
+        Connect("192.0.2.5", 7400, hub_id(5)),
+        Connect(*BOOTSTRAP, None),
+    ]
+
+
+def test_a_hint_must_prove_the_identifier_its_record_named() -> None:
+    m, clock = manager(hubs=()), FakeClock()
+    m.hints_changed([("192.0.2.5", 7400, hub_id(5))], clock.now)
+    assert m.next_action(clock.now) == Connect("192.0.2.5", 7400, hub_id(5))
+    with pytest.raises(LocalProtocolError):
+        m.connect_succeeded(hub_id(6), clock.now)
+
+
+def test_a_failed_hint_is_held_like_a_failed_hub_and_hints_wake_a_search() -> None:
+    m, clock = manager(hubs=()), FakeClock()
+    assert isinstance(m.next_action(clock.now), Wait)
+    m.hints_changed([("192.0.2.5", 7400, hub_id(5))], clock.now)
+    action = m.next_action(clock.now)  # woken early, before the back-off ran out
+    assert action == Connect("192.0.2.5", 7400, hub_id(5))
+    m.connect_failed(hub_id(5), "wrong-id", clock.now)
+    assert isinstance(m.next_action(clock.now), Wait)
+    clock.advance(BACKOFF_MAX / 2)
+    m.hints_changed([("192.0.2.5", 7400, hub_id(5))], clock.now)
+    assert isinstance(m.next_action(clock.now), Wait)  # still held
+    clock.advance(BACKOFF_MAX)
+    assert m.next_action(clock.now) == Connect("192.0.2.5", 7400, hub_id(5))

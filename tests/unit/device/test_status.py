@@ -31,7 +31,11 @@ STATUS_KEYS = [
     "trust",
     "counters",
     "written_at",
+    # Optional (null when absent): documents written before they existed still read.
+    "camera",
+    "dns_sd",
 ]
+OPTIONAL_KEYS = {"camera", "dns_sd"}
 COUNTER_KEYS = [
     "connects",
     "connect_failures",
@@ -72,6 +76,8 @@ def test_keys_and_value_shapes_are_the_documented_ones(status: DeviceStatus) -> 
 @given(device_statuses)
 def test_each_missing_key_is_malformed(status: DeviceStatus) -> None:
     for key in STATUS_KEYS:
+        if key in OPTIONAL_KEYS:
+            continue
         doc = _wire(status)
         del doc[key]
         with pytest.raises(RemoteProtocolError):
@@ -88,3 +94,19 @@ def test_every_daemon_counter_has_a_field() -> None:
     fields = {f.name for f in dataclasses.fields(DeviceCountersView)}
     fields |= {f.name for f in dataclasses.fields(DeviceStatus)}
     assert {f.name for f in dataclasses.fields(DeviceCounters)} <= fields
+
+
+@given(device_statuses)
+def test_a_document_without_the_optional_keys_still_reads(status: DeviceStatus) -> None:
+    doc = _wire(status)
+    for key in OPTIONAL_KEYS:
+        del doc[key]
+    assert DeviceStatus.from_json(doc) == dataclasses.replace(status, camera=None, dns_sd=None)
+
+
+@given(device_statuses)
+def test_a_malformed_camera_object_is_malformed(status: DeviceStatus) -> None:
+    doc = _wire(status)
+    doc["camera"] = {"state": "ok"}
+    with pytest.raises(RemoteProtocolError):
+        DeviceStatus.from_json(doc)

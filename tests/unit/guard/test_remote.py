@@ -286,3 +286,37 @@ def test_a_rewritten_log_fails_the_consistency_check(tmp_path: Path) -> None:
     assert answer.ok
     with pytest.raises(VerificationError):
         verify_receipt(receipt, later=answer.results[0])
+
+
+def _pipelined(home: Home, wrong: bool = False) -> list[bytes]:
+    """Hello, then the proof and the first call in one flight; the server's replies."""
+    labels = home.client.receive_challenge(home.exchange(home.client.hello()))
+    answer = ["0000" if wrong else home.card.code_for(x) for x in labels]
+    proof = home.client.answer(answer)
+    home.client.open_early(now=0.5)
+    call = home.client.request("echo", [b"early"], now=0.5)
+    home.server.receive_data(encode_record(proof) + encode_record(call), now=0.5, wall_ms=WALL_MS)
+    home.server.run_inline(now=0.5, wall_ms=WALL_MS)
+    return home.server.records_to_send()
+
+
+def test_a_call_sent_with_the_proof_is_answered_after_the_accept() -> None:
+    home = Home()
+    accept, answer = _pipelined(home)
+    # A response before the Accept is not taken: the server is not authenticated yet.
+    with pytest.raises(LocalProtocolError):
+        home.client.receive_response(answer, now=0.6)
+    home.client.receive_result(accept, now=0.6)
+    response = home.client.receive_response(answer, now=0.6)
+    assert response.ok and response.results == (b"early",)
+    assert home.client.counter == 1 and home.server.calls == 1
+    assert home.call("echo", b"next").ok
+
+
+def test_a_call_sent_with_wrong_codes_is_never_run() -> None:
+    home = Home()
+    (reject,) = _pipelined(home, wrong=True)
+    assert home.server.closed and home.server.calls == 0
+    with pytest.raises(VerificationError):
+        home.client.receive_result(reject, now=0.6)
+    assert home.client.session is None and not home.client.awaiting_accept

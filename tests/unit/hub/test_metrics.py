@@ -95,6 +95,8 @@ def _expected(status: HubStatus) -> Samples:
         expected[("roost_hub_broker_sessions", ())] = float(broker.sessions)
         skip = frozenset({"state", "enrolled", "reflexive", "sessions"})
         expected |= _counters("roost_hub_broker_", broker, skip=skip)
+    if status.dns_sd is not None:
+        expected[("roost_hub_dns_sd_hubs", ())] = float(len(status.dns_sd))
     return expected
 
 
@@ -136,6 +138,7 @@ def _example() -> HubStatus:
             refused_busy=10,
             refused_rate=11,
             logins_ok=4,
+            logins_granted=3,
             logins_failed=2,
             calls=19,
             sessions_expired=12,
@@ -161,6 +164,7 @@ def _example() -> HubStatus:
             sessions=1,
             ignored={"bad-tag": 5},
         ),
+        dns_sd=({"id": "hcsp:dnssdHintAAAAAAAAAAAAAA", "endpoint": "192.0.2.11:7400"},),
     )
 
 

@@ -4,6 +4,7 @@ the recorder's listener, and whose fault each refusal is."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from roost.clock import Clock
 from roost.errors import RefusedError, RemoteProtocolError, StateError
 from roost.hub.feed import FrameFeed
 from roost.hub.recorder import IncomingFrame, Recorder
@@ -110,3 +112,28 @@ def test_unknown_method_is_the_peers_fault(recorder: Recorder) -> None:
     # Without a feed there is no watch method.
     with pytest.raises(RemoteProtocolError):
         handle("watch", (CAMERA.encode(),))
+
+
+async def test_watch_starts_with_a_recent_latest_frame_and_never_shows_it_twice(
+    recorder: Recorder,
+) -> None:
+    wall = [10_000]
+    feed = FrameFeed(clock=Clock(now=lambda: 0.0, wall_ms=lambda: wall[0]), latest_max_age_ms=500)
+
+    def received_at(seq: int, at_ms: int) -> IncomingFrame:
+        return dataclasses.replace(_frame(seq), received_at_ms=at_ms)
+
+    feed.attach(recorder)
+    # Stored before any watcher, 100 ms ago: a new watch shows it at once.
+    await asyncio.to_thread(recorder.store_many, [received_at(1, 9_800), received_at(2, 9_900)])
+    with feed.watch(CAMERA, 3) as frames:
+        first = await frames.next(0.5)
+        assert first.seq == 2
+        # A batch holding that frame reaching the loop late shows nothing again.
+        feed.publish([received_at(1, 9_800), received_at(2, 9_900), received_at(3, 10_000)])
+        assert (await frames.next(0.5)).seq == 3
+    # A latest frame older than the bound is not live: the watch waits for the next one.
+    wall[0] = 20_000
+    with feed.watch(CAMERA, 1) as frames, pytest.raises(StateError):
+        await frames.next(0.05)
+    feed.detach()

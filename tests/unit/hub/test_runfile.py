@@ -23,11 +23,23 @@ def test_the_run_state_reads_back_with_and_without_a_remote_entrance() -> None:
         "advertise": "127.0.0.1:40001",
         "api": "[::1]:40002",
         "remote": "0.0.0.0:40003",
+        "dashboard": None,
     }
     assert HubRunState.from_json(full.to_json()) == full
     bare = HubRunState(7, ("127.0.0.1", 1), ("10.0.0.2", 2), ("127.0.0.1", 3))
     assert json.loads(bare.to_json())["remote"] is None
     assert HubRunState.from_json(bare.to_json()) == bare
+
+
+def test_the_run_state_names_the_dashboard_url() -> None:
+    state = HubRunState(
+        9, ("127.0.0.1", 1), ("127.0.0.1", 1), ("127.0.0.1", 2), None, ("127.0.0.1", 8443)
+    )
+    assert json.loads(state.to_json())["dashboard"] == "https://127.0.0.1:8443/"
+    assert HubRunState.from_json(state.to_json()) == state
+    plain = HubRunState(9, ("::1", 1), ("::1", 1), ("::1", 2), None, ("::1", 80), "http")
+    assert json.loads(plain.to_json())["dashboard"] == "http://[::1]:80/"
+    assert HubRunState.from_json(plain.to_json()) == plain
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ STATUS_KEYS = [
     "remote",
     "uptime_s",
     "broker",
+    "dns_sd",
 ]
 HUB_KEYS = ["id", "endpoint", "features", "connected", "max", "rank", "self", "last_seen_s_ago"]
 COUNTER_KEYS = [
@@ -52,6 +53,7 @@ REMOTE_KEYS = [
     "refused_busy",
     "refused_rate",
     "logins_ok",
+    "logins_granted",
     "logins_failed",
     "calls",
     "sessions_expired",
@@ -125,14 +127,16 @@ def _example() -> dict[str, Any]:
         ),
         trust=TrustSummary(1, None, "2025-01-01T00:00:00+00:00"),
         counters=HubCountersView(0, {}, 0, 0, 0, 0, 0, {}, {}, {}),
-        remote=RemoteStatus(0, 0, 0, 0, 0, 0, 0, 0, 0, {}),
+        remote=RemoteStatus(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {}),
         uptime_s=1.5,
     )
     return _wire(status)
 
 
 # ``remote`` and ``broker`` are optional: a missing one reads as None (a hub without it).
-@pytest.mark.parametrize("key", [key for key in STATUS_KEYS if key not in ("remote", "broker")])
+@pytest.mark.parametrize(
+    "key", [key for key in STATUS_KEYS if key not in ("remote", "broker", "dns_sd")]
+)
 def test_a_missing_key_is_malformed(key: str) -> None:
     doc = _example()
     del doc[key]

@@ -466,3 +466,34 @@ def test_start_in_ms_takes_half_of_each_sides_round_trip_off() -> None:
     (to_issuer,) = h.took(issuer)
     (to_target,) = h.took(target)
     assert (to_issuer.start_in_ms, to_target.start_in_ms) == (150, 0)
+
+
+def _start_delays(issuer_rtt: int, target_rtt: int) -> tuple[int, int]:
+    h, _, key = registered()
+    issuer, session, token = connect(h, key)
+    target = h.channel(HUB)
+    h.send(target, "present", token=token)
+    h.core.channel_rtt(issuer, issuer_rtt)
+    h.core.channel_rtt(target, target_rtt)
+    h.send(target, "accept", session=session, candidates=())
+    (to_issuer,) = h.took(issuer)
+    (to_target,) = h.took(target)
+    return to_issuer.start_in_ms, to_target.start_in_ms
+
+
+def test_the_common_start_follows_the_measured_round_trips() -> None:
+    margin = BrokerCoreConfig().start_margin_ms
+    # Issuer 40 ms away, hub 20 ms: the start reaches the issuer 20 ms after it leaves,
+    # the hub 10 ms after; both must probe at 20 + margin ms.
+    issuer_in, target_in = _start_delays(40, 20)
+    assert issuer_in + 20 == target_in + 10 == 20 + margin
+    # Symmetric and short: far below the fixed bound.
+    assert _start_delays(2, 2) == (margin, margin)
+
+
+def test_the_common_start_is_bounded_and_falls_back_when_a_round_trip_is_unknown() -> None:
+    bound = BrokerCoreConfig().start_delay_ms
+    # Without the kernel's estimate for one side the fixed delay is all there is.
+    assert _start_delays(0, 20) == (bound, bound - 10)
+    # A far side never pushes the common start past the bound.
+    assert _start_delays(30, 1000) == (bound - 15, 0)

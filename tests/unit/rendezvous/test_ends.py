@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 
 import pytest
@@ -29,7 +30,13 @@ from roost.rendezvous.issuer import (
     IssuerCore,
     VerifyCertificate,
 )
-from roost.rendezvous.messages import decode_registration, verify_registration
+from roost.rendezvous.messages import (
+    Ack,
+    Candidate,
+    decode_registration,
+    encode_ack,
+    verify_registration,
+)
 from roost.rendezvous.seal import seal_request
 from roost.rendezvous.sessions import merge_candidates
 from roost.rendezvous.state import IssuerState, LinkState
@@ -255,3 +262,37 @@ def test_merge_candidates_keeps_order_drops_repeats_and_caps_at_sixteen() -> Non
     assert merged[:2] == many[:2] and len(merged) == 16 and len(set(merged)) == 16
     with pytest.raises(LocalProtocolError):
         merge_candidates(("10.0.0.1:1",))  # type: ignore[arg-type]
+
+
+def _acknowledge(agent: AgentCore, port: int, now: float, address: str = "203.0.113.7") -> None:
+    """Answer the agent's latest registration as the broker would, seen from ``port``."""
+    (datagram,) = agent.datagrams_to_send()
+    counter = verify_registration(decode_registration(datagram), REGISTRATION_KEY).counter
+    ack = Ack(counter, Candidate(ipaddress.ip_address(address), port))
+    agent.datagram_received(encode_ack(ack), ("198.51.100.1", 3478), now)
+
+
+def test_a_nat_that_forgets_the_mapping_between_registrations_shortens_the_interval() -> None:
+    agent = _agent()
+    agent.start(0.0)
+    agent.enrolled(HUB_ID, REGISTRATION_KEY, 20_000, 0.0)
+    _acknowledge(agent, 40_000, 0.0)
+    now = 0.0
+    gaps = []
+    # Each registration comes out of the NAT on a new port: its mapping did not last the
+    # interval, so the interval halves at each sign of it, down to the configured floor.
+    for port in (40_001, 40_002, 40_003, 40_004):
+        # The RACK cleared its deadline: the next timer is the next registration.
+        due = agent.get_timer()
+        assert due is not None
+        gaps.append(due - now)
+        now = due
+        agent.handle_timer(now)
+        _acknowledge(agent, port, now)
+    assert agent.counters.remapped == 4
+    assert agent.counters.adapted == 2  # 20 s → 10 s → 5 s, then the floor
+    assert gaps[-1] <= 5.0 * 1.2
+    # A new public address is a network change, not a short NAT timeout: no adaptation.
+    agent.handle_timer(now + 10.0)
+    _acknowledge(agent, 40_004, now + 10.0, address="203.0.113.99")
+    assert agent.counters.remapped == 4
