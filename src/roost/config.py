@@ -16,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from roost.admission import AdmissionConfig
+from roost.config_schema import (
+    BROKER_LIMIT_KEYS,
+    BROKER_SCHEMA,
+    DEVICE_SCHEMA,
+    HUB_SCHEMA,
+    REQUIRED,
+    Key,
+    Schema,
+    check_document,
+    convert,
+)
 from roost.device.source_health import SourceHealthConfig
 from roost.device.sources import CameraSettings, SourceKind, parse_source
 from roost.dnssd.aio import DnsSdSettings
@@ -311,14 +322,51 @@ def redirect_table() -> dict[str, object]:
 
 class _Table:
     """One table of a config file, read key by key so that every error names the file and
-    the key (``hub-1.toml: announce.hold_down must be a finite number >= 0``)."""
+    the key (``hub-1.toml: announce.hold_down must be a finite number >= 0``).
 
-    __slots__ = ("_doc", "_path", "_prefix")
+    ``value(key)`` reads a key declared in the schema (roost.config_schema): checked,
+    converted, and defaulted there. The typed accessors below remain for keys read without
+    a declaration; every key read either way is recorded in ``read`` (shared by the
+    file's tables), so the unknown-key check never refuses a key the loader uses.
+    """
 
-    def __init__(self, path: Path, doc: Mapping[str, Any], prefix: str = "") -> None:
+    __slots__ = ("_doc", "_path", "_prefix", "_schema", "read")
+
+    def __init__(
+        self,
+        path: Path,
+        doc: Mapping[str, Any],
+        prefix: str = "",
+        schema: Schema | None = None,
+        read: set[str] | None = None,
+    ) -> None:
         self._path = path
         self._doc = doc
         self._prefix = prefix
+        self._schema = schema
+        self.read: set[str] = set() if read is None else read
+
+    def _declared(self, key: str) -> Key | None:
+        if self._schema is None:
+            return None
+        table = self._schema.table(self._prefix.rstrip("."))
+        return table.key(key) if table is not None else None
+
+    @property
+    def document(self) -> Mapping[str, Any]:
+        return self._doc
+
+    def value(self, key: str) -> Any:
+        """A declared key's value, converted (paths resolved, HOST:PORT split), or its
+        schema default; the document was checked against the schema before."""
+        declared = self._declared(key)
+        if declared is None:
+            raise LookupError(f"{self._prefix}{key} is not declared in roost.config_schema")
+        self.read.add(self._prefix + key)
+        raw = self._doc.get(key, declared.default)
+        if raw is REQUIRED:
+            raise self.error(key, f"is missing: it must be {declared.expected()}")
+        return convert(declared, raw, self._path)
 
     def error(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self._path}: {self._prefix}{key} {problem}", reason=Reason.BAD_CONFIG)
@@ -334,6 +382,7 @@ class _Table:
         return list(self._doc)
 
     def _get(self, key: str, default: object) -> object:
+        self.read.add(self._prefix + key)
         if key in self._doc:
             return self._doc[key]
         if default is _REQUIRED:
@@ -344,7 +393,7 @@ class _Table:
         value = self._get(key, {})
         if not isinstance(value, Mapping):
             raise self.error(key, "must be a table")
-        return _Table(self._path, value, f"{self._prefix}{key}.")
+        return _Table(self._path, value, f"{self._prefix}{key}.", self._schema, self.read)
 
     def raw(self, key: str) -> object:
         """The key's value as read, None when absent."""
@@ -419,40 +468,51 @@ class _Table:
 _REQUIRED = object()
 
 
-def _read(path: Path) -> _Table:
+def _read(path: Path, schema: Schema) -> _Table:
+    """Parse ``path`` and check it against ``schema`` (role, types, ranges, required keys);
+    unknown keys are refused by :func:`_finish`, once the loader has said what it reads."""
     try:
         with path.open("rb") as handle:
-            return _Table(path, tomllib.load(handle))
+            raw = tomllib.load(handle)
     except FileNotFoundError as exc:
         raise ConfigError(f"no configuration at {path}", reason=Reason.MISSING) from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(
+            f"{path} is a folder, not a config file", reason=Reason.BAD_CONFIG
+        ) from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}", reason=Reason.BAD_CONFIG) from exc
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or exc}", reason=Reason.BAD_CONFIG
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text", reason=Reason.BAD_CONFIG) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", reason=Reason.BAD_CONFIG) from exc
-    except UnicodeDecodeError as exc:
-        # tomllib decodes the file itself and lets a bad byte escape as UnicodeDecodeError;
-        # TOML files are UTF-8, so this is the operator's file at fault, named with its offset.
-        raise ConfigError(
-            f"{path} is not UTF-8 (byte {exc.start}): TOML files are UTF-8",
-            reason=Reason.BAD_CONFIG,
-        ) from exc
+    check_document(path, raw, schema, also_known=None)
+    return _Table(path, raw, "", schema)
+
+
+def _finish(doc: _Table) -> None:
+    """Refuse keys neither declared nor read (a misspelt key is never silently ignored)."""
+    if doc._schema is not None:
+        check_document(doc._path, doc.document, doc._schema, also_known=frozenset(doc.read))
 
 
 def _announce(doc: _Table) -> AnnounceSettings:
     section = doc.table("announce")
     udp = UdpConfig(
-        bind_host=section.string("bind", _UDP.bind_host),
-        port=section.integer("port", _UDP.port, maximum=65535),
-        multicast=section.boolean("multicast", _UDP.multicast),
-        group=section.string("group", _UDP.group),
-        interfaces=section.strings("interfaces", _UDP.interfaces),
-        peers=section.hostports("peers"),
+        bind_host=section.value("bind"),
+        port=section.value("port"),
+        multicast=section.value("multicast"),
+        group=section.value("group"),
+        interfaces=section.value("interfaces"),
+        peers=section.value("peers"),
     )
     settings = AnnounceSettings(
         udp,
-        section.number("interval", _ANNOUNCE.advert_interval),
-        section.number("hold_down", _ANNOUNCE.hold_down),
-        section.integer("freshness_ms", _ANNOUNCE.freshness_window_ms),
+        section.value("interval"),
+        section.value("hold_down"),
+        section.value("freshness_ms"),
     )
     # The announce core's own checks decide what is valid (one owner of every bound).
     try:
@@ -464,6 +524,10 @@ def _announce(doc: _Table) -> AnnounceSettings:
     except ValueError as exc:
         raise section.invalid(f"is invalid: {exc}") from exc
     return settings
+
+
+def _name(doc: _Table, path: Path) -> str:
+    return str(doc.value("name")) or path.stem
 
 
 def _is_loopback(host: str) -> bool:
@@ -530,28 +594,26 @@ def _camera(doc: _Table, width: int, height: int) -> CameraSettings:
 
 def load_hub_config(path: Path) -> HubConfig:
     """Read a hub's TOML config; a :class:`ConfigError` names the file and the key."""
-    doc = _read(path)
-    listen = doc.hostport("listen")
-    advertise = doc.hostport("advertise") if doc.has("advertise") else listen
+    doc = _read(path, HUB_SCHEMA)
+    listen = doc.value("listen")
+    advertise = doc.value("advertise") or listen
     announce = _announce(doc)
     redirect = doc.table("redirect")
-    batch = redirect.integer("batch_size", _REDIRECT.batch_size, minimum=1)
-    spacing = redirect.number("spacing", _REDIRECT.batch_spacing)
-    return HubConfig(
-        name=doc.string("name", path.stem),
-        state_dir=doc.path("state_dir"),
-        cert=doc.path("cert"),
-        key=doc.path("key"),
+    config = HubConfig(
+        name=_name(doc, path),
+        state_dir=doc.value("state_dir"),
+        cert=doc.value("cert"),
+        key=doc.value("key"),
         listen=listen,
         advertise=advertise,
-        api=doc.hostport("api", "127.0.0.1:8080"),
-        features=doc.strings("features", ("hcsp",)),
-        max_devices=doc.integer("max_devices", 16),
-        retention_bytes=int(doc.number("retention_mb", 1024) * 1024 * 1024),
+        api=doc.value("api"),
+        features=doc.value("features"),
+        max_devices=doc.value("max_devices"),
+        retention_bytes=int(doc.value("retention_mb") * 1024 * 1024),
         announce=announce,
-        redirect_batch=batch,
-        redirect_spacing=spacing,
-        remote=doc.hostport("remote") if doc.has("remote") else None,
+        redirect_batch=redirect.value("batch_size"),
+        redirect_spacing=redirect.value("spacing"),
+        remote=doc.value("remote"),
         broker=_broker_link(doc),
         dns_sd=_hub_dns_sd(doc, advertise, announce),
         source=path,
@@ -559,31 +621,33 @@ def load_hub_config(path: Path) -> HubConfig:
         api_token_file=doc.path("api_token_file") if doc.has("api_token_file") else None,
         admission=_admission(doc),
     )
+    _finish(doc)
+    return config
 
 
 def load_device_config(path: Path) -> DeviceConfig:
     """Read a device's TOML config; a :class:`ConfigError` names the file and the key."""
-    doc = _read(path)
+    doc = _read(path, DEVICE_SCHEMA)
     conn = doc.table("connection")
-    timers = {key: conn.number(key, _field_default(DeviceConfig, key)) for key in _CONNECTION_KEYS}
-    width = doc.integer("width", 320, minimum=1)
-    height = doc.integer("height", 240, minimum=1)
+    timers = {key: conn.value(key) for key in _CONNECTION_KEYS}
+    width = doc.value("width")
+    height = doc.value("height")
     announce = _announce(doc)
-    hubs = doc.hostports("hubs")
+    hubs = doc.value("hubs")
     # Browsing is on by default where a bootstrap list is not given and the device
     # listens for multicast announcements: it is on a LAN, and DNS-SD may reach hubs whose
     # announcements do not arrive. A loopback home (unicast peers) does not browse.
     browse = not hubs and announce.udp.multicast
-    return DeviceConfig(
-        name=doc.string("name", path.stem),
-        state_dir=doc.path("state_dir"),
-        cert=doc.path("cert"),
-        key=doc.path("key"),
-        fps=doc.number("fps", 5.0),
+    config = DeviceConfig(
+        name=_name(doc, path),
+        state_dir=doc.value("state_dir"),
+        cert=doc.value("cert"),
+        key=doc.value("key"),
+        fps=doc.value("fps"),
         width=width,
         height=height,
-        max_buffer_frames=doc.integer("max_buffer_frames", 10_000, minimum=1),
-        max_buffer_bytes=int(doc.number("max_buffer_mb", 256) * 1024 * 1024),
+        max_buffer_frames=doc.value("max_buffer_frames"),
+        max_buffer_bytes=int(doc.value("max_buffer_mb") * 1024 * 1024),
         announce=announce,
         min_dwell=timers["min_dwell"],
         backoff_initial=timers["backoff_initial"],
@@ -594,6 +658,8 @@ def load_device_config(path: Path) -> DeviceConfig:
         dns_sd=_dns_sd(doc, browse, announce.udp.interfaces),
         source=path,
     )
+    _finish(doc)
+    return config
 
 
 def _toml_value(value: object) -> str:
@@ -665,7 +731,7 @@ class BrokerConfig:
 
 
 # Every core field but interval_s (a top-level key) may be set in [limits].
-_LIMIT_KEYS = tuple(f.name for f in fields(BrokerCoreConfig) if f.name != "interval_s")
+_LIMIT_KEYS = BROKER_LIMIT_KEYS
 
 
 def broker_limits_table() -> dict[str, object]:
@@ -675,36 +741,31 @@ def broker_limits_table() -> dict[str, object]:
 
 def load_broker_config(path: Path) -> BrokerConfig:
     """Read ``broker.toml``; a :class:`ConfigError` names the file and the key."""
-    doc = _read(path)
+    doc = _read(path, BROKER_SCHEMA)
     limits = doc.table("limits")
-    unknown = sorted(set(limits.keys()) - set(_LIMIT_KEYS))
-    if unknown:
-        raise limits.invalid(f"has unknown keys {unknown}")
-    values: dict[str, Any] = {"interval_s": doc.number("interval_s", _BROKER.interval_s)}
+    values: dict[str, Any] = {"interval_s": doc.value("interval_s")}
     for key in _LIMIT_KEYS:
-        default = getattr(_BROKER, key)
-        if isinstance(default, int):
-            values[key] = limits.integer(key, default)
-        else:
-            values[key] = limits.number(key, default)
+        values[key] = limits.value(key)
     try:
         core = BrokerCoreConfig(**values)
     except ValueError as exc:
         raise limits.invalid(f"is invalid: {exc}") from exc
-    return BrokerConfig(
-        name=doc.string("name", path.stem),
-        state_dir=doc.path("state_dir"),
-        cert=doc.path("cert"),
-        key=doc.path("key"),
-        udp=doc.hostport("udp", f"0.0.0.0:{BROKER_UDP_PORT}"),
-        tls=doc.hostport("tls", f"0.0.0.0:{BROKER_TLS_PORT}"),
-        api=doc.hostport("api") if doc.has("api") else None,
+    config = BrokerConfig(
+        name=_name(doc, path),
+        state_dir=doc.value("state_dir"),
+        cert=doc.value("cert"),
+        key=doc.value("key"),
+        udp=doc.value("udp"),
+        tls=doc.value("tls"),
+        api=doc.value("api"),
         core=core,
-        max_channels=doc.integer("max_channels", 4096, minimum=1),
+        max_channels=doc.value("max_channels"),
         source=path,
         admission=_admission(doc),
         **_shared_registry(doc),
     )
+    _finish(doc)
+    return config
 
 
 def _shared_registry(doc: _Table) -> dict[str, Any]:

@@ -15,6 +15,7 @@ rule), so a decoder's error reaches the adapter already classified.
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "TransportError",
     "VerificationError",
     "as_remote",
+    "listening",
     "peer_input",
 ]
 
@@ -107,3 +109,28 @@ def peer_input() -> Iterator[None]:
         yield
     except LocalProtocolError as error:
         raise as_remote(error) from error
+
+
+# The errno values a listener's bind fails with when the address is taken or not ours.
+_BIND_PROBLEMS = {
+    errno.EADDRINUSE: "address already in use",
+    errno.EADDRNOTAVAIL: "address not available on this machine",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
+
+
+@contextlib.contextmanager
+def listening(what: str, host: str, port: int) -> Iterator[None]:
+    """Bind ``what`` (a listener's name) at ``host:port``: a failed bind leaves as one
+    :class:`TransportError` naming the address (reason ``address-in-use``, exit code 14)
+    instead of the socket library's wording."""
+    try:
+        yield
+    except OSError as exc:
+        problem = _BIND_PROBLEMS.get(exc.errno or 0)
+        if problem is None:
+            raise
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise TransportError(
+            f"cannot listen on {where} for the {what}: {problem}", reason="address-in-use"
+        ) from exc

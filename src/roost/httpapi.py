@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from roost.admission import Admission, AdmissionConfig, Ticket
+from roost.errors import listening
 from roost.metrics import MetricRow, StatusCollector
 from roost.reasons import Reason
 
@@ -97,7 +98,8 @@ async def serve_app(
     )
     await runner.setup()
     try:
-        await _AdmittedSite(runner, host, port, admission, what).start()
+        with listening(what, host, port):
+            await _AdmittedSite(runner, host, port, admission, what).start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -259,6 +259,12 @@ class Reason(enum.StrEnum):
     NOT_RUNNING = "not-running"
     NOT_STATE_DIR = "not-state-dir"
     INCONSISTENT = "inconsistent"
+    # Operating a node (docs/operating.md): one instance per state folder, files of the
+    # right role, listeners that can bind.
+    IN_USE = "in-use"
+    WRONG_ROLE = "wrong-role"
+    KEY_MISMATCH = "key-mismatch"
+    ADDRESS_IN_USE = "address-in-use"
 
 
 DESCRIPTIONS: Mapping[Reason, str] = {
@@ -476,6 +482,10 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.NOT_RUNNING: "the daemon is not running",
     Reason.NOT_STATE_DIR: "a path that is not the state directory the command works on",
     Reason.INCONSISTENT: "an authority directory whose files disagree with its table",
+    Reason.IN_USE: "another process holds this state folder's lock",
+    Reason.WRONG_ROLE: "a config file or certificate of another role (hub, device, broker)",
+    Reason.KEY_MISMATCH: "the private key does not belong to the certificate",
+    Reason.ADDRESS_IN_USE: "a listener's address is already bound by another process",
 }
 
 
@@ -542,9 +552,15 @@ def log_rejection(
         return
     reason = error if isinstance(error, str) else error.reason
     more = f" ({suppressed} more since the last line)" if suppressed else ""
-    # Marked as a refusal: daemons show these lines without --verbose (the rule above
-    # bounds them), while the rest of INFO stays for --verbose.
-    logger.info("%s %s: %s%s", what, source, reason, more, extra=REFUSAL_LINE)
+    # Marked as a refusal (REFUSAL_LINE), with the event fields of --log-format json.
+    logger.info(
+        "%s %s: %s%s",
+        what,
+        source,
+        reason,
+        more,
+        extra={**REFUSAL_LINE, "event": "refused", "reason": str(reason), "source": source},
+    )
 
 
 def catalogue_markdown() -> str:

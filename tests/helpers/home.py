@@ -50,7 +50,8 @@ class LoopbackHome:
     def device_id(self, index: int) -> str:
         return str(self.summary["devices"][index - 1])
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, *options: str) -> None:
+        """Run ``NAME.toml`` (a hub when the name starts with "hub"), output to NAME.log."""
         kind = "hub" if name.startswith("hub") else "device"
         log = (self.path / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
@@ -62,6 +63,7 @@ class LoopbackHome:
                 "run",
                 "--config",
                 str(self.path / f"{name}.toml"),
+                *options,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

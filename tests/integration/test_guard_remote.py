@@ -174,10 +174,14 @@ async def test_wrong_codes_are_refused_then_the_user_is_locked_out(
     assert remote.server.rejections["locked-out"] == 1
     # Four failed logins from one source within the interval: one line, reason and source
     # only (PROTOCOL.md preamble), never the user id.
-    lines = [r.getMessage() for r in caplog.records if r.name == "roost.guard"]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "roost.guard" and getattr(r, "event", None) == "refused"
+    ]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("remote session from 127.0.0.1: ")
-    assert "owner" not in lines[0]
+    assert lines[0].startswith("remote login refused from 127.0.0.1: ")
+    assert all("owner" not in r.getMessage() for r in caplog.records)
 
 
 async def test_wrong_password_is_refused(remote: Remote) -> None:

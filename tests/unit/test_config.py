@@ -95,7 +95,7 @@ def test_a_missing_file_is_a_config_error_with_reason_missing(tmp_path: Path) ->
         ({"announce": {"multicast": "false"}}, "announce.multicast"),
         ({"announce": {"peers": ["nowhere"]}}, "announce.peers"),
         ({"announce": {"port": 70000}}, "announce.port"),
-        ({"announce": {"freshness_ms": 0}}, "[announce]"),
+        ({"announce": {"freshness_ms": 0}}, "announce.freshness_ms"),
         ({"announce": "loud"}, "announce"),
         ({"redirect": {"batch_size": 0}}, "redirect.batch_size"),
         ({"redirect": {"spacing": "fast"}}, "redirect.spacing"),
@@ -118,7 +118,7 @@ def test_every_invalid_hub_value_is_a_config_error_naming_file_and_key(
 
 def test_a_missing_key_and_bad_toml_are_config_errors(tmp_path: Path) -> None:
     without_listen = _write(tmp_path, dict(_NODE))
-    with pytest.raises(ConfigError, match="lacks 'listen'"):
+    with pytest.raises(ConfigError, match="listen is missing"):
         load_hub_config(without_listen)
     broken = tmp_path / "broken.toml"
     broken.write_text("listen = [")
@@ -173,8 +173,8 @@ def test_the_broker_table_is_read_with_local_defaulting_to_any_address(tmp_path:
 @pytest.mark.parametrize(
     ("table", "words"),
     [
-        ({"udp": "127.0.0.1:3478"}, "lacks broker.'address'"),
-        ({"address": "127.0.0.1:7443"}, "lacks broker.'udp'"),
+        ({"udp": "127.0.0.1:3478"}, "broker.address is missing"),
+        ({"address": "127.0.0.1:7443"}, "broker.udp is missing"),
         ({"address": "localhost", "udp": "127.0.0.1:3478"}, "broker.address holds"),
         ({"address": "127.0.0.1:7443", "udp": "127.0.0.1:99999"}, "broker.udp holds"),
         ({"address": "127.0.0.1:0", "udp": "127.0.0.1:3478"}, "broker.address must name"),
@@ -321,7 +321,7 @@ def test_non_finite_numbers_are_config_errors_naming_the_key(
 ) -> None:
     path = tmp_path / "node.toml"
     path.write_text(to_toml(_NODE) + extra.format(v=value))
-    with pytest.raises(ConfigError, match=f"{key} must be a finite number") as caught:
+    with pytest.raises(ConfigError, match=f"{key} must be a (finite )?number") as caught:
         loader(path)
     assert caught.value.reason == "bad-config"
 

@@ -12,9 +12,11 @@ import click
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
 from roost.cli.human import print_fields, print_table, relative
+from roost.cli.logsetup import configure_logging, log_options
+from roost.cli.preflight import check_identity, check_listeners, lock_state_folder
 from roost.config import BrokerConfig, load_broker_config
 from roost.errors import ConfigError, TransportError
-from roost.pki.certs import certs_from_pem, key_from_pem
+from roost.pki.certs import Role, certs_from_pem, key_from_pem
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
 from roost.rendezvous.broker_aio import BrokerDaemon
@@ -49,7 +51,7 @@ def broker() -> None:
 @click.option("--worker", type=int, default=None, hidden=True)
 @click.option("--udp-port", type=int, default=None, hidden=True)
 @click.option("--tls-port", type=int, default=None, hidden=True)
-@click.option("-v", "--verbose", is_flag=True)
+@log_options
 @fail_cleanly
 def broker_run(
     config_file: Path,
@@ -57,14 +59,29 @@ def broker_run(
     worker: int | None,
     udp_port: int | None,
     tls_port: int | None,
+    log_level: str,
+    log_format: str,
     verbose: bool,
 ) -> None:
-    """Run the broker until SIGINT/SIGTERM."""
-    from roost.cli.run import configure_logging, run_until_signalled, use_fast_loop
+    """Run the broker until SIGINT/SIGTERM (one per state folder; its workers share it)."""
+    from roost.cli.run import run_until_signalled, use_fast_loop
 
-    configure_logging(verbose)
+    configure_logging(log_level, log_format)
     config = load_broker_config(config_file)
     count = workers or config.workers
+    check_identity(config.source, config.cert, config.key, Role.BROKER)
+    if worker is None:
+        # The supervisor of several workers, or the one process, holds the state folder;
+        # its workers run under it and share the folder and the ports.
+        lock_state_folder(config.state_dir, "roost broker run")
+        where = config.source.name if config.source else "the config"
+        check_listeners(
+            [
+                (f"broker's UDP port (udp in {where})", "udp", config.udp),
+                (f"broker's TLS port (tls in {where})", "tcp", config.tls),
+                *([(f"status API (api in {where})", "tcp", config.api)] if config.api else []),
+            ]
+        )
     if worker is None and count > 1:
         if not config.shared:
             raise ConfigError(

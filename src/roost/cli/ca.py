@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from pathlib import Path
 
 import click
@@ -19,7 +20,9 @@ from roost.cli.common import (
     parse_at,
 )
 from roost.cli.human import absolute, fingerprint, print_fields, print_table, relative
-from roost.errors import StateError
+from roost.cli.logsetup import configure_logging, log_options
+from roost.cli.preflight import lock_state_folder
+from roost.errors import StateError, listening
 from roost.files import atomic_write
 from roost.pki import authority_ops
 from roost.pki.authority import Authority
@@ -31,6 +34,15 @@ from roost.pki.schedule import Action, TimedStep
 __all__ = ["ca", "tick_authority"]
 
 _YEAR = dt.timedelta(days=365)
+_log = logging.getLogger("roost.download")
+
+
+def _lock(directory: Path, what: str) -> None:
+    """Hold the authority folder's lock until the command ends (roost.statelock): two
+    `roost ca roll` at once would both prepare generation N+1."""
+    if not directory.exists() and what != "roost ca init":
+        return  # Authority.load names the missing folder; the lock must not create it.
+    lock_state_folder(directory, what)
 
 
 @click.group(cls=RoostGroup)
@@ -57,6 +69,7 @@ def init(
     at: str | None,
 ) -> None:
     """Create generation 1 of a new authority in DIRECTORY."""
+    _lock(directory, "roost ca init")
     authority = Authority.init(
         directory,
         publish_url,
@@ -87,6 +100,7 @@ def issue(
     at: str | None,
 ) -> None:
     """Issue a certificate; writes cert.pem, key.pem and ca-info.bin into OUT."""
+    _lock(directory, "roost ca issue")
     authority = Authority.load(directory)
     targets = [out / "cert.pem", out / "key.pem", out / "ca-info.bin"]
     existing = [str(p) for p in targets if p.exists()]
@@ -116,6 +130,7 @@ def issue(
 @fail_cleanly
 def roll(directory: Path, revoke_current: bool, rotate_dl_keys: int, at: str | None) -> None:
     """Prepare generation N+1 (and its download-server certificate)."""
+    _lock(directory, "roost ca roll")
     authority = Authority.load(directory)
     info = authority.roll(parse_at(at), revoke_current, rotate_dl_keys)
     echo_json(
@@ -133,6 +148,7 @@ def roll(directory: Path, revoke_current: bool, rotate_dl_keys: int, at: str | N
 @fail_cleanly
 def activate(directory: Path) -> None:
     """Move issuing to the newest generation (S510)."""
+    _lock(directory, "roost ca activate")
     echo_json({"active": Authority.load(directory).activate()})
 
 
@@ -164,6 +180,7 @@ def tick(directory: Path, at: str | None, as_json: bool) -> None:
     A tick long after a step was due applies every missed step at the time it was due, so
     the authority ends as if it had never been left alone (docs/OPERATIONS.md).
     """
+    _lock(directory, "roost ca tick")
     authority = Authority.load(directory)
     when = parse_at(at)
     steps = authority_ops.tick(authority, when)
@@ -198,6 +215,7 @@ def repair(directory: Path, as_json: bool) -> None:
     Nothing listed in authority.json is ever removed; a listed generation with missing or
     broken files is reported (exit 5) and left for a restore from backup.
     """
+    _lock(directory, "roost ca repair")
     authority = Authority.load(directory)
     fixed = authority_ops.repair(authority)
     if as_json:
@@ -222,10 +240,22 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
     site = web.TCPSite(
         runner, host, port, ssl_context=download_tls_context(authority, generation, now_utc())
     )
-    await site.start()
+    try:
+        with listening("download server", host, port):
+            await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
     echo_json(
         {"serving": f"https://{host}:{bound}/", "generations": authority.published_generations()}
+    )
+    _log.info(
+        "download server listening on https://%s:%s/, generations %s",
+        host,
+        bound,
+        authority.published_generations(),
+        extra={"event": "listening"},
     )
     try:
         await asyncio.Event().wait()
@@ -237,12 +267,18 @@ async def _serve(authority: Authority, host: str, port: int, generation: int | N
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--listen", default="127.0.0.1:8443", show_default=True, metavar="HOST:PORT")
 @click.option("--generation", type=int, default=None, help="Whose download certificate to use.")
+@log_options
 @fail_cleanly
-def serve(directory: Path, listen: str, generation: int | None) -> None:
+def serve(
+    directory: Path,
+    listen: str,
+    generation: int | None,
+    log_level: str,
+    log_format: str,
+    verbose: bool,
+) -> None:
     """HTTPS download server publishing every prepared generation (one log line a request)."""
-    from roost.cli.run import configure_logging
-
-    configure_logging(verbose=True)
+    configure_logging(log_level, log_format)
     authority = Authority.load(directory)
     host, port = _split_listen(listen)
     try:
@@ -250,8 +286,6 @@ def serve(directory: Path, listen: str, generation: int | None) -> None:
             asyncio.run(_serve(authority, host, port, generation))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
 
 
 @ca.command()

@@ -9,6 +9,7 @@ class of the error decides the code, the same rule that decides whom a refusal b
 from __future__ import annotations
 
 import enum
+import errno
 import socket
 from collections.abc import Mapping
 
@@ -48,6 +49,9 @@ class ExitCode(enum.IntEnum):
     UNKNOWN_HUB = 11
     HUB_OFFLINE = 12
     RELAY_LIMIT = 13
+    # A listener's address is taken (or not this machine's): another instance, or another
+    # program, holds the port (docs/exit-codes.md).
+    ADDRESS_IN_USE = 14
 
 
 DESCRIPTIONS: Mapping[ExitCode, str] = {
@@ -65,6 +69,7 @@ DESCRIPTIONS: Mapping[ExitCode, str] = {
     ExitCode.UNKNOWN_HUB: "roost connect: the broker knows no hub of that identifier",
     ExitCode.HUB_OFFLINE: "roost connect: the hub is not registered or did not answer its wake-up",
     ExitCode.RELAY_LIMIT: "roost connect: the broker's relay limit (sessions, bytes, time)",
+    ExitCode.ADDRESS_IN_USE: "a daemon cannot listen: its address is in use or not this machine's",
 }
 
 # Refusals of the broker whose remedy differs from a plain "no" (issue 9, "Clear
@@ -77,6 +82,7 @@ _BY_REASON: Mapping[str, ExitCode] = {
     Reason.ACCEPT_TIMEOUT: ExitCode.HUB_OFFLINE,
     Reason.RELAY_LIMIT: ExitCode.RELAY_LIMIT,
     Reason.RELAY_EXPIRED: ExitCode.RELAY_LIMIT,
+    Reason.ADDRESS_IN_USE: ExitCode.ADDRESS_IN_USE,
 }
 
 # The error classes are siblings under RoostError, so the order only has to put nothing
@@ -120,6 +126,9 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.STATE
     if isinstance(error, _UNREACHABLE_OS_ERRORS):
         return ExitCode.UNREACHABLE
+    if isinstance(error, OSError) and error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        # A listener no adapter wrapped (roost.errors.listening) still gets its code.
+        return ExitCode.ADDRESS_IN_USE
     if isinstance(error, OSError):
         # The system said why (address in use, disk full): not a bug, no better class.
         return ExitCode.FAILED

@@ -29,6 +29,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("roost.cli.broker", "broker"),
     "connect": ("roost.cli.connect", "connect"),
     "discover": ("roost.cli.discover", "discover"),
+    "config": ("roost.cli.doctor", "config"),
+    "doctor": ("roost.cli.doctor", "doctor"),
 }
 
 

@@ -18,13 +18,15 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.logsetup import configure_logging, log_options
 from roost.cli.names import home_names, label
+from roost.cli.preflight import check_identity, check_listeners, lock_state_folder
 from roost.clock import set_wall_offset_ms
 from roost.config import HubConfig, load_device_config, load_hub_config
 from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import ConfigError, StateError, TransportError
-from roost.pki.certs import certs_from_pem, key_from_pem
+from roost.pki.certs import Role, certs_from_pem, key_from_pem
 from roost.pki.updater import TrustUpdater
 from roost.reasons import Reason
 
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from roost.hub.dashboard import Dashboard
 
 _POLL_EVERY = 60.0
+log = logging.getLogger("roost.cli")
 
 
 def build_hub_daemon(
@@ -149,24 +152,6 @@ def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:
     asyncio.run(trust.follow_own_certificate(leaf, time.monotonic()))
 
 
-def configure_logging(verbose: bool) -> None:
-    """One log format for every daemon (INFO with --verbose, else WARNING and the
-    refusal lines, which the logging rule already bounds: once per source per interval)."""
-    root = logging.getLogger()
-    if root.handlers:
-        return  # configured already (as basicConfig would, leave it)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    if not verbose:
-        handler.addFilter(_warnings_and_refusals)
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
-def _warnings_and_refusals(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or bool(getattr(record, "roost_refusal", False))
-
-
 @click.group(cls=RoostGroup)
 def hub() -> None:
     """The home hub: records cameras, announces itself, hands devices over."""
@@ -174,10 +159,10 @@ def hub() -> None:
 
 @hub.command("run")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
-@click.option("-v", "--verbose", is_flag=True)
+@log_options
 @fail_cleanly
-def hub_run(config_file: Path, verbose: bool) -> None:
-    """Run a hub until SIGINT/SIGTERM."""
+def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -> None:
+    """Run a hub until SIGINT/SIGTERM (one per state folder)."""
     from roost.guard.aio import GuardServer
     from roost.guard.log import SqliteMerkleLog
     from roost.hub.api import start_api
@@ -186,8 +171,23 @@ def hub_run(config_file: Path, verbose: bool) -> None:
     from roost.hub.runfile import HubRunState, remove_run_file, write_run_file
     from roost.rendezvous.agent_aio import BrokerAgent
 
-    configure_logging(verbose)
+    configure_logging(log_level, log_format)
     config = load_hub_config(config_file)
+    check_identity(config.source, config.cert, config.key, Role.HUB)
+    # Held until the process ends: a second hub on this folder is refused (docs/operating.md).
+    lock_state_folder(config.state_dir, "roost hub run")
+    where = config.source.name if config.source else "the config"
+    check_listeners(
+        [
+            (f"device channel (listen in {where})", "tcp", config.listen),
+            (f"status API (api in {where})", "tcp", config.api),
+            *(
+                [(f"remote entrance (remote in {where})", "tcp", config.remote)]
+                if config.remote
+                else []
+            ),
+        ]
+    )
     trust = TrustUpdater(config.trust_dir)
     _follow_own_certificate(trust, config.cert)
     recorder = Recorder(config.state_dir / "recordings", config.retention_bytes)
@@ -246,6 +246,14 @@ def hub_run(config_file: Path, verbose: bool) -> None:
         )
         write_run_file(config.run_file, state)
         echo_json({"hub": daemon.identifier, **json.loads(state.to_json())})
+        log.info(
+            "hub %s (%s) ready: devices %s:%s, api %s:%s",
+            config.name,
+            daemon.identifier,
+            *state.listen,
+            *state.api,
+            extra={"event": "ready"},
+        )
 
     async def stop() -> None:
         remove_run_file(config.run_file)
@@ -407,12 +415,15 @@ def device() -> None:
 
 @device.command("run")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), required=True)
-@click.option("-v", "--verbose", is_flag=True)
+@log_options
 @fail_cleanly
-def device_run(config_file: Path, verbose: bool) -> None:
-    """Run a camera until SIGINT/SIGTERM."""
-    configure_logging(verbose)
+def device_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -> None:
+    """Run a camera until SIGINT/SIGTERM (one per state folder)."""
+    configure_logging(log_level, log_format)
     config = load_device_config(config_file)
+    check_identity(config.source, config.cert, config.key, Role.DEVICE)
+    # Two devices on one spool would replace each other's connection (docs/operating.md).
+    lock_state_folder(config.state_dir, "roost device run")
     trust = TrustUpdater(config.trust_dir)
     _follow_own_certificate(trust, config.cert)
     spool = FrameSpool(
@@ -423,6 +434,13 @@ def device_run(config_file: Path, verbose: bool) -> None:
     async def start() -> None:
         await daemon.start()
         echo_json({"device": daemon.identifier, "last_acked": spool.last_acked})
+        log.info(
+            "device %s (%s) ready: %s frames unacknowledged",
+            config.name,
+            daemon.identifier,
+            spool.buffered,
+            extra={"event": "ready"},
+        )
 
     async def stop() -> None:
         await daemon.stop()

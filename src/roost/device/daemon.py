@@ -50,7 +50,7 @@ from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
 from roost.hcsp.aio import AnnounceTransport, UdpConfig
 from roost.hcsp.core import AnnounceCore
-from roost.hcsp.events import HcspEvent, HubDown
+from roost.hcsp.events import HcspEvent, HubDown, WinnerChanged
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
@@ -164,6 +164,8 @@ class DeviceDaemon:
         self._channel_tasks: tuple[asyncio.Task[None], asyncio.Task[None]] | None = None
         # A redirect target's channel, opened and waiting for the old one to drain.
         self._redirected: HubChannel | None = None
+        # The hub whose loss ended the last channel: the next connection is a failover.
+        self._lost_hub: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._tls_cache: tuple[tuple[bytes, bytes], ssl.SSLContext] | None = None
@@ -253,6 +255,16 @@ class DeviceDaemon:
         self.manager.hubs_changed(self.core.live_hubs(now), now)
         self._hubs_changed.set()
         channel = self.channel
+        if isinstance(event, WinnerChanged):
+            winner = event.winner
+            log.info(
+                "election: best hub is %s",
+                winner.identifier if winner is not None else "none",
+                extra={
+                    "event": "election",
+                    "winner": winner.identifier if winner is not None else None,
+                },
+            )
         if isinstance(event, HubDown) and channel and event.hub.identifier == channel.hub_id:
             self._hub_lost.set()
 
@@ -378,6 +390,24 @@ class DeviceDaemon:
             self._log_refusal(reason, action.host, "connect failed to")
             return
         self.manager.connect_succeeded(channel.hub_id, channel.opened_at)
+        lost, self._lost_hub = self._lost_hub, None
+        if lost is not None and lost != channel.hub_id:
+            log.info(
+                "failover: from hub %s to hub %s at %s:%s",
+                lost,
+                channel.hub_id,
+                action.host,
+                action.port,
+                extra={"event": "failover", "from_hub": lost, "hub": channel.hub_id},
+            )
+        log.info(
+            "connected to hub %s at %s:%s (%s frames to send)",
+            channel.hub_id,
+            action.host,
+            action.port,
+            self.spool.buffered,
+            extra={"event": "connected", "hub": channel.hub_id},
+        )
         self._hub_lost.clear()
         self._channel_tasks = self._start_channel(channel)
         self.channel = channel
@@ -394,10 +424,29 @@ class DeviceDaemon:
         )
         lost.cancel()
         if redirect_wait in done:
-            self.manager.redirect_received(redirect_wait.result(), loop.time())
+            redirect = redirect_wait.result()
+            log.info(
+                "redirect received: hub %s sends this device to hub %s",
+                channel.hub_id,
+                redirect.target.identifier,
+                extra={
+                    "event": "redirect-received",
+                    "from_hub": channel.hub_id,
+                    "hub": redirect.target.identifier,
+                },
+            )
+            self.manager.redirect_received(redirect, loop.time())
             return
         # The hub went away: it closed the channel, or its announcements stopped.
         redirect_wait.cancel()
+        why = "its announcements stopped" if lost in done else "the channel closed"
+        log.info(
+            "hub %s lost: %s",
+            channel.hub_id,
+            why,
+            extra={"event": "hub-lost", "hub": channel.hub_id},
+        )
+        self._lost_hub = channel.hub_id
         self.manager.hub_lost(channel.hub_id, loop.time())
 
     async def _follow(self, action: FollowRedirect) -> None:
@@ -427,6 +476,12 @@ class DeviceDaemon:
         await self._drain_and_close(old)
         for task in tasks:
             task.cancel()
+        log.info(
+            "redirect followed: from hub %s to hub %s",
+            old.hub_id,
+            new.hub_id,
+            extra={"event": "redirect-followed", "from_hub": old.hub_id, "hub": new.hub_id},
+        )
         self._redirected = None
         self._hub_lost.clear()
         self._channel_tasks = self._start_channel(new)

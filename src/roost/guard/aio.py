@@ -34,6 +34,7 @@ from roost.errors import (
     RoostError,
     StateError,
     VerificationError,
+    listening,
 )
 from roost.guard.aio_client import GuardClient
 from roost.guard.challenge import AuthConfig, LoginServer
@@ -229,21 +230,24 @@ class GuardServer:
         if self._binding is None:
             raise StateError("a TLS listener needs server_certificate_der", reason="bad-config")
         await self.open()
-        if admission is None:
-            self._server = await asyncio.start_server(self._accept_tls, host, port, ssl=ssl_context)
-            return
+        with listening("remote entrance", host, port):
+            if admission is None:
+                self._server = await asyncio.start_server(
+                    self._accept_tls, host, port, ssl=ssl_context
+                )
+                return
 
-        async def admitted(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
-        ) -> None:
-            # TLS done: from here the guard's own per-source limits and login deadline hold
-            # the connection, so the daemon's unauthenticated slot is free again.
-            ticket.release()
-            await self._accept_tls(reader, writer)
+            async def admitted(
+                reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
+            ) -> None:
+                # TLS done: from here the guard's own per-source limits and login deadline
+                # hold the connection, so the daemon's unauthenticated slot is free again.
+                ticket.release()
+                await self._accept_tls(reader, writer)
 
-        self._server = await admission.start_tls_server(
-            admitted, host, port, ssl_context, what="remote entrance"
-        )
+            self._server = await admission.start_tls_server(
+                admitted, host, port, ssl_context, what="remote entrance"
+            )
 
     def _make_login_server(self) -> LoginServer:
         directory = self._open_user_store()
@@ -518,17 +522,23 @@ class _ServerStream:
         if isinstance(event, LoggedIn):
             counters.logins_ok += 1
             counters.logins_granted += int(self._core.used_password_grant)
+            # The source only: the user id stays out of logs like everything the peer sent.
+            log.info(
+                "remote login accepted from %s",
+                self._peer,
+                extra={"event": "login-accepted", "source": self._peer},
+            )
         elif isinstance(event, StreamClosed):
             if event.cause in (CloseCause.LOGIN_FAILED, CloseCause.LOGIN_TIMEOUT):
                 counters.logins_failed += 1
-                self._log_refusal(event.reason)
+                self._log_refusal(event.reason, "remote login refused from")
             elif event.cause is CloseCause.SESSION_ENDED:
                 counters.sessions_expired += 1
             elif event.cause is CloseCause.PEER_ERROR:
                 counters.stream_errors += 1
                 self._log_refusal(event.reason)
 
-    def _log_refusal(self, reason: str) -> None:
+    def _log_refusal(self, reason: str, what: str = "remote session from") -> None:
         """A line for a refused session when the rule allows (PROTOCOL.md preamble): the
         reason and the source only, never the user id or what the peer sent."""
         server = self._server
@@ -538,7 +548,7 @@ class _ServerStream:
             reason,
             source=self._peer,
             now=server._clock(),
-            what="remote session from",
+            what=what,
         )
 
     def _transmit(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from roost.clock import wall_ms_now
+from roost.errors import listening
 from roost.hcsp.core import AnnounceCore
 from roost.hcsp.events import AnnouncementRefused, HcspEvent
 from roost.reasons import REFUSAL_LINE
@@ -54,7 +55,12 @@ def _log_refusal(event: AnnouncementRefused) -> None:
         event.source_port,
         event.reason,
         more,
-        extra=REFUSAL_LINE,
+        extra={
+            **REFUSAL_LINE,
+            "event": "refused",
+            "reason": str(event.reason),
+            "source": event.source_host,
+        },
     )
 
 
@@ -107,7 +113,12 @@ class AnnounceTransport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receive_buffer)
-        sock.bind((cfg.bind_host, cfg.port))
+        try:
+            with listening("announcements (udp)", cfg.bind_host, cfg.port):
+                sock.bind((cfg.bind_host, cfg.port))
+        except BaseException:
+            sock.close()
+            raise
         if cfg.multicast:
             # Section 3: TTL 1 keeps announcements on the link; loop lets hubs and devices
             # on one host hear each other (the core ignores its own echoes).

@@ -38,7 +38,7 @@ from roost.clock import wall_ms_now
 from roost.config import HubConfig
 from roost.dnssd.aio import DnsSdNode, start_browsing
 from roost.dnssd.records import HubRecord
-from roost.errors import RefusedError, RoostError, StateError, VerificationError
+from roost.errors import RefusedError, RoostError, StateError, VerificationError, listening
 from roost.guard.aio import GuardServer
 from roost.hcsp.aio import AnnounceTransport
 from roost.hcsp.channel import FrameMessage
@@ -219,17 +219,18 @@ class HubDaemon:
     async def start(self) -> None:
         """Bind the device listener (port 0 picks a free one), then start announcing."""
         host, port = self.config.listen
-        self._server = await self.admission.start_tls_server(
-            self._serve_device,
-            host,
-            port,
-            self.tls.outer,
-            what="device channel",
-            limit=_READ_CHUNK,
-            # A redirect batch arrives as a burst of handshakes; the default backlog of
-            # 100 drops some and TCP retries them only after a second or more.
-            backlog=max(128, self.config.max_devices),
-        )
+        with listening("device channel", host, port):
+            self._server = await self.admission.start_tls_server(
+                self._serve_device,
+                host,
+                port,
+                self.tls.outer,
+                what="device channel",
+                limit=_READ_CHUNK,
+                # A redirect batch arrives as a burst of handshakes; the default backlog of
+                # 100 drops some and TCP retries them only after a second or more.
+                backlog=max(128, self.config.max_devices),
+            )
         try:
             self._wire_announce()
             # Seed S40: announce at start-up, then every interval (the core schedules it).
@@ -237,7 +238,13 @@ class HubDaemon:
         except BaseException:
             self._server.close()
             raise
-        log.info("hub %s listening on %s:%s", self.identifier, host, self.bound_port)
+        log.info(
+            "hub %s listening on %s:%s",
+            self.identifier,
+            host,
+            self.bound_port,
+            extra={"event": "listening"},
+        )
 
     def _wire_announce(self) -> None:
         """Build the announce core and its transport for the endpoint peers must dial.
@@ -488,6 +495,12 @@ class HubDaemon:
                 if self.sessions.get(session.device_id) is session:
                     del self.sessions[session.device_id]
                     self._load_changed()
+                    log.info(
+                        "device %s left (%s frames stored on this channel)",
+                        session.device_id,
+                        session.frames_stored,
+                        extra={"event": "device-left", "device": session.device_id},
+                    )
             writer.close()
 
     async def _serve_peer_web(
@@ -541,6 +554,14 @@ class HubDaemon:
         session.connected_at = _loop_now()
         self.sessions[device_id] = session
         self._load_changed()
+        log.info(
+            "device %s connected%s (%s of %s)",
+            device_id,
+            " again, replacing its previous channel" if previous is not None else "",
+            len(self.sessions),
+            self.config.max_devices,
+            extra={"event": "device-connected", "device": device_id},
+        )
         session.core.accept(self.config.features, self.config.max_devices)
 
     async def _store(self, session: DeviceSession, frames: Sequence[FrameMessage]) -> None:
@@ -614,6 +635,7 @@ class HubDaemon:
             self._refresh_dns_sd_peers()
         if isinstance(event, WinnerChanged):
             # S110–S180: the verified subscribe was compared; act on the outcome.
+            _log_election(event.winner)
             self._replan(event.winner, now)
         elif isinstance(event, HubUpdated | HubDown):
             target = self.planner.target
@@ -644,6 +666,13 @@ class HubDaemon:
             session.send_redirect(HubAddress(target.identifier, target.endpoint), target.features)
             session.redirected_to = target.identifier
             self.counters.redirects_sent += 1
+            log.info(
+                "redirect sent: device %s to hub %s at %s",
+                device_id,
+                target.identifier,
+                target.endpoint.format(),
+                extra={"event": "redirect-sent", "device": device_id, "hub": target.identifier},
+            )
         self._arm_redirects()
 
     # ------------------------------------------------------------------------- reporting
@@ -714,6 +743,19 @@ class HubDaemon:
             stream_errors=counters.stream_errors,
             rejected=self.guard.rejections.as_dict(),
         )
+
+
+def _log_election(winner: LiveHub | None) -> None:
+    """The election's outcome as the hub sees it (PROTOCOL.md section 3)."""
+    if winner is None:
+        log.info("election: no hub is eligible", extra={"event": "election"})
+        return
+    log.info(
+        "election: hub %s wins%s",
+        winner.identifier,
+        " (this hub)" if winner.is_self else "",
+        extra={"event": "election", "winner": winner.identifier, "is_self": winner.is_self},
+    )
 
 
 def _peer_host(writer: asyncio.StreamWriter) -> str:

@@ -58,6 +58,7 @@ from roost.pki.certs import (
     key_to_pem,
     make_ca,
 )
+from roost.statelock import LOCK_NAME
 
 __all__ = [
     "Authority",
@@ -219,7 +220,8 @@ class Authority:
                 f"a CA made at {_when(at)} would outlive the year 9999", reason="bad-args"
             )
         directory.mkdir(parents=True, exist_ok=True)
-        if any(p.name != ".gitkeep" for p in directory.iterdir()):
+        # The lock `roost ca` commands hold while they write (roost.statelock) may be there.
+        if any(p.name not in (".gitkeep", LOCK_NAME) for p in directory.iterdir()):
             raise StateError(f"{directory} is not empty", reason="exists")
         publish_url = publish_url if publish_url.endswith("/") else publish_url + "/"
         settings = Settings(

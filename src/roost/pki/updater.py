@@ -13,6 +13,7 @@ import collections
 import contextlib
 import datetime as dt
 import enum
+import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +39,8 @@ __all__ = [
     "UpdateConfig",
     "UpdateSchedule",
 ]
+
+log = logging.getLogger("roost.trust")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,23 @@ def _parse_head(head: bytes) -> tuple[int, int | None]:
         raise RemoteProtocolError("malformed HTTP response", reason="bad-http") from exc
 
 
+def _log_change(before: TrustState, after: TrustState) -> None:
+    """One line per trust change a node makes: a generation stored, or one promoted."""
+    if after.newest.generation > before.newest.generation:
+        log.info(
+            "trust: stored CA information %s (current %s)",
+            after.newest.generation,
+            after.current.generation,
+            extra={"event": "trust-fetched", "generation": after.newest.generation},
+        )
+    if after.current.generation > before.current.generation:
+        log.info(
+            "trust: generation %s is now current",
+            after.current.generation,
+            extra={"event": "trust-promoted", "generation": after.current.generation},
+        )
+
+
 class TrustUpdater:
     """Owns a persisted trust store: fetch, accept, persist, and count what was rejected."""
 
@@ -240,8 +260,10 @@ class TrustUpdater:
     def commit(self, state: TrustState) -> None:
         """Persist a new state (promotion, raised floor) and make it the one in use."""
         if state != self.state:
+            before = self.state
             save_state(self.directory, state)
             self.state = state
+            _log_change(before, state)
 
     async def update_once(self) -> FetchOutcome:
         """Fetch the successor of the newest slot once; raise on anything wrong."""
@@ -271,6 +293,14 @@ class TrustUpdater:
                     raise
             except RoostError as exc:
                 self.rejected[exc.reason] += 1
+                # Fetches are paced by the schedule (a poll a minute at most, failures
+                # backed off), so each refusal gets its line.
+                log.info(
+                    "trust fetch from %s refused: %s",
+                    url,
+                    exc.reason,
+                    extra={"event": "refused", "reason": str(exc.reason)},
+                )
                 raise
             self.commit(new_state)
             self.last_fetch = FetchRecord(loop.time(), url, FetchOutcome.STORED.value, True)

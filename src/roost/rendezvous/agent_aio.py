@@ -47,7 +47,7 @@ from roost.guard.userstore import PasswordGrant
 from roost.hub.status import BrokerAgentStatus
 from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
-from roost.reasons import Reason
+from roost.reasons import Reason, RejectionCounter, log_rejection
 from roost.rendezvous.agent import (
     AgentConfig,
     AgentCore,
@@ -205,6 +205,9 @@ class BrokerAgent:
         # Peer-reflexive addresses the punches learned (docs/broker.md, punch probes).
         self.learned = 0
         self.ignored: dict[str, int] = {}
+        # A broker that stays unreachable is retried every few seconds: one line per
+        # minute says so (the logging rule, PROTOCOL.md preamble), the rest are counted.
+        self._failure_log = RejectionCounter(60.0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,7 +223,12 @@ class BrokerAgent:
         self.core.set_candidates(candidates, now)
         self.core.start(now)
         self.transmit()
-        log.info("broker agent on udp %s:%s", *self.mux.local_address)
+        log.info(
+            "broker agent on udp %s:%s, broker %s:%s",
+            *self.mux.local_address,
+            *self.link.address,
+            extra={"event": "listening"},
+        )
 
     async def stop(self) -> None:
         """End every session and channel, close the socket."""
@@ -320,8 +328,19 @@ class BrokerAgent:
             elif isinstance(event, StartPunch):
                 self._start_punch(event)
             elif isinstance(event, RelayReady):
+                log.info(
+                    "remote session %s relayed by the broker",
+                    event.session,
+                    extra={"event": "session-relayed", "session": event.session},
+                )
                 self._relay_ready(event)
             elif isinstance(event, SessionEnded):
+                log.info(
+                    "remote session %s ended: %s",
+                    event.session,
+                    event.reason,
+                    extra={"event": "session-ended", "reason": str(event.reason)},
+                )
                 entry = self._served.get(event.session) if event.session is not None else None
                 if entry is not None:
                     self._end_session(entry)
@@ -383,7 +402,14 @@ class BrokerAgent:
             # The core retries enrollment after its delay; a present channel that cannot
             # open ends its session (channel_closed, already reported by the channel).
             self._count(exc.reason)
-            log.info("broker channel %s to %s:%s failed: %s", channel_id, host, port, exc)
+            log_rejection(
+                log,
+                self._failure_log,
+                exc,
+                source=f"{host}:{port}",
+                now=self._now(),
+                what="broker channel failed to",
+            )
 
     def _on_body(self, channel_id: int, body: bytes) -> None:
         try:
@@ -424,7 +450,18 @@ class BrokerAgent:
         except RemoteProtocolError:
             reason = Reason.BAD_SEAL
         except RoostError as exc:
-            log.info("password check failed: %s", exc)
+            log.info("password check failed: %s", exc.reason)
+        if ok:
+            log.info("remote login accepted via the broker", extra={"event": "login-accepted"})
+        else:
+            log_rejection(
+                log,
+                self._failure_log,
+                str(reason),
+                source="broker session",
+                now=self._now(),
+                what="remote login refused via",
+            )
         if ok:
             peer = str(item.issuer_candidates[0].address) if item.issuer_candidates else "?"
             channel = self.core.channel_of(item.session)
@@ -477,6 +514,12 @@ class BrokerAgent:
                 waiting.append(self.mux.path_to(event.address))
         elif isinstance(event, DirectPathFound):
             assert self.mux is not None
+            log.info(
+                "remote session %s direct to %s",
+                session,
+                event.address,
+                extra={"event": "session-direct", "session": session},
+            )
             self.core.punch_succeeded(session, event.address, self._now())
             chosen = self.mux.path_to(event.address)
             self._close_waiting_paths(session, keep=chosen)

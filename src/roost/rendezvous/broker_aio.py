@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from roost.admission import Admission, Ticket, TlsListener
 from roost.clock import wall_ms_now
 from roost.config import BrokerConfig
-from roost.errors import RoostError, VerificationError
+from roost.errors import RoostError, VerificationError, listening
 from roost.framing import RecordFramer, encode_record
 from roost.httpapi import NO_STORE, ApiRunner, add_metrics, serve_app
 from roost.metrics import BROKER_METRICS
@@ -264,20 +264,33 @@ class BrokerDaemon:
             await self.shared.start()
         host, port = self.config.udp
         reuse = self.config.reuse_port or None
-        self._udp = _UdpSocket.bind(self, host, port, reuse_port=bool(reuse))
+        with listening("broker (udp)", host, port):
+            self._udp = _UdpSocket.bind(self, host, port, reuse_port=bool(reuse))
         tls_host, tls_port = self.config.tls
-        self._server = await self.admission.start_tls_server(
-            self._serve,
-            tls_host,
-            tls_port,
-            self.tls.outer,
-            what="broker channel",
-            limit=_READ_CHUNK,
-            reuse_port=reuse,
-        )
+        try:
+            with listening("broker (tls)", tls_host, tls_port):
+                self._server = await self.admission.start_tls_server(
+                    self._serve,
+                    tls_host,
+                    tls_port,
+                    self.tls.outer,
+                    what="broker channel",
+                    limit=_READ_CHUNK,
+                    reuse_port=reuse,
+                )
+        except BaseException:
+            self._udp.close()
+            raise
         if self.config.api is not None:
             self._api = await _start_api(self, *self.config.api)
-        log.info("broker udp %s tls %s", self.udp_port, self.tls_port)
+        log.info(
+            "broker listening: udp %s:%s, tls %s:%s",
+            host,
+            self.udp_port,
+            tls_host,
+            self.tls_port,
+            extra={"event": "listening"},
+        )
 
     async def stop(self) -> None:
         if self._timer is not None:
@@ -330,7 +343,18 @@ class BrokerDaemon:
         while (event := self.core.next_event()) is not None:
             if isinstance(event, Refused):
                 more = f" ({event.suppressed} more since the last line)" if event.suppressed else ""
-                log.info("refused %s: %s%s", event.source, event.reason, more, extra=REFUSAL_LINE)
+                log.info(
+                    "refused %s: %s%s",
+                    event.source,
+                    event.reason,
+                    more,
+                    extra={
+                        **REFUSAL_LINE,
+                        "event": "refused",
+                        "reason": str(event.reason),
+                        "source": event.source,
+                    },
+                )
             elif isinstance(event, CloseChannel):
                 writer = self._writers.get(event.channel)
                 if writer is not None:

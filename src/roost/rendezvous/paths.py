@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
-from roost.errors import RoostError, TransportError
+from roost.errors import RoostError, TransportError, listening
 from roost.reasons import Reason
 from roost.rendezvous.control import RelayRecord, encode_relay
 from roost.rendezvous.messages import ACK_MAGIC, REGISTRATION_MAGIC, WAKE_MAGIC
@@ -282,7 +282,10 @@ class UdpMux(asyncio.DatagramProtocol):
     ) -> UdpMux:
         """Bind the shared socket at ``local`` and return its mux."""
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(lambda: cls(**handlers), local_addr=local)
+        with listening("broker agent (udp)", local[0], local[1]):
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: cls(**handlers), local_addr=local
+            )
         return protocol
 
     # ------------------------------------------------------------------ asyncio protocol
