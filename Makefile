@@ -33,7 +33,7 @@ test: $(STAMP) system-deps
 	$(VENV)/bin/ruff format --check src tests bench tools
 	$(VENV)/bin/ruff check src tests bench tools
 	$(VENV)/bin/mypy --strict src
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 3 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format src tests bench tools
