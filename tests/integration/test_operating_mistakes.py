@@ -56,7 +56,8 @@ def assert_one_line_failure(done: subprocess.CompletedProcess[str], code: int, w
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     if code == ExitCode.USAGE:
-        assert lines[-1].startswith("Error: ") and words in lines[-1], done.stderr
+        # A usage mistake is one line too, naming the command and where its help is.
+        assert len(lines) == 1 and words in lines[0] and "--help" in lines[0], done.stderr
     else:
         assert len(lines) == 1 and lines[0].startswith("roost: "), done.stderr
         assert words in lines[0], done.stderr

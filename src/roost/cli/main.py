@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
 from roost.cli.common import DEBUG_META, RoostGroup
-from roost.cli.exitcodes import epilog
+from roost.cli.exitcodes import ExitCode, epilog
 
 __all__ = ["cli", "main"]
 
@@ -79,5 +80,23 @@ def _register() -> None:
 def main() -> None:
     """Run the ``roost`` command line."""
     # Shell completion is click's: `eval "$(_ROOST_COMPLETE=bash_source roost)"` (README).
-    # Naming the variable keeps it the same under `python -m roost`.
-    cli(complete_var="_ROOST_COMPLETE")
+    # Naming the variable keeps it the same under `python -m roost`. Not standalone, so a
+    # usage mistake is one line here rather than click's usage block (docs/exit-codes.md).
+    try:
+        code = cli.main(complete_var="_ROOST_COMPLETE", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A group given no command shows its help, as click would (exit 2, documented).
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(ExitCode.USAGE)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "roost"
+        click.echo(f"{command}: {exc.format_message()} (see {command} --help)", err=True)
+        sys.exit(ExitCode.USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("roost: aborted", err=True)
+        sys.exit(ExitCode.FAILED)
+    # ``--help`` and ``--version`` end through click's Exit, which returns its code here.
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
