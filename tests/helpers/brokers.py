@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +49,15 @@ class BrokerFleet:
                     ports[key] = int(line.split(":")[-1].strip('"'))
                 if key == "interval_s":
                     line = f"interval_s = {interval_s}"
+                if key == "state_dir" and index > 1:
+                    # One broker process per state folder (its lock): each of the fleet gets
+                    # a copy of the home broker's folder (certificate, key, trust store).
+                    source = home / line.split("=", 1)[1].strip().strip('"')
+                    copy = home / f"broker-{index}-state"
+                    if not copy.exists():
+                        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("lock"))
+                    line = f'state_dir = "{copy.name}"'
+
                 if line.startswith("[limits]"):
                     lines.append(f'registry = "{url}"')
                     lines.append(f'node = "b{index}"')

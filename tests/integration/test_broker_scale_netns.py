@@ -49,12 +49,16 @@ def _home(base: Path) -> str:
         out = home / f"broker{index}"
         out.mkdir()
         _roost("ca", "issue", str(home / "ca"), "--role", "broker", "--ip", ip, "--out", str(out))
+        # One broker process per state folder (its lock): each host's broker keeps its own
+        # copy of the home broker's trust store next to its certificate.
+        shutil.copytree(home / "broker" / "trust", out / "trust")
         lines = []
         for line in base_config.splitlines():
             key = line.split("=", 1)[0].strip()
             values = {
                 "cert": f'"broker{index}/cert.pem"',
                 "key": f'"broker{index}/key.pem"',
+                "state_dir": f'"broker{index}"',
                 "udp": f'"{ip}:3478"',
                 "tls": f'"{ip}:7443"',
                 "api": f'"{API[0]}:{API[1]}"',
