@@ -45,6 +45,9 @@ _ARGS = [
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def browser() -> AsyncIterator[Any]:
     chromium = require_tool("chromium", "chromium-browser")
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -57,9 +60,6 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def home(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DashboardHome]:
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
     async with dashboard_home(tmp_path_factory.mktemp("home"), start_hubs=1) as running:
         yield running
 
