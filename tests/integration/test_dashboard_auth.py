@@ -193,7 +193,7 @@ async def _tiles_over_the_socket(
     counts = dict.fromkeys(cameras, 0)
     pushes: set[str] = set()
     async with owner.ws_connect(base + "api/ws", headers={"Origin": origin}) as ws:
-        await ws.send_json({"watch": cameras + ["not-a-camera"]})
+        await ws.send_json({"watch": [*cameras, "not-a-camera"]})
         async with asyncio.timeout(15):
             while min(counts.values()) < frames_each or "home" not in pushes:
                 message = await ws.receive()

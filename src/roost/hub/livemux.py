@@ -69,7 +69,9 @@ def decode_tile_message(message: bytes) -> tuple[str, bytes]:
     try:
         device_id = message[1 : 1 + length].decode("ascii")
     except UnicodeDecodeError:
-        raise RemoteProtocolError("a tile identifier that is not ASCII", reason=Reason.MALFORMED) from None
+        raise RemoteProtocolError(
+            "a tile identifier that is not ASCII", reason=Reason.MALFORMED
+        ) from None
     return device_id, message[1 + length :]
 
 
@@ -181,7 +183,9 @@ class MjpegPartReader:
         for line in lines[1:]:
             name, colon, value = line.partition(":")
             if not colon:
-                raise RemoteProtocolError("a stream part header without a colon", reason=Reason.MALFORMED)
+                raise RemoteProtocolError(
+                    "a stream part header without a colon", reason=Reason.MALFORMED
+                )
             headers[name.strip().lower()] = value.strip()
         try:
             length = int(headers["content-length"])
