@@ -18,6 +18,7 @@ from roost.errors import TransportError
 from roost.hub.eventlog import EventQuery
 from roost.hub.live import BOUNDARY
 from roost.hub.livemux import decode_tile_message
+from roost.hub.livesocket import SESSION_ENDED
 from roost.pki.tls import client_context
 from tests.helpers.dashboard import DashboardHome, dashboard_home, insecure_client, login
 from tests.helpers.waits import async_wait_until
@@ -220,6 +221,22 @@ async def test_every_tile_and_the_pushes_over_one_websocket(
     # A plain GET with the session is not an upgrade.
     async with owner.get(base + "api/ws") as response:
         assert response.status == 400
+    # The session ends (here: closed on the hub, as logout does): the socket closes with
+    # the code the page reads as "log in again", and a new one is refused.
+    dashboard = home.dashboards[0]
+    assert dashboard is not None
+    token = next(c.value for c in owner.cookie_jar if c.key == "roost_session")
+    async with owner.ws_connect(base + "api/ws") as ws:
+        dashboard.sessions.close(token)
+        async with asyncio.timeout(5):
+            while (await ws.receive()).type not in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                pass
+        assert ws.close_code == SESSION_ENDED
+    async with owner.get(base + "api/ws") as response:
+        assert response.status == 401
 
 
 async def test_live_stream_recordings_play_and_download(
