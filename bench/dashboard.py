@@ -10,10 +10,11 @@ processes at `--fps` (5 by default). This script logs in once through the dashbo
 
 - `ingest_fps_idle`: the hub's stored-frame rate with no viewer, from its admin API
   (`/api/status`, `counters.frames_stored`), over `--seconds`;
-- with `--viewers` viewers each holding the three cameras' live streams
-  (`multipart/x-mixed-replace`, 3 × viewers connections), `ingest_fps_viewers` is the same
-  rate measured at the same time, and `delivered_fps_per_stream` the parts each stream
-  received per second (median and minimum over the streams). The physical limit of a
+- with `--viewers` viewers each holding the three cameras' live tiles as the page does
+  (one WebSocket per viewer, `/api/ws`, carrying the three cameras' frames),
+  `ingest_fps_viewers` is the same rate measured at the same time, and
+  `delivered_fps_per_stream` the frames each viewer received per camera per second
+  (median and minimum over the viewer-camera pairs). The physical limit of a
   stream is the camera's own rate as the hub stores it (`ingest_fps / 3`): a viewer can
   never get more than what is stored, so `delivered_vs_stored` (median stream rate over
   the stored rate per camera) is the figure to hold at 1.0. The hub's CPU seconds per
@@ -60,6 +61,7 @@ from roost.guard.card import generate_card  # noqa: E402
 from roost.guard.suites import KdfParams  # noqa: E402
 from roost.guard.userstore import SqliteUserStore, make_user  # noqa: E402
 from roost.hub.api import fetch_status  # noqa: E402
+from roost.hub.livemux import decode_tile_message  # noqa: E402
 from tests.helpers.dashboard import (  # noqa: E402
     OWNER,
     PASSWORD,
@@ -75,20 +77,28 @@ def _stored(api: tuple[str, int]) -> int:
     return int(fetch_status(*api, timeout=5)["counters"]["frames_stored"])
 
 
-async def _viewer_stream(
-    client: aiohttp.ClientSession, url: str, counts: list[int], index: int, stop: asyncio.Event
+async def _viewer_socket(
+    client: aiohttp.ClientSession,
+    base: str,
+    devices: list[str],
+    counts: list[int],
+    first: int,
+    stop: asyncio.Event,
 ) -> None:
+    """One viewer as the page is: one WebSocket carrying every tile's frames."""
+    column = {device: first + index for index, device in enumerate(devices)}
     with contextlib.suppress(aiohttp.ClientError, asyncio.CancelledError, ConnectionError):
-        async with client.get(url, timeout=aiohttp.ClientTimeout(total=None)) as response:
-            marker = b"X-Roost-Seq: "
-            tail = b""
+        async with client.ws_connect(
+            base + "api/ws", headers={"Origin": base.rstrip("/")}, max_msg_size=0
+        ) as ws:
+            await ws.send_json({"watch": devices})
             while not stop.is_set():
-                chunk = await response.content.readany()
-                if not chunk:
+                message = await ws.receive()
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    device, _ = decode_tile_message(message.data)
+                    counts[column[device]] += 1
+                elif message.type != aiohttp.WSMsgType.TEXT:
                     return
-                data = tail + chunk
-                counts[index] += data.count(marker)
-                tail = data[-(len(marker) - 1) :]
 
 
 async def _measure_ingest(
@@ -154,15 +164,12 @@ async def viewers_part(args: argparse.Namespace) -> dict[str, Any]:
                     if status != 303:
                         raise SystemExit(f"login failed: {status}")
                 stop = asyncio.Event()
-                streams = [
-                    (client, f"{base}api/cameras/{device}/live.mjpeg")
-                    for client in clients
-                    for device in device_ids
-                ]
-                counts = [0] * len(streams)
+                counts = [0] * (len(clients) * len(device_ids))
                 tasks = [
-                    asyncio.create_task(_viewer_stream(client, url, counts, i, stop))
-                    for i, (client, url) in enumerate(streams)
+                    asyncio.create_task(
+                        _viewer_socket(client, base, device_ids, counts, i * len(device_ids), stop)
+                    )
+                    for i, client in enumerate(clients)
                 ]
                 await asyncio.sleep(2.0)  # every stream open and past its first frame
                 before = list(counts)
@@ -185,6 +192,7 @@ async def viewers_part(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "viewers": args.viewers,
         "streams": len(rates),
+        "connections": args.viewers,
         "camera_fps": args.fps,
         "ingest_fps_idle": round(idle_fps, 2),
         "ingest_fps_viewers": round(busy_fps, 2),

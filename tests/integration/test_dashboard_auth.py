@@ -17,6 +17,8 @@ import pytest_asyncio
 from roost.errors import TransportError
 from roost.hub.eventlog import EventQuery
 from roost.hub.live import BOUNDARY
+from roost.hub.livemux import decode_tile_message
+from roost.hub.livesocket import SESSION_ENDED
 from roost.pki.tls import client_context
 from tests.helpers.dashboard import DashboardHome, dashboard_home, insecure_client, login
 from tests.helpers.waits import async_wait_until
@@ -61,6 +63,7 @@ def _urls(camera: str) -> list[tuple[str, str]]:
         ("GET", "api/events"),
         ("GET", "api/events?kind=handover"),
         ("GET", "api/live"),
+        ("GET", "api/ws"),
         ("GET", f"api/cameras/{camera}/live.mjpeg"),
         ("GET", f"api/cameras/{camera}/latest.jpg"),
         ("GET", "api/recordings"),
@@ -181,6 +184,59 @@ async def test_home_events_and_push_for_the_owner(
                 assert chunk, "the push stream ended"
                 text += chunk
     assert b'"cameras"' in text
+
+
+async def _tiles_over_the_socket(
+    owner: aiohttp.ClientSession, base: str, cameras: list[str], frames_each: int
+) -> tuple[dict[str, int], set[str]]:
+    """Frames per camera and push types received over the page's one WebSocket."""
+    origin = base.rstrip("/")
+    counts = dict.fromkeys(cameras, 0)
+    pushes: set[str] = set()
+    async with owner.ws_connect(base + "api/ws", headers={"Origin": origin}) as ws:
+        await ws.send_json({"watch": [*cameras, "not-a-camera"]})
+        async with asyncio.timeout(15):
+            while min(counts.values()) < frames_each or "home" not in pushes:
+                message = await ws.receive()
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    pushes.add(message.json()["type"])
+                    continue
+                assert message.type == aiohttp.WSMsgType.BINARY, message
+                camera, payload = decode_tile_message(message.data)
+                assert camera in counts and payload.startswith(b"\xff\xd8")
+                counts[camera] += 1
+    return counts, pushes
+
+
+async def test_every_tile_and_the_pushes_over_one_websocket(
+    home: DashboardHome, owner: aiohttp.ClientSession
+) -> None:
+    base = home.url(0)
+    counts, pushes = await _tiles_over_the_socket(owner, base, _cameras(home), 3)
+    assert set(counts) == set(_cameras(home)) and "home" in pushes
+    # Another site's page cannot open it, even with the owner's cookie.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await owner.ws_connect(base + "api/ws", headers={"Origin": "https://evil.example"})
+    assert refused.value.status == 403
+    # A plain GET with the session is not an upgrade.
+    async with owner.get(base + "api/ws") as response:
+        assert response.status == 400
+    # The session ends (here: closed on the hub, as logout does): the socket closes with
+    # the code the page reads as "log in again", and a new one is refused.
+    dashboard = home.dashboards[0]
+    assert dashboard is not None
+    token = next(c.value for c in owner.cookie_jar if c.key == "roost_session")
+    async with owner.ws_connect(base + "api/ws") as ws:
+        dashboard.sessions.close(token)
+        async with asyncio.timeout(5):
+            while (await ws.receive()).type not in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                pass
+        assert ws.close_code == SESSION_ENDED
+    async with owner.get(base + "api/ws") as response:
+        assert response.status == 401
 
 
 async def test_live_stream_recordings_play_and_download(
@@ -318,6 +374,9 @@ async def test_another_hubs_cameras_and_recordings_through_this_hub(
                 assert chunk, "the stream ended"
                 buffer += chunk
                 seqs |= set(re.findall(rb"X-Roost-Seq: (\d+)", buffer))
+    # The page's WebSocket carries hub-2's cameras too, read from hub-2 by hub-1.
+    counts, _ = await _tiles_over_the_socket(owner, base, sorted(hub_two.sessions), 2)
+    assert min(counts.values()) >= 2
     async with owner.get(base) as response:
         csrf = re.search(r'name="roost-csrf" content="([0-9a-f]+)"', await response.text())
     assert csrf is not None

@@ -45,6 +45,9 @@ _ARGS = [
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def browser() -> AsyncIterator[Any]:
     chromium = require_tool("chromium", "chromium-browser")
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -57,9 +60,6 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def home(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DashboardHome]:
-    if ARTIFACTS.exists():
-        shutil.rmtree(ARTIFACTS)
-    ARTIFACTS.mkdir(parents=True)
     async with dashboard_home(tmp_path_factory.mktemp("home"), start_hubs=1) as running:
         yield running
 
@@ -116,6 +116,50 @@ async def _assert_pictures_change(page: Any, cameras: int) -> None:
         later = await _tile_images(page)
         changed |= {camera for camera, shot in later.items() if shot != first.get(camera)}
     assert len(first) == cameras and len(changed) == cameras, (len(first), changed)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def eight_cameras(tmp_path: Path) -> AsyncIterator[DashboardHome]:
+    async with dashboard_home(tmp_path / "eight", hubs=1, devices=8, start_hubs=1) as running:
+        yield running
+
+
+async def test_eight_live_cameras_on_one_page_over_one_connection(
+    browser: Any, eight_cameras: DashboardHome
+) -> None:
+    # Runs first, before the module's other home starts. A browser opens six HTTP/1.1
+    # connections to a host: with a stream per tile, eight tiles would starve the page.
+    home = eight_cameras
+    context = await browser.new_context(
+        ignore_https_errors=True, viewport={"width": 1400, "height": 1200}
+    )
+    try:
+        page = await context.new_page()
+        sockets: list[str] = []
+        streams: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.on("request", lambda r: streams.append(r.url) if "live.mjpeg" in r.url else None)
+        await _log_in(page, home, home.url(0))
+        await _wait_playing(page, 8)
+        await _shot(page, "08-eight-cameras")
+        await _assert_pictures_change(page, 8)
+        await _shot(page, "09-eight-cameras-later")
+        # The page's own requests still answer while all eight tiles play.
+        started = time.monotonic()
+        answers = await page.evaluate(
+            """async () => {
+                const urls = ["/api/events?limit=20", "/api/home", "/api/recordings"];
+                const got = await Promise.all(urls.map((u) => fetch(u)));
+                return got.map((r) => r.status);
+            }"""
+        )
+        assert answers == [200, 200, 200]
+        assert time.monotonic() - started < scaled(3)
+        assert await page.locator("#events .event").count() > 0
+        assert len(sockets) == 1 and sockets[0].endswith("/api/ws"), sockets
+        assert streams == [], "the page opened per-camera streams"
+    finally:
+        await context.close()
 
 
 async def test_the_login_page_appears_and_a_wrong_code_is_refused(

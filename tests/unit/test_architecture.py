@@ -24,6 +24,7 @@ import roost
 # they are where the I/O the cores leave out is done.
 CORE_MODULES = (
     "roost.hub.websession",
+    "roost.hub.livemux",
     "roost.hub.events",
     "roost.wire",
     "roost.framing",

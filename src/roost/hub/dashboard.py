@@ -44,6 +44,7 @@ __all__ = [
     "DashboardOptions",
     "attach",
     "build_app",
+    "check_origin",
     "dashboard_of",
     "session_of_request",
     "start_dashboard",
@@ -124,7 +125,7 @@ class Dashboard:
 
     async def start(self) -> None:
         """Open the user store, start the view and the feed, then bind the listener."""
-        from roost.hub import dashboard_media
+        from roost.hub import dashboard_media, livesocket
 
         host, port = self.options.listen
         if self.options.plain_http and host not in _LOOPBACK:
@@ -134,6 +135,7 @@ class Dashboard:
         await self.view.start()
         app = build_app(self)
         dashboard_media.add_routes(app, self)
+        livesocket.add_routes(app)
         # Live streams and pushes never end by themselves: at stop they get a second to
         # finish their current write, then they are cut.
         self.runner = ApiRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -244,7 +246,7 @@ async def _auth(
 ) -> web.StreamResponse:
     dashboard = dashboard_of(request)
     if (request.method, request.path) in _PUBLIC:
-        _check_origin(request)
+        check_origin(request)
         return await handler(request)
     try:
         session = dashboard.session_of(request)
@@ -253,7 +255,7 @@ async def _auth(
             return _login_form(dashboard, "", status=401)
         return web.json_response(_UNAUTHORIZED, status=401, headers=NO_STORE)
     if request.method not in _SAFE_METHODS:
-        _check_origin(request)
+        check_origin(request)
         offered = request.headers.get("X-CSRF-Token")
         if offered is None and request.content_type == "application/x-www-form-urlencoded":
             offered = str((await request.post()).get("csrf", ""))
@@ -265,7 +267,8 @@ async def _auth(
     return await handler(request)
 
 
-def _check_origin(request: web.Request) -> None:
+def check_origin(request: web.Request) -> None:
+    """Refuse (403) a request whose Origin names another site."""
     # A browser names the page that sent a cross-site request in Origin; anything but this
     # site is refused even before the CSRF token is looked at.
     origin = request.headers.get("Origin")

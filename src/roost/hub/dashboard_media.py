@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import shutil
 import tempfile
 import urllib.parse
@@ -34,14 +33,14 @@ from roost.httpapi import NO_STORE
 from roost.hub.dashboard import Dashboard, attach, dashboard_of, session_of_request
 from roost.hub.events import EventKind, HomeEvent
 from roost.hub.live import BOUNDARY, mjpeg_part
+from roost.hub.livemux import DEVICE_ID, INLINE_IMAGE_TYPES
 from roost.hub.peers import bridge_to_peer_app
 from roost.hub.recorder import StoredFrame
 
 __all__ = ["add_routes", "start_peer_app", "stop_peer_app"]
 
-# Device identifiers are "ab:" plus 22 base64url characters (PROTOCOL.md section 1).
-_DEVICE_ID = re.compile(r"ab:[A-Za-z0-9_-]{22}")
-_INLINE_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
+_DEVICE_ID = DEVICE_ID
+_INLINE_IMAGE_TYPES = INLINE_IMAGE_TYPES
 _STREAM_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
 # A live stream that saw no frame for this long checks whether its camera moved or stopped.
 _STALL_S = 2.0
