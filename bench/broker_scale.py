@@ -494,7 +494,17 @@ def _measure_setup(
             },
         )
         path = home / f"broker-setup-{index}.toml"
-        path.write_text(config.read_text())
+        text = config.read_text()
+        if index > 1:
+            # One broker process per state folder (its lock): the second one runs on a copy
+            # of the first one's folder (certificate, key and trust store).
+            state = tomllib.loads(text)["state_dir"]
+            copy = home / f"broker-setup-{index}-state"
+            if not copy.exists():
+                shutil.copytree(home / state, copy, ignore=shutil.ignore_patterns("lock"))
+            text = text.replace(f'state_dir = "{state}"', f'state_dir = "{copy.name}"', 1)
+            assert tomllib.loads(text)["state_dir"] == copy.name
+        path.write_text(text)
         brokers[index] = {"udp": udp, "tls": tls, "api": api}
         assert tomllib.loads(path.read_text())["node"] == f"b{index}"
         log = home / f"broker-setup-{index}.log"
