@@ -29,7 +29,7 @@ from roost.config_schema import (
 )
 from roost.device.source_health import SourceHealthConfig
 from roost.device.sources import CameraSettings, SourceKind, parse_source
-from roost.dnssd.aio import DnsSdSettings
+from roost.dnssd.records import DnsSdSettings
 from roost.errors import ConfigError
 from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig

@@ -21,7 +21,7 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -44,7 +44,6 @@ from roost.device.manager import (
 from roost.device.sources import CameraSource, TestPatternSource, open_camera_source
 from roost.device.spool import FrameSpool
 from roost.device.status import DeviceCountersView, DeviceStatus
-from roost.dnssd.aio import DnsSdNode, start_browsing
 from roost.dnssd.records import HubRecord
 from roost.errors import RoostError, VerificationError
 from roost.files import atomic_write
@@ -56,6 +55,9 @@ from roost.pki.tls import client_context
 from roost.pki.updater import TrustUpdater
 from roost.reasons import RejectionCounter, log_rejection
 from roost.status import TrustSummary
+
+if TYPE_CHECKING:
+    from roost.dnssd.aio import DnsSdNode
 
 __all__ = [
     "AnnounceTransportFactory",
@@ -175,6 +177,10 @@ class DeviceDaemon:
     async def start(self, capture: bool = True) -> None:
         await self.listener.start()
         if self.config.dns_sd.enabled:
+            # zeroconf loads only for a device that browses (docs/BENCHMARKS.md, "Soak and
+            # footprint"): most cameras have a bootstrap list or announcements.
+            from roost.dnssd.aio import start_browsing
+
             self.dns_sd = await start_browsing(self.config.dns_sd.interfaces, self._on_dns_sd)
         if capture and self.config.fps > 0:
             await self.camera.start()

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from zeroconf import IPVersion, ServiceStateChange
@@ -24,6 +23,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from roost.dnssd.records import (
     MAX_RECORDS,
     SERVICE_TYPE,
+    DnsSdSettings,
     HubRecord,
     host_name,
     instance_name,
@@ -39,16 +39,6 @@ log = logging.getLogger("roost.dnssd")
 # How long one resolution of a found instance (SRV, TXT, A) may take.
 _RESOLVE_MS = 3000
 _REFUSAL_LOG_INTERVAL = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class DnsSdSettings:
-    """The ``[dns_sd]`` table: whether DNS-SD is used, and on which interface addresses."""
-
-    enabled: bool = False
-    # Local IPv4 addresses whose interfaces zeroconf may use; empty: the default
-    # interface only (the one the default route leaves by), never every interface.
-    interfaces: tuple[str, ...] = field(default_factory=tuple)
 
 
 class DnsSdNode:

@@ -15,7 +15,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from roost.errors import RemoteProtocolError
 from roost.reasons import Reason
@@ -23,6 +23,7 @@ from roost.reasons import Reason
 __all__ = [
     "MAX_RECORDS",
     "SERVICE_TYPE",
+    "DnsSdSettings",
     "HubRecord",
     "host_name",
     "instance_name",
@@ -39,6 +40,16 @@ _MAX_VALUE = 200
 _MAX_FEATURES = 16
 _IDENTIFIER = re.compile(r"hcsp:[A-Za-z0-9_-]{22}")
 _FEATURE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSdSettings:
+    """The ``[dns_sd]`` table: whether DNS-SD is used, and on which interface addresses."""
+
+    enabled: bool = False
+    # Local IPv4 addresses whose interfaces zeroconf may use; empty: the default
+    # interface only (the one the default route leaves by), never every interface.
+    interfaces: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,6 +122,14 @@ class DeviceSession:
         self.core.close()
         self.transmit()
 
+    def release(self) -> None:
+        """Drop the timer once the channel is over: the timer's callback is this session,
+        so without this every closed session would wait in a reference cycle, with its TLS
+        buffers, for the cyclic collector (docs/BENCHMARKS.md, "Soak and footprint")."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
 
 @dataclass
 class HubCounters:
@@ -492,6 +500,7 @@ class HubDaemon:
         finally:
             if session is not None:
                 session.close()
+                session.release()
                 if self.sessions.get(session.device_id) is session:
                     del self.sessions[session.device_id]
                     self._load_changed()
