@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from roost.rendezvous.broker_aio import fetch_broker_status
-from tests.helpers.processes import run_roost
-from tests.helpers.waits import time_unit, wait_until
+from tests.helpers.processes import end_process, run_roost
+from tests.helpers.waits import wait_until
 
 __all__ = ["BrokerFleet", "free_port"]
 
@@ -99,13 +99,7 @@ class BrokerFleet:
         return shared
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
-        process = self.processes.pop(index)
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10 * time_unit())
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(self.processes.pop(index), sig)
 
     def close(self) -> None:
         for index in list(self.processes):

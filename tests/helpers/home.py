@@ -17,8 +17,8 @@ from roost.errors import StateError
 from roost.hub.api import fetch_status
 from roost.hub.recorder import Recorder
 from roost.hub.runfile import HubRunState, read_run_file
-from tests.helpers.processes import run_roost
-from tests.helpers.waits import time_unit, wait_until
+from tests.helpers.processes import end_process, run_roost
+from tests.helpers.waits import wait_until
 
 
 @dataclass
@@ -55,13 +55,7 @@ class LoopbackHome:
         self.processes[name] = run_roost(self.path, kind, name, *options)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        process = self.processes.pop(name)
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10 * time_unit())
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(self.processes.pop(name), sig)
 
     def kill(self, name: str) -> None:
         self.stop(name, signal.SIGKILL)

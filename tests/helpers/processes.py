@@ -7,13 +7,14 @@ test (the worktree on ``PYTHONPATH``), optionally inside a network namespace.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.helpers.waits import scaled
 
-__all__ = ["roost_command", "run_roost", "stop_processes"]
+__all__ = ["end_process", "roost_command", "run_roost", "stop_processes"]
 
 
 def roost_command(*args: str, namespace: str | None = None) -> list[str]:
@@ -47,3 +48,13 @@ def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def end_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Send `sig` and wait for the process to end; one that does not end is killed."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=scaled(10))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
