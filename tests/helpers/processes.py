@@ -14,13 +14,26 @@ from pathlib import Path
 
 from tests.helpers.waits import scaled
 
-__all__ = ["end_process", "roost_command", "run_roost", "stop_processes"]
+__all__ = ["end_process", "roost_command", "roost_succeeds", "run_roost", "stop_processes"]
 
 
 def roost_command(*args: str, namespace: str | None = None) -> list[str]:
     """The command that runs `roost ARGS`, inside `namespace` when one is given."""
     command = [sys.executable, "-m", "roost", *args]
     return command if namespace is None else ["ip", "netns", "exec", namespace, *command]
+
+
+def roost_succeeds(*args: str, stdin: str = "", timeout: float = 60) -> None:
+    """Run `roost ARGS` to its end (`timeout` in units); fails the test with its stderr
+    unless it exits 0."""
+    done = subprocess.run(
+        roost_command(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def run_roost(
