@@ -28,7 +28,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from roost.hub.status import BrokerAgentStatus, HubStatus, RemoteStatus
-from roost.rendezvous.broker_status import BrokerStatus
+from roost.rendezvous.broker_status import BrokerStatus, SharedStatus
 
 __all__ = [
     "BROKER_METRICS",
@@ -402,6 +402,12 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
 
 # ---------------------------------------------------------------------------- the broker
 
+
+def _shared(read: Callable[[SharedStatus], T]) -> Callable[[BrokerStatus], T | None]:
+    """Lift an accessor of the shared registry's status; None with the in-memory one."""
+    return lambda s: None if s.shared is None else read(s.shared)
+
+
 # The broker's /metrics (docs/broker.md, "Status and metrics"), from `BrokerStatus`.
 BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
     info(
@@ -478,31 +484,31 @@ BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
     gauge(
         "roost_broker_shared_up",
         "1 while the shared registry (Redis/Valkey) answers, else 0.",
-        lambda s: None if s.shared is None else float(s.shared.up),
+        _shared(lambda shared: float(shared.up)),
     ),
     counter(
         "roost_broker_shared_outages",
         "Times the shared registry became unreachable.",
-        lambda s: None if s.shared is None else s.shared.outages,
+        _shared(lambda shared: shared.outages),
     ),
     counter(
         "roost_broker_shared_outage_seconds",
         "Seconds the shared registry was unreachable.",
-        lambda s: None if s.shared is None else s.shared.outage_s,
+        _shared(lambda shared: shared.outage_s),
     ),
     counter(
         "roost_broker_shared_writes",
         "Presence values written to the shared registry.",
-        lambda s: None if s.shared is None else s.shared.writes,
+        _shared(lambda shared: shared.writes),
     ),
     counter(
         "roost_broker_shared_forwarded",
         "Connections forwarded to the process owning their target.",
-        lambda s: None if s.shared is None else s.shared.forwarded,
+        _shared(lambda shared: shared.forwarded),
     ),
     counter(
         "roost_broker_shared_hosted",
         "Connections other processes forwarded here.",
-        lambda s: None if s.shared is None else s.shared.hosted,
+        _shared(lambda shared: shared.hosted),
     ),
 )

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from roost.rendezvous.broker_aio import fetch_broker_status
-from tests.helpers.waits import time_unit, wait_until
+from tests.helpers.processes import end_process, run_roost
+from tests.helpers.waits import wait_until
 
 __all__ = ["BrokerFleet", "free_port"]
 
@@ -85,22 +84,7 @@ class BrokerFleet:
         return f"127.0.0.1:{self.ports[index]['udp']}"
 
     def start(self, index: int, *extra: str) -> None:
-        log = (self.home / f"broker-{index}.log").open("ab")
-        self.processes[index] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "roost",
-                "broker",
-                "run",
-                "--config",
-                str(self.home / f"broker-{index}.toml"),
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        self.processes[index] = run_roost(self.home, "broker", f"broker-{index}", *extra)
         wait_until(lambda: self.status(index) is not None, 20, what=f"broker {index} API")
 
     def status(self, index: int) -> dict[str, Any] | None:
@@ -115,13 +99,7 @@ class BrokerFleet:
         return shared
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
-        process = self.processes.pop(index)
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10 * time_unit())
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(self.processes.pop(index), sig)
 
     def close(self) -> None:
         for index in list(self.processes):

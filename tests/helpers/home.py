@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +17,8 @@ from roost.errors import StateError
 from roost.hub.api import fetch_status
 from roost.hub.recorder import Recorder
 from roost.hub.runfile import HubRunState, read_run_file
-from tests.helpers.waits import time_unit, wait_until
+from tests.helpers.processes import end_process, run_roost
+from tests.helpers.waits import wait_until
 
 
 @dataclass
@@ -53,31 +52,10 @@ class LoopbackHome:
     def start(self, name: str, *options: str) -> None:
         """Run ``NAME.toml`` (a hub when the name starts with "hub"), output to NAME.log."""
         kind = "hub" if name.startswith("hub") else "device"
-        log = (self.path / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "roost",
-                kind,
-                "run",
-                "--config",
-                str(self.path / f"{name}.toml"),
-                *options,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        self.processes[name] = run_roost(self.path, kind, name, *options)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        process = self.processes.pop(name)
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10 * time_unit())
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end_process(self.processes.pop(name), sig)
 
     def kill(self, name: str) -> None:
         self.stop(name, signal.SIGKILL)

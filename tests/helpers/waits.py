@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -22,6 +23,7 @@ __all__ = [
     "scaled",
     "time_unit",
     "wait_until",
+    "wait_until_or_show_logs",
 ]
 
 TIME_SCALE_ENV = "ROOST_TEST_TIME_SCALE"
@@ -67,6 +69,18 @@ def wait_until(
         if left <= 0:
             raise _outcome(what, timeout)
         time.sleep(min(scaled(interval), left))
+
+
+def wait_until_or_show_logs(
+    what: str, condition: Callable[[], object], timeout: float, logs: Path
+) -> None:
+    """`wait_until` polling every quarter unit; a timeout shows the end of each
+    ``logs/*.log`` (the processes the test started), which usually says why."""
+    try:
+        wait_until(condition, timeout, interval=0.25, what=what)
+    except AssertionError as timed_out:
+        tails = {p.name: p.read_text(errors="replace")[-800:] for p in logs.glob("*.log")}
+        raise AssertionError(f"{timed_out}: {tails}") from None
 
 
 async def async_wait_until(

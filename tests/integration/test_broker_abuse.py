@@ -46,6 +46,7 @@ from roost.rendezvous.messages import (
 from roost.rendezvous.registry import RegistryEntry
 from roost.rendezvous.seal import seal_request
 from tests.helpers.home import LoopbackHome
+from tests.helpers.processes import roost_succeeds
 from tests.helpers.waits import scaled, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -183,24 +184,13 @@ class Site:
             self.thread.join(10)
 
 
-def _roost(*args: str, stdin: str = "") -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "roost", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("abuse")
     built = Site(base)
     try:
         for user, password in (("owner", PASSWORD), ("guest", GUEST_PASSWORD)):
-            _roost(
+            roost_succeeds(
                 "user",
                 "add",
                 str(built.home.path / "hub-1"),
@@ -212,9 +202,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 "--code-cost",
                 "8",
                 stdin=f"{password}\n{password}\n",
+                timeout=120,
             )
         ca_info = built.home.path / "hub-1" / "ca-info.bin"
-        _roost("trust", "init", str(base / "owner-trust"), "--ca-info", str(ca_info))
+        roost_succeeds(
+            "trust", "init", str(base / "owner-trust"), "--ca-info", str(ca_info), timeout=120
+        )
         built.home.start("hub-1")
         wait_until(
             lambda: (built.home.hub_status(1) or {}).get("broker", {}).get("acks", 0) >= 1,

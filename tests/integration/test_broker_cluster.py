@@ -42,6 +42,24 @@ def _registry(url: str, node: str, inbox: list[bytes], resyncs: list[int]) -> Sh
     )
 
 
+async def _registry_once_up(url: str) -> SharedRegistry:
+    """A registry (node b1) started again until it reaches the server, at most 100 times
+    50 ms apart: a server or sentinel just started needs a moment to answer."""
+    shared = _registry(url, "b1", [], [])
+    try:
+        for _ in range(100):
+            await shared.stop()
+            shared = _registry(url, "b1", [], [])
+            await shared.start()
+            if shared.up:
+                break
+            await asyncio.sleep(0.05)
+    except BaseException:
+        await shared.stop()
+        raise
+    return shared
+
+
 async def test_writes_are_pipelined_with_their_ttl_and_read_back(server: RedisServer) -> None:
     inbox: list[bytes] = []
     shared = _registry(server.url, "b1", inbox, [])
@@ -151,14 +169,8 @@ async def test_unix_socket_and_sentinel_urls(tmp_path: Path) -> None:
         while not sock.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for url in (f"unix://{sock}", f"redis+sentinel://127.0.0.1:{sentinel_port}/roost"):
-            shared = _registry(url, "b1", [], [])
-            for _ in range(100):  # the sentinel needs a moment to learn its master
-                await shared.stop()
-                shared = _registry(url, "b1", [], [])
-                await shared.start()
-                if shared.up:
-                    break
-                await asyncio.sleep(0.05)
+            # The sentinel needs a moment to learn its master.
+            shared = await _registry_once_up(url)
             try:
                 assert shared.up, url
                 shared.write("hcsp:y", PresenceRecord("b1", 1, 3, KEY, None), 5000)
@@ -204,15 +216,8 @@ async def test_rediss_url_with_the_deployments_ca(tmp_path: Path) -> None:
     )
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
     try:
-        shared = _registry(url, "b1", [], [])
+        shared = await _registry_once_up(url)
         try:
-            for _ in range(100):
-                await shared.stop()
-                shared = _registry(url, "b1", [], [])
-                await shared.start()
-                if shared.up:
-                    break
-                await asyncio.sleep(0.05)
             assert shared.up
             shared.write("hcsp:z", PresenceRecord("b1", 1, 9, KEY, None), 5000)
             await async_wait_until(lambda: shared.counters.writes == 1, 5, what="write")

@@ -20,6 +20,7 @@ from roost.hub.api import fetch_status
 from roost.hub.runfile import read_run_file
 from roost.rendezvous.broker_aio import fetch_broker_status
 from tests.helpers.natlab import BROKER_IP, NatLab, NatType, natlab_available
+from tests.helpers.processes import roost_succeeds
 from tests.helpers.redisserver import server_binaries
 from tests.helpers.waits import scaled, wait_until
 
@@ -30,17 +31,6 @@ REDIS_PORT = 6390
 API = ("127.0.0.1", 7080)
 
 
-def _roost(*args: str, stdin: str = "") -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "roost", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=scaled(60),
-    )
-    assert done.returncode == 0, done.stderr
-
-
 def _home(base: Path) -> str:
     home = base / "home"
     summary = make_home(home, 1, 1, True, 8, 5.0)
@@ -48,7 +38,9 @@ def _home(base: Path) -> str:
     for index, ip in HOSTS.items():
         out = home / f"broker{index}"
         out.mkdir()
-        _roost("ca", "issue", str(home / "ca"), "--role", "broker", "--ip", ip, "--out", str(out))
+        roost_succeeds(
+            "ca", "issue", str(home / "ca"), "--role", "broker", "--ip", ip, "--out", str(out)
+        )
         # One broker process per state folder (its lock): each host's broker keeps its own
         # copy of the home broker's trust store next to its certificate.
         shutil.copytree(home / "broker" / "trust", out / "trust")
@@ -80,11 +72,11 @@ def _home(base: Path) -> str:
     text += "udp = [" + ", ".join(f'"{ip}:3478"' for ip in HOSTS.values()) + "]\n"
     text += 'local = "0.0.0.0:0"\n'
     hub.write_text(text)
-    _roost(
+    roost_succeeds(
         "user", "add", str(home / "hub-1"), "owner", "--card-file", str(base / "owner.card"),
         "--password-cost", "10", "--code-cost", "8", stdin=f"{PASSWORD}\n{PASSWORD}\n",
     )  # fmt: skip
-    _roost(
+    roost_succeeds(
         "trust", "init", str(base / "trust"),
         "--ca-info", str(home / "device-1" / "ca-info.bin"),
     )  # fmt: skip

@@ -9,6 +9,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -20,12 +21,14 @@ from roost.device.daemon import DeviceDaemon, read_own_certificate
 from roost.device.spool import FrameSpool
 from roost.errors import RemoteProtocolError, TransportError, VerificationError
 from roost.guard.aio import GuardClient, GuardServer, GuardServerConfig
+from roost.guard.aio_client import AnswerCodes
 from roost.guard.card import Card, generate_card
 from roost.guard.log import verify_receipt
-from roost.guard.remote import CallResult
+from roost.guard.remote import CallHandler, CallResult
 from roost.guard.session import SessionLimits
+from roost.guard.streams import ByteStreamReader, ByteStreamWriter
 from roost.guard.suites import KdfParams
-from roost.guard.userstore import MemoryUserStore, SqliteUserStore, make_user
+from roost.guard.userstore import MemoryUserStore, PasswordGrant, SqliteUserStore, make_user
 from roost.hub.recorder import Recorder
 from roost.hub.remote import start_remote
 from roost.pki.tls import client_context
@@ -104,11 +107,49 @@ def _memory_pair() -> tuple[_MemoryEnd, _MemoryEnd]:
     return left, right
 
 
-def _guard(config: GuardServerConfig | None = None) -> tuple[GuardServer, Card]:
+def _guard(
+    config: GuardServerConfig | None = None, handle: CallHandler = handler
+) -> tuple[GuardServer, Card]:
     store = MemoryUserStore()
     card = generate_card(20)
     store.add(make_user("owner", PASSWORD, card, password_kdf=FAST, pair_kdf=FAST))
-    return GuardServer(lambda: store, handler, config=config), card
+    return GuardServer(lambda: store, handle, config=config), card
+
+
+def _serve_memory(
+    server: GuardServer, binding: bytes = BINDING, grant: PasswordGrant | None = None
+) -> tuple[_MemoryEnd, _MemoryEnd, asyncio.Task[None]]:
+    """A fresh in-memory stream served by ``server``: its two ends and the serving task."""
+    server_end, client_end = _memory_pair()
+    serving = asyncio.create_task(
+        server.serve_stream(
+            server_end, server_end, peer="memory", channel_binding=binding, password_grant=grant
+        )
+    )
+    return server_end, client_end, serving
+
+
+def _codes_of(card: Card) -> AnswerCodes:
+    return lambda labels: [card.code_for(x) for x in labels]
+
+
+async def _log_in(
+    reader: ByteStreamReader,
+    writer: ByteStreamWriter,
+    answer: AnswerCodes,
+    binding: bytes = BINDING,
+    **options: Any,
+) -> GuardClient:
+    """The owner logged in over the stream (``options`` go to GuardClient.over_stream)."""
+    return await GuardClient.over_stream(
+        reader,
+        writer,
+        channel_binding=binding,
+        user_id="owner",
+        password=PASSWORD,
+        answer=answer,
+        **options,
+    )
 
 
 async def _exercise(client: GuardClient) -> None:
@@ -133,14 +174,7 @@ async def test_guard_over_a_unix_socket_pair_with_a_given_binding() -> None:
         server.serve_stream(server_reader, server_writer, peer="pair", channel_binding=BINDING)
     )
     try:
-        client = await GuardClient.over_stream(
-            client_reader,
-            client_writer,
-            channel_binding=BINDING,
-            user_id="owner",
-            password=PASSWORD,
-            answer=lambda labels: [card.code_for(x) for x in labels],
-        )
+        client = await _log_in(client_reader, client_writer, _codes_of(card))
         await _exercise(client)
         await client.close()
         await asyncio.wait_for(serving, 5.0)
@@ -154,35 +188,15 @@ async def test_guard_over_an_in_memory_stream_and_a_binding_mismatch() -> None:
     server, card = _guard()
     await server.open()
     try:
-        server_end, client_end = _memory_pair()
-        serving = asyncio.create_task(
-            server.serve_stream(server_end, server_end, peer="memory", channel_binding=BINDING)
-        )
-        client = await GuardClient.over_stream(
-            client_end,
-            client_end,
-            channel_binding=BINDING,
-            user_id="owner",
-            password=PASSWORD,
-            answer=lambda labels: [card.code_for(x) for x in labels],
-        )
+        _, client_end, serving = _serve_memory(server)
+        client = await _log_in(client_end, client_end, _codes_of(card))
         await _exercise(client)
         await client.close()
         await asyncio.wait_for(serving, 5.0)
         # The client saw another binding than the server holds (a relay in between).
-        server_end, client_end = _memory_pair()
-        serving = asyncio.create_task(
-            server.serve_stream(server_end, server_end, peer="memory", channel_binding=BINDING)
-        )
+        _, client_end, serving = _serve_memory(server)
         with pytest.raises(VerificationError) as refused:
-            await GuardClient.over_stream(
-                client_end,
-                client_end,
-                channel_binding=b"another binding",
-                user_id="owner",
-                password=PASSWORD,
-                answer=lambda labels: [card.code_for(x) for x in labels],
-            )
+            await _log_in(client_end, client_end, _codes_of(card), b"another binding")
         assert refused.value.reason == "refused"
         await asyncio.wait_for(serving, 5.0)
         assert server.rejections["bad-proof"] == 1
@@ -199,25 +213,10 @@ async def test_a_brokered_check_spares_one_login_its_kdf() -> None:
     try:
         grant = await server.check_password("owner", PASSWORD)
         for password_grant in (grant, None):
-            server_end, client_end = _memory_pair()
-            serving = asyncio.create_task(
-                server.serve_stream(
-                    server_end,
-                    server_end,
-                    peer="memory",
-                    channel_binding=BINDING,
-                    password_grant=password_grant,
-                )
-            )
+            _, client_end, serving = _serve_memory(server, grant=password_grant)
             # The first login pipelines its first call with the proof, as `roost connect`.
-            client = await GuardClient.over_stream(
-                client_end,
-                client_end,
-                channel_binding=BINDING,
-                user_id="owner",
-                password=PASSWORD,
-                answer=lambda labels: [card.code_for(x) for x in labels],
-                pipeline=password_grant is not None,
+            client = await _log_in(
+                client_end, client_end, _codes_of(card), pipeline=password_grant is not None
             )
             await _exercise(client)
             assert client.counter >= 1
@@ -232,18 +231,9 @@ async def test_a_pipelined_login_with_wrong_codes_fails_on_its_first_call() -> N
     server, _card = _guard()
     await server.open()
     try:
-        server_end, client_end = _memory_pair()
-        serving = asyncio.create_task(
-            server.serve_stream(server_end, server_end, peer="memory", channel_binding=BINDING)
-        )
-        client = await GuardClient.over_stream(
-            client_end,
-            client_end,
-            channel_binding=BINDING,
-            user_id="owner",
-            password=PASSWORD,
-            answer=lambda labels: ["0000"] * len(labels),
-            pipeline=True,
+        _, client_end, serving = _serve_memory(server)
+        client = await _log_in(
+            client_end, client_end, lambda labels: ["0000"] * len(labels), pipeline=True
         )
         with pytest.raises(VerificationError) as refused:
             await client.call("echo", b"never run")
@@ -258,10 +248,7 @@ async def test_the_login_deadline_ends_a_silent_stream_through_the_cores_timer()
     server, _ = _guard(GuardServerConfig(login_timeout_s=0.2))
     await server.open()
     try:
-        server_end, client_end = _memory_pair()
-        serving = asyncio.create_task(
-            server.serve_stream(server_end, server_end, peer="memory", channel_binding=b"")
-        )
+        _, client_end, serving = _serve_memory(server, b"")
         # The server closes the silent stream: the client's read sees the end.
         assert await asyncio.wait_for(client_end.read(100), 5.0 * time_unit()) == b""
         await asyncio.wait_for(serving, 5.0)
@@ -277,18 +264,8 @@ async def test_a_closed_stream_is_a_transport_error_for_the_client() -> None:
     server, card = _guard()
     await server.open()
     try:
-        server_end, client_end = _memory_pair()
-        serving = asyncio.create_task(
-            server.serve_stream(server_end, server_end, peer="memory", channel_binding=b"")
-        )
-        client = await GuardClient.over_stream(
-            client_end,
-            client_end,
-            channel_binding=b"",
-            user_id="owner",
-            password=PASSWORD,
-            answer=lambda labels: [card.code_for(x) for x in labels],
-        )
+        server_end, client_end, serving = _serve_memory(server, b"")
+        client = await _log_in(client_end, client_end, _codes_of(card), b"")
         server_end.close()
         with pytest.raises(TransportError):
             await client.call("echo", b"gone")
@@ -311,23 +288,11 @@ def _waiting_handler(method: str, args: tuple[bytes, ...]) -> CallResult:
 async def _log_in_waiting(
     config: GuardServerConfig,
 ) -> tuple[GuardServer, GuardClient, asyncio.Task[None]]:
-    store = MemoryUserStore()
-    card = generate_card(20)
-    store.add(make_user("owner", PASSWORD, card, password_kdf=FAST, pair_kdf=FAST))
-    server = GuardServer(lambda: store, _waiting_handler, config=config)
+    server, card = _guard(config, _waiting_handler)
     await server.open()
-    server_end, client_end = _memory_pair()
-    serving = asyncio.create_task(
-        server.serve_stream(server_end, server_end, peer="memory", channel_binding=b"")
-    )
-    client = await GuardClient.over_stream(
-        client_end,
-        client_end,
-        channel_binding=b"",
-        user_id="owner",
-        password=PASSWORD,
-        answer=lambda labels: [card.code_for(x) for x in labels],
-        limits=SessionLimits(idle_s=60.0),
+    _, client_end, serving = _serve_memory(server, b"")
+    client = await _log_in(
+        client_end, client_end, _codes_of(card), b"", limits=SessionLimits(idle_s=60.0)
     )
     return server, client, serving
 

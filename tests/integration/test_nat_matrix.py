@@ -39,6 +39,7 @@ from roost.hub.api import fetch_status
 from roost.hub.runfile import read_run_file
 from roost.rendezvous.broker_aio import fetch_broker_status
 from tests.helpers.natlab import BROKER_IP, NatLab, NatType, Side, natlab_available
+from tests.helpers.processes import roost_succeeds
 from tests.helpers.waits import scaled, wait_until
 from tools.nat_matrix import CELLS, DEFAULT_RESULTS, expected_path
 
@@ -51,17 +52,6 @@ BROKER_TLS = f"{BROKER_IP}:7443"
 BROKER_API = ("127.0.0.1", 7080)
 # Labs built at once: the machine has two cores, and a cell is mostly waiting.
 PARALLEL = 3
-
-
-def _roost(*args: str, stdin: str = "") -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "roost", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=scaled(60),
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def _set_keys(path: Path, table: str | None, values: dict[str, str]) -> None:
@@ -87,7 +77,7 @@ def _make_template(base: Path) -> dict[str, Any]:
     for name in ("cert.pem", "key.pem", "ca-info.bin"):
         (broker_dir / name).unlink()
     # The issuer and the agent check that the broker's certificate names the dialled host.
-    _roost(
+    roost_succeeds(
         "ca",
         "issue",
         str(home / "ca"),
@@ -116,7 +106,7 @@ def _make_template(base: Path) -> dict[str, Any]:
         "broker",
         {"address": f'"{BROKER_TLS}"', "udp": f'"{BROKER_UDP}"', "local": '"0.0.0.0:0"'},
     )
-    _roost(
+    roost_succeeds(
         "user",
         "add",
         str(home / "hub-1"),
@@ -129,7 +119,7 @@ def _make_template(base: Path) -> dict[str, Any]:
         "8",
         stdin=f"{PASSWORD}\n{PASSWORD}\n",
     )
-    _roost(
+    roost_succeeds(
         "trust",
         "init",
         str(base / "owner-trust"),

@@ -7,11 +7,8 @@ and streams to it, and `roost discover` lists both (docs/hub-and-device.md)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +17,9 @@ import pytest
 from roost.cli.home import make_home
 from roost.config import to_toml
 from tests.helpers.netns import bridged_hosts
+from tests.helpers.processes import roost_command, run_roost, stop_processes
 from tests.helpers.tools import require_netns
-from tests.helpers.waits import scaled, wait_until
+from tests.helpers.waits import scaled, wait_until_or_show_logs
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -37,7 +35,7 @@ def _rewrite(path: Path, changes: dict[str, object]) -> None:
 
 
 def _roost(ns: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, "-m", "roost", *args]
+    return roost_command(*args, namespace=ns)
 
 
 def _json_of(ns: str, *args: str) -> Any:
@@ -53,14 +51,6 @@ def _device_status(home: Path) -> dict[str, Any]:
     except (FileNotFoundError, ValueError):
         return {}
     return doc
-
-
-def _wait(what: str, condition: Callable[[], bool], seconds: float, logs: Path) -> None:
-    try:
-        wait_until(condition, seconds, interval=0.25, what=what)
-    except AssertionError as timed_out:
-        tails = {p.name: p.read_text(errors="replace")[-800:] for p in logs.glob("*.log")}
-        raise AssertionError(f"{timed_out}: {tails}") from None
 
 
 def test_hubs_and_a_device_find_each_other_through_dns_sd_alone(tmp_path: Path) -> None:
@@ -93,15 +83,7 @@ def test_hubs_and_a_device_find_each_other_through_dns_sd_alone(tmp_path: Path) 
         assert "hubs" not in tomllib.loads((home / "device-1.toml").read_text())
 
         def start(ns: str, kind: str, name: str) -> None:
-            log = (home / f"{name}.log").open("ab")
-            processes.append(
-                subprocess.Popen(
-                    _roost(ns, kind, "run", "--config", str(home / f"{name}.toml")),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-            )
+            processes.append(run_roost(home, kind, name, namespace=ns))
 
         def hub_status(ns: str, index: int) -> dict[str, Any]:
             doc = _json_of(
@@ -117,7 +99,7 @@ def test_hubs_and_a_device_find_each_other_through_dns_sd_alone(tmp_path: Path) 
             start(ns_a, "hub", "hub-1")
             start(ns_b, "hub", "hub-2")
             start(ns_d, "device", "device-1")
-            _wait(
+            wait_until_or_show_logs(
                 "both hubs verified each other's announcements",
                 lambda: knows_both(ns_a, 1) and knows_both(ns_b, 2),
                 40,
@@ -126,7 +108,7 @@ def test_hubs_and_a_device_find_each_other_through_dns_sd_alone(tmp_path: Path) 
             status_a = hub_status(ns_a, 1)
             assert [hub["id"] for hub in status_a["dns_sd"]] == [hub_ids[1]]
             assert status_a["dns_sd"][0]["endpoint"] == f"{ip_b}:17320"
-            _wait(
+            wait_until_or_show_logs(
                 "the device streams to a hub it found through DNS-SD",
                 lambda: (
                     _device_status(home).get("state") == "streaming"
@@ -147,14 +129,7 @@ def test_hubs_and_a_device_find_each_other_through_dns_sd_alone(tmp_path: Path) 
             assert by_id[hub_ids[1]]["api"] == f"{ip_b}:8080"
             assert by_id[hub_ids[0]]["name"] == "hub-1"
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=scaled(10))
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_processes(processes)
 
 
 def test_roost_discover_on_an_empty_lan_and_on_a_missing_interface(tmp_path: Path) -> None:

@@ -4,11 +4,8 @@ between them (section 3: 239.255.77.77:17320, TTL 1), and the handover works."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,9 @@ import pytest
 from roost.cli.home import make_home
 from roost.config import to_toml
 from tests.helpers.netns import bridged_hosts
+from tests.helpers.processes import run_roost, stop_processes
 from tests.helpers.tools import require_netns
-from tests.helpers.waits import scaled, wait_until
+from tests.helpers.waits import wait_until_or_show_logs
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -37,14 +35,6 @@ def _device_hub(home: Path, index: int) -> str | None:
     return status.get("hub") if status.get("state") == "streaming" else None
 
 
-def _wait(what: str, condition: Callable[[], bool], seconds: float, logs: Path) -> None:
-    try:
-        wait_until(condition, seconds, interval=0.25, what=what)
-    except AssertionError as timed_out:
-        tails = {p.name: p.read_text(errors="replace")[-800:] for p in logs.glob("*.log")}
-        raise AssertionError(f"{timed_out}: {tails}") from None
-
-
 def test_handover_across_namespaces_over_multicast(tmp_path: Path) -> None:
     require_netns()
     home = tmp_path / "home"
@@ -62,52 +52,25 @@ def test_handover_across_namespaces_over_multicast(tmp_path: Path) -> None:
         for index in (1, 2, 3):
             _rewrite(home / f"device-{index}.toml", {}, {"interfaces": [ip_d]})
 
-        def start(ns: str, kind: str, name: str) -> subprocess.Popen[bytes]:
-            log = (home / f"{name}.log").open("ab")
-            process = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    sys.executable,
-                    "-m",
-                    "roost",
-                    kind,
-                    "run",
-                    "--config",
-                    str(home / f"{name}.toml"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            processes.append(process)
-            return process
+        def start(ns: str, kind: str, name: str) -> None:
+            processes.append(run_roost(home, kind, name, namespace=ns))
 
         try:
             start(ns_a, "hub", "hub-1")
             for index in (1, 2, 3):
                 start(ns_d, "device", f"device-{index}")
-            _wait(
+            wait_until_or_show_logs(
                 "cameras on hub A over multicast",
                 lambda: all(_device_hub(home, i) == hub_ids[0] for i in (1, 2, 3)),
                 40,
                 home,
             )
             start(ns_b, "hub", "hub-2")
-            _wait(
+            wait_until_or_show_logs(
                 "cameras on hub B after the handover",
                 lambda: all(_device_hub(home, i) == hub_ids[1] for i in (1, 2, 3)),
                 40,
                 home,
             )
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=scaled(10))
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_processes(processes)

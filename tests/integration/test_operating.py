@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,19 @@ def _both(*edits: Callable[[str], str]) -> Callable[[str], str]:
     return edit
 
 
-def test_every_everyday_mistake_is_one_line_with_its_code_and_leaves_state_alone(
-    home: Path,
-) -> None:
+@contextmanager
+def _port_in_use() -> Iterator[int]:
+    """A loopback TCP port this test holds listening (so a daemon finds it taken)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
+        yield taken.getsockname()[1]
+
+
+def test_every_everyday_mistake_is_one_line_with_its_code_and_leaves_state_alone(
+    home: Path,
+) -> None:
+    with _port_in_use() as port:
         cases: list[tuple[str, list[str], ExitCode, str]] = [
             (
                 "hub config to device run",
@@ -401,10 +408,7 @@ def test_logs_tell_a_handover_a_failover_and_a_refused_rogue_hub_in_order(
 def test_doctor_names_what_holds_a_port_and_config_check_lists_every_problem(
     home: Path,
 ) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with _port_in_use() as port:
         file = _variant(home, "hub-2.toml", "doctor-port.toml", _set("api", f'"127.0.0.1:{port}"'))
         before = _state_hash(home)
         doctor = subprocess.run(

@@ -91,16 +91,21 @@ def config() -> None:
     """Config files: check them without starting anything."""
 
 
-_ROLE_OPTION = click.option(
-    "--role", type=click.Choice(sorted(SCHEMAS)), help="Default: detected from the keys."
-)
+_Command = Callable[[Path, str | None, bool], None]
+
+
+def _checks_a_file(command: _Command) -> _Command:
+    """FILE, ``--role`` and ``--json``, for ``config check`` and ``doctor`` alike."""
+    command = fail_cleanly(command)
+    command = click.option("--json", "as_json", is_flag=True)(command)
+    command = click.option(
+        "--role", type=click.Choice(sorted(SCHEMAS)), help="Default: detected from the keys."
+    )(command)
+    return click.argument("file", type=click.Path(path_type=Path, dir_okay=False))(command)
 
 
 @config.command("check")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@_ROLE_OPTION
-@click.option("--json", "as_json", is_flag=True)
-@fail_cleanly
+@_checks_a_file
 def config_check(file: Path, role: str | None, as_json: bool) -> None:
     """Check FILE like the daemon would; exit 4 listing every problem, 0 when valid."""
     detected, doc = _role_of(file, role)
@@ -420,10 +425,7 @@ _MARK = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
 
 
 @click.command("doctor")
-@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@_ROLE_OPTION
-@click.option("--json", "as_json", is_flag=True)
-@fail_cleanly
+@_checks_a_file
 def doctor(file: Path, role: str | None, as_json: bool) -> None:
     """Check a node: config, certificate, trust, instance, ports, peers; exit 1 on a failure."""
     detected, checks = run_checks(file, role)

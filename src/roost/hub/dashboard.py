@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import re
 import secrets
 import ssl
 from collections.abc import Awaitable, Callable
@@ -72,8 +73,17 @@ class DashboardOptions:
     max_streams_per_session: int = 24
 
 
-def _template(name: str) -> str:
+# A template line ``/* {{> _name}} */`` stands for the partial ``templates/_name``: the two
+# pages share their theme this way and still carry it inline under the page's CSP nonce.
+_PARTIAL = re.compile(r"^[ \t]*/\* \{\{> (_[\w.-]+)\}\} \*/\n", re.MULTILINE)
+
+
+def _template_text(name: str) -> str:
     return resources.files("roost.hub").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _template(name: str) -> str:
+    return _PARTIAL.sub(lambda match: _template_text(match.group(1)), _template_text(name))
 
 
 class Dashboard:

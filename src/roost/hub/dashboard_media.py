@@ -22,6 +22,7 @@ import contextlib
 import shutil
 import tempfile
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from roost.hub.events import EventKind, HomeEvent
 from roost.hub.live import BOUNDARY, mjpeg_part
 from roost.hub.livemux import DEVICE_ID, INLINE_IMAGE_TYPES
 from roost.hub.peers import bridge_to_peer_app
-from roost.hub.recorder import StoredFrame
+from roost.hub.recorder import FrameEntry, IncomingFrame, Recorder, StoredFrame
 
 __all__ = ["add_routes", "start_peer_app", "stop_peer_app"]
 
@@ -96,6 +97,19 @@ async def _prepare_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _end_stream(response: web.StreamResponse) -> web.StreamResponse:
+    # The viewer may be gone already: ending its stream is then nothing to report.
+    with contextlib.suppress(Exception):
+        await response.write_eof()
+    return response
+
+
+async def _write_part(response: web.StreamResponse, frame: StoredFrame | IncomingFrame) -> None:
+    """One stream part; a mime type that is not an image is sent as an opaque one."""
+    mime = frame.mime if frame.mime in _INLINE_IMAGE_TYPES else "application/octet-stream"
+    await response.write(mjpeg_part(mime, frame.payload, frame.seq, frame.captured_at_ms))
+
+
 # ------------------------------------------------------------------------------- live
 
 
@@ -144,17 +158,14 @@ async def _stream_local(
                 if device_id not in dashboard.daemon.sessions:
                     break  # the camera left this hub: the page follows it
                 continue
-            mime = frame.mime if frame.mime in _INLINE_IMAGE_TYPES else "application/octet-stream"
             # write() waits for the socket to drain, so a slow viewer holds one frame in
             # its slot and skips the rest (LiveViewer.offer counts them).
-            await response.write(mjpeg_part(mime, frame.payload, frame.seq, frame.captured_at_ms))
+            await _write_part(response, frame)
     except (ConnectionError, OSError):
         pass
     finally:
         viewer.close()
-    with contextlib.suppress(Exception):
-        await response.write_eof()
-    return response
+    return await _end_stream(response)
 
 
 async def _proxy(
@@ -181,9 +192,7 @@ async def _proxy(
                 await response.write(chunk)
     finally:
         upstream.close()
-    with contextlib.suppress(Exception):
-        await response.write_eof()
-    return response
+    return await _end_stream(response)
 
 
 async def _latest(request: web.Request) -> web.Response:
@@ -244,16 +253,33 @@ async def _from_hub(request: web.Request) -> web.StreamResponse | None:
                 await response.write(chunk)
     finally:
         upstream.close()
-    with contextlib.suppress(Exception):
-        await response.write_eof()
-    return response
+    return await _end_stream(response)
 
 
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _where_recorded(handler: _Handler) -> _Handler:
+    """A recordings GET served by the hub named in ``hub=``, or here without it."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        proxied = await _from_hub(request)
+        return proxied if proxied is not None else await handler(request)
+
+    return route
+
+
+async def _entries(recorder: Recorder, device_id: str, start: int, end: int) -> list[FrameEntry]:
+    """The camera's frames recorded in the range; 404 when there is none."""
+    entries = await asyncio.to_thread(recorder.index, device_id, start, end, _MAX_PLAY_FRAMES)
+    if not entries:
+        raise web.HTTPNotFound(text="nothing recorded in that range")
+    return entries
+
+
+@_where_recorded
 async def _recordings(request: web.Request) -> web.StreamResponse:
     """Cameras recorded here with their span, or one camera's frames in a range."""
-    proxied = await _from_hub(request)
-    if proxied is not None:
-        return proxied
     dashboard = dashboard_of(request)
     recorder = dashboard.daemon.recorder
     body: dict[str, Any] = {
@@ -295,11 +321,9 @@ async def _recordings(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, headers=NO_STORE)
 
 
+@_where_recorded
 async def _play(request: web.Request) -> web.StreamResponse:
     """A recorded range as a stream, at the pace it was captured (``speed`` times it)."""
-    proxied = await _from_hub(request)
-    if proxied is not None:
-        return proxied
     dashboard = dashboard_of(request)
     device_id = _device(request)
     start, end = _range(request)
@@ -308,9 +332,7 @@ async def _play(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise web.HTTPBadRequest(text="speed is a number") from None
     recorder = dashboard.daemon.recorder
-    entries = await asyncio.to_thread(recorder.index, device_id, start, end, _MAX_PLAY_FRAMES)
-    if not entries:
-        raise web.HTTPNotFound(text="nothing recorded in that range")
+    entries = await _entries(recorder, device_id, start, end)
     response = await _prepare_stream(request)
     previous_at: int | None = None
     try:
@@ -322,27 +344,20 @@ async def _play(request: web.Request) -> web.StreamResponse:
             frame = await asyncio.to_thread(recorder.read, device_id, entry.seq)
             if frame is None:
                 continue  # removed by retention meanwhile
-            mime = frame.mime if frame.mime in _INLINE_IMAGE_TYPES else "application/octet-stream"
-            await response.write(mjpeg_part(mime, frame.payload, frame.seq, frame.captured_at_ms))
+            await _write_part(response, frame)
     except (ConnectionError, OSError):
         pass
-    with contextlib.suppress(Exception):
-        await response.write_eof()
-    return response
+    return await _end_stream(response)
 
 
+@_where_recorded
 async def _download(request: web.Request) -> web.StreamResponse:
     """A recorded range as one file: the JPEG frames back to back (Motion JPEG)."""
-    proxied = await _from_hub(request)
-    if proxied is not None:
-        return proxied
     dashboard = dashboard_of(request)
     device_id = _device(request)
     start, end = _range(request)
     recorder = dashboard.daemon.recorder
-    entries = await asyncio.to_thread(recorder.index, device_id, start, end, _MAX_PLAY_FRAMES)
-    if not entries:
-        raise web.HTTPNotFound(text="nothing recorded in that range")
+    entries = await _entries(recorder, device_id, start, end)
     name = f"{device_id.replace(':', '-')}-{start}-{end}.mjpeg"
     response = web.StreamResponse(
         headers={
@@ -361,9 +376,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
                 await response.write(frame.payload)
     except (ConnectionError, OSError):
         pass
-    with contextlib.suppress(Exception):
-        await response.write_eof()
-    return response
+    return await _end_stream(response)
 
 
 async def _delete(request: web.Request) -> web.Response:

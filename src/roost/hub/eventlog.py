@@ -122,18 +122,17 @@ class EventLog:
         if query.kinds:
             clauses.append(f"kind IN ({','.join('?' * len(query.kinds))})")
             args.extend(query.kinds)
-        if query.subject:
-            clauses.append("subject = ?")
-            args.append(query.subject)
-        if query.since_ms:
-            clauses.append("at_ms >= ?")
-            args.append(query.since_ms)
-        if query.until_ms:
-            clauses.append("at_ms <= ?")
-            args.append(query.until_ms)
-        if query.after_id:
-            clauses.append("id > ?")
-            args.append(query.after_id)
+        # Each filter applies when it is set (a value of 0 or "" means "any").
+        filters: tuple[tuple[str, object], ...] = (
+            ("subject = ?", query.subject),
+            ("at_ms >= ?", query.since_ms),
+            ("at_ms <= ?", query.until_ms),
+            ("id > ?", query.after_id),
+        )
+        for clause, value in filters:
+            if value:
+                clauses.append(clause)
+                args.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
             "SELECT id, at_ms, kind, hub, subject, reason, text, count FROM events"
