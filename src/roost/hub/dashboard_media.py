@@ -149,9 +149,9 @@ async def _stream_local(
         with contextlib.suppress(StateError):
             first = await asyncio.to_thread(dashboard.daemon.recorder.latest, device_id)
             if first is not None:
-                await response.write(
-                    mjpeg_part(first.mime, first.payload, first.seq, first.captured_at_ms)
-                )
+                # The same rule as every later part: a mime type that is not an image goes
+                # out as an opaque one (the stored type is the device's word).
+                await _write_part(response, first)
         while True:
             frame = await viewer.next(_STALL_S)
             if frame is None:
