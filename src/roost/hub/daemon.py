@@ -94,6 +94,8 @@ class DeviceSession:
     frames_stored: int = 0
     last_seq: int = 0
     redirected_to: str | None = None
+    # What the hello called the device (section 4): a label for people, never identity.
+    name: str | None = None
     _timer: CoreTimer | None = field(default=None, init=False, repr=False)
 
     def transmit(self) -> None:
@@ -525,6 +527,7 @@ class HubDaemon:
         core = session.core
         while (event := core.next_event()) is not None:
             if isinstance(event, HelloReceived):
+                session.name = event.name
                 self._admit(session)
             elif isinstance(event, FramesReceived):
                 await self._store(session, event.frames)
@@ -555,12 +558,13 @@ class HubDaemon:
         self.sessions[device_id] = session
         self._load_changed()
         log.info(
-            "device %s connected%s (%s of %s)",
+            "device %s%s connected%s (%s of %s)",
             device_id,
+            f" ({session.name})" if session.name else "",
             " again, replacing its previous channel" if previous is not None else "",
             len(self.sessions),
             self.config.max_devices,
-            extra={"event": "device-connected", "device": device_id},
+            extra={"event": "device-connected", "device": device_id, "device_name": session.name},
         )
         session.core.accept(self.config.features, self.config.max_devices)
 
@@ -689,6 +693,7 @@ class HubDaemon:
             features=tuple(self.config.features),
             max_devices=self.config.max_devices,
             connected=tuple(sorted(self.sessions)),
+            connected_names={d: s.name for d, s in sorted(self.sessions.items()) if s.name},
             winner=winner.identifier if winner else None,
             hubs=tuple(
                 HubEntry(
