@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from roost.errors import LocalProtocolError, RemoteProtocolError
 from roost.hcsp.documents import (
+    MAX_NAME_LENGTH,
     NAMESPACE,
     Document,
     Endpoint,
-    MAX_NAME_LENGTH,
     Hello,
     HubAddress,
     Subscribe,
