@@ -192,6 +192,8 @@ async def test_status_documents_of_running_daemons_read_back(scene: Scene) -> No
     # The hello carried the device config's name (PROTOCOL.md section 4); the hub lists it.
     assert scene.device.config.name == "device-1"
     assert snapshot.connected_names == {scene.device.identifier: "device-1"}
+    # It is kept with the recordings too, so the name outlives the channel and a restart.
+    assert scene.hub.recorder.names() == {scene.device.identifier: "device-1"}
     assert HubStatus.from_json(json.loads(json.dumps(snapshot.to_json()))) == snapshot
     scene.device.write_status()
     on_disk = DeviceStatus.from_json(json.loads(scene.device.config.status_file.read_bytes()))

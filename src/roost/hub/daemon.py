@@ -529,6 +529,10 @@ class HubDaemon:
             if isinstance(event, HelloReceived):
                 session.name = event.name
                 self._admit(session)
+                if event.name is not None and self.sessions.get(session.device_id) is session:
+                    # The welcome goes out first: a new name costs the device no wait.
+                    session.transmit()
+                    await self._remember_name(session.device_id, event.name)
             elif isinstance(event, FramesReceived):
                 await self._store(session, event.frames)
             elif isinstance(event, ChannelClosed):
@@ -567,6 +571,14 @@ class HubDaemon:
             extra={"event": "device-connected", "device": device_id, "device_name": session.name},
         )
         session.core.accept(self.config.features, self.config.max_devices)
+
+    async def _remember_name(self, device_id: str, name: str) -> None:
+        """Keep an admitted device's name with its recordings (after the welcome is sent)."""
+        try:
+            await asyncio.to_thread(self.recorder.remember_name, device_id, name)
+        except (OSError, sqlite3.Error) as exc:
+            # Only a label is lost: the channel and its frames go on.
+            log.warning("cannot keep the name of device %s: %s", device_id, exc)
 
     async def _store(self, session: DeviceSession, frames: Sequence[FrameMessage]) -> None:
         """Store one read's frames and acknowledge them once durable (section 4, ACK)."""

@@ -136,9 +136,14 @@ class HomeView:
 
     async def start(self) -> None:
         """Seed the camera register from the recordings, then tick and poll peers."""
+        names = await asyncio.to_thread(self.daemon.recorder.names)
         for camera in await asyncio.to_thread(self.daemon.recorder.cameras):
             self.cameras[camera.device_id] = CameraSeen(
-                camera.device_id, None, camera.last_received_ms, self.daemon.identifier
+                camera.device_id,
+                None,
+                camera.last_received_ms,
+                self.daemon.identifier,
+                names.get(camera.device_id),
             )
         self._tick()
         self._tasks = [
