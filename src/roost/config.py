@@ -33,6 +33,7 @@ from roost.dnssd.records import DnsSdSettings
 from roost.errors import ConfigError
 from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
+from roost.hcsp.documents import name_problem
 from roost.reasons import Reason
 from roost.rendezvous.broker_events import BrokerCoreConfig
 from roost.rendezvous.presence import PresenceConfig
@@ -638,8 +639,12 @@ def load_device_config(path: Path) -> DeviceConfig:
     # listens for multicast announcements: it is on a LAN, and DNS-SD may reach hubs whose
     # announcements do not arrive. A loopback home (unicast peers) does not browse.
     browse = not hubs and announce.udp.multicast
+    name = _name(doc, path)
+    # The name travels in the hello (PROTOCOL.md section 4): refuse here one the hub would.
+    if (problem := name_problem(name)) is not None:
+        raise doc.error("name", f"{problem} (a device's name travels in its hello)")
     config = DeviceConfig(
-        name=_name(doc, path),
+        name=name,
         state_dir=doc.value("state_dir"),
         cert=doc.value("cert"),
         key=doc.value("key"),

@@ -189,6 +189,14 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "Devices with an open channel to this hub.",
         lambda s: len(s.connected),
     ),
+    MetricRow(
+        "roost_hub_device",
+        "One sample per device with an open channel: its identifier and the name its hello "
+        "gave (empty from a device that sent none).",
+        MetricKind.INFO,
+        ("device", "name"),
+        lambda s: tuple(((d, s.connected_names.get(d, "")), 1.0) for d in s.connected),
+    ),
     gauge("roost_hub_max_devices", "Devices this hub accepts at most.", lambda s: s.max_devices),
     gauge(
         "roost_hub_live_hubs",

@@ -83,6 +83,7 @@ class Reason(enum.StrEnum):
     XML_FORBIDDEN = "xml-forbidden"
     BAD_APP = "bad-app"
     STORAGE_FAILED = "storage-failed"
+    BAD_NAME = "bad-name"
     # Announcements (section 3).
     NOT_SUBSCRIBE = "not-subscribe"
     NOT_A_HUB = "not-a-hub"
@@ -315,6 +316,7 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.XML_FORBIDDEN: "a DTD, entity or other construct the hardened parser refuses",
     Reason.BAD_APP: "a hello whose app attribute is not a short token",
     Reason.STORAGE_FAILED: "the hub could not store frames (disk full, I/O error), none ACKed",
+    Reason.BAD_NAME: "a hello whose name is empty, over 64 characters, padded or not printable",
     Reason.NOT_SUBSCRIBE: "an announcement whose document is not a subscribe",
     Reason.NOT_A_HUB: "an announcement signed by a certificate that is not a hub's",
     Reason.STALE: "a timestamp older than the freshness window",

@@ -65,8 +65,17 @@ def _device_stream() -> bytes:
 def _channel_seeds(side: str) -> list[bytes]:
     hello, welcome, redirect = (encode_record(b"\x01" + doc) for doc in _channel_documents())
     if side == "hub":
-        # Unopened (control bit 0 clear): the hello first; opened: frames straight away.
-        return [b"\x00" + hello + _device_stream(), b"\x01" + _device_stream(), b"\x13"]
+        # Unopened (control bit 0 clear): the hello first (one from an older device without
+        # a name, one with); opened: frames straight away.
+        named = encode_record(
+            b"\x01" + encode_document(Hello(DEVICE_ID, HUB_ID, "camera", 0, "porch"))
+        )
+        return [
+            b"\x00" + hello + _device_stream(),
+            b"\x00" + named + _device_stream(),
+            b"\x01" + _device_stream(),
+            b"\x13",
+        ]
     acks = encode_message(AckMessage(1)) + encode_message(AckMessage(3))
     return [b"\x00" + welcome + acks, b"\x01" + acks + redirect, b"\x21" + acks, b"\x11"]
 
@@ -119,7 +128,7 @@ def seeds() -> dict[str, list[bytes]]:
     control = json.loads((VECTORS / "rendezvous" / "control.json").read_text())["bodies"]
     documents = [
         (VECTORS / "hcsp" / f"{name}.xml").read_bytes()
-        for name in ("subscribe", "subscribe-ipv6", "hello", "welcome", "redirect")
+        for name in ("subscribe", "subscribe-ipv6", "hello", "hello-named", "welcome", "redirect")
     ]
     candidates = (Candidate.parse("192.0.2.1:7001"), Candidate.parse("[2001:db8::1]:7002"))
     frame = FrameMessage(9, 1764600000000, "image/jpeg", b"\xff\xd8\xff\xd9")

@@ -119,13 +119,17 @@ def hub_statuses(draw: st.DrawFn) -> HubStatus:
     """A hub status; the winner is sometimes this hub, sometimes another, sometimes none."""
     identifier = draw(hub_ids)
     winner = draw(st.none() | st.just(identifier) | hub_ids)
+    connected = tuple(sorted(draw(st.sets(device_ids, max_size=4))))
+    # Some connected devices gave a name in their hello, older ones none.
+    named = draw(st.lists(st.sampled_from(connected), unique=True) if connected else st.just([]))
     return HubStatus(
         identifier=identifier,
         name=draw(text),
         endpoint=draw(endpoints),
         features=draw(features),
         max_devices=draw(totals),
-        connected=tuple(sorted(draw(st.sets(device_ids, max_size=4)))),
+        connected=connected,
+        connected_names={device: draw(text) for device in sorted(named)},
         winner=winner,
         hubs=tuple(draw(st.lists(hub_entries, max_size=3))),
         trust=draw(trust_summaries),

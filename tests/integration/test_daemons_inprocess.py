@@ -189,6 +189,11 @@ async def test_status_documents_of_running_daemons_read_back(scene: Scene) -> No
     await _until("frames stored", lambda: scene.hub.status().counters.frames_stored > 0)
     snapshot = scene.hub.status()
     assert snapshot.connected == (scene.device.identifier,)
+    # The hello carried the device config's name (PROTOCOL.md section 4); the hub lists it.
+    assert scene.device.config.name == "device-1"
+    assert snapshot.connected_names == {scene.device.identifier: "device-1"}
+    # It is kept with the recordings too, so the name outlives the channel and a restart.
+    assert scene.hub.recorder.names() == {scene.device.identifier: "device-1"}
     assert HubStatus.from_json(json.loads(json.dumps(snapshot.to_json()))) == snapshot
     scene.device.write_status()
     on_disk = DeviceStatus.from_json(json.loads(scene.device.config.status_file.read_bytes()))
@@ -210,7 +215,10 @@ async def test_status_documents_of_running_daemons_read_back(scene: Scene) -> No
         for sample in family.samples
     }
     assert served.identifier == scene.hub.identifier and served.remote is None
+    assert served.connected_names == {scene.device.identifier: "device-1"}
     assert samples[("roost_hub_connected_devices", ())] == 1
+    device_info = (("device", scene.device.identifier), ("name", "device-1"))
+    assert samples[("roost_hub_device_info", device_info)] == 1
     stored = samples[("roost_hub_frames_stored_total", ())]
     assert snapshot.counters.frames_stored <= served.counters.frames_stored <= stored
     assert not [name for name, _ in samples if name.startswith("roost_hub_remote_")]

@@ -231,6 +231,14 @@ async def test_live_cameras_follow_a_handover_on_the_bookmarked_page(
                   .filter((t) => t.textContent.includes('streaming to hub-2')).length === 3""",
             timeout=scaled(20) * 1000,
         )
+        # Each tile names its camera (the name its hello gave) above its identifier, also
+        # for the cameras on the other hub (PROTOCOL.md section 4; names ride the peer link).
+        shown = await page.evaluate(
+            """() => Object.fromEntries(Array.from(document.querySelectorAll('#cameras .tile'))
+                  .map((t) => [t.dataset.camera, [t.querySelector('.camera-name').textContent,
+                                                  t.querySelector('.mono').textContent]]))"""
+        )
+        assert shown == {d.identifier: [d.config.name, d.identifier] for d in home.devices}
         await _wait_playing(page, 3)
         await _assert_pictures_change(page, 3)
         await _shot(page, "06-after-handover-on-hub-1")
@@ -246,6 +254,8 @@ async def test_live_cameras_follow_a_handover_on_the_bookmarked_page(
         )
         tile_text = await page.inner_text(f'#cameras .tile[data-camera="{camera_id}"]')
         assert "OFFLINE" in tile_text and "last seen" in tile_text
+        # The offline tile keeps the camera's last known name.
+        assert stopped.config.name in tile_text and camera_id in tile_text
         assert len(await page.query_selector_all("#cameras .tile")) == 3
         await _shot(page, "07-camera-offline")
         print(f"handover shown on the page {handover_seen_s:.2f} s after hub-2 started")

@@ -135,6 +135,10 @@ def test_a_missing_key_and_bad_toml_are_config_errors(tmp_path: Path) -> None:
         ({"hubs": ["127.0.0.1"]}, "hubs"),
         ({"width": 0}, "width"),
         ({"fps": "fast"}, "fps"),
+        # The name travels in the hello (PROTOCOL.md section 4), so the hub's rule applies.
+        ({"name": "x" * 65}, "name"),
+        ({"name": "\u202ehcrop"}, "name"),
+        ({"name": " porch"}, "name"),
     ],
 )
 def test_every_invalid_device_value_is_a_config_error_naming_file_and_key(

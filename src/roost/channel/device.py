@@ -57,6 +57,7 @@ class DeviceChannelCore(ChannelCore[DeviceState]):
         last_acked: int,
         now: float,
         app: str = "camera",
+        name: str | None = None,
     ) -> None:
         if not is_hub_identifier(hub_id):
             raise VerificationError("peer is not a hub", reason=Reason.NOT_HUB)
@@ -71,7 +72,8 @@ class DeviceChannelCore(ChannelCore[DeviceState]):
         self.acked = last_acked
         self.last_sent = last_acked
         self.welcome: Welcome | None = None
-        hello = Hello(device_id, hub_id, app, last_acked)
+        # Section 4: the name is a label for people; the hub identifies us by certificate.
+        hello = Hello(device_id, hub_id, app, last_acked, name)
         self._send(DocumentMessage(encode_document(hello)))
         self._deadline = now + config.welcome_timeout
 

@@ -63,6 +63,8 @@ class HelloReceived(ChannelEvent):
     device_id: str
     app: str
     last_acked: int
+    # The name the device gave (a label, never identity); None from an older device.
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

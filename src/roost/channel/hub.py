@@ -116,7 +116,7 @@ class HubChannelCore(ChannelCore[HubState]):
             raise RemoteProtocolError("hello names another party", reason=Reason.BAD_HELLO)
         self.hello = document
         self._deadline = None
-        self._emit(HelloReceived(document.device, document.app, document.last_acked))
+        self._emit(HelloReceived(document.device, document.app, document.last_acked, document.name))
 
     def _after_receive(self, now: float) -> None:
         if self._batch:

@@ -34,6 +34,7 @@ from roost.errors import (
 from roost.guard.aio import GuardClient
 from roost.guard.calls import tls_server_end_point
 from roost.guard.remote import Response
+from roost.hcsp.documents import is_device_identifier
 from roost.pki.truststore import load_state
 from roost.reasons import Reason
 from roost.rendezvous.issuer import failure_message
@@ -61,14 +62,28 @@ def _frame_of(response: Response) -> tuple[int, int, str, bytes]:
     return seq, captured_at_ms, results[1].decode("ascii", "replace"), results[2]
 
 
-async def _first_camera(client: GuardClient) -> str:
+async def _pick_camera(client: GuardClient, wanted: str | None) -> str:
+    """The device to watch: ``wanted`` when it is an identifier; else the connected device
+    whose hello gave that name (the hub's ``connected_names``, for a viewer without the
+    home's configs); with no ``wanted``, the first connected device.
+
+    A word that names no connected device is passed on, and the hub refuses it in its own
+    words.
+    """
+    if wanted is not None and is_device_identifier(wanted):
+        return wanted
     response = await client.call("status")
     if not response.ok or len(response.results) != 1:
         raise RefusedError("the hub refused status", reason=response.reason or Reason.REFUSED)
-    connected = json.loads(response.results[0]).get("connected") or []
+    status = json.loads(response.results[0])
+    connected = [str(device) for device in status.get("connected") or []]
+    if wanted is not None:
+        names = status.get("connected_names") or {}
+        matches = [device for device in connected if names.get(device) == wanted]
+        return matches[0] if len(matches) == 1 else wanted
     if not connected:
         raise StateError("the hub has no connected camera", reason=Reason.NO_CAMERA)
-    return str(connected[0])
+    return connected[0]
 
 
 @click.command("connect")
@@ -229,7 +244,7 @@ def connect(
             pipeline=True,
         )
         try:
-            device = camera or await _first_camera(client)
+            device = await _pick_camera(client, camera)
             out.mkdir(parents=True, exist_ok=True)
             saved = 0
             total = 0

@@ -366,6 +366,11 @@ def print_hub_status(doc: dict[str, Any], names: dict[str, str]) -> None:
         ],
     )
     connected = doc.get("connected") or []
+    # The names the devices' hellos gave label what the home's config files do not name
+    # (a hub asked from another machine); the local files win where both name a device.
+    hello_names = doc.get("connected_names")
+    if isinstance(hello_names, dict):
+        names = {**{k: v for k, v in hello_names.items() if isinstance(v, str)}, **names}
     if connected:
         print_table("Connected devices", ("device",), [(label(d, names),) for d in connected])
     hubs = doc.get("hubs") or []

@@ -209,6 +209,7 @@ async def open_hub_channel(
     device_id: str,
     last_acked: int,
     config: ChannelCoreConfig,
+    name: str | None = None,
     on_ack: Callable[[int], object],
     on_ignored: Callable[[str], None],
     connect_timeout: float = CONNECT_TIMEOUT,
@@ -227,7 +228,12 @@ async def open_hub_channel(
         leaf = peer_certificate(writer.get_extra_info("ssl_object"))
         hub_id = await verify(leaf)
         core = DeviceChannelCore(
-            config, device_id=device_id, hub_id=hub_id, last_acked=last_acked, now=loop.time()
+            config,
+            device_id=device_id,
+            hub_id=hub_id,
+            last_acked=last_acked,
+            now=loop.time(),
+            name=name,
         )
         channel = HubChannel(
             core, (host, port), reader, writer, on_ack=on_ack, on_ignored=on_ignored

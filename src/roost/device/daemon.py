@@ -297,6 +297,7 @@ class DeviceDaemon:
             device_id=self.identifier,
             last_acked=self.spool.last_acked,
             config=ChannelCoreConfig(drain_timeout=self.config.drain_timeout),
+            name=self.config.name,
             on_ack=self.spool.ack,
             on_ignored=ignored,
         )

@@ -7,9 +7,10 @@ channel documents ``hello``, ``welcome`` and ``redirect`` (section 4, seed FIG. 
 Decoding uses defusedxml with DTDs, entities and external references forbidden, after the
 size cap (PROTOCOL.md preamble). Unknown attributes and unknown child elements are ignored
 for forward compatibility (section 3). Every value we read is validated against a strict
-grammar, so a decoded document only ever holds identifiers, IP literals, bounded integers
-and short tokens. Encoding writes attributes in a fixed order with no whitespace, so the
-same document always yields the same bytes and golden vectors stay stable.
+grammar, so a decoded document only ever holds identifiers, IP literals, bounded integers,
+short tokens and a hello's short printable name. Encoding writes attributes in a fixed
+order with no whitespace, so the same document always yields the same bytes and golden
+vectors stay stable.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_CLIENTS",
     "MAX_FEATURES",
     "MAX_FEATURE_LENGTH",
+    "MAX_NAME_LENGTH",
     "NAMESPACE",
     "Document",
     "Endpoint",
@@ -43,6 +45,7 @@ __all__ = [
     "encode_document",
     "is_device_identifier",
     "is_hub_identifier",
+    "name_problem",
 ]
 
 NAMESPACE = "http://www.darwin-hcs.org/arch/hcsp/1.0"
@@ -54,6 +57,8 @@ DEFAULT_MAX_DOCUMENT = 4096
 MAX_FEATURES = 32
 MAX_FEATURE_LENGTH = 32
 MAX_CLIENTS = 0xFFFF
+# Section 4: a device's name is a label of at most this many characters.
+MAX_NAME_LENGTH = 64
 _MAX_U64 = (1 << 64) - 1
 
 # Section 1: a role prefix followed by 22 base64url characters (16 bytes of SHA-256).
@@ -73,6 +78,24 @@ def is_hub_identifier(text: str) -> bool:
 def is_device_identifier(text: str) -> bool:
     """True when ``text`` has the shape of a device identifier (section 1)."""
     return _DEVICE_ID.fullmatch(text) is not None
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a device's name (section 4, hello), or None when it can.
+
+    A name is 1 to 64 printable characters with no space at either end: no control,
+    format or separator characters, so a label shown next to an identifier can neither
+    break a line of a log or a table nor reorder the text around it (bidi overrides).
+    """
+    if not name:
+        return "is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"has {len(name)} characters, more than {MAX_NAME_LENGTH}"
+    if not name.isprintable():
+        return "holds a control or other non-printable character"
+    if name.strip() != name:
+        return "starts or ends with a space"
+    return None
 
 
 def _bad(message: str, reason: str = "bad-document") -> RemoteProtocolError:
@@ -204,6 +227,9 @@ class Hello:
     hub: str
     app: str
     last_acked: int
+    # The device config's name, a label only: identity is the certificate's identifier
+    # (section 4). None: an older device that sends no name.
+    name: str | None = None
 
     def __post_init__(self) -> None:
         if not is_device_identifier(self.device) or not is_hub_identifier(self.hub):
@@ -211,6 +237,8 @@ class Hello:
         if len(self.app) > MAX_FEATURE_LENGTH or _TOKEN.fullmatch(self.app) is None:
             raise LocalProtocolError(f"app {self.app!r} is not a short token")
         _check_int("last-acked", self.last_acked, _MAX_U64)
+        if self.name is not None and (problem := name_problem(self.name)) is not None:
+            raise LocalProtocolError(f"name {self.name!r} {problem}", reason="bad-name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +304,10 @@ def encode_document(document: Document) -> bytes:
         )
     elif isinstance(document, Hello):
         to, sender = document.hub, document.device
-        body = _element("hello", [("app", document.app), ("last-acked", str(document.last_acked))])
+        attributes = [("app", document.app), ("last-acked", str(document.last_acked))]
+        if document.name is not None:
+            attributes.append(("name", document.name))
+        body = _element("hello", attributes)
     elif isinstance(document, Welcome):
         to, sender = document.device, document.hub
         body = _element(
@@ -390,11 +421,15 @@ def decode_document(data: bytes, max_size: int = DEFAULT_MAX_DOCUMENT) -> Docume
         app = _attribute(body, "app")
         if len(app) > MAX_FEATURE_LENGTH or _TOKEN.fullmatch(app) is None:
             raise _bad("app is not a short token", "bad-app")
+        name = body.get("name")
+        if name is not None and (problem := name_problem(name)) is not None:
+            raise _bad(f"name {problem}", "bad-name")
         return Hello(
             device=_read_id(sender, hub=False, what="from"),
             hub=_read_id(to, hub=True, what="to"),
             app=app,
             last_acked=_read_int(body, "last-acked", _MAX_U64),
+            name=name,
         )
     hub = _read_id(sender, hub=True, what="from")
     device = _read_id(to, hub=False, what="to")

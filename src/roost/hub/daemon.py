@@ -94,6 +94,8 @@ class DeviceSession:
     frames_stored: int = 0
     last_seq: int = 0
     redirected_to: str | None = None
+    # What the hello called the device (section 4): a label for people, never identity.
+    name: str | None = None
     _timer: CoreTimer | None = field(default=None, init=False, repr=False)
 
     def transmit(self) -> None:
@@ -534,7 +536,12 @@ class HubDaemon:
         core = session.core
         while (event := core.next_event()) is not None:
             if isinstance(event, HelloReceived):
+                session.name = event.name
                 self._admit(session)
+                if event.name is not None and self.sessions.get(session.device_id) is session:
+                    # The welcome goes out first: a new name costs the device no wait.
+                    session.transmit()
+                    await self._remember_name(session.device_id, event.name)
             elif isinstance(event, FramesReceived):
                 await self._store(session, event.frames)
             elif isinstance(event, ChannelClosed):
@@ -564,14 +571,23 @@ class HubDaemon:
         self.sessions[device_id] = session
         self._load_changed()
         log.info(
-            "device %s connected%s (%s of %s)",
+            "device %s%s connected%s (%s of %s)",
             device_id,
+            f" ({session.name})" if session.name else "",
             " again, replacing its previous channel" if previous is not None else "",
             len(self.sessions),
             self.config.max_devices,
-            extra={"event": "device-connected", "device": device_id},
+            extra={"event": "device-connected", "device": device_id, "device_name": session.name},
         )
         session.core.accept(self.config.features, self.config.max_devices)
+
+    async def _remember_name(self, device_id: str, name: str) -> None:
+        """Keep an admitted device's name with its recordings (after the welcome is sent)."""
+        try:
+            await asyncio.to_thread(self.recorder.remember_name, device_id, name)
+        except (OSError, sqlite3.Error) as exc:
+            # Only a label is lost: the channel and its frames go on.
+            log.warning("cannot keep the name of device %s: %s", device_id, exc)
 
     async def _store(self, session: DeviceSession, frames: Sequence[FrameMessage]) -> None:
         """Store one read's frames and acknowledge them once durable (section 4, ACK)."""
@@ -698,6 +714,7 @@ class HubDaemon:
             features=tuple(self.config.features),
             max_devices=self.config.max_devices,
             connected=tuple(sorted(self.sessions)),
+            connected_names={d: s.name for d, s in sorted(self.sessions.items()) if s.name},
             winner=winner.identifier if winner else None,
             hubs=tuple(
                 HubEntry(

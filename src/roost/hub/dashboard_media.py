@@ -288,9 +288,11 @@ async def _recordings(request: web.Request) -> web.StreamResponse:
         "bytes_stored": recorder.bytes_stored,
     }
     cameras = await asyncio.to_thread(recorder.cameras)
+    names = await asyncio.to_thread(recorder.names)
     body["cameras"] = [
         {
             "id": c.device_id,
+            "name": names.get(c.device_id),
             "frames": c.frames,
             "bytes": c.bytes,
             "first_ms": c.first_ms,

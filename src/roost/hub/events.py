@@ -87,6 +87,12 @@ def _grown(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int
     }
 
 
+def _camera_label(device: str, names: Mapping[str, str]) -> str:
+    """``porch (ab:…)`` when the hello gave a name, the identifier alone otherwise."""
+    name = names.get(device)
+    return f"{name} ({device})" if name else device
+
+
 def status_events(
     before: HubStatus,
     after: HubStatus,
@@ -125,9 +131,11 @@ def status_events(
 
     old_devices, new_devices = set(before.connected), set(after.connected)
     for device in sorted(new_devices - old_devices):
-        add(EventKind.CAMERA_ONLINE, device, f"camera {device} connected to {after.name}")
+        camera = _camera_label(device, after.connected_names)
+        add(EventKind.CAMERA_ONLINE, device, f"camera {camera} connected to {after.name}")
     for device in sorted(old_devices - new_devices):
-        add(EventKind.CAMERA_OFFLINE, device, f"camera {device} left {after.name}")
+        camera = _camera_label(device, before.connected_names)
+        add(EventKind.CAMERA_OFFLINE, device, f"camera {camera} left {after.name}")
 
     c0, c1 = before.counters, after.counters
     redirects = c1.redirects_sent - c0.redirects_sent

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from roost.clock import wall_ms_now
 from roost.errors import RoostError
+from roost.hcsp.documents import name_problem
 from roost.hub.eventlog import EventLog, EventQuery
 from roost.hub.events import EventKind, HomeEvent, TrustFetchView, status_events
 from roost.hub.peers import PeerClient
@@ -62,6 +63,9 @@ class CameraSeen:
     hub: str | None
     last_seen_ms: int
     last_hub: str | None = None
+    # The last name a hello gave it, here or on another hub (PROTOCOL.md section 4); kept
+    # while it is offline so its tile still says which camera it is.
+    name: str | None = None
 
 
 @dataclass(eq=False)
@@ -86,6 +90,18 @@ class _PeerReport:
     cameras: dict[str, dict[str, Any]]
     fetched_ms: int
     reachable: bool
+
+
+def _peer_name(row: dict[str, Any]) -> str | None:
+    """A camera's name as another hub reported it, if it is one a hello could carry.
+
+    The peer is a verified hub, but its rows are still input: a name that breaks the
+    section 4 rule is dropped rather than shown.
+    """
+    name = row.get("name")
+    if not isinstance(name, str) or name_problem(name) is not None:
+        return None
+    return name
 
 
 class HomeView:
@@ -120,9 +136,14 @@ class HomeView:
 
     async def start(self) -> None:
         """Seed the camera register from the recordings, then tick and poll peers."""
+        names = await asyncio.to_thread(self.daemon.recorder.names)
         for camera in await asyncio.to_thread(self.daemon.recorder.cameras):
             self.cameras[camera.device_id] = CameraSeen(
-                camera.device_id, None, camera.last_received_ms, self.daemon.identifier
+                camera.device_id,
+                None,
+                camera.last_received_ms,
+                self.daemon.identifier,
+                names.get(camera.device_id),
             )
         self._tick()
         self._tasks = [
@@ -194,6 +215,9 @@ class HomeView:
                 camera = self.cameras.setdefault(device_id, CameraSeen(device_id, None, seen))
                 if seen > camera.last_seen_ms:
                     camera.last_seen_ms = seen
+                name = _peer_name(row)
+                if name is not None and (row.get("online") or camera.name is None):
+                    camera.name = name
         for camera in self.cameras.values():
             # A camera that just left a hub is usually on its way to another: it is called
             # offline only once no hub has reported it for a grace period, so a handover
@@ -205,6 +229,10 @@ class HomeView:
             camera = self.cameras.setdefault(device_id, CameraSeen(device_id, hub_id, seen))
             camera.hub = camera.last_hub = hub_id
             camera.last_seen_ms = max(camera.last_seen_ms, seen)
+        # The hello this hub received itself is the freshest word on the name.
+        for device_id, name in status.connected_names.items():
+            if device_id in self.cameras:
+                self.cameras[device_id].name = name
 
     # ---------------------------------------------------------------------------- peers
 
@@ -242,12 +270,22 @@ class HomeView:
         status = self._previous or self.daemon.status()
         now_ms = wall_ms_now()
         cameras = [
-            {"id": device_id, "online": True, "last_seen_ms": now_ms}
+            {
+                "id": device_id,
+                "name": status.connected_names.get(device_id),
+                "online": True,
+                "last_seen_ms": now_ms,
+            }
             for device_id in status.connected
         ]
         connected = set(status.connected)
         cameras += [
-            {"id": camera.device_id, "online": False, "last_seen_ms": camera.last_seen_ms}
+            {
+                "id": camera.device_id,
+                "name": camera.name,
+                "online": False,
+                "last_seen_ms": camera.last_seen_ms,
+            }
             for camera in self.cameras.values()
             if camera.device_id not in connected and camera.last_hub == status.identifier
         ]
@@ -292,6 +330,7 @@ class HomeView:
         cameras = [
             {
                 "id": camera.device_id,
+                "name": camera.name,
                 "online": camera.hub is not None,
                 "hub": camera.hub,
                 "hub_name": names.get(camera.hub or camera.last_hub or "", ""),

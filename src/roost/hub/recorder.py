@@ -144,6 +144,10 @@ CREATE TABLE IF NOT EXISTS evicted (
     device TEXT PRIMARY KEY,
     through_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS device_names (
+    device TEXT PRIMARY KEY,
+    name TEXT NOT NULL
+);
 """
 
 
@@ -183,6 +187,9 @@ class Recorder:
         self._db.executescript(_SCHEMA)
         self._check_schema()
         self._known_dirs: set[str] = set()
+        self._names: dict[str, str] = dict(
+            self._db.execute("SELECT device, name FROM device_names").fetchall()
+        )
         self._listeners: list[Callable[[list[IncomingFrame]], None]] = []
         self.stored = 0
         self.duplicates = 0
@@ -344,6 +351,23 @@ class Recorder:
             CameraRecording(device, count, size, _from_sql(first), _from_sql(last), received)
             for device, count, size, first, last, received in rows
         ]
+
+    def remember_name(self, device_id: str, name: str) -> None:
+        """Keep the name a device's hello gave (PROTOCOL.md section 4), so its recordings
+        and its offline tile are still labelled after a restart; writes only a change."""
+        with self._lock:
+            if self._names.get(device_id) == name:
+                return
+            self._db.execute(
+                "INSERT OR REPLACE INTO device_names (device, name) VALUES (?, ?)",
+                (device_id, name),
+            )
+            self._names[device_id] = name
+
+    def names(self) -> dict[str, str]:
+        """Device identifier → the last name its hello gave, for every device that gave one."""
+        with self._lock:
+            return dict(self._names)
 
     def index(
         self, device_id: str, from_ms: int, to_ms: int, limit: int = 100_000

@@ -14,9 +14,11 @@ when they are built, so a snapshot never changes after the daemon moves on.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from roost.errors import RemoteProtocolError
+from roost.reasons import Reason
 from roost.status import (
     TrustSummary,
     read_bool,
@@ -31,6 +33,16 @@ from roost.status import (
 )
 
 __all__ = ["BrokerAgentStatus", "HubCountersView", "HubEntry", "HubStatus", "RemoteStatus"]
+
+
+def _read_names(doc: Mapping[str, Any], key: str) -> dict[str, str]:
+    """``doc[key]`` as identifier → name: an object of strings."""
+    value = read_object(doc, key)
+    if not all(isinstance(name, str) for name in value.values()):
+        raise RemoteProtocolError(
+            f"status document: {key!r} is not an object of strings", reason=Reason.MALFORMED
+        )
+    return dict(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +285,9 @@ class HubStatus:
     # The hubs DNS-SD found (unverified hints, `roost.dnssd.records.HubRecord.to_json`);
     # None when DNS-SD is off.
     dns_sd: tuple[Mapping[str, Any], ...] | None = None
+    # Device identifier → the name its hello gave (PROTOCOL.md section 4), for connected
+    # devices that sent one; a label for people, never identity.
+    connected_names: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_winner(self) -> bool:
@@ -288,6 +303,7 @@ class HubStatus:
             "features": list(self.features),
             "max": self.max_devices,
             "connected": list(self.connected),
+            "connected_names": dict(self.connected_names),
             "winner": self.winner,
             "hubs": [hub.to_json() for hub in self.hubs],
             "trust": self.trust.to_json(),
@@ -303,7 +319,8 @@ class HubStatus:
         """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed.
 
         A missing ``remote`` (``broker``) key reads as None, like a hub without a remote
-        entrance (a broker link).
+        entrance (a broker link); a missing ``connected_names`` (an older hub) reads as no
+        names.
         """
         remote = doc.get("remote") if isinstance(doc, Mapping) else None
         broker = doc.get("broker") if isinstance(doc, Mapping) else None
@@ -314,6 +331,7 @@ class HubStatus:
             features=read_strings(doc, "features"),
             max_devices=read_int(doc, "max"),
             connected=read_strings(doc, "connected"),
+            connected_names=_read_names(doc, "connected_names") if "connected_names" in doc else {},
             winner=read_optional_str(doc, "winner"),
             hubs=tuple(HubEntry.from_json(hub) for hub in read_objects(doc, "hubs")),
             trust=TrustSummary.from_json(read_object(doc, "trust")),

@@ -153,6 +153,29 @@ def _open_pair(**kwargs: Any) -> ChannelPair:
 # --------------------------------------------------------------------------- handshake
 
 
+def test_the_hello_carries_the_device_name_to_the_hub_event() -> None:
+    # Section 4: the name is a label the hub shows; the parties are still the certificates'.
+    config = ChannelCoreConfig()
+    hub = HubChannelCore(config, hub_id=HUB, device_id=DEVICE, now=0.0)
+    device = DeviceChannelCore(
+        config, device_id=DEVICE, hub_id=HUB, last_acked=3, now=0.0, name="Front porch"
+    )
+    hello = device.data_to_send()
+    assert hello == _document(Hello(DEVICE, HUB, "camera", 3, "Front porch"))
+    hub.receive_data(hello, 0.0)
+    assert _events(hub) == [HelloReceived(DEVICE, "camera", 3, "Front porch")]
+    assert hub.hello is not None and hub.hello.name == "Front porch"
+
+
+def test_a_hello_with_a_bad_name_ends_the_channel_as_bad_name() -> None:
+    hub = HubChannelCore(ChannelCoreConfig(), hub_id=HUB, device_id=DEVICE, now=0.0)
+    xml = encode_document(Hello(DEVICE, HUB, "camera", 0)).replace(
+        b'last-acked="0"', b'last-acked="0" name="' + b"x" * 65 + b'"'
+    )
+    hub.receive_data(_wire(DocumentMessage(xml)), 0.0)
+    assert _closed(_events(hub)).reason == "bad-name"
+
+
 def test_hello_and_welcome_open_both_sides() -> None:
     pair = ChannelPair(last_acked=41)
     hello = pair.device.data_to_send()

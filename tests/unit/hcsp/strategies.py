@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 from roost.hcsp.documents import (
     MAX_CLIENTS,
     MAX_FEATURE_LENGTH,
+    MAX_NAME_LENGTH,
     Endpoint,
     Hello,
     HubAddress,
     Redirect,
     Subscribe,
     Welcome,
+    name_problem,
 )
 
 _B64URL = string.ascii_letters + string.digits + "-_"
@@ -38,7 +40,10 @@ endpoints = st.builds(
 hub_addresses = st.builds(HubAddress, hub_ids, endpoints)
 
 subscribes = st.builds(Subscribe, hub_addresses, features, CLIENTS, CLIENTS, U64, U64)
-hellos = st.builds(Hello, device_ids, hub_ids, tokens, U64)
+# Section 4: a name is up to 64 printable characters without a space at either end, or
+# absent (an older device); any Unicode text of that shape must round-trip.
+names = st.text(min_size=1, max_size=MAX_NAME_LENGTH).filter(lambda n: name_problem(n) is None)
+hellos = st.builds(Hello, device_ids, hub_ids, tokens, U64, st.none() | names)
 welcomes = st.builds(Welcome, hub_ids, device_ids, features, CLIENTS)
 redirects = st.builds(Redirect, hub_ids, device_ids, hub_addresses, features)
 documents = st.one_of(subscribes, hellos, welcomes, redirects)

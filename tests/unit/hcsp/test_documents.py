@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from roost.errors import LocalProtocolError, RemoteProtocolError
 from roost.hcsp.documents import (
+    MAX_NAME_LENGTH,
     NAMESPACE,
     Document,
     Endpoint,
+    Hello,
     HubAddress,
     Subscribe,
     decode_document,
@@ -40,6 +42,11 @@ def _subscribe_body(**overrides: str) -> str:
     attributes.update(overrides)
     rendered = " ".join(f'{key}="{value}"' for key, value in attributes.items())
     return f"<subscribe {rendered}/>"
+
+
+def _hello_body(**extra: str) -> str:
+    rendered = "".join(f' {key}="{value}"' for key, value in extra.items())
+    return f'<hello app="camera" last-acked="7"{rendered}/>'
 
 
 def _reason(data: bytes, max_size: int = 4096) -> str:
@@ -185,6 +192,17 @@ def test_oversized_document_is_rejected_before_parsing() -> None:
         (_wrap('<subscribe features="" connected="0" max="1" seq="1"/>'), "missing-attribute"),
         (_wrap('<hello app="camera" last-acked="1"/>', to=HUB, sender=HUB), "bad-id"),
         (_wrap('<hello app="ca mera" last-acked="1"/>', to=HUB, sender=DEVICE), "bad-app"),
+        (_wrap(_hello_body(name=""), to=HUB, sender=DEVICE), "bad-name"),
+        (_wrap(_hello_body(name="x" * 65), to=HUB, sender=DEVICE), "bad-name"),
+        (_wrap(_hello_body(name="porch&#10;door"), to=HUB, sender=DEVICE), "bad-name"),
+        (_wrap(_hello_body(name="porch&#9;"), to=HUB, sender=DEVICE), "bad-name"),
+        # XML 1.0 itself forbids C0 controls but tab, newline and return; C1 ones parse.
+        (_wrap(_hello_body(name="a&#27;[31mb"), to=HUB, sender=DEVICE), "malformed-xml"),
+        (_wrap(_hello_body(name="a&#x85;b"), to=HUB, sender=DEVICE), "bad-name"),
+        (_wrap(_hello_body(name="&#x202E;hcraop"), to=HUB, sender=DEVICE), "bad-name"),
+        (_wrap(_hello_body(name="\u00a0porch"), to=HUB, sender=DEVICE), "bad-name"),
+        (_wrap(_hello_body(name=" porch"), to=HUB, sender=DEVICE), "bad-name"),
+        (_wrap(_hello_body(name="porch "), to=HUB, sender=DEVICE), "bad-name"),
         (_wrap('<welcome features="a" max="1"/>', to=HUB, sender=HUB), "bad-id"),
         (_wrap('<redirect id="x" features="a"/>', to=DEVICE, sender=HUB), "bad-hub-address"),
     ],
@@ -212,3 +230,41 @@ def test_constructors_refuse_invalid_values() -> None:
         Subscribe(address, (), -1, 1, 1, 1)
     with pytest.raises(LocalProtocolError):
         HubAddress(DEVICE, Endpoint("192.168.1.9", 17320))
+
+
+def test_a_hello_without_a_name_is_valid() -> None:
+    # Section 4: an older device sends no name; its hello is still a hello.
+    document = decode_document(_wrap(_hello_body(), to=HUB, sender=DEVICE))
+    assert document == Hello(DEVICE, HUB, "camera", 7)
+    assert document.name is None
+    assert b"name=" not in encode_document(document)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["porch", "Front porch", "Küche 2", "カメラ", "a", "x" * MAX_NAME_LENGTH, 'say "hi" & <go>'],
+)
+def test_a_hello_with_a_name_round_trips(name: str) -> None:
+    document = Hello(DEVICE, HUB, "camera", 7, name)
+    data = encode_document(document)
+    assert data.endswith(b"/></hcsp>")
+    decoded = decode_document(data)
+    assert isinstance(decoded, Hello)
+    assert decoded.name == name
+    assert decoded == document
+
+
+def test_a_name_at_the_limit_counts_characters_not_bytes() -> None:
+    # 64 three-byte characters are one name; a 65th is one too many.
+    at_limit = "é" * MAX_NAME_LENGTH
+    assert decode_document(_wrap(_hello_body(name=at_limit), to=HUB, sender=DEVICE)) == Hello(
+        DEVICE, HUB, "camera", 7, at_limit
+    )
+    assert _reason(_wrap(_hello_body(name=at_limit + "é"), to=HUB, sender=DEVICE)) == "bad-name"
+
+
+@pytest.mark.parametrize("name", ["", "x" * 65, "a\nb", "\x1b[31m", "\u202eabc", " a", "a\u2028b"])
+def test_a_hello_refuses_to_carry_a_bad_name(name: str) -> None:
+    with pytest.raises(LocalProtocolError) as caught:
+        Hello(DEVICE, HUB, "camera", 7, name)
+    assert caught.value.reason == "bad-name"

@@ -135,3 +135,17 @@ def test_any_two_snapshots_give_events_that_serialise(before: HubStatus, after: 
         assert doc["kind"] in {kind.value for kind in EventKind}
         assert isinstance(doc["text"], str) and doc["count"] >= 1
     assert status_events(after, after, 7) == []
+
+
+def test_camera_events_name_the_camera_next_to_its_identifier() -> None:
+    # PROTOCOL.md section 4: the hello's name labels the timeline; the subject stays the id.
+    named = _status(connected=(CAM_A,), connected_names={CAM_A: "porch"})
+    (online,) = status_events(_status(connected=()), named, 1)
+    assert online.kind is EventKind.CAMERA_ONLINE and online.subject == CAM_A
+    assert f"camera porch ({CAM_A}) connected to hub-1" == online.text
+    # The camera that left is named from the snapshot that still had it.
+    (offline,) = status_events(named, _status(connected=()), 2)
+    assert offline.kind is EventKind.CAMERA_OFFLINE and f"porch ({CAM_A})" in offline.text
+    # An older device without a name is shown by its identifier alone.
+    (bare,) = status_events(_status(connected=()), _status(), 3)
+    assert bare.text == f"camera {CAM_A} connected to hub-1"

@@ -81,6 +81,13 @@ def _expected(status: HubStatus) -> Samples:
         ("roost_hub_info", tuple(sorted(info.items()))): 1.0,
         ("roost_hub_connected_devices", ()): float(len(status.connected)),
         ("roost_hub_max_devices", ()): float(status.max_devices),
+        **{
+            (
+                "roost_hub_device_info",
+                (("device", device), ("name", status.connected_names.get(device, ""))),
+            ): 1.0
+            for device in status.connected
+        },
         ("roost_hub_live_hubs", ()): float(len(status.hubs)),
         ("roost_hub_is_winner", ()): 1.0 if status.winner == status.identifier else 0.0,
         ("roost_hub_uptime_seconds", ()): status.uptime_s,
@@ -114,6 +121,7 @@ def _example() -> HubStatus:
         features=("jpeg", "night"),
         max_devices=8,
         connected=("ab:EIW6Qe0ARnWrsJZTsHWadA", "ab:gC3YWhxMRQGZVBboYIEgxw"),
+        connected_names={"ab:EIW6Qe0ARnWrsJZTsHWadA": "porch"},
         winner=PEER_HUB,
         hubs=(
             HubEntry(PEER_HUB, "192.0.2.11:7400", ("jpeg",), 3, 16, 1, False, 0.42),
@@ -198,6 +206,9 @@ def _changed(owner: Any, name: str) -> Any:
         return owner.identifier
     if name == "hubs":
         return (*value, value[0])
+    if name == "connected_names":
+        # Only a connected device's name is exported, so rename those.
+        return {device: "renamed" for device in owner.connected}
     if isinstance(value, TrustSummary):
         return TrustSummary(value.current + 1, None, value.time_floor + "x")
     if isinstance(value, Mapping):

@@ -25,6 +25,7 @@ STATUS_KEYS = [
     "features",
     "max",
     "connected",
+    "connected_names",
     "winner",
     "hubs",
     "trust",
@@ -80,6 +81,8 @@ def test_keys_and_value_shapes_are_the_documented_ones(status: HubStatus) -> Non
     assert doc["id"] == status.identifier and doc["max"] == status.max_devices
     assert doc["features"] == list(status.features)
     assert doc["connected"] == list(status.connected)
+    assert doc["connected_names"] == dict(status.connected_names)
+    assert set(doc["connected_names"]) <= set(doc["connected"])
     assert list(doc["trust"]) == ["current", "prepared", "time_floor"]
     assert list(doc["counters"]) == COUNTER_KEYS
     for key in COUNTER_KEYS:
@@ -111,6 +114,9 @@ def test_extra_keys_are_ignored_and_a_missing_remote_reads_as_none(status: HubSt
     assert HubStatus.from_json(doc) == status
     del doc["remote"]
     assert HubStatus.from_json(doc) == dataclasses.replace(status, remote=None)
+    # A hub from before device names sends no ``connected_names``: no names, not an error.
+    del doc["connected_names"]
+    assert HubStatus.from_json(doc) == dataclasses.replace(status, remote=None, connected_names={})
 
 
 def _example() -> dict[str, Any]:
@@ -120,8 +126,9 @@ def _example() -> dict[str, Any]:
         endpoint="192.0.2.10:7400",
         features=("jpeg",),
         max_devices=8,
-        connected=(),
+        connected=("ab:Qm9vc3REZXZpY2VPbmVfXw",),
         winner=None,
+        connected_names={"ab:Qm9vc3REZXZpY2VPbmVfXw": "porch"},
         hubs=(
             HubEntry("hcsp:Qm9vc3RIdWJPbmVfX19fXw", "192.0.2.10:7400", ("jpeg",), 0, 8, 1, True, 0),
         ),
@@ -135,7 +142,8 @@ def _example() -> dict[str, Any]:
 
 # ``remote`` and ``broker`` are optional: a missing one reads as None (a hub without it).
 @pytest.mark.parametrize(
-    "key", [key for key in STATUS_KEYS if key not in ("remote", "broker", "dns_sd")]
+    "key",
+    [key for key in STATUS_KEYS if key not in ("remote", "broker", "dns_sd", "connected_names")],
 )
 def test_a_missing_key_is_malformed(key: str) -> None:
     doc = _example()
@@ -166,6 +174,8 @@ def test_a_missing_key_is_malformed(key: str) -> None:
         (("counters", "channel_errors"), {"full": "1"}),
         (("remote",), []),
         (("remote", "calls"), False),
+        (("connected_names",), ["porch"]),
+        (("connected_names", "ab:Qm9vc3REZXZpY2VPbmVfXw"), 7),
     ],
 )
 def test_a_value_of_the_wrong_type_is_malformed(path: tuple[str | int, ...], value: object) -> None:

@@ -204,3 +204,19 @@ def test_concurrent_stores_from_threads(recorder: Recorder) -> None:
     assert recorder.count() == 200
     assert recorder.stored == 200
     assert recorder.duplicates == 200
+
+
+def test_device_names_survive_a_restart(tmp_path: Path) -> None:
+    # The name a hello gave (PROTOCOL.md section 4) labels recordings and offline tiles
+    # after the hub restarts; a later hello's name replaces it.
+    first = Recorder(tmp_path, retention_bytes=1_000_000)
+    assert first.names() == {}
+    first.remember_name(CAMERA, "porch")
+    first.remember_name(OTHER_CAMERA, "garage")
+    first.remember_name(CAMERA, "front door")
+    first.close()
+    again = Recorder(tmp_path, retention_bytes=1_000_000)
+    try:
+        assert again.names() == {CAMERA: "front door", OTHER_CAMERA: "garage"}
+    finally:
+        again.close()

@@ -62,6 +62,8 @@ def documents() -> dict[str, Document]:
             HubAddress(HUB_ID, Endpoint("fd00::9", PORT)), ("hcsp",), 3, 8, SEQ_MS + 1, SEQ_MS
         ),
         "hello": Hello(DEVICE_ID, HUB_ID, "camera", 41),
+        # Section 4: the optional name, with characters the encoder must escape.
+        "hello-named": Hello(DEVICE_ID, HUB_ID, "camera", 41, 'Porch & "front" <door> é'),
         "welcome": Welcome(HUB_ID, DEVICE_ID, ("hcsp", "webs", "db"), 5),
         "redirect": Redirect(
             HUB_ID,
