@@ -23,8 +23,14 @@ def home(tmp_path: Path) -> Iterator[LoopbackHome]:
         h.close()
 
 
-def _finish(home: LoopbackHome) -> None:
-    """Let every device flush, stop everything gracefully, then account."""
+def _finish(home: LoopbackHome, *, hub_killed: bool = False) -> None:
+    """Let every device flush, stop everything gracefully, then account.
+
+    ``hub_killed``: a hub died by SIGKILL. Frames it stored whose ACK had not left yet are
+    sent again to the next hub, the store-then-ACK window docs/hub-and-device.md ("Known
+    limits") counts and explains; each device has at most one read's batch in that window
+    (a few frames at its rate), so a few duplicates across hubs are allowed then, never a
+    loss."""
     for i in range(1, home.devices + 1):
         home.wait_for(f"device-{i} flushed", lambda i=i: home.flushed(i), 20)
     for i in range(1, home.devices + 1):
@@ -34,7 +40,8 @@ def _finish(home: LoopbackHome) -> None:
     result = home.account()
     assert result.captured > 0
     assert result.lost == 0, result
-    assert result.duplicated == 0, result
+    allowed = 3 * home.devices if hub_killed else 0
+    assert result.duplicated <= allowed, result
 
 
 def test_handover_to_better_hub_then_failover_back(home: LoopbackHome) -> None:
@@ -53,7 +60,7 @@ def test_handover_to_better_hub_then_failover_back(home: LoopbackHome) -> None:
     home.wait_for("cameras back on hub-1", lambda: home.devices_on(1), 40)
     stored = home.frames_stored(1)
     home.wait_for("frames on hub-1 after the failover", lambda: home.frames_stored(1) > stored, 20)
-    _finish(home)
+    _finish(home, hub_killed=True)
 
 
 def test_no_move_to_a_worse_hub(home: LoopbackHome) -> None:
