@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.waits import wait_until
+from tests.helpers.waits import scaled, wait_until
 from tests.integration.test_connect import Site, _site, _summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -29,9 +29,11 @@ def test_broker_killed_and_restarted_is_rejoined_and_connect_works(site: Site) -
     site.start_broker()
     # A fresh broker process knows no registration: the agent's next registration (its
     # interval, or its re-enrolment when the broker refuses the key) puts the hub back.
+    # Re-enrolment backs off (5 s doubling up to 8×, ±20 %: docs/broker-scale.md), so the
+    # bound leaves room for the longest wait plus a loaded machine.
     wait_until(
         lambda: ((site.broker_status() or {}).get("counters", {}).get("registrations", 0)) >= 1,
-        60,
+        scaled(120),
         what="the hub registered with the restarted broker",
     )
     summary = _summary(site.connect(None, "--frames", "2", "--out", "after"))
