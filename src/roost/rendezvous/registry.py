@@ -146,15 +146,9 @@ class Registry:
     ) -> bool:
         """Record a verified registration (the caller checked tag and counter); True when
         its addresses differ from the entry's (the shared registry writes then)."""
-        entry = self._entries[identifier]
-        if not 1 <= counter < 2**64:
-            raise ValueError("a registration counter is a positive u64")
         # Sixteen local candidates plus the reflexive one would exceed what encode takes.
         addresses = encode_candidates((reflexive, *local[:15]))
-        changed = entry.data[_COUNTER_END:] != addresses
-        entry.data = _pack(entry.key, counter, addresses)
-        self._touch(identifier, entry, now)
-        return changed
+        return self.register_packed(identifier, counter, addresses, now)
 
     def adopt(
         self, identifier: str, key: bytes, counter: int, certificate: bytes | None, now: float
@@ -177,8 +171,7 @@ class Registry:
         data = entry.data
         changed = data[_COUNTER_END:] != addresses
         entry.data = data[:REGISTRATION_KEY_SIZE] + counter.to_bytes(8, "big") + addresses
-        entry.seen = now
-        self._entries.move_to_end(identifier)
+        self._touch(identifier, entry, now)
         return changed
 
     def hold(self, identifier: str, channel: int) -> None:
