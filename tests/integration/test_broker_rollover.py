@@ -33,7 +33,7 @@ from roost.pki.certs import Role, cert_to_pem, certs_from_pem, identifier_of, ke
 from roost.pki.download import DownloadServer, download_tls_context
 from roost.pki.updater import TrustUpdater
 from tests.helpers.waits import time_unit, wait_until
-from tests.integration.test_connect import PASSWORD, Site, roost
+from tests.integration.test_connect import Site, add_owner, roost
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -119,21 +119,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RollingSite]:
     base = tmp_path_factory.mktemp("rollover")
     built = RollingSite(base)
     try:
-        _ok(
-            roost(
-                "user",
-                "add",
-                str(built.home.path / "hub-1"),
-                "owner",
-                "--card-file",
-                str(base / "owner.card"),
-                "--password-cost",
-                "10",
-                "--code-cost",
-                "8",
-                stdin=f"{PASSWORD}\n{PASSWORD}\n",
-            )
-        )
+        _ok(add_owner(built.home.path / "hub-1", "owner", base / "owner.card"))
         ca_info = built.home.path / "device-1" / "ca-info.bin"
         _ok(roost("trust", "init", str(base / "owner-trust"), "--ca-info", str(ca_info)))
         built.start_broker()

@@ -161,22 +161,29 @@ class Site:
                 self.broker.wait()
 
 
+def add_owner(
+    hub_state: Path, user: str, card: Path, password: str = PASSWORD
+) -> subprocess.CompletedProcess[str]:
+    """``roost user add`` of an owner on a hub, at the tests' cheap KDF costs."""
+    return roost(
+        "user",
+        "add",
+        str(hub_state),
+        user,
+        "--card-file",
+        str(card),
+        "--password-cost",
+        "10",
+        "--code-cost",
+        "8",
+        stdin=f"{password}\n{password}\n",
+    )
+
+
 def _site(base: Path, relay_max_bytes: int | None = None) -> Iterator[Site]:
     built = Site(base, relay_max_bytes)
     try:
-        added = roost(
-            "user",
-            "add",
-            str(built.home.path / "hub-1"),
-            "owner",
-            "--card-file",
-            str(base / "owner.card"),
-            "--password-cost",
-            "10",
-            "--code-cost",
-            "8",
-            stdin=f"{PASSWORD}\n{PASSWORD}\n",
-        )
+        added = add_owner(built.home.path / "hub-1", "owner", base / "owner.card")
         assert added.returncode == 0, added.stderr
         for name, home in (("owner-trust", built.home.path), ("other-trust", base / "other")):
             if name == "other-trust":
@@ -321,19 +328,7 @@ def test_two_owners_connecting_at_once_both_get_direct_sessions(site: Site) -> N
     # per challenge (the user store's compare-and-set), so a single owner's two racing
     # logins would end with one refused by design.
     (site.base / "password").write_text(PASSWORD + "\n")
-    added = roost(
-        "user",
-        "add",
-        str(site.home.path / "hub-1"),
-        "second-owner",
-        "--card-file",
-        str(site.base / "second-owner.card"),
-        "--password-cost",
-        "10",
-        "--code-cost",
-        "8",
-        stdin=f"{PASSWORD}\n{PASSWORD}\n",
-    )
+    added = add_owner(site.home.path / "hub-1", "second-owner", site.base / "second-owner.card")
     assert added.returncode == 0, added.stderr
     before = site.hub_broker() or {}
     owners = {1: ("owner", "owner.card"), 2: ("second-owner", "second-owner.card")}
