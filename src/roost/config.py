@@ -187,13 +187,11 @@ def _broker_link(doc: _Table) -> BrokerLink | None:
 
 
 def _remote_endpoints(section: _Table, key: str) -> tuple[tuple[str, int], ...]:
+    # One HOST:PORT or a list of them (the schema's ENDPOINTS kind gives a tuple either way).
+    found: tuple[tuple[str, int], ...] = section.value(key)
+    if not found:
+        raise section.error(key, "must name at least one HOST:PORT")
     # A broker is dialled: port 0 and the unspecified address name nothing to reach.
-    if isinstance(section.raw(key), list):
-        found = section.hostports(key)
-        if not found:
-            raise section.error(key, "must name at least one HOST:PORT")
-    else:
-        found = (section.hostport(key),)
     for host, port in found:
         if port == 0 or host in ("", "0.0.0.0", "::"):
             raise section.error(key, f"must name a reachable HOST:PORT, not {host}:{port}")
@@ -395,10 +393,6 @@ class _Table:
         if not isinstance(value, Mapping):
             raise self.error(key, "must be a table")
         return _Table(self._path, value, f"{self._prefix}{key}.", self._schema, self.read)
-
-    def raw(self, key: str) -> object:
-        """The key's value as read, None when absent."""
-        return self._get(key, None)
 
     def string(self, key: str, default: object = None) -> str:
         value = self._get(key, _REQUIRED if default is None else default)
