@@ -321,11 +321,12 @@ def test_camera_power_cut_and_restart(lab: Any) -> None:
 def _fill(directory: Path) -> Path:
     """Fill the file system holding ``directory``; returns the filler file."""
     filler = directory / "filler"
-    with filler.open("wb") as handle:
+    # Unbuffered: a buffered file would still hold the bytes the full disk refused and
+    # raise ENOSPC again when it is closed.
+    with filler.open("wb", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * (64 * 1024))
-                handle.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
     return filler
