@@ -42,15 +42,19 @@ class Site:
     def __init__(self, base: Path, relay_max_bytes: int | None = None) -> None:
         self.base = base
         self.home = LoopbackHome(base / "home", hubs=1, devices=1, fps=5.0)
+        # This module connects to the one hub about ten times within seconds; the per-target
+        # limit (burst 5 by default) is exercised by test_abuse_limits_broker and
+        # test_broker_abuse, so here it is raised out of the way: a refusal here would hide
+        # the outcome each test looks for (CI once got rate-limited instead of hub-offline).
+        overrides = {"target_burst": "1000.0", "target_rate": "100.0"}
         if relay_max_bytes is not None:
-            config = self.home.path / "broker.toml"
-            lines = [
-                f"relay_max_bytes = {relay_max_bytes}"
-                if line.startswith("relay_max_bytes")
-                else line
-                for line in config.read_text().splitlines()
-            ]
-            config.write_text("\n".join(lines) + "\n")
+            overrides["relay_max_bytes"] = str(relay_max_bytes)
+        config = self.home.path / "broker.toml"
+        lines = []
+        for line in config.read_text().splitlines():
+            key = line.split("=", 1)[0].strip()
+            lines.append(f"{key} = {overrides[key]}" if key in overrides else line)
+        config.write_text("\n".join(lines) + "\n")
         self.broker_summary: dict[str, Any] = self.home.summary["broker"]
         self.broker: subprocess.Popen[bytes] | None = None
 
