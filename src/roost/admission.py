@@ -18,18 +18,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost.errors import RefusedError, RoostError
 from roost.ratelimit import source_key
 from roost.reasons import Reason, RejectionCounter, log_rejection
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = [
     "Admission",
@@ -55,6 +56,11 @@ _TRIM_DELAY_S = 1.0
 
 
 def _libc() -> ctypes.CDLL | None:
+    # Imported here: the config loaders read AdmissionConfig from this module, and a camera
+    # agent, which has no listener, need not load ctypes for it (its footprint, issue 13).
+    import ctypes
+    import ctypes.util
+
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -67,6 +73,8 @@ def _libc() -> ctypes.CDLL | None:
 def _malloc_trim() -> None:
     # The OpenSSL state of hundreds of handshakes is small blocks spread over the heap;
     # once they are all free, glibc keeps their pages until asked to give them back.
+    import ctypes
+
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None)
     if trim is not None:
@@ -86,6 +94,8 @@ def return_connection_buffers() -> bool:
     every connection buffer in its own mapping. Called by the daemons' composition root;
     returns False where the C library is not glibc.
     """
+    import ctypes
+
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
         return False

@@ -49,8 +49,7 @@ from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
 from roost.hcsp.documents import MAX_CLIENTS
 from roost.reasons import Reason
-from roost.rendezvous.broker_events import BrokerCoreConfig
-from roost.rendezvous.presence import PresenceConfig
+from roost.rendezvous.broker_events import BrokerCoreConfig, PresenceConfig
 
 __all__ = [
     "BROKER_LIMIT_KEYS",

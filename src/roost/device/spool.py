@@ -60,6 +60,9 @@ class SpooledFrame:
     payload: bytes
 
 
+_PAGE_CACHE_KIB = 256
+
+
 class FrameSpool:
     """Bounded, persistent outbox of frames not yet acknowledged by a hub.
 
@@ -83,6 +86,10 @@ class FrameSpool:
         self._lock = threading.Lock()
         target = ":memory:" if path is None else str(path)
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        # The outbox is written once and read back only after a reconnect, so SQLite's page
+        # cache (2 MiB by default) would mostly hold frames already sent; 256 KiB keeps the
+        # index and the meta row hot and the camera agent's footprint small (issue 13).
+        self._db.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
         if path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL makes every commit survive power loss, which the sequence high-water mark

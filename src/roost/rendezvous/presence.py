@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from roost.errors import RemoteProtocolError
 from roost.reasons import Reason
+from roost.rendezvous.broker_events import PresenceConfig
 from roost.rendezvous.messages import REGISTRATION_KEY_SIZE
 
 __all__ = [
@@ -44,45 +45,6 @@ PRESENCE_VERSION = 1
 _HEADER = 1 + 8 + 8 + REGISTRATION_KEY_SIZE + 1
 _MAX_NODE = 64
 _MAX_CERTIFICATE = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceConfig:
-    """The shared registry's constants (``broker.toml``: ``registry``, ``presence_every``)."""
-
-    # Write an entry on every k-th registration (and held keepalive) besides its changes:
-    # at one command per write, k = 16 keeps Redis at 0.0625 commands per registration.
-    every: int = 16
-    # The Redis TTL covers k registrations at +25 % jitter plus the registry's own TTL.
-    jitter_allowance: float = 1.25
-    # Key prefix of every Redis key and pub/sub channel of one broker deployment.
-    prefix: str = "roost:"
-    # A process that misses Redis retries its connection this often.
-    retry_s: float = 0.5
-    # A registration from an identifier not in memory is looked up in Redis again after
-    # this, once: its enrollment may still be in another process's pipeline.
-    miss_retry_s: float = 0.1
-    # Lookups of unknown identifiers in flight at once (what a flood of them can cost).
-    max_resolving: int = 256
-    # A forwarded channel whose owner does not answer within this is answered here.
-    route_timeout_s: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError("presence_every must be >= 1")
-        if not self.prefix or len(self.prefix) > 64:
-            raise ValueError("the key prefix must be 1-64 characters")
-        for name in ("jitter_allowance", "retry_s", "miss_retry_s", "route_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
-        if self.max_resolving < 1:
-            raise ValueError("max_resolving must be >= 1")
-
-    def presence_key(self, identifier: str) -> str:
-        return f"{self.prefix}p:{identifier}"
-
-    def node_channel(self, node: str) -> str:
-        return f"{self.prefix}n:{node}"
 
 
 class PresencePolicy:
