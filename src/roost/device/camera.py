@@ -12,9 +12,31 @@ Speed, measured on the development machine: about 1,500 frames/s at 320x240, qua
 from __future__ import annotations
 
 import io
+import sys
 from datetime import UTC, datetime
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+
+def _bitmap_fonts_only() -> None:
+    # The caption uses Pillow's built-in bitmap font only. ImageFont loads its FreeType
+    # binding (FreeType, HarfBuzz: about 1.3 MB resident) when first imported; when this
+    # module is the first to import it, that binding is kept out, so the camera agent does
+    # not carry it (docs/BENCHMARKS.md, "Soak and footprint"). A process that imported
+    # ImageFont before keeps FreeType; one that imports this module first and then asks for
+    # a TrueType font gets Pillow's own "FreeType not available" error.
+    if "PIL.ImageFont" in sys.modules:
+        return
+    sys.modules["PIL._imagingft"] = None  # type: ignore[assignment]
+    try:
+        import PIL.ImageFont  # noqa: F401
+    finally:
+        del sys.modules["PIL._imagingft"]
+
+
+_bitmap_fonts_only()
+
+from PIL import ImageDraw, ImageFont  # noqa: E402
 
 __all__ = ["SyntheticCamera"]
 

@@ -24,10 +24,9 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from roost.clock import SYSTEM_CLOCK, Clock
-from roost.device.camera import SyntheticCamera
 from roost.device.source_health import (
     CloseSource,
     HealthChanged,
@@ -39,6 +38,9 @@ from roost.device.source_health import (
 from roost.device.status import CameraStatus
 from roost.reasons import Reason
 from roost.timer import CoreTimer
+
+if TYPE_CHECKING:
+    from roost.device.camera import SyntheticCamera
 
 __all__ = [
     "TEST_PATTERN",
@@ -531,6 +533,10 @@ def open_camera_source(
 ) -> CameraSource:
     """The source a device config names: the test pattern, or a PyAV-decoded one."""
     if settings.spec.kind is SourceKind.TEST_PATTERN:
+        # Imported here: the config loaders import this module, and only a device drawing
+        # the test pattern needs Pillow (hubs and brokers read their configs without it).
+        from roost.device.camera import SyntheticCamera
+
         camera = SyntheticCamera(name, width, height, quality=settings.quality)
         return TestPatternSource(camera, clock)
     return AvSource(settings, width, height, fps, clock=clock, rng=rng)
