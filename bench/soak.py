@@ -303,7 +303,15 @@ def main() -> None:
             }
             times: list[float] = []
             t0 = time.monotonic()
-            while any(worker.poll() is None for worker in workers):
+
+            # With --devices 0 only the agent streams (its own hour-long footprint run):
+            # sample for --duration then.
+            def running() -> bool:
+                if workers:
+                    return any(worker.poll() is None for worker in workers)
+                return time.monotonic() - t0 < args.duration
+
+            while running():
                 times.append(time.monotonic() - t0)
                 samples["hub_rss"].append(max(_rss_kb(p.pid) for p in processes) / 1024)
                 descriptors = [_descriptors(p.pid) for p in processes]
