@@ -48,6 +48,7 @@ __all__ = [
     "Echo",
     "bulk_handler",
     "delay_inbound",
+    "hold_connection",
     "hostport",
     "loopback_ceiling",
     "mux_on",
@@ -93,7 +94,9 @@ def roost_cli(*args: str, stdin: str = "") -> None:
 def prepare_home(base: Path, fps: float) -> dict[str, Any]:
     """A loopback home whose broker lives on the lab's bridge: the broker's certificate
     names 198.18.0.1 (the issuer checks the dialled host), it binds there, and each hub's
-    `[broker]` table dials it from a socket on every address of its namespace."""
+    `[broker]` table dials it from a socket on every address of its namespace, with
+    ``hold_connection = false`` (the wake-up flow; `hold_connection` switches hub-1 to the
+    held one)."""
     home = base / "home"
     summary = make_home(home, hubs=2, devices=1, loopback=True, fps=fps)
     issued = Authority.load(home / "ca").issue(Role.BROKER, now_utc(), dns=[], ips=[BROKER_IP])
@@ -114,6 +117,7 @@ def prepare_home(base: Path, fps: float) -> dict[str, Any]:
         )
         table = re.sub(r'^local = ".*"$', 'local = "0.0.0.0:0"', table, flags=re.M)
         hub.write_text(head + "\n[broker]\n" + table)
+        hold_connection(home, index, False)
     for index in (1, 2):
         roost_cli(
             "user",
@@ -132,6 +136,20 @@ def prepare_home(base: Path, fps: float) -> dict[str, Any]:
         "trust", "init", str(base / "trust"), "--ca-info", str(home / "device-1" / "ca-info.bin")
     )
     return summary
+
+
+def hold_connection(home: Path, index: int, hold: bool) -> None:
+    """Set hub ``index``'s ``[broker] hold_connection`` (docs/broker.md, "Held connections")."""
+    hub = home / f"hub-{index}.toml"
+    text, count = re.subn(
+        r"^hold_connection = (true|false)$",
+        f"hold_connection = {str(hold).lower()}",
+        hub.read_text(),
+        flags=re.M,
+    )
+    if count != 1:
+        raise RuntimeError(f"hub-{index}.toml has no hold_connection line")
+    hub.write_text(text)
 
 
 # ------------------------------------------------------------------ the TLS relay process

@@ -15,7 +15,13 @@ to the broker is a 20 ms round trip, host to host, direct or relayed, 40 ms.
 Setup: `connect_via_broker` runs in process in side B's namespace (no process start-up
 counted), then the guard login over the QUIC stream and a `watch` of one frame, as
 `roost connect` does; the time from the call to the first frame is the figure, with its
-parts. `--samples` direct and as many relayed (`punch=False`), interleaved.
+parts. `--samples` direct and as many relayed (`punch=False`), interleaved. Both hubs run
+with `hold_connection = false` first: the wake-up flow (RWAK, the hub's new mutual-TLS
+connection, `present`), the `setup_*` and `relay_setup_*` keys. Then (unless `--no-held`)
+hub-1 is restarted with `hold_connection = true`, the default `roost init` writes
+(docs/broker.md, "Held connections"), and the same samples give the `held_setup_*` and
+`held_relay_setup_*` keys; `held_phase_counters` holds the broker's counters over that
+phase (no RWAK sent, no hub connection accepted, one pushed request per sample).
 
 Throughput: a second hub identity (hub-2) is served in process in side A by a real
 `BrokerAgent` with a real `GuardServer` whose one call, `bulk`, streams `--chunk`-byte
@@ -48,7 +54,14 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 from rich.table import Table
 
-from _common import cpu_seconds, load_average, machine_facts, print_result, state_dir
+from _common import (
+    cpu_seconds,
+    load_average,
+    machine_facts,
+    print_result,
+    state_dir,
+    stop_process,
+)
 
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(1, str(_ROOT))
@@ -58,6 +71,7 @@ from _remote_lab import (  # noqa: E402
     TLS_PORT_FORWARD,
     Echo,
     delay_inbound,
+    hold_connection,
     hostport,
     loopback_ceiling,
     mux_on,
@@ -261,7 +275,21 @@ class _Bench:
             "quic_rtt_ms": rtt,
         }
 
-    async def measure_setup(self) -> None:
+    async def warm_up(self) -> None:
+        """Until one session gets a frame (not counted): the camera streams, the hub answers."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await self.one_setup(True)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1)
+
+    async def measure_setup(self, held: bool = False) -> None:
+        """``--samples`` setups per path to hub-1; ``held``: its connection is held (the
+        ``held_`` keys)."""
         # The hub's guard allows 10 new streams per source at once, then one per 2 s
         # (GuardServerConfig); samples past the burst are paced so none is refused.
         samples: dict[str, list[dict[str, Any]]] = {"direct": [], "relay": []}
@@ -276,7 +304,7 @@ class _Bench:
             samples[expected].append(sample)
             await asyncio.sleep(0.2)
         for kind, runs in samples.items():
-            prefix = "setup" if kind == "direct" else "relay_setup"
+            prefix = ("held_" if held else "") + ("setup" if kind == "direct" else "relay_setup")
             first = [r["to_first_frame_ms"] for r in runs]
             self.result[f"{prefix}_p50_ms"] = round(_percentile(first, 50), 1)
             self.result[f"{prefix}_p99_ms"] = round(_percentile(first, 99), 1)
@@ -543,17 +571,21 @@ def _run(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
                     return None
 
         wait_for("the broker's API", lambda: broker_status() is not None, 30)
-        hub = lab.python(
-            lab.a.host,
-            "roost",
-            "hub",
-            "run",
-            "--config",
-            str(home / "hub-1.toml"),
-            stdout=logs["hub"],
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+
+        def start_hub() -> subprocess.Popen[bytes]:
+            return lab.python(
+                lab.a.host,
+                "roost",
+                "hub",
+                "run",
+                "--config",
+                str(home / "hub-1.toml"),
+                stdout=logs["hub"],
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+        hubs = [start_hub()]
         lab.python(
             lab.a.host,
             "roost",
@@ -585,6 +617,7 @@ def _run(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
             raise RuntimeError("the TLS relay did not start")
         stop = threading.Event()
         agent = lab.spawn(lab.a.host, lambda: serve_hub2(home, summary["hubs"][1], stop))
+
         wait_for(
             "both hubs registered",
             lambda: (
@@ -595,22 +628,29 @@ def _run(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
         )
         bench = _Bench(lab, base, summary, args, broker)
 
-        async def issuer() -> None:
+        async def wake_flow() -> None:
             await bench.measure_paths()
             # Warm-up (not counted): the camera streams and both hubs answer.
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    await bench.one_setup(True)
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(1)
-            cpu0 = {"hub": cpu_seconds(hub.pid)}
+            await bench.warm_up()
+            cpu0 = cpu_seconds(hubs[0].pid)
             await bench.measure_setup()
-            bench.result["hub_cpu_s_during_setup"] = round(cpu_seconds(hub.pid) - cpu0["hub"], 2)
+            bench.result["hub_cpu_s_during_setup"] = round(cpu_seconds(hubs[0].pid) - cpu0, 2)
             await bench.profile_direct_quic()
+
+        async def held_flow() -> None:
+            await bench.warm_up()
+            cpu0 = cpu_seconds(hubs[0].pid)
+            before = (broker_status() or {}).get("counters", {})
+            await bench.measure_setup(held=True)
+            after = (broker_status() or {}).get("counters", {})
+            bench.result["held_hub_cpu_s_during_setup"] = round(cpu_seconds(hubs[0].pid) - cpu0, 2)
+            names = ("wakes_sent", "wake_pushes", "presents", "equipment_channels")
+            delta = {k: after[k] - before[k] for k in (*names, "requests_pushed", "connects")}
+            bench.result["held_phase_counters"] = delta
+            if any(delta[k] for k in names) or delta["requests_pushed"] != delta["connects"]:
+                raise RuntimeError(f"the held flow woke the hub or connected anew: {delta}")
+
+        async def throughput() -> None:
             if args.megabytes:
                 cases = {
                     "direct": lambda: bench.roost_throughput(True),
@@ -628,7 +668,19 @@ def _run(args: argparse.Namespace, base: Path, result: dict[str, Any]) -> None:
                     share = (sum(cpu_seconds(d.pid) for d in delayers) - d0) / spent
                     bench.result[f"{name}_delayer_cpu_share"] = round(share, 2)
 
-        lab.spawn(lab.b.host, issuer).result(args.timeout)
+        lab.spawn(lab.b.host, wake_flow).result(args.timeout)
+        if args.held:
+            # hub-1 again, holding its connection: the broker pushes each request over it.
+            stop_process(hubs[0], grace=10.0)
+            hold_connection(home, 1, True)
+            hubs[0] = start_hub()
+            wait_for(
+                "hub-1's connection held",
+                lambda: (broker_status() or {}).get("holding", 0) >= 1,
+                60,
+            )
+            lab.spawn(lab.b.host, held_flow).result(args.timeout)
+        lab.spawn(lab.b.host, throughput).result(args.timeout)
         stop.set()
         result["hub2_socket_datagrams"] = agent.result(30)
         result.update(bench.result)
@@ -650,6 +702,8 @@ def _goals(result: dict[str, Any], delay_ms: float) -> None:
     result["emulated_rtt_per_hop_ms"] = 2 * delay_ms
     tls, quic = result["tls_handshake_ms"], result["quic_handshake_ms"]
     result["setup_goal_ms"] = round(4 * rtt_direct + tls + quic, 1)
+    # The held flow has the same bound: it removes work above it, not the bound's parts.
+    result["held_setup_goal_ms"] = result["setup_goal_ms"]
     # The QUIC handshake inside relay records costs its round trip on the relayed path.
     result["relay_setup_goal_ms"] = round(4 * rtt_relay + tls + quic - rtt_direct + rtt_relay, 1)
     for name in ("direct", "relay"):
@@ -695,6 +749,13 @@ def _table(result: dict[str, Any]) -> Table:
     row("  to QUIC up p50 (ms)", "relay_setup_to_quic_p50_ms")
     row("  login p50 (ms)", "relay_setup_login_p50_ms")
     row("  watch first frame p50 (ms)", "relay_setup_watch_p50_ms")
+    g = result.get("held_setup_goal_ms", 0)
+    row("held: direct call → first frame p50 (ms)", "held_setup_p50_ms", goal=f"≤ {g:.0f}")
+    row("held: direct call → first frame p99 (ms)", "held_setup_p99_ms")
+    row("  to QUIC up p50 (ms)", "held_setup_to_quic_p50_ms")
+    row("  broker flow p50 (ms)", "held_setup_broker_setup_p50_ms")
+    row("held: relay call → first frame p50 (ms)", "held_relay_setup_p50_ms")
+    row("held: relay call → first frame p99 (ms)", "held_relay_setup_p99_ms")
     row("session direct (MB/s)", "direct_mb_per_s", "{:.2f}")
     row("session relayed (MB/s)", "relay_mb_per_s", "{:.2f}")
     row("raw QUIC direct, same drain (MB/s)", "raw_quic_mb_per_s", "{:.2f}")
@@ -724,6 +785,12 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=64 * 1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--no-held",
+        dest="held",
+        action="store_false",
+        help="skip the phase with hub-1 holding its broker connection",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the NAT lab needs root (network namespaces, iptables)")

@@ -35,7 +35,11 @@ from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
 from roost.hcsp.documents import name_problem
 from roost.reasons import Reason
-from roost.rendezvous.broker_events import BrokerCoreConfig, PresenceConfig
+from roost.rendezvous.broker_events import (
+    HOLD_CONNECTION_DEFAULT,
+    BrokerCoreConfig,
+    PresenceConfig,
+)
 
 __all__ = [
     "BROKER_LOCAL_DEFAULT",
@@ -162,6 +166,9 @@ class BrokerLink:
     local: tuple[str, int] = ("0.0.0.0", 0)
     # Further (TLS, UDP) pairs, in order, after the first.
     more: tuple[tuple[tuple[str, int], tuple[str, int]], ...] = ()
+    # Keep the mutual-TLS connection to the broker open at all times, so connection
+    # requests come straight over it (docs/broker.md, "Held connections").
+    hold_connection: bool = HOLD_CONNECTION_DEFAULT
 
     @property
     def endpoints(self) -> tuple[tuple[tuple[str, int], tuple[str, int]], ...]:
@@ -182,6 +189,7 @@ def _broker_link(doc: _Table) -> BrokerLink | None:
         udp=udps[0],
         local=section.hostport("local", BROKER_LOCAL_DEFAULT),
         more=tuple(zip(addresses[1:], udps[1:], strict=True)),
+        hold_connection=section.value("hold_connection"),
     )
 
 
@@ -748,6 +756,10 @@ def load_broker_config(path: Path) -> BrokerConfig:
         core = BrokerCoreConfig(**values)
     except ValueError as exc:
         raise limits.invalid(f"is invalid: {exc}") from exc
+    max_channels: int = doc.value("max_channels")
+    if core.max_held >= max_channels:
+        # Held connections count among the TLS channels: issuers need the rest.
+        raise limits.error("max_held", f"must be below max_channels ({max_channels})")
     config = BrokerConfig(
         name=_name(doc, path),
         state_dir=doc.value("state_dir"),
@@ -757,7 +769,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
         tls=doc.value("tls"),
         api=doc.value("api"),
         core=core,
-        max_channels=doc.value("max_channels"),
+        max_channels=max_channels,
         source=path,
         admission=_admission(doc),
         **_shared_registry(doc),

@@ -49,7 +49,11 @@ from roost.hcsp import AnnounceConfig, RedirectConfig
 from roost.hcsp.aio import UdpConfig
 from roost.hcsp.documents import MAX_CLIENTS
 from roost.reasons import Reason
-from roost.rendezvous.broker_events import BrokerCoreConfig, PresenceConfig
+from roost.rendezvous.broker_events import (
+    HOLD_CONNECTION_DEFAULT,
+    BrokerCoreConfig,
+    PresenceConfig,
+)
 
 __all__ = [
     "BROKER_LIMIT_KEYS",
@@ -251,6 +255,14 @@ HUB_SCHEMA = Schema(
                     doc="The broker's UDP port (registrations, STUN); as many as `address`.",
                 ),
                 Key("local", Kind.HOSTPORT, "0.0.0.0:0", doc="The agent's own UDP socket."),
+                Key(
+                    "hold_connection",
+                    Kind.BOOLEAN,
+                    HOLD_CONNECTION_DEFAULT,
+                    doc="Keep the mutual-TLS connection to the broker open, so requests come"
+                    ' over it (no wake-up, no new connection; docs/broker.md, "Held'
+                    ' connections"); false: UDP registrations and wake-ups only.',
+                ),
             ),
             doc="The hub's link to a rendezvous broker; absent: not reachable that way.",
             optional=True,

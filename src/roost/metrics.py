@@ -405,6 +405,27 @@ HUB_METRICS: tuple[MetricRow[HubStatus], ...] = (
         "Moves to the next broker of the hub's list (docs/broker-scale.md).",
         _broker(lambda b: b.rehomed),
     ),
+    gauge(
+        "roost_hub_broker_holding",
+        "1 while the broker holds the agent's connection (requests come over it).",
+        _broker(lambda b: int(b.holding)),
+    ),
+    counter(
+        "roost_hub_broker_held_requests",
+        "Connection requests that came over the held connection (no wake-up).",
+        _broker(lambda b: b.held_requests),
+    ),
+    counter(
+        "roost_hub_broker_keepalive_timeouts",
+        "Keepalives the broker left unanswered (the held connection was opened again).",
+        _broker(lambda b: b.keepalive_timeouts),
+    ),
+    counter_by(
+        "roost_hub_broker_hold_refused",
+        "hold requests the broker refused, by reason (the hub stays on UDP wake-ups).",
+        "reason",
+        _broker(lambda b: b.hold_refused),
+    ),
 )
 
 
@@ -432,6 +453,11 @@ BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
     gauge("roost_broker_channels", "Open TLS connections.", lambda s: s.channels),
     gauge("roost_broker_sessions", "Open connection requests.", lambda s: s.sessions),
     gauge("roost_broker_relaying", "Sessions relayed right now.", lambda s: s.relaying),
+    gauge(
+        "roost_broker_holding",
+        "Connections holding for their hub or device (requests pushed over them).",
+        lambda s: s.holding,
+    ),
     gauge("roost_broker_uptime_seconds", "Seconds since the broker started.", lambda s: s.uptime_s),
     counter(
         "roost_broker_stun_answers",
@@ -459,6 +485,22 @@ BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
         lambda s: s.counters.wake_pushes,
     ),
     counter("roost_broker_presents", "Wake-up tokens presented.", lambda s: s.counters.presents),
+    counter(
+        "roost_broker_requests_pushed",
+        "Connection requests pushed over a holding connection (no wake-up).",
+        lambda s: s.counters.requests_pushed,
+    ),
+    counter("roost_broker_holds", "hold requests accepted.", lambda s: s.counters.holds),
+    counter(
+        "roost_broker_channels_opened",
+        "TLS connections accepted.",
+        lambda s: s.counters.channels_opened,
+    ),
+    counter(
+        "roost_broker_equipment_channels",
+        "TLS connections accepted from a verified hub or device.",
+        lambda s: s.counters.equipment_channels,
+    ),
     counter("roost_broker_accepts", "Requests accepted by targets.", lambda s: s.counters.accepts),
     counter("roost_broker_rejects", "Requests rejected by targets.", lambda s: s.counters.rejects),
     counter(

@@ -237,6 +237,8 @@ class Reason(enum.StrEnum):
     WAKE_TIMEOUT = "wake-timeout"
     ANSWER_TIMEOUT = "answer-timeout"
     IDLE_TIMEOUT = "idle-timeout"
+    HELD_LIMIT = "held-limit"
+    KEEPALIVE_TIMEOUT = "keepalive-timeout"
     NOT_BROKER = "not-broker"
     NO_CAMERA = "no-camera"
     # Camera sources and hub discovery (roost.device.sources, roost.dnssd).
@@ -463,6 +465,8 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.WAKE_TIMEOUT: "the target did not present its wake-up token in time",
     Reason.ANSWER_TIMEOUT: "the target did not accept or reject the request in time",
     Reason.IDLE_TIMEOUT: "a broker connection silent past its idle limit",
+    Reason.HELD_LIMIT: "the broker holds as many connections as it allows; UDP wake-ups remain",
+    Reason.KEEPALIVE_TIMEOUT: "the broker did not answer a keepalive on the held connection",
     Reason.NOT_BROKER: "a peer that should be the broker presented another role",
     Reason.NO_CAMERA: "the hub has no connected camera to watch",
     Reason.SOURCE_UNAVAILABLE: "a camera source could not be opened (no file, refused, no device)",

@@ -49,6 +49,15 @@ class LoopbackHome:
     def device_id(self, index: int) -> str:
         return str(self.summary["devices"][index - 1])
 
+    def hold_connection(self, index: int, hold: bool) -> None:
+        """Set hub ``index``'s ``[broker] hold_connection`` (`roost init` writes it true;
+        docs/broker.md, "Held connections"). Tests of the UDP wake-up path set it false."""
+        config = self.path / f"hub-{index}.toml"
+        text = config.read_text()
+        line = "\nhold_connection = true\n"
+        assert line in text or not hold, "roost init wrote no hold_connection line"
+        config.write_text(text.replace(line, f"\nhold_connection = {str(hold).lower()}\n"))
+
     def start(self, name: str, *options: str) -> None:
         """Run ``NAME.toml`` (a hub when the name starts with "hub"), output to NAME.log."""
         kind = "hub" if name.startswith("hub") else "device"

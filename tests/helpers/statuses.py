@@ -111,6 +111,10 @@ broker_agent_statuses = st.builds(
     learned=totals,
     sessions=totals,
     ignored=counts,
+    holding=st.booleans(),
+    held_requests=totals,
+    keepalive_timeouts=totals,
+    hold_refused=counts,
 )
 
 

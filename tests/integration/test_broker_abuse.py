@@ -100,6 +100,9 @@ class Site:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.home = LoopbackHome(base / "home", hubs=2, devices=0)
+        # The abuse here is of registrations, RWAK and present: the flow without the held
+        # connection (docs/broker.md, "Held connections").
+        self.home.hold_connection(1, False)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

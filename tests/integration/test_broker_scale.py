@@ -47,6 +47,9 @@ class Cluster:
         self.base = base
         self.redis = RedisServer(binary, base / "redis")
         self.home = LoopbackHome(base / "home", hubs=1, devices=1, fps=5.0)
+        # The routing of the base flow (RWAK from the owner's socket), without the held
+        # connection (docs/broker.md, "Held connections").
+        self.home.hold_connection(1, False)
         self.fleet = BrokerFleet(self.home.path, 3, self.redis.url, interval_s=INTERVAL_S)
         self.hub = self.home.hub_id(1)
 
@@ -203,6 +206,7 @@ def test_reuseport_workers_share_the_ports_and_survive_a_killed_worker(tmp_path:
     # adopts the entry from Redis.
     server = RedisServer(server_binaries()[0], tmp_path / "redis")
     home = LoopbackHome(tmp_path / "home", hubs=1, devices=0)
+    home.hold_connection(1, False)
     config = home.path / "broker.toml"
     text = config.read_text().replace("interval_s = 20.0", f"interval_s = {INTERVAL_S}")
     api = int(text.split('api = "127.0.0.1:')[1].split('"')[0])

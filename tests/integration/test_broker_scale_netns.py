@@ -71,6 +71,8 @@ def _home(base: Path) -> str:
     text += "address = [" + ", ".join(f'"{ip}:7443"' for ip in HOSTS.values()) + "]\n"
     text += "udp = [" + ", ".join(f'"{ip}:3478"' for ip in HOSTS.values()) + "]\n"
     text += 'local = "0.0.0.0:0"\n'
+    # The base flow's routing (RWAK from the owner's host), not the held connection.
+    text += "hold_connection = false\n"
     hub.write_text(text)
     roost_succeeds(
         "user", "add", str(home / "hub-1"), "owner", "--card-file", str(base / "owner.card"),

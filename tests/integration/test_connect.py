@@ -39,9 +39,15 @@ def roost(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.Co
 class Site:
     """A loopback home with its broker running, an owner and the owner's trust store."""
 
-    def __init__(self, base: Path, relay_max_bytes: int | None = None) -> None:
+    def __init__(
+        self, base: Path, relay_max_bytes: int | None = None, *, hold: bool = False
+    ) -> None:
         self.base = base
         self.home = LoopbackHome(base / "home", hubs=1, devices=1, fps=5.0)
+        # `roost init` writes hold_connection = true; this module tests the flow without
+        # it (UDP registrations, RWAK, the hub's present connection), exactly as before
+        # the option existed; test_held_connection.py tests the held flow.
+        self.home.hold_connection(1, hold)
         # This module connects to the one hub about ten times within seconds; the per-target
         # limit (burst 5 by default) is exercised by test_abuse_limits_broker and
         # test_broker_abuse, so here it is raised out of the way: a refusal here would hide
@@ -184,8 +190,8 @@ def add_owner(
     )
 
 
-def _site(base: Path, relay_max_bytes: int | None = None) -> Iterator[Site]:
-    built = Site(base, relay_max_bytes)
+def _site(base: Path, relay_max_bytes: int | None = None, *, hold: bool = False) -> Iterator[Site]:
+    built = Site(base, relay_max_bytes, hold=hold)
     try:
         added = add_owner(built.home.path / "hub-1", "owner", base / "owner.card")
         assert added.returncode == 0, added.stderr
@@ -236,6 +242,7 @@ def _frames(directory: Path) -> list[Path]:
 
 
 def test_connect_goes_direct_on_loopback_and_saves_live_frames(site: Site) -> None:
+    before = (site.broker_status() or {})["counters"]
     summary = _summary(site.connect(None, "--frames", "4", "--out", "direct"))
     assert summary["path"] == "direct"
     assert summary["frames"] == 4
@@ -248,6 +255,11 @@ def test_connect_goes_direct_on_loopback_and_saves_live_frames(site: Site) -> No
     assert len(receipt["root"]) == 64
     hub = site.hub_broker()
     assert hub is not None and hub["accepted"] >= 1 and hub["direct"] >= 1
+    # Without hold_connection the hub is woken over UDP and presents on a new connection.
+    after = (site.broker_status() or {})["counters"]
+    assert after["wakes_sent"] > before["wakes_sent"]
+    assert after["presents"] == before["presents"] + 1
+    assert after["requests_pushed"] == 0 and not hub["holding"]
 
 
 def test_no_punch_goes_through_the_relay_and_frames_still_arrive(site: Site) -> None:

@@ -15,7 +15,12 @@ of one home, so no cell sees another's broker, hub or conntrack state.
 
 The mapping-expiry tests shorten router A's conntrack UDP timeouts: registrations more
 often than the timeout keep the mapping, so the broker's RWAK still reaches the hub; with
-registrations rarer than the timeout, the mapping is gone when the wake-up is sent.
+registrations rarer than the timeout, the mapping is gone when the wake-up is sent, unless
+the hub holds its broker connection (the request then comes over TCP).
+
+The matrix and the expiry tests run the hub with ``hold_connection = false``: they test the
+UDP registration and wake-up path (and the punch, which is the same either way); the last
+test runs the held flow (docs/broker.md, "Held connections").
 """
 
 from __future__ import annotations
@@ -104,7 +109,12 @@ def _make_template(base: Path) -> dict[str, Any]:
     _set_keys(
         home / "hub-1.toml",
         "broker",
-        {"address": f'"{BROKER_TLS}"', "udp": f'"{BROKER_UDP}"', "local": '"0.0.0.0:0"'},
+        {
+            "address": f'"{BROKER_TLS}"',
+            "udp": f'"{BROKER_UDP}"',
+            "local": '"0.0.0.0:0"',
+            "hold_connection": "false",
+        },
     )
     roost_succeeds(
         "user",
@@ -218,10 +228,19 @@ class Cell:
         return subprocess.CompletedProcess(argv, process.returncode, out.decode(), err.decode())
 
 
-def _start(lab: NatLab, template: tuple[Path, str], base: Path, broker_interval: float) -> Cell:
+def _start(
+    lab: NatLab,
+    template: tuple[Path, str],
+    base: Path,
+    broker_interval: float,
+    *,
+    hold: bool = False,
+) -> Cell:
     shutil.copytree(template[0], base)
     if broker_interval != 1.0:
         _set_keys(base / "home" / "broker.toml", None, {"interval_s": str(broker_interval)})
+    if hold:
+        _set_keys(base / "home" / "hub-1.toml", "broker", {"hold_connection": "true"})
     cell = Cell(lab, base, template[1])
     home = cell.home
 
@@ -431,3 +450,31 @@ def test_registrations_rarer_than_the_nat_timeout_lose_the_wake_up(
     # One registration all along: none reopened the mapping during the wake window.
     assert hub["registrations"] == 1 and hub["acks"] == 1 and hub["wakes"] == 0, hub
     assert hub["fallbacks"] == 0 and hub["state"] == "registering", hub
+
+
+@pytest.mark.timeout(120)
+def test_a_held_connection_reaches_the_hub_whose_udp_mapping_expired(
+    template: tuple[Path, str], tmp_path: Path
+) -> None:
+    # The router and interval of the test above, but the hub holds its broker connection:
+    # the request comes over that TCP connection (whose conntrack entry the keepalives keep;
+    # only UDP was shortened), so the lost UDP mapping does not matter: no RWAK is sent,
+    # the hub opens no connection, and the session still punches direct.
+    with NatLab(NatType.PORT_RESTRICTED, NatType.PUBLIC) as lab:
+        assert lab.a.router is not None
+        lab.set_udp_timeouts(lab.a.router, 3)
+        cell = _start(lab, template, tmp_path / "held", 20.0, hold=True)
+        wait_until(lambda: cell.hub_broker().get("holding") is True, 30, interval=0.1)
+        registered = time.monotonic()
+        _ready(cell)
+        time.sleep(max(0.0, registered + 4.5 - time.monotonic()))
+        before = _counters(cell)
+        summary = _summary(cell, cell.connect("frames"))
+        after = _counters(cell)
+        hub = cell.hub_broker()
+    assert summary["path"] == "direct" and summary["frames"] >= 2
+    assert after["wakes_sent"] == before["wakes_sent"] == 0
+    assert after["presents"] == before["presents"] == 0
+    assert after["equipment_channels"] == before["equipment_channels"] == 1
+    assert after["requests_pushed"] == before["requests_pushed"] + 1
+    assert hub["held_requests"] == 1 and hub["wakes"] == 0 and hub["holding"], hub

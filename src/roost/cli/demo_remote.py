@@ -103,6 +103,7 @@ class RemoteSite:
             address=_moved(hub_link.address, host),
             udp=_moved(hub_link.udp, host),
             local=(host, 0),
+            hold_connection=hub_link.hold_connection,
         )
 
     async def start_agent(self, hub: HubDaemon, guard: GuardServer) -> None:

@@ -26,7 +26,7 @@ from roost.pki.authority import Authority
 from roost.pki.certs import Role, cert_to_pem, key_to_pem
 from roost.pki.trust import TrustState
 from roost.pki.truststore import save_state
-from roost.rendezvous.broker_events import BrokerCoreConfig
+from roost.rendezvous.broker_events import HOLD_CONNECTION_DEFAULT, BrokerCoreConfig
 
 __all__ = ["DASHBOARD_PORT", "free_loopback_ports", "init_home", "make_home", "write_broker"]
 
@@ -206,6 +206,9 @@ def write_broker(
         if hub_file.exists():
             text = hub_file.read_text()
             lines = [""] + ["[broker]"] + [f'{k} = "{v}"' for k, v in section.items()]
+            # Written out, so the choice is visible in the file (docs/broker.md, "Held
+            # connections").
+            lines.append(f"hold_connection = {'true' if HOLD_CONNECTION_DEFAULT else 'false'}")
             hub_file.write_text(text + "\n".join(lines) + "\n")
     return {
         "config": "broker.toml",

@@ -213,6 +213,13 @@ class BrokerAgentStatus:
     # list (docs/broker-scale.md).
     broker: str | None = None
     rehomed: int = 0
+    # hold_connection (docs/broker.md, "Held connections"): whether the broker holds the
+    # agent's connection right now, the requests that came over it, keepalives left
+    # unanswered (each reopened the connection), and ``hold`` refusals by reason.
+    holding: bool = False
+    held_requests: int = 0
+    keepalive_timeouts: int = 0
+    hold_refused: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The status document's ``broker`` object."""
@@ -235,6 +242,10 @@ class BrokerAgentStatus:
             "ignored": dict(self.ignored),
             "broker": self.broker,
             "rehomed": self.rehomed,
+            "holding": self.holding,
+            "held_requests": self.held_requests,
+            "keepalive_timeouts": self.keepalive_timeouts,
+            "hold_refused": dict(self.hold_refused),
         }
 
     @classmethod
@@ -259,6 +270,12 @@ class BrokerAgentStatus:
             ignored=read_counts(doc, "ignored"),
             broker=read_optional_str(doc, "broker"),
             rehomed=read_int(doc, "rehomed") if "rehomed" in doc else 0,
+            holding=read_bool(doc, "holding") if "holding" in doc else False,
+            held_requests=read_int(doc, "held_requests") if "held_requests" in doc else 0,
+            keepalive_timeouts=(
+                read_int(doc, "keepalive_timeouts") if "keepalive_timeouts" in doc else 0
+            ),
+            hold_refused=read_counts(doc, "hold_refused") if "hold_refused" in doc else {},
         )
 
 

@@ -3,9 +3,15 @@
 The agent enrolls with the broker, registers from its one UDP socket every interval ± 20 %,
 falls back to a held mutual-TLS connection when registrations get no RACK, acts on
 wake-ups, has the sealed password checked, and follows the broker's ``start`` and relay
-decisions (docs/broker.md, "The flow", steps 1 to 8). It reads no clock and owns no socket:
-every input carries ``now`` (monotonic seconds), randomness comes from the injected
-``random.Random``, and the adapter performs what the core asks:
+decisions (docs/broker.md, "The flow", steps 1 to 8). With ``hold_connection`` it keeps that
+connection open at all times (enrolled on it, then ``hold``; keepalives, each answered
+within ``keepalive_timeout``; reopened with jittered back-off when lost) next to its UDP
+registrations, and the broker pushes each ``request`` straight over it: several sessions
+share it, each told apart by its session number (docs/broker.md, "Held connections").
+
+It reads no clock and owns no socket: every input carries ``now`` (monotonic seconds),
+randomness comes from the injected ``random.Random``, and the adapter performs what the
+core asks:
 
 * ``datagrams_to_send()``: RREG datagrams, all for the broker's UDP address.
 * ``records_to_send()``: ``(channel, body)`` control bodies; the adapter frames each with
@@ -58,6 +64,8 @@ from roost.rendezvous.control import (
     Enroll,
     Enrolled,
     Error,
+    Hold,
+    Holding,
     Keepalive,
     Present,
     Reject,
@@ -117,6 +125,8 @@ class _Session:
     deadline: float
     state: AgentSessionState = AgentSessionState.PRESENTING
     session: int | None = None
+    # Pushed over the holding connection, which it shares: its end closes no connection.
+    held: bool = False
 
 
 class AgentCore:
@@ -154,6 +164,13 @@ class AgentCore:
         self._register_at: float | None = None
         self._ack_deadline: float | None = None
         self._keepalive_at: float | None = None
+        # A record from the broker is due on the held connection (a keepalive went out).
+        self._keepalive_deadline: float | None = None
+        # hold_connection: ``hold`` sent and unanswered; accepted on the held connection;
+        # when to ask again after a refusal.
+        self._hold_pending = False
+        self._holding = False
+        self._hold_at: float | None = None
         self._awaited: collections.deque[int] = collections.deque(maxlen=config.missed_racks + 1)
         self._missed = 0
         self._last_wake: int | None = None
@@ -181,6 +198,11 @@ class AgentCore:
         return self._held_channel
 
     @property
+    def holding(self) -> bool:
+        """The broker accepted ``hold`` on the held connection: requests come over it."""
+        return self._holding and self._held_channel is not None
+
+    @property
     def sessions(self) -> Mapping[int, AgentSessionState]:
         """The state of every live session by its broker-assigned number."""
         return {number: s.state for number, s in self._by_session.items()}
@@ -192,7 +214,11 @@ class AgentCore:
 
     @property
     def live_sessions(self) -> int:
-        return len(self._by_channel)
+        return len(self._entries())
+
+    def _entries(self) -> list[_Session]:
+        """Every live session: those on their own present connection, then the pushed ones."""
+        return [*self._by_channel.values(), *(e for e in self._by_session.values() if e.held)]
 
     def next_event(self) -> RendezvousEvent | None:
         """The oldest command not yet taken, or None."""
@@ -212,12 +238,16 @@ class AgentCore:
         """When ``handle_timer`` must next be called (monotonic seconds), or None."""
         if self._state is LinkState.STOPPED:
             return None
-        deadlines = [
-            t
-            for t in (self._enroll_at, self._register_at, self._ack_deadline, self._keepalive_at)
-            if t is not None
-        ]
-        deadlines += [s.deadline for s in self._by_channel.values() if self._setting_up(s)]
+        timers = (
+            self._enroll_at,
+            self._register_at,
+            self._ack_deadline,
+            self._keepalive_at,
+            self._keepalive_deadline,
+            self._hold_at,
+        )
+        deadlines = [t for t in timers if t is not None]
+        deadlines += [s.deadline for s in self._entries() if self._setting_up(s)]
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -225,9 +255,16 @@ class AgentCore:
         self._check_now(now)
         if self._state is LinkState.STOPPED:
             return
+        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
+            self._keepalive_deadline = None
+            self._keepalive_unanswered(now)
         if self._enroll_at is not None and now >= self._enroll_at:
             self._enroll_at = None
             self._open_link_channel(now)
+        if self._hold_at is not None and now >= self._hold_at:
+            self._hold_at = None
+            if self._held_channel is None and self._enroll_at is None:
+                self._open_link_channel(now)
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_deadline = None
             self._count_missed(now)
@@ -235,7 +272,7 @@ class AgentCore:
             self._register(now)
         if self._keepalive_at is not None and now >= self._keepalive_at:
             self._keepalive(now)
-        for entry in list(self._by_channel.values()):
+        for entry in self._entries():
             if self._setting_up(entry) and now >= entry.deadline:
                 self._session_input(entry, SessionInput.TIMEOUT, now, Reason.SETUP_TIMEOUT)
 
@@ -250,13 +287,15 @@ class AgentCore:
     def stop(self, now: float) -> None:
         """End everything: every channel is closed and every session ended."""
         self._check_now(now)
-        for entry in list(self._by_channel.values()):
+        for entry in self._entries():
             self._end(entry, Reason.CLOSED)
         for channel in (self._enroll_channel, self._held_channel):
             if channel is not None:
                 self._events.append(CloseConnection(channel))
         self._enroll_channel = self._held_channel = None
         self._enroll_at = self._register_at = self._ack_deadline = self._keepalive_at = None
+        self._keepalive_deadline = self._hold_at = None
+        self._holding = self._hold_pending = False
         self._link(LinkInput.STOP)
 
     def set_candidates(self, candidates: tuple[Candidate, ...], now: float) -> None:
@@ -315,8 +354,15 @@ class AgentCore:
         entry = self._by_channel.get(channel)
         if entry is not None:
             self._on_session_message(entry, message, now)
-        elif channel in (self._enroll_channel, self._held_channel):
-            self._on_link_message(message, now)
+            return
+        if channel == self._held_channel:
+            # Any record shows the connection alive: the keepalive's answer is no longer due.
+            self._keepalive_deadline = None
+            if isinstance(message, Request) or getattr(message, "session", None) is not None:
+                self._on_held_session_message(channel, message, now)
+                return
+        if channel in (self._enroll_channel, self._held_channel):
+            self._on_link_message(channel, message, now)
         else:
             self._ignore(Reason.UNKNOWN_SESSION)
 
@@ -334,10 +380,49 @@ class AgentCore:
                 self._ignore(Reason.ENROLL_FAILED)
                 self._enroll_at = now + self._retry_delay()
         elif channel == self._held_channel:
-            self._held_channel = None
-            self._keepalive_at = None
-            if self._link(LinkInput.HELD_LOST):
+            self._held_lost(now)
+
+    def _held_lost(self, now: float) -> None:
+        """The held connection ended (closed, or its keepalive unanswered): the sessions
+        pushed over it lose it (a direct one goes on) and it is opened again after the
+        jittered back-off (the adapter may try the next broker)."""
+        channel = self._held_channel
+        self._held_channel = None
+        self._holding = self._hold_pending = False
+        self._keepalive_at = self._keepalive_deadline = None
+        for entry in [e for e in self._entries() if e.held and e.channel == channel]:
+            self._session_input(entry, SessionInput.CHANNEL_LOST, now, Reason.DISCONNECTED)
+        if self._state is LinkState.ENROLLING:
+            # hold_connection: the held connection was also the enrollment's.
+            if self._link(LinkInput.ENROLL_LOST):
+                self._ignore(Reason.ENROLL_FAILED)
                 self._enroll_at = now + self._retry_delay()
+        elif (self._state is LinkState.HELD or self.config.hold_connection) and self._link(
+            LinkInput.HELD_LOST
+        ):
+            self._enroll_at = now + self._retry_delay()
+
+    def _close_held(self) -> None:
+        """Close a held connection no request is pushed over (no session runs on it)."""
+        if self._held_channel is not None:
+            self._events.append(CloseConnection(self._held_channel))
+        self._held_channel = None
+        self._holding = self._hold_pending = False
+        self._keepalive_at = self._keepalive_deadline = None
+
+    def _keepalive_unanswered(self, now: float) -> None:
+        if self._held_channel is None:
+            return
+        # The broker echoes every keepalive: silence means a connection that died without a
+        # close (a NAT that forgot it, a broker gone); waiting for TCP to notice takes long.
+        self.counters.keepalive_timeouts += 1
+        self._ignore(Reason.KEEPALIVE_TIMEOUT)
+        self._events.append(CloseConnection(self._held_channel))
+        self._held_lost(now)
+
+    def _hold_retry_delay(self) -> float:
+        spread = float(self._rng.uniform(1.0 - self.config.jitter, 1.0 + self.config.jitter))
+        return self.config.hold_retry * spread
 
     def _retry_delay(self) -> float:
         # Jittered exponential back-off (docs/broker-scale.md): brokers that come back
@@ -412,14 +497,19 @@ class AgentCore:
         return True
 
     def _open_link_channel(self, now: float) -> None:
+        hold = self.config.hold_connection
         channel = next(self._channels)
-        if self._state is LinkState.ENROLLING:
+        if self._state is LinkState.ENROLLING and not hold:
             self._enroll_channel = channel
             self._events.append(OpenEnrollConnection(channel))
-        elif self._state is LinkState.HELD:
+        elif self._state is LinkState.HELD or (
+            hold and self._state in (LinkState.ENROLLING, LinkState.REGISTERING)
+        ):
+            # hold_connection: the one connection enrolls, then asks to be held.
             self._held_channel = channel
-            self._events.append(OpenHeldConnection(channel))
+            self._events.append(OpenHeldConnection(channel, self._state is LinkState.HELD))
             self._keepalive_at = now + self._keepalive_period
+            self._hold_at = None
         else:
             return
         # Step 2: the held connection enrolls again, which also renews the key.
@@ -472,10 +562,14 @@ class AgentCore:
             self._events.append(ReflexiveAddress(ack.observed))
         if self._state is LinkState.HELD:
             self._link(LinkInput.ACK)
-            if self._held_channel is not None:
-                self._events.append(CloseConnection(self._held_channel))
-            self._held_channel = None
-            self._keepalive_at = self._enroll_at = None
+            if self.config.hold_connection:
+                if self._held_channel is not None and not (self._holding or self._hold_pending):
+                    # A fallback the broker would not hold: UDP does the work again.
+                    self._close_held()
+                    self._hold_at = now + self._hold_retry_delay()
+                return
+            self._close_held()
+            self._enroll_at = None
 
     def _mapping_renewed(self) -> None:
         # Same public address, another port, same socket here: the NAT dropped the mapping
@@ -494,6 +588,8 @@ class AgentCore:
         self._send(self._held_channel, Keepalive())
         self.counters.keepalives += 1
         self._keepalive_at = now + self._keepalive_period
+        if self._keepalive_deadline is None:
+            self._keepalive_deadline = now + self.config.keepalive_timeout
 
     @property
     def _keepalive_period(self) -> float:
@@ -502,18 +598,49 @@ class AgentCore:
         # the configured keepalive one sets the pace; the config stays the upper bound.
         return min(self.config.keepalive_interval, self._interval)
 
-    def _on_link_message(self, message: ControlMessage, now: float) -> None:
+    def _on_link_message(self, channel: int, message: ControlMessage, now: float) -> None:
         if isinstance(message, Enrolled):
+            before = self.counters.enrollments
             self.enrolled(message.identifier, message.key, message.interval_ms, now)
+            if (
+                self.config.hold_connection
+                and channel == self._held_channel
+                and self.counters.enrollments > before
+                and not (self._holding or self._hold_pending)
+            ):
+                # Enrolled on the held connection: ask the broker to push requests over it.
+                self._hold_pending = True
+                self._send(channel, Hold())
+        elif isinstance(message, Holding):
+            if channel != self._held_channel or not self._hold_pending:
+                self._ignore(Reason.UNEXPECTED_MESSAGE)
+                return
+            self._hold_pending = False
+            self._holding = True
+            self.counters.holds += 1
         elif isinstance(message, WakePush):
             # Over our own mutual-TLS connection: the broker is authenticated, no tag.
             self._wake(message.token, now)
         elif isinstance(message, Keepalive):
             return
         elif isinstance(message, Error):
-            self._ignore(message.reason)
+            if channel == self._held_channel and self._hold_pending:
+                self._hold_refused(message.reason, now)
+            else:
+                self._ignore(message.reason)
         else:
             self._ignore(Reason.UNEXPECTED_MESSAGE)
+
+    def _hold_refused(self, reason: Reason, now: float) -> None:
+        # The broker holds no more connections (held-limit) or will not hold ours: the
+        # hub stays reachable the base way, and asks again after hold_retry.
+        self._hold_pending = False
+        self.counters.hold_refused[reason] += 1
+        if self._state is LinkState.HELD:
+            # UDP gets no RACK: the connection stays as the fallback (wake pushes over it).
+            return
+        self._close_held()
+        self._hold_at = now + self._hold_retry_delay()
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -536,7 +663,7 @@ class AgentCore:
         self._tokens[token] = now
         while len(self._tokens) > self.config.max_tokens:
             self._tokens.popitem(last=False)
-        if len(self._by_channel) >= self.config.max_sessions:
+        if self.live_sessions >= self.config.max_sessions:
             self._ignore(Reason.BUSY)
             return
         channel = next(self._channels)
@@ -547,6 +674,36 @@ class AgentCore:
         self._send(channel, Present(token))
 
     # ------------------------------------------------------------------ sessions
+
+    def _on_held_session_message(self, channel: int, message: ControlMessage, now: float) -> None:
+        """A message for a session on the holding connection: a pushed request opens one,
+        anything else goes to the session its number names."""
+        if isinstance(message, Request):
+            self._held_request(channel, message, now)
+            return
+        entry = self._by_session.get(getattr(message, "session", None) or 0)
+        if entry is None or not entry.held or entry.channel != channel:
+            self._ignore(Reason.UNKNOWN_SESSION)
+            return
+        self._on_session_message(entry, message, now)
+
+    def _held_request(self, channel: int, message: Request, now: float) -> None:
+        # Pushed by the broker over our holding connection (docs/broker.md, "Held
+        # connections"): the request a wake-up and a present connection would have brought.
+        if not self._holding or message.session in self._by_session:
+            self._ignore(Reason.UNEXPECTED_MESSAGE)
+            return
+        if self.live_sessions >= self.config.max_sessions:
+            # Said at once: the issuer is told busy instead of waiting for a timeout.
+            self.counters.rejected[Reason.BUSY] += 1
+            self._send(channel, Reject(message.session, Reason.BUSY))
+            return
+        entry = _Session(channel, b"", now + self.config.setup_timeout, held=True)
+        self.counters.held_requests += 1
+        if self._session_input(entry, SessionInput.REQUEST, now):
+            entry.session = message.session
+            self._by_session[message.session] = entry
+            self._events.append(CheckPassword(message.session, message.sealed, message.candidates))
 
     @staticmethod
     def _setting_up(entry: _Session) -> bool:
@@ -608,12 +765,15 @@ class AgentCore:
 
     def _end(self, entry: _Session, reason: Reason) -> None:
         entry.state = AgentSessionState.CLOSED
-        self._by_channel.pop(entry.channel, None)
+        if not entry.held:
+            self._by_channel.pop(entry.channel, None)
         if entry.session is not None:
             self._by_session.pop(entry.session, None)
         self.counters.ended[reason] += 1
         self._events.append(SessionEnded(entry.session, entry.channel, reason))
-        self._events.append(CloseConnection(entry.channel))
+        if not entry.held:
+            # A present connection serves one session; the holding one stays.
+            self._events.append(CloseConnection(entry.channel))
 
     # ------------------------------------------------------------------ helpers
 

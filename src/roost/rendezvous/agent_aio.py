@@ -187,7 +187,9 @@ class BrokerAgent:
         self.key_file = key_file
         self.trust = trust
         self.guard = guard
-        self.config = config or AgentConfig()
+        # The hub config's [broker].hold_connection decides the flow (docs/broker.md,
+        # "Held connections").
+        self.config = config or AgentConfig(hold_connection=link.hold_connection)
         self._rng = rng or random.SystemRandom()
         self._binding = tls_server_end_point(certificate_der)
         self._quic_idle_timeout_s = quic_idle_timeout_s
@@ -306,7 +308,7 @@ class BrokerAgent:
         while (event := self.core.next_event()) is not None:
             busy = True
             if isinstance(event, OpenEnrollConnection | OpenHeldConnection | OpenPresentConnection):
-                if isinstance(event, OpenHeldConnection):
+                if isinstance(event, OpenHeldConnection) and event.fallback:
                     # Registrations went unanswered: this broker may be gone, and the
                     # held connection enrolls at the next one (docs/broker-scale.md).
                     self._next_broker("answers no registration")
@@ -656,6 +658,10 @@ class BrokerAgent:
             ignored=ignored,
             broker=f"{self.broker.tls[0]}:{self.broker.tls[1]}",
             rehomed=self.rehomed,
+            holding=self.core.holding,
+            held_requests=counters.held_requests,
+            keepalive_timeouts=counters.keepalive_timeouts,
+            hold_refused=dict(counters.hold_refused),
         )
 
 

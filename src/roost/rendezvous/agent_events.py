@@ -55,6 +55,17 @@ class AgentConfig:
     # interval is halved, down to this (docs/broker.md, "The two ends").
     shortest_adapted_interval: float = 5.0
     keepalive_interval: float = 20.0
+    # Keep the mutual-TLS connection open at all times and ask the broker to ``hold`` it,
+    # so requests come straight over it (docs/broker.md, "Held connections"). The hub
+    # config's ``[broker].hold_connection`` sets it (default there: true); the core's
+    # default is the base flow of UDP registrations and wake-ups.
+    hold_connection: bool = False
+    # No record from the broker this long after a keepalive: the held connection is dead
+    # (a NAT or broker that dropped it silently) and is opened again.
+    keepalive_timeout: float = 10.0
+    # A broker that refused ``hold`` (``held-limit``) is asked again after this (± jitter);
+    # meanwhile UDP registrations and wake-ups reach the hub as without the option.
+    hold_retry: float = 300.0
     # A failed enrollment or held connection is opened again after this.
     enroll_retry: float = 5.0
     # Consecutive failures double that delay (± jitter), up to this many times it.
@@ -74,6 +85,8 @@ class AgentConfig:
             "min_interval",
             "rack_timeout",
             "keepalive_interval",
+            "keepalive_timeout",
+            "hold_retry",
             "shortest_adapted_interval",
             "enroll_retry",
             "setup_timeout",
@@ -101,6 +114,12 @@ class AgentCounters:
     remapped: int = 0
     adapted: int = 0
     keepalives: int = 0
+    # ``hold`` accepted by the broker, refused (by reason), keepalives left unanswered, and
+    # connection requests that came over the holding connection.
+    holds: int = 0
+    hold_refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    keepalive_timeouts: int = 0
+    held_requests: int = 0
     wakes: int = 0
     wake_resends: int = 0
     accepted: int = 0
@@ -128,9 +147,12 @@ class OpenEnrollConnection(AgentEvent):
 
 @dataclass(frozen=True, slots=True)
 class OpenHeldConnection(AgentEvent):
-    """UDP gets no RACK: open and keep mutual TLS as ``channel`` (``enroll`` queued)."""
+    """Open and keep mutual TLS as ``channel`` (``enroll`` queued). ``fallback``: because
+    UDP gets no RACK (the broker may be gone: the adapter moves to the next of its list);
+    otherwise the connection the agent holds by configuration (``hold_connection``)."""
 
     channel: int
+    fallback: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,13 @@ UDP port (section 5, "Registration" and "Wake-up"):
   ``wake_timeout_s``. The counter starts at ``wake_counter_start`` (the adapter passes wall
   microseconds, so it keeps rising across restarts) and never repeats.
 
-TLS channels: ``enroll`` (a verified hub or device) → ``enrolled``; ``lookup`` →
-``lookup-result`` for an enrolled, live target; ``connect`` → ``connecting`` plus the
-wake-up (RWAK when the target registered within TTL, ``wake`` over its held connection when
-it has one); ``present(token)`` by the session's target → ``request``; ``accept`` →
+TLS channels: ``enroll`` (a verified hub or device) → ``enrolled``; ``hold`` on that
+connection → ``holding`` (up to ``max_held`` at once, else ``held-limit``); ``lookup`` →
+``lookup-result`` for an enrolled, live target; ``connect`` → ``connecting`` plus, for a
+target with a holding connection, ``request`` pushed straight over it (no wake-up, no new
+connection, no ``present``; several sessions share it), otherwise the wake-up (RWAK when the
+target registered within TTL, ``wake`` over its held connection when it has one);
+``present(token)`` by the session's target → ``request``; ``accept`` →
 ``start`` to both, ``reject`` → ``reject`` to the issuer; ``relay-open`` → ``relay-open``
 with the limits to both, then relay records forwarded; ``keepalive`` is echoed. Every
 refusal is counted by reason (``rejections``) and answered with ``error(reason)``; a body
@@ -115,6 +118,8 @@ class BrokerCore:
         self._channels: dict[int, ChannelRecord] = {}
         self._sessions: dict[int, SessionRecord] = {}
         self._tokens: dict[bytes, int] = {}
+        # Identifier → its holding connection (``hold`` accepted; at most max_held).
+        self._holders: dict[str, int] = {}
         self._relaying: dict[str, int] = {}
         self._datagrams: list[tuple[bytes, Address]] = []
         self._records: list[tuple[int, bytes]] = []
@@ -203,6 +208,15 @@ class BrokerCore:
     @property
     def sessions(self) -> int:
         return len(self._sessions)
+
+    @property
+    def holding(self) -> int:
+        """Connections that hold for their equipment (``hold`` accepted) right now."""
+        return len(self._holders)
+
+    def holder_of(self, identifier: str) -> int | None:
+        """The channel holding for ``identifier``, or None."""
+        return self._holders.get(identifier)
 
     @property
     def relaying(self) -> int:
@@ -319,6 +333,9 @@ class BrokerCore:
         (None for an issuer without a certificate), ``certificate`` its DER."""
         channel = ChannelRecord(channel_id, peer_identifier, certificate, source_host)
         self._channels[channel_id] = channel
+        self.counters.channels_opened += 1
+        if peer_identifier is not None and peer_identifier.startswith(_EQUIPMENT_PREFIXES):
+            self.counters.equipment_channels += 1
         self._arm_channel(channel, now)
 
     def channel_rtt(self, channel_id: int, rtt_ms: int) -> None:
@@ -351,12 +368,22 @@ class BrokerCore:
         channel = self._channels.pop(channel_id, None)
         if channel is None:
             return
-        if channel.held and channel.peer is not None:
-            self.registry.release(channel.peer, channel_id)
+        peer = channel.peer
+        if peer is not None and self._holders.get(peer) == channel_id:
+            del self._holders[peer]
+        if channel.held and peer is not None:
+            self.registry.release(peer, channel_id)
+            holder = self._holders.get(peer)
+            entry = self.registry.get(peer)
+            if holder is not None and entry is not None and entry.held is None:
+                # A newer connection that enrolled closed while an older one still holds.
+                self.registry.hold(peer, holder)
             if self.presence is not None:
-                self.presence.forget(channel.peer)
-        if channel.session is not None and channel.session in self._sessions:
-            self._end(self._sessions[channel.session], Reason.DISCONNECTED, skip=channel_id)
+                self.presence.forget(peer)
+        ended = [channel.session] if channel.session is not None else []
+        for session_id in [*ended, *sorted(channel.pushed)]:
+            if session_id in self._sessions:
+                self._end(self._sessions[session_id], Reason.DISCONNECTED, skip=channel_id)
 
     def _close(self, channel: ChannelRecord, reason: Reason, now: float) -> None:
         self._events.append(CloseChannel(channel.id, reason))
@@ -411,6 +438,8 @@ class BrokerCore:
             self._enroll(channel, now)
         elif isinstance(message, control.Keepalive):
             self._keepalive(channel)
+        elif isinstance(message, control.Hold):
+            self._hold(channel)
         elif isinstance(message, control.Lookup):
             self._lookup(channel, message, now)
         elif isinstance(message, control.Connect):
@@ -440,8 +469,15 @@ class BrokerCore:
         self._targets.take(identifier, now)
         key = self._rng.randbytes(REGISTRATION_KEY_SIZE)
         self.registry.enroll(identifier, key, channel.certificate, now)
+        previous = self._holders.get(identifier)
+        if previous is not None and previous != channel.id:
+            # Enrolling again on another connection: the equipment gave the holding one up
+            # (it reconnects only when that one failed), so no request is pushed there.
+            del self._holders[identifier]
+            if previous in self._channels:
+                self._channels[previous].holding = False
         # Section 5: the enrolling connection is the one a wake is pushed over while it
-        # stays open (the agent keeps it when registrations get no RACK).
+        # stays open (the agent keeps it when registrations get no RACK, or holds it).
         self.registry.hold(identifier, channel.id)
         channel.held = True
         self._arm_channel(channel, now)
@@ -458,6 +494,27 @@ class BrokerCore:
         self.counters.keepalives += 1
         if self.presence is not None and self.presence.keepalive_due(identifier):
             self._presence_due.append(identifier)
+
+    def _hold(self, channel: ChannelRecord) -> None:
+        # docs/broker.md, "Held connections": the equipment asks to be reached over this,
+        # its enrolled connection; requests are then pushed over it instead of a wake-up.
+        identifier = self._equipment(channel)
+        if not channel.held or identifier not in self.registry:
+            raise RefusedError("hold before enroll", reason=Reason.NOT_ENROLLED)
+        if not channel.holding:
+            previous = self._holders.get(identifier)
+            if previous is None and len(self._holders) >= self.config.max_held:
+                raise RefusedError(
+                    "the broker holds as many connections as it allows", reason=Reason.HELD_LIMIT
+                )
+            if previous is not None and previous in self._channels:
+                # Another connection of the same equipment held: this one takes its place
+                # (within the same count); the sessions already pushed there go on.
+                self._channels[previous].holding = False
+            self._holders[identifier] = channel.id
+            channel.holding = True
+            self.counters.holds += 1
+        self._send(channel.id, control.Holding())
 
     # ------------------------------------------------------------------ issuer ops
 
@@ -483,6 +540,10 @@ class BrokerCore:
         self._check_target(channel, message.target, now)
         entry = self.registry.get(message.target)
         assert entry is not None
+        holder = self._holders.get(message.target)
+        if holder is not None:
+            self._push_request(channel, message, holder, now)
+            return
         udp = entry.reflexive if self.registry.udp_fresh(message.target, now) else None
         if udp is None and entry.held is None:
             # Live by a recent enrollment, but neither RWAK nor a connection reaches it.
@@ -511,6 +572,35 @@ class BrokerCore:
             self._send_wake(session, now)
         session.wake_until = now + self.config.wake_timeout_s
         self._arm_session(session, self._next_wake_deadline(session, now))
+
+    def _push_request(
+        self, channel: ChannelRecord, message: control.Connect, holder: int, now: float
+    ) -> None:
+        """The target holds a connection: the sealed request goes straight over it, with no
+        RWAK, no wake push, no new connection and no ``present`` (docs/broker.md, "Held
+        connections"); the session is REQUESTED at once."""
+        # The same global bucket as a wake-up: what a flood would buy is the hub's work.
+        self._wake_global.take(now)
+        session = SessionRecord(
+            self._new_session_id(),
+            self._new_token(),
+            message.target,
+            channel.id,
+            message.candidates,
+            message.sealed,
+        )
+        # No token is registered: nothing is presented for a pushed request.
+        self._sessions[session.id] = session
+        channel.session = session.id
+        channel.issued = True
+        self.counters.connects += 1
+        self._send(channel.id, control.Connecting(session.id))
+        self._advance(session, SessionInput.PUSH)
+        session.target_channel = holder
+        self._channels[holder].pushed.add(session.id)
+        self.counters.requests_pushed += 1
+        self._send(holder, control.Request(session.id, session.candidates, session.sealed))
+        self._arm_session(session, now + self.config.answer_timeout_s)
 
     def _new_session_id(self) -> int:
         while True:
@@ -562,7 +652,7 @@ class BrokerCore:
         self, channel: ChannelRecord, session_id: int, target_side: bool
     ) -> SessionRecord:
         session = self._sessions.get(session_id)
-        if session is None or channel.session != session_id:
+        if session is None or (channel.session != session_id and session_id not in channel.pushed):
             raise RefusedError("no such session here", reason=Reason.UNKNOWN_SESSION)
         if target_side and session.target_channel != channel.id:
             raise RefusedError("only the target answers", reason=Reason.UNKNOWN_SESSION)
@@ -686,6 +776,7 @@ class BrokerCore:
                 continue
             if channel.session == session.id:
                 channel.session = None
+            channel.pushed.discard(session.id)
             if reason is None or channel_id == skip:
                 continue
             if relay:

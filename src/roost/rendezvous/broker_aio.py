@@ -487,6 +487,10 @@ class BrokerDaemon:
             relay_closes=counters.relay_closes,
             keepalives=counters.keepalives,
             expired=counters.expired,
+            channels_opened=counters.channels_opened,
+            equipment_channels=counters.equipment_channels,
+            holds=counters.holds,
+            requests_pushed=counters.requests_pushed,
             refusals=self.core.rejections.as_dict(),
             connections_rejected={k: v for k, v in self.connections_rejected.items() if v},
         )
@@ -504,6 +508,7 @@ class BrokerDaemon:
             counters=view,
             uptime_s=round(time.monotonic() - self._started, 3),
             shared=self._shared_status(),
+            holding=self.core.holding,
         )
 
     def _shared_status(self) -> SharedStatus | None:

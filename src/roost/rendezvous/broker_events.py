@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from roost.reasons import Reason
 
 __all__ = [
+    "HOLD_CONNECTION_DEFAULT",
     "SESSION_TRANSITIONS",
     "BrokerCoreConfig",
     "BrokerEvent",
@@ -23,6 +24,13 @@ __all__ = [
     "SessionInput",
     "SessionState",
 ]
+
+
+# A hub's ``[broker].hold_connection`` when left out: hold the mutual-TLS connection, so
+# a connection request comes straight over it (docs/broker.md, "Held connections", says
+# why for homes; the broker's ``max_held`` bounds what it costs there). Kept with the
+# broker's defaults so reading a hub config loads nothing more.
+HOLD_CONNECTION_DEFAULT = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +61,11 @@ class BrokerCoreConfig:
     max_sessions: int = 4096
     # A connection with nothing to do is closed after this; a held one after TTL.
     channel_idle_s: float = 30.0
+    # Holding connections (``hold``: requests pushed over them, docs/broker.md "Held
+    # connections") at once. Each costs the broker a descriptor and its TLS connection's
+    # memory, so the rest is refused ``held-limit`` and stays on UDP wake-ups; it must
+    # leave room under the daemon's max_channels (4096) for issuers. 0: none.
+    max_held: int = 1024
     # Rate limits (token buckets) before any HMAC, JSON parse or wake-up.
     udp_source_rate: float = 50.0
     udp_source_burst: float = 100.0
@@ -110,6 +123,8 @@ class BrokerCoreConfig:
         for name in at_least_one:
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_held < 0:
+            raise ValueError("max_held must be >= 0")
         if self.start_delay_ms < 0 or self.start_margin_ms < 0 or self.deadline_ms < 1:
             raise ValueError("start_delay_ms and start_margin_ms must be >= 0 and deadline_ms >= 1")
 
@@ -150,13 +165,17 @@ class SessionState(enum.Enum):
     """A connection request's life at the broker (section 5, steps 3 to 8)."""
 
     WAKING = "waking"  # connecting sent; RWAK or wake out; waiting for present
-    REQUESTED = "requested"  # request sent to the target; waiting for accept or reject
+    # request sent to the target (after present, or pushed over its holding connection);
+    # waiting for accept or reject
+    REQUESTED = "requested"
     STARTED = "started"  # start sent to both; they punch
     RELAYING = "relaying"  # relay-open sent to both; records forwarded
 
 
 class SessionInput(enum.Enum):
     PRESENT = "present"
+    # The target holds a connection: the request goes straight over it, no wake-up.
+    PUSH = "push"
     ACCEPT = "accept"
     RELAY_OPEN = "relay-open"
 
@@ -165,6 +184,7 @@ class SessionInput(enum.Enum):
 # reject, relay-close, timeouts and closed connections end a session from any state.
 SESSION_TRANSITIONS: dict[tuple[SessionState, SessionInput], SessionState] = {
     (SessionState.WAKING, SessionInput.PRESENT): SessionState.REQUESTED,
+    (SessionState.WAKING, SessionInput.PUSH): SessionState.REQUESTED,
     (SessionState.REQUESTED, SessionInput.ACCEPT): SessionState.STARTED,
     (SessionState.STARTED, SessionInput.RELAY_OPEN): SessionState.RELAYING,
 }

@@ -34,6 +34,12 @@ class BrokerCounters:
     relay_closes: int = 0
     keepalives: int = 0
     expired: int = 0
+    # TLS connections accepted, and those of them with a verified hub or device identity.
+    channels_opened: int = 0
+    equipment_channels: int = 0
+    # ``hold`` accepted, and connection requests pushed over a holding connection.
+    holds: int = 0
+    requests_pushed: int = 0
 
 
 class ChannelRecord:
@@ -43,9 +49,11 @@ class ChannelRecord:
         "certificate",
         "deadline",
         "held",
+        "holding",
         "id",
         "issued",
         "peer",
+        "pushed",
         "rtt_ms",
         "session",
         "source",
@@ -62,7 +70,12 @@ class ChannelRecord:
         # the one it presented for).
         self.session: int | None = None
         self.issued = False
+        # Enrolled on this connection (wake pushes go over it while it stays open), and
+        # ``hold`` accepted on it: connection requests are pushed over it, several at once
+        # (``pushed``: their session numbers).
         self.held = False
+        self.holding = False
+        self.pushed: set[int] = set()
         self.deadline = 0.0
         self.rtt_ms = 0
 

@@ -36,6 +36,10 @@ class BrokerCountersView:
     relay_closes: int
     keepalives: int
     expired: int
+    channels_opened: int
+    equipment_channels: int
+    holds: int
+    requests_pushed: int
     refusals: Mapping[str, int]
     connections_rejected: Mapping[str, int]
 
@@ -108,6 +112,8 @@ class BrokerStatus:
     uptime_s: float
     # None with the in-memory registry.
     shared: SharedStatus | None = None
+    # Connections holding for their equipment (``hold`` accepted) right now.
+    holding: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The status document."""
@@ -119,6 +125,7 @@ class BrokerStatus:
             "channels": self.channels,
             "sessions": self.sessions,
             "relaying": self.relaying,
+            "holding": self.holding,
             "trust": self.trust.to_json(),
             "counters": self.counters.to_json(),
             "uptime_s": self.uptime_s,
@@ -140,4 +147,5 @@ class BrokerStatus:
             counters=BrokerCountersView.from_json(read_object(doc, "counters")),
             uptime_s=read_float(doc, "uptime_s"),
             shared=None if doc.get("shared") is None else SharedStatus.from_json(doc["shared"]),
+            holding=read_int(doc, "holding") if "holding" in doc else 0,
         )

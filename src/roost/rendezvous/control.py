@@ -21,7 +21,12 @@ connecting      broker → issuer            session (the target is being woken)
 wake            broker → equipment         token (16 bytes; pushed on a held connection
                                            when UDP gets no RACK, instead of RWAK)
 present         target → broker (mTLS)     token (from RWAK or ``wake``)
+hold            equipment → broker         — (on its enrolled connection: keep it open and
+                                           send connection requests over it)
+holding         broker → equipment         — (``hold`` accepted; refused: ``error``)
 request         broker → target            session, candidates (the issuer's), sealed
+                                           (on the present connection, or pushed over a
+                                           holding one: several sessions may share it)
 accept          target → broker            session, candidates (the target's local ones)
 reject          target → broker → issuer   session, reason
 start           broker → both              session, candidates (the other side's),
@@ -84,6 +89,8 @@ __all__ = [
     "Enroll",
     "Enrolled",
     "Error",
+    "Hold",
+    "Holding",
     "Keepalive",
     "Lookup",
     "LookupResult",
@@ -339,6 +346,16 @@ class Present(ControlMessage):
     op: ClassVar[str] = "present"
     _schema: ClassVar[_Schema] = (("token", _TOKEN, False),)
     token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hold(ControlMessage):
+    op: ClassVar[str] = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Holding(ControlMessage):
+    op: ClassVar[str] = "holding"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ have sent in that state; the cores ignore it and count it as ``unexpected-messag
 a broker that misbehaves must not be able to crash the hub or the issuer.
 
 Agent, link to the broker (steps 1, 2): ``IDLE`` → (start) → ``ENROLLING`` → (enrolled) →
-``REGISTERING`` ⇄ ``HELD`` (no RACK for ``missed_racks`` tries / a RACK again).
+``REGISTERING`` ⇄ ``HELD`` (no RACK for ``missed_racks`` tries / a RACK again). The state
+says whether UDP reaches the broker; a connection held by configuration (``hold_connection``,
+docs/broker.md "Held connections") is kept in both and reopened when lost.
 
 Agent, one brokered session (steps 4 to 8): ``PRESENTING`` → (request) → ``CHECKING`` →
 (password ok) → ``AWAIT_START`` → (start) → ``PUNCHING`` → ``DIRECT``, or (punch failed) →
@@ -78,6 +80,8 @@ AGENT_LINK_TRANSITIONS: Mapping[tuple[LinkState, LinkInput], LinkState] = {
     (_L.HELD, _LI.ACK): _L.REGISTERING,
     # The held connection dropped: it is opened again after enroll_retry.
     (_L.HELD, _LI.HELD_LOST): _L.HELD,
+    # With hold_connection the connection is held while UDP works too, and reopened.
+    (_L.REGISTERING, _LI.HELD_LOST): _L.REGISTERING,
     (_L.IDLE, _LI.STOP): _L.STOPPED,
     (_L.ENROLLING, _LI.STOP): _L.STOPPED,
     (_L.REGISTERING, _LI.STOP): _L.STOPPED,

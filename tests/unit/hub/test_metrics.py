@@ -100,7 +100,8 @@ def _expected(status: HubStatus) -> Samples:
         broker = status.broker
         expected[("roost_hub_broker_enrolled", ())] = 1.0 if broker.enrolled else 0.0
         expected[("roost_hub_broker_sessions", ())] = float(broker.sessions)
-        skip = frozenset({"state", "enrolled", "reflexive", "sessions", "broker"})
+        expected[("roost_hub_broker_holding", ())] = 1.0 if broker.holding else 0.0
+        skip = frozenset({"state", "enrolled", "reflexive", "sessions", "broker", "holding"})
         expected |= _counters("roost_hub_broker_", broker, skip=skip)
     if status.dns_sd is not None:
         expected[("roost_hub_dns_sd_hubs", ())] = float(len(status.dns_sd))
@@ -173,6 +174,10 @@ def _example() -> HubStatus:
             ignored={"bad-tag": 5},
             broker="127.0.0.1:7443",
             rehomed=1,
+            holding=True,
+            held_requests=4,
+            keepalive_timeouts=1,
+            hold_refused={"held-limit": 1},
         ),
         dns_sd=({"id": "hcsp:dnssdHintAAAAAAAAAAAAAA", "endpoint": "192.0.2.11:7400"},),
     )

@@ -3,11 +3,12 @@
 The broker here follows docs/broker.md's flow in the simplest way that exercises both
 cores: enrollment, registrations answered with RACK, lookup, connect → wake (RWAK, or
 ``wake`` over a held connection) → present → request → accept/reject → start, and the
-relay. Every control body crosses the real codec (encode, then decode) so what the cores
-exchange is wire-valid. The adapters' work (opening the seal and checking the password,
-verifying the certificate, STUN, punching) is done by the lab with real primitives where
-they exist (seal.open_request) and by scenario switches where the part belongs to another
-component (punching, STUN, trust store).
+relay; keepalives echoed, ``hold`` answered ``holding`` (or refused), and a request pushed
+straight over a holding connection. Every control body crosses the real codec (encode,
+then decode) so what the cores exchange is wire-valid. The adapters' work (opening the
+seal and checking the password, verifying the certificate, STUN, punching) is done by the
+lab with real primitives where they exist (seal.open_request) and by scenario switches
+where the part belongs to another component (punching, STUN, trust store).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from roost.rendezvous.control import (
     Enroll,
     Enrolled,
     Error,
+    Hold,
+    Holding,
     Keepalive,
     Lookup,
     LookupResult,
@@ -113,6 +116,9 @@ class Scenario:
     max_bytes: int = 1 << 20
     max_ms: int = 120_000
     interval_ms: int = 20_000
+    # The broker echoes keepalives (the real one always does), holds connections.
+    echo_keepalive: bool = True
+    hold_ok: bool = True
 
 
 _ISSUER = -1
@@ -149,6 +155,7 @@ class Lab:
         self.checked: list[tuple[str, str]] = []
         self.registrations: list[float] = []
         self.keepalives: list[float] = []
+        self.wakes_sent = 0
         self.broker_sent: list[ControlMessage] = []
         self._schedule: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
@@ -311,6 +318,14 @@ class Lab:
             self._to_agent(channel, Enrolled(HUB_ID, REGISTRATION_KEY, self.s.interval_ms))
         elif isinstance(message, Keepalive):
             self.keepalives.append(self.now)
+            if self.s.echo_keepalive:
+                self._to_agent(channel, Keepalive())
+        elif isinstance(message, Hold):
+            if self.s.hold_ok:
+                self._channels[channel] = "holding"
+                self._to_agent(channel, Holding())
+            else:
+                self._to_agent(channel, Error(Reason.HELD_LIMIT))
         elif isinstance(message, Present) and kind == "present" and message.token == TOKEN:
             self._present_channel = channel
             self._to_agent(channel, Request(SESSION, self._issuer_candidates, self._sealed))
@@ -350,11 +365,18 @@ class Lab:
             self._relay(message)
 
     def _wake(self) -> None:
+        holding = [c for c, kind in self._channels.items() if kind == "holding"]
+        if holding:
+            # Pushed over the holding connection: no wake-up, no present connection.
+            self._present_channel = holding[0]
+            self._to_agent(holding[0], Request(SESSION, self._issuer_candidates, self._sealed))
+            return
         held = [c for c, kind in self._channels.items() if kind == "held"]
         if held:
             self._to_agent(held[0], WakePush(TOKEN))
             return
         self._wake_counter += 1
+        self.wakes_sent += 1
         datagram = self.wake_datagram(self._wake_counter)
         self.at(
             self.s.rtt / 2,

@@ -108,6 +108,10 @@ def _status() -> BrokerStatus:
         relay_closes=1,
         keepalives=5,
         expired=0,
+        channels_opened=3,
+        equipment_channels=2,
+        holds=1,
+        requests_pushed=1,
         refusals={"rate-limited": 7, "bad-tag": 1},
         connections_rejected={},
     )
@@ -122,6 +126,7 @@ def _status() -> BrokerStatus:
         trust=TrustSummary(1, None, "2026-01-01T00:00:00+00:00"),
         counters=counters,
         uptime_s=12.5,
+        holding=1,
     )
 
 
