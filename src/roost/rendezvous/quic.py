@@ -39,8 +39,8 @@ A stream is exposed as the guard's ``ByteStreamReader``/``ByteStreamWriter``
 both directions.
 
 Server-first login (docs/guard.md, "Server-first login"; PROTOCOL.md section 6). A hub
-holding a brokered session's password grant serves with ``login=``: it offers ALPN
-``roost/1-server-first`` before ``roost/1`` and opens the login stream itself (stream 1,
+holding a brokered session's password grant serves with ``login=``: it prefers ALPN
+``roost/1-server-first`` to ``roost/1`` and opens the login stream itself (stream 1,
 the first server-initiated bidirectional stream, RFC 9000 section 2.1) before the client's
 first Initial arrives; what the guard writes on it is held until the client's ClientHello
 has chosen that ALPN and then leaves in the server's first flight as 0.5-RTT data (1-RTT
