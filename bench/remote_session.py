@@ -233,7 +233,8 @@ class _Bench:
             punch=punch,
         )
         marks["quic"] = time.perf_counter()
-        reader, writer = connection.quic.stream()
+        # As `roost connect`: the hub's login stream when it opened one (server-first).
+        reader, writer = connection.quic.login_stream()
         try:
             client = await GuardClient.over_stream(
                 reader,
@@ -243,6 +244,7 @@ class _Bench:
                 password=PASSWORD,
                 answer=answer_from(self.base / f"owner-{hub}.card"),
                 pipeline=True,
+                server_first=connection.quic.server_first,
             )
         except BaseException:
             await connection.close()
@@ -260,6 +262,7 @@ class _Bench:
                 marks["frame"] = time.perf_counter()
             rtt = connection.quic.rtt_ms
             path = connection.current_path.value
+            server_first = connection.quic.server_first
         finally:
             await client.close()
             await connection.close()
@@ -273,6 +276,7 @@ class _Bench:
             "broker_setup_ms": connection.outcome.setup_ms,
             "timings": dict(connection.outcome.timings),
             "quic_rtt_ms": rtt,
+            "server_first": server_first,
         }
 
     async def warm_up(self) -> None:
@@ -316,6 +320,8 @@ class _Bench:
             self.result[f"{prefix}_timings_p50_ms"] = {
                 k: _percentile([r["timings"].get(k, 0) for r in runs], 50) for k in keys
             }
+            # Logins the hub opened with its Challenge (docs/guard.md, "Server-first login").
+            self.result[f"{prefix}_server_first"] = sum(bool(r["server_first"]) for r in runs)
             rtts = [r["quic_rtt_ms"] for r in runs if r["quic_rtt_ms"] is not None]
             self.result[f"{prefix}_quic_srtt_p50_ms"] = round(_percentile(rtts, 50), 2)
             self.result[f"{prefix}_samples_ms"] = [round(v, 1) for v in first]

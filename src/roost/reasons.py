@@ -159,6 +159,8 @@ class Reason(enum.StrEnum):
     TOO_FEW_PAIRS = "too-few-pairs"
     NOT_ON_CARD = "not-on-card"
     LOGIN_TIMEOUT = "login-timeout"
+    NO_GRANT = "no-grant"
+    USER_MISMATCH = "user-mismatch"
     BAD_TAG = "bad-tag"
     OUT_OF_WINDOW = "out-of-window"
     WRONG_DIRECTION = "wrong-direction"
@@ -390,6 +392,8 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.TOO_FEW_PAIRS: "fewer registered pairs than a challenge needs",
     Reason.NOT_ON_CARD: "a challenge label the card does not have",
     Reason.LOGIN_TIMEOUT: "the login did not finish within its deadline",
+    Reason.NO_GRANT: "a server-first login without a valid password grant",
+    Reason.USER_MISMATCH: "a server-first hello naming another user than the one challenged",
     Reason.BAD_TAG: "a sealed message or datagram whose tag does not verify",
     Reason.OUT_OF_WINDOW: "a message index outside the replay window",
     Reason.WRONG_DIRECTION: "a message sealed for the other direction",

@@ -245,6 +245,8 @@ def test_connect_goes_direct_on_loopback_and_saves_live_frames(site: Site) -> No
     before = (site.broker_status() or {})["counters"]
     summary = _summary(site.connect(None, "--frames", "4", "--out", "direct"))
     assert summary["path"] == "direct"
+    # The hub opened the login with its Challenge (docs/guard.md, "Server-first login").
+    assert summary["login"] == "server-first"
     assert summary["frames"] == 4
     frames = _frames(site.base / "direct")
     assert len(frames) == 4 and all(path.read_bytes()[:2] == b"\xff\xd8" for path in frames)
@@ -268,6 +270,7 @@ def test_no_punch_goes_through_the_relay_and_frames_still_arrive(site: Site) -> 
     before = (site.broker_status() or {})["counters"]["relayed_sessions"]
     summary = _summary(site.connect(None, "--frames", "3", "--out", "relay", "--no-punch"))
     assert summary["path"] == "relay" and summary["started_on"] == "relay"
+    assert summary["login"] == "server-first"
     assert summary["frames"] == 3
     assert len(_frames(site.base / "relay")) == 3
     after = (site.broker_status() or {})["counters"]

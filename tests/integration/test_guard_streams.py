@@ -75,6 +75,10 @@ class _MemoryEnd:
         del self._inbox[:n]
         return data
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back in front of what is still to be read."""
+        self._inbox[:0] = data
+
     def write(self, data: bytes) -> None:
         if self._closing:
             raise ConnectionResetError("stream is closed")
@@ -117,13 +121,22 @@ def _guard(
 
 
 def _serve_memory(
-    server: GuardServer, binding: bytes = BINDING, grant: PasswordGrant | None = None
+    server: GuardServer,
+    binding: bytes = BINDING,
+    grant: PasswordGrant | None = None,
+    *,
+    server_first: bool = False,
 ) -> tuple[_MemoryEnd, _MemoryEnd, asyncio.Task[None]]:
     """A fresh in-memory stream served by ``server``: its two ends and the serving task."""
     server_end, client_end = _memory_pair()
     serving = asyncio.create_task(
         server.serve_stream(
-            server_end, server_end, peer="memory", channel_binding=binding, password_grant=grant
+            server_end,
+            server_end,
+            peer="memory",
+            channel_binding=binding,
+            password_grant=grant,
+            server_first=server_first,
         )
     )
     return server_end, client_end, serving
@@ -223,6 +236,70 @@ async def test_a_brokered_check_spares_one_login_its_kdf() -> None:
             await client.close()
             await asyncio.wait_for(serving, 5.0)
         assert server.counters.logins_ok == 2 and server.counters.logins_granted == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_server_first_login_sends_the_challenge_before_any_hello() -> None:
+    # The hub's login stream of a brokered session (docs/guard.md, "Server-first login"):
+    # the Challenge is on the stream before the client writes anything.
+    server, card = _guard()
+    await server.open()
+    try:
+        grant = await server.check_password("owner", PASSWORD)
+        _, client_end, serving = _serve_memory(server, grant=grant, server_first=True)
+        first = await asyncio.wait_for(client_end.read(4096), 5.0)
+        assert first[4:5] == b"\x02"  # u32 length, then a Challenge (type 2)
+        client_end.unread(first)  # for the login below
+        client = await _log_in(
+            client_end, client_end, _codes_of(card), pipeline=True, server_first=True
+        )
+        await _exercise(client)
+        assert client.counter >= 1
+        await client.close()
+        await asyncio.wait_for(serving, 5.0)
+        assert server.counters.logins_ok == 1 and server.counters.logins_granted == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_server_first_login_without_a_grant_is_refused() -> None:
+    server, card = _guard()
+    await server.open()
+    try:
+        _, client_end, serving = _serve_memory(server, server_first=True)
+        with pytest.raises(VerificationError) as refused:
+            await _log_in(client_end, client_end, _codes_of(card), server_first=True)
+        assert refused.value.reason == "refused"
+        await asyncio.wait_for(serving, 5.0)
+        assert server.rejections["no-grant"] == 1 and server.counters.logins_failed == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_server_first_login_for_another_user_is_refused() -> None:
+    # The grant is the owner's; a client logging in as someone else on that stream gets
+    # the owner's Challenge, and its Hello is refused without any password check.
+    server, card = _guard()
+    await server.open()
+    try:
+        grant = await server.check_password("owner", PASSWORD)
+        _, client_end, serving = _serve_memory(server, grant=grant, server_first=True)
+        client = await GuardClient.over_stream(
+            client_end,
+            client_end,
+            channel_binding=BINDING,
+            user_id="somebody-else",
+            password=PASSWORD,
+            answer=_codes_of(card),
+            pipeline=True,
+            server_first=True,
+        )
+        with pytest.raises(VerificationError) as refused:
+            await client.call("echo", b"never run")
+        assert refused.value.reason == "refused"
+        await asyncio.wait_for(serving, 5.0)
+        assert server.rejections["user-mismatch"] == 1 and server.counters.calls == 0
     finally:
         await server.stop()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,14 +18,24 @@ from roost.errors import RemoteProtocolError, TransportError, VerificationError
 from roost.guard.aio import GuardClient, GuardServer
 from roost.guard.calls import tls_server_end_point
 from roost.guard.card import generate_card
+from roost.guard.challenge import decode_challenge
 from roost.guard.remote import CallResult
 from roost.guard.suites import KdfParams
-from roost.guard.userstore import MemoryUserStore, make_user
+from roost.guard.userstore import MemoryUserStore, PasswordGrant, make_user
 from roost.pki.certs import Role
 from roost.rendezvous.control import MAX_RELAY_PAYLOAD, decode_relay
 from roost.rendezvous.paths import DatagramHandler, RelayPath, UdpMux
-from roost.rendezvous.quic import QuicSession, quic_connect, quic_serve, verify_target
+from roost.rendezvous.quic import (
+    ALPN,
+    SERVER_FIRST_ALPN,
+    QuicSession,
+    QuicStream,
+    quic_connect,
+    quic_serve,
+    verify_target,
+)
 from tests.helpers.pki import EPOCH, Node, TestCA
+from tests.helpers.waits import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
 FAST = KdfParams(log2_n=4, r=1, p=1)
@@ -326,6 +337,228 @@ async def test_a_wrong_channel_binding_fails_the_guard_login(ca: TestCA, hub: No
         assert guard.counters.logins_ok == 0
     finally:
         serving.cancel()
+        client.close()
+        server.close()
+        await guard.stop()
+
+
+def _guard_with_owner() -> tuple[GuardServer, Callable[[tuple[str, ...]], list[str]]]:
+    store = MemoryUserStore()
+    card = generate_card(20)
+    store.add(make_user("owner", PASSWORD, card, password_kdf=FAST, pair_kdf=FAST))
+    return GuardServer(lambda: store, _handler), lambda labels: [card.code_for(x) for x in labels]
+
+
+def _login_starter(
+    guard: GuardServer,
+    grant: PasswordGrant | None,
+    binding: bytes,
+    tasks: list[asyncio.Task[None]],
+) -> Callable[[QuicStream], None]:
+    """What the hub's agent passes as ``quic_serve(login=...)``: the guard on the login
+    stream with the session's grant, Challenge first."""
+
+    def start(stream: QuicStream) -> None:
+        tasks.append(
+            asyncio.create_task(
+                guard.serve_stream(
+                    stream,
+                    stream,
+                    peer="quic",
+                    channel_binding=binding,
+                    password_grant=grant,
+                    server_first=True,
+                )
+            )
+        )
+
+    return start
+
+
+async def test_the_hubs_challenge_rides_its_first_flight(ca: TestCA, hub: Node) -> None:
+    # Everything the client sends after its first Initial is dropped: the server never
+    # completes its handshake, yet the client holds the hub's Challenge on the login
+    # stream once its own handshake is done. The Challenge left as 0.5-RTT data in the
+    # flight that answered the Initial, a round trip before a Hello could have got one.
+    guard, _ = _guard_with_owner()
+    await guard.open()
+    grant = await guard.check_password("owner", PASSWORD)
+    server_path, client_path = memory_pair()
+    client_path.drop = lambda datagram: client_path.sent > 1
+    tasks: list[asyncio.Task[None]] = []
+    binding = tls_server_end_point(der(hub))
+
+    start = _login_starter(guard, grant, binding, tasks)
+    serving = asyncio.create_task(
+        quic_serve(
+            server_path,
+            certificate_der=der(hub),
+            private_key=hub.key,
+            timeout_s=TIMEOUT,
+            login=start,
+        )
+    )
+    try:
+        client = await quic_connect(
+            client_path,
+            verify_server=verify_target([ca.cert], EPOCH, hub.identifier),
+            timeout_s=TIMEOUT,
+        )
+        assert client.server_first and client.alpn == SERVER_FIRST_ALPN
+        reader, _ = client.login_stream()
+        assert reader.stream_id == 1
+        first = await asyncio.wait_for(reader.read(4096), TIMEOUT)
+        (length,) = struct.unpack(">I", first[:4])
+        challenge = decode_challenge(first[4 : 4 + length])
+        assert 3 <= len(challenge.entries) <= 5
+        assert client_path.sent > 1 and not serving.done()
+        client.close()
+    finally:
+        serving.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(serving, *tasks, return_exceptions=True)
+        await guard.stop()
+
+
+@pytest.mark.parametrize("initial_waiting", [False, True], ids=["hub-first", "initial-waiting"])
+async def test_a_server_first_login_over_quic(ca: TestCA, hub: Node, initial_waiting: bool) -> None:
+    guard, answer = _guard_with_owner()
+    await guard.open()
+    grant = await guard.check_password("owner", PASSWORD)
+    server_path, client_path = memory_pair()
+    tasks: list[asyncio.Task[None]] = []
+    binding = tls_server_end_point(der(hub))
+
+    start = _login_starter(guard, grant, binding, tasks)
+    connecting = asyncio.create_task(
+        quic_connect(
+            client_path,
+            verify_server=verify_target([ca.cert], EPOCH, hub.identifier),
+            timeout_s=TIMEOUT,
+        )
+    )
+    if initial_waiting:
+        # The client's Initial is already on the path when the hub starts serving (a relay
+        # path with a record queued): the session takes it as it is made.
+        await async_wait_until(lambda: server_path.backlog, TIMEOUT, what="the Initial")
+    serving = asyncio.create_task(
+        quic_serve(
+            server_path,
+            certificate_der=der(hub),
+            private_key=hub.key,
+            timeout_s=TIMEOUT,
+            login=start,
+        )
+    )
+    client = await asyncio.wait_for(connecting, TIMEOUT)
+    server = await asyncio.wait_for(serving, TIMEOUT)
+    try:
+        assert client.server_first and server.server_first
+        reader, writer = client.login_stream()
+        guard_client = await asyncio.wait_for(
+            GuardClient.over_stream(
+                reader,
+                writer,
+                channel_binding=tls_server_end_point(client.server_certificate_der),
+                user_id="owner",
+                password=PASSWORD,
+                answer=answer,
+                pipeline=True,
+                server_first=client.server_first,
+            ),
+            TIMEOUT,
+        )
+        echoed = await guard_client.call("echo", b"server", b"first")
+        assert echoed.ok and echoed.results == (b"server", b"first")
+        # A second stream of the session is the client's own, Hello first and no grant.
+        second_reader, second_writer = client.login_stream()
+        assert second_reader.stream_id == 0
+
+        async def serve_next() -> None:
+            r, w = await server.accept_stream()
+            await guard.serve_stream(r, w, peer="quic", channel_binding=binding)
+
+        tasks.append(asyncio.create_task(serve_next()))
+        second = await asyncio.wait_for(
+            GuardClient.over_stream(
+                second_reader,
+                second_writer,
+                channel_binding=tls_server_end_point(client.server_certificate_der),
+                user_id="owner",
+                password=PASSWORD,
+                answer=answer,
+            ),
+            TIMEOUT,
+        )
+        assert (await second.call("echo", b"again")).ok
+        await guard_client.close()
+        await second.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+        assert guard.counters.logins_ok == 2 and guard.counters.logins_granted == 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        client.close()
+        server.close()
+        await guard.stop()
+
+
+async def test_a_client_that_does_not_offer_it_logs_in_hello_first(ca: TestCA, hub: Node) -> None:
+    # The hub offers the server-first login, the client only plain roost/1: the login
+    # stream ends unsent, and the client's own stream logs in with the password's KDF.
+    guard, answer = _guard_with_owner()
+    await guard.open()
+    grant = await guard.check_password("owner", PASSWORD)
+    server_path, client_path = memory_pair()
+    tasks: list[asyncio.Task[None]] = []
+    binding = tls_server_end_point(der(hub))
+
+    start = _login_starter(guard, grant, binding, tasks)
+    serving = asyncio.create_task(
+        quic_serve(
+            server_path,
+            certificate_der=der(hub),
+            private_key=hub.key,
+            timeout_s=TIMEOUT,
+            login=start,
+        )
+    )
+    client = await quic_connect(
+        client_path,
+        verify_server=verify_target([ca.cert], EPOCH, hub.identifier),
+        timeout_s=TIMEOUT,
+        server_first=False,
+    )
+    server = await asyncio.wait_for(serving, TIMEOUT)
+    try:
+        assert client.alpn == server.alpn == ALPN and not client.server_first
+        # The hub's login task ends on its own: its stream was never sent.
+        await asyncio.wait_for(tasks[0], TIMEOUT)
+
+        async def serve_next() -> None:
+            r, w = await server.accept_stream()
+            await guard.serve_stream(r, w, peer="quic", channel_binding=binding)
+
+        tasks.append(asyncio.create_task(serve_next()))
+        reader, writer = client.login_stream()
+        guard_client = await asyncio.wait_for(
+            GuardClient.over_stream(
+                reader,
+                writer,
+                channel_binding=tls_server_end_point(client.server_certificate_der),
+                user_id="owner",
+                password=PASSWORD,
+                answer=answer,
+            ),
+            TIMEOUT,
+        )
+        assert (await guard_client.call("echo", b"plain")).ok
+        await guard_client.close()
+        assert guard.counters.logins_ok == 1 and guard.counters.logins_granted == 0
+    finally:
+        for task in tasks:
+            task.cancel()
         client.close()
         server.close()
         await guard.stop()

@@ -231,7 +231,9 @@ def connect(
 
     async def _session(connection: BrokeredConnection) -> dict[str, Any]:
         quic = connection.quic
-        reader, writer = quic.stream()
+        # The hub opens the login with its Challenge when it took the server-first login
+        # (docs/guard.md); otherwise our Hello goes first on a stream of our own.
+        reader, writer = quic.login_stream()
         client = await GuardClient.over_stream(
             reader,
             writer,
@@ -242,6 +244,7 @@ def connect(
             timeout_s=timeout,
             # The first call (status or watch) goes out with the proof: one round trip less.
             pipeline=True,
+            server_first=quic.server_first,
         )
         try:
             device = await _pick_camera(client, camera)
@@ -273,6 +276,8 @@ def connect(
                 "camera": device,
                 "path": connection.current_path.value,
                 "started_on": connection.path.value,
+                # Who opened the login: the hub with its Challenge, or our Hello.
+                "login": "server-first" if quic.server_first else "hello-first",
                 "rtt_ms": round(rtt, 3),
                 "setup_ms": connection.outcome.setup_ms,
                 "timings": dict(connection.outcome.timings),

@@ -338,13 +338,17 @@ class GuardServer:
         peer: str,
         channel_binding: bytes,
         password_grant: PasswordGrant | None = None,
+        server_first: bool = False,
     ) -> None:
         """Run one guard session on an open stream until it ends, then close the stream.
 
         ``peer`` is the source the per-source limits count (an address); ``channel_binding``
         is what both ends bind the login to (docs/guard.md, "Binding and server check").
         ``password_grant`` (from :meth:`check_password`, for a stream of the same brokered
-        session only) admits that password once without the KDF.
+        session only) admits that password once without the KDF. ``server_first`` sends
+        the Challenge for the grant's user at once, before the client's Hello (the login
+        stream a hub opens on a brokered QUIC session, docs/guard.md, "Server-first
+        login"); without a valid grant that login is refused (``no-grant``).
         """
         if self._login_server is None:
             raise StateError("open() the guard server first", reason="not-running")
@@ -381,7 +385,7 @@ class GuardServer:
             now=self._clock(),
             password_grant=password_grant,
         )
-        stream = _ServerStream(self, core, reader, writer, peer)
+        stream = _ServerStream(self, core, reader, writer, peer, server_first=server_first)
         self._tasks[task] = stream
         self._per_source[peer] += 1
         self.counters.connections += 1
@@ -411,9 +415,12 @@ class _ServerStream:
         reader: ByteStreamReader,
         writer: ByteStreamWriter,
         peer: str,
+        *,
+        server_first: bool = False,
     ) -> None:
         self._server = server
         self._peer = peer
+        self._server_first = server_first
         self._core = core
         self._reader = reader
         self._writer = writer
@@ -434,6 +441,12 @@ class _ServerStream:
         core, server = self._core, self._server
         try:
             self._transmit()  # arms the login deadline
+            if self._server_first:
+                # The Challenge goes out before anything is read (docs/guard.md).
+                core.open_login(now=server._clock(), wall_ms=server._wall_ms())
+                await self._handle_events()
+                self._transmit()
+                await self._writer.drain()
             while not core.closed:
                 data = await self._reader.read(READ_CHUNK)
                 if core.closed:

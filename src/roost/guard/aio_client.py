@@ -134,6 +134,7 @@ class GuardClient:
         timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         pipeline: bool = False,
+        server_first: bool = False,
     ) -> GuardClient:
         """Log in on a stream already open to the server; the stream is closed if the login
         fails. ``channel_binding`` must be what the server binds the same stream to.
@@ -141,7 +142,13 @@ class GuardClient:
         ``pipeline`` returns once the proof is sent, without waiting for the server's
         Accept: the first call goes out at once and the Accept is read and verified
         before its response (one round trip less; a refused login then raises from that
-        first call, and ``counter`` is known only after it)."""
+        first call, and ``counter`` is known only after it).
+
+        ``server_first`` takes the server's Challenge as the stream's first record instead
+        of sending a Hello for it (the login stream a hub opens on a brokered QUIC session,
+        docs/guard.md, "Server-first login"): the Hello goes out as soon as the Challenge
+        is taken, the proof behind it; with ``pipeline`` the login costs no round trip of
+        its own."""
         core = RemoteClientCore(
             user_id,
             password,
@@ -152,7 +159,13 @@ class GuardClient:
         )
         client = cls(core, reader, writer, clock=clock, timeout_s=timeout_s)
         try:
-            labels = core.receive_challenge(await client._exchange(core.hello()))
+            if server_first:
+                labels = core.receive_challenge_first(await client._next_record())
+                # The Hello leaves before the codes are asked: the server checks the
+                # password while they are typed.
+                client._write(core.hello())
+            else:
+                labels = core.receive_challenge(await client._exchange(core.hello()))
             codes = answer(labels)
             if not isinstance(codes, Sequence):
                 codes = await codes

@@ -107,9 +107,11 @@ class Response:
 
 class RemoteClientCore:
     """Client side: ``hello()``, ``receive_challenge()`` → labels to answer,
-    ``answer(codes)``, ``receive_result()``; then ``request()`` / ``receive_response()``
-    alternately (one call in flight). A streamed answer is several responses to one
-    request: the call stays in flight until a response that is not ``more``."""
+    ``answer(codes)``, ``receive_result()`` (server-first: ``receive_challenge_first()``,
+    then ``hello()``, ``answer(codes)``, ``receive_result()``); then ``request()`` /
+    ``receive_response()`` alternately (one call in flight). A streamed answer is several
+    responses to one request: the call stays in flight until a response that is not
+    ``more``."""
 
     def __init__(
         self,
@@ -144,6 +146,11 @@ class RemoteClientCore:
 
     def receive_challenge(self, body: bytes) -> tuple[str, ...]:
         return self._login.receive_challenge(body)
+
+    def receive_challenge_first(self, body: bytes) -> tuple[str, ...]:
+        """A server-first login (docs/guard.md): the server's Challenge before our Hello;
+        then ``hello()`` and ``answer(codes)``, sent in that order."""
+        return self._login.receive_challenge_first(body)
 
     def answer(self, codes: Sequence[str]) -> bytes:
         return self._login.answer(list(codes))

@@ -13,6 +13,13 @@ The transcript hash covers the Hello (without the password), the Challenge bytes
 optional channel binding, and every MAC input starts with the suite name; so a replayed
 proof, a stripped suite offer or a swapped suite fails verification on both sides.
 
+Server-first (docs/guard.md, "Server-first login"): on a brokered session whose password the
+hub has just checked (a :class:`PasswordGrant`), the server sends the Challenge for the
+granted user first (:meth:`ServerHandshake.challenge_first_steps`, which consumes the
+grant); the client takes it (:meth:`LoginClient.receive_challenge_first`), then sends its
+Hello and Proof together. The Hello must name the challenged user and carry the checked
+password; the transcript is the same hash under its own label.
+
 The server answers each message in steps (:meth:`ServerHandshake.hello_steps`,
 :meth:`ServerHandshake.proof_steps`): a generator that yields a :class:`LoginWork` item
 whenever it needs the password KDF (tens of milliseconds) or the user directory, and takes
@@ -127,13 +134,21 @@ _REJECT = REJECT_TYPE
 # --- Shared derivations --------------------------------------------------------------------
 
 
-def _transcript_hash(suite: Suite, hello: Hello, challenge_bytes: bytes, binding: bytes) -> bytes:
+# The transcript's label: the Hello-first login, and the server-first one, whose Challenge
+# was sent before the Hello (docs/guard.md): the same inputs, kept apart by the label.
+_TRANSCRIPT = "transcript"
+_SERVER_FIRST_TRANSCRIPT = "server-first transcript"
+
+
+def _transcript_hash(
+    suite: Suite, hello: Hello, challenge_bytes: bytes, binding: bytes, label: str = _TRANSCRIPT
+) -> bytes:
     # The password stays out of the transcript: the hash must not become an offline
     # password oracle if it ever leaks.
     return suite.hash(
         mac_input(
             suite.name,
-            "transcript",
+            label,
             encode_hello(hello, include_password=False),
             challenge_bytes,
             binding,
@@ -218,6 +233,8 @@ def _random_below(bound: int, random_bytes: RandomBytes) -> int:
 class _ClientState(enum.Enum):
     START = "start"
     SENT_HELLO = "sent-hello"
+    # Server-first: the Challenge came before our Hello, which goes next.
+    GOT_CHALLENGE_FIRST = "got-challenge-first"
     GOT_CHALLENGE = "got-challenge"
     SENT_PROOF = "sent-proof"
     DONE = "done"
@@ -226,7 +243,10 @@ class _ClientState(enum.Enum):
 
 class LoginClient:
     """Client half. ``hello()`` → send; ``receive_challenge()`` → show labels;
-    ``answer(codes)`` → send; ``receive_result()`` → a :class:`LoginResult` or an error."""
+    ``answer(codes)`` → send; ``receive_result()`` → a :class:`LoginResult` or an error.
+
+    Server-first: ``receive_challenge_first()`` → show labels; ``hello()`` → send;
+    ``answer(codes)`` → send; ``receive_result()``."""
 
     def __init__(
         self,
@@ -249,8 +269,18 @@ class LoginClient:
         self._client_keys: list[bytes] = []
         self._server_keys: list[bytes] = []
         self._pending: LoginResult | None = None
+        self._server_first = False
+
+    @property
+    def server_first(self) -> bool:
+        """True once a server-first Challenge was taken (:meth:`receive_challenge_first`)."""
+        return self._server_first
 
     def hello(self) -> bytes:
+        """The Hello: first (Hello-first), or right after a server-first Challenge."""
+        if self._state is _ClientState.GOT_CHALLENGE_FIRST:
+            self._state = _ClientState.GOT_CHALLENGE
+            return encode_hello(self._hello)
         self._require(_ClientState.START)
         self._state = _ClientState.SENT_HELLO
         return encode_hello(self._hello)
@@ -258,6 +288,22 @@ class LoginClient:
     def receive_challenge(self, data: bytes) -> tuple[str, ...]:
         """Return the labels whose codes the user must type, in order."""
         self._require(_ClientState.SENT_HELLO)
+        self._take_challenge(data, _TRANSCRIPT)
+        self._state = _ClientState.GOT_CHALLENGE
+        return self._labels()
+
+    def receive_challenge_first(self, data: bytes) -> tuple[str, ...]:
+        """Take the Challenge a server sent before our Hello (docs/guard.md, "Server-first
+        login") and return its labels; :meth:`hello` goes next, then :meth:`answer`. The
+        same checks as :meth:`receive_challenge`: a Reject, a suite we do not offer or a
+        counter below ``min_counter`` raise; a second Challenge finds the client past it."""
+        self._require(_ClientState.START)
+        self._take_challenge(data, _SERVER_FIRST_TRANSCRIPT)
+        self._server_first = True
+        self._state = _ClientState.GOT_CHALLENGE_FIRST
+        return self._labels()
+
+    def _take_challenge(self, data: bytes, label: str) -> None:
         self._state = _ClientState.FAILED
         if data[:1] == bytes([_REJECT]):
             decode_reject(data)
@@ -269,9 +315,13 @@ class LoginClient:
         if challenge.counter < self._min_counter:
             raise VerificationError("server counter went backwards", reason="stale-counter")
         self._challenge, self._suite = challenge, suite
-        self._transcript = _transcript_hash(suite, self._hello, data, self._binding)
-        self._state = _ClientState.GOT_CHALLENGE
-        return tuple(entry.label for entry in challenge.entries)
+        # The Hello (our nonce and offered suites) is fixed since __init__, so a
+        # server-first transcript is known now although the Hello leaves after it.
+        self._transcript = _transcript_hash(suite, self._hello, data, self._binding, label)
+
+    def _labels(self) -> tuple[str, ...]:
+        assert self._challenge is not None
+        return tuple(entry.label for entry in self._challenge.entries)
 
     def answer(self, codes: list[str] | tuple[str, ...]) -> bytes:
         self._require(_ClientState.GOT_CHALLENGE)
@@ -413,6 +463,8 @@ class LoginServer:
 
 class _ServerState(enum.Enum):
     AWAIT_HELLO = "await-hello"
+    # Server-first: the Challenge for the granted user is out; its Hello comes next.
+    AWAIT_LATE_HELLO = "await-late-hello"
     AWAIT_PROOF = "await-proof"
     DONE = "done"
     FAILED = "failed"
@@ -436,6 +488,11 @@ class ServerHandshake:
         self._state = _ServerState.AWAIT_HELLO
         self._hello: Hello | None = None
         self._challenge: Challenge | None = None
+        self._challenge_bytes = b""
+        # Server-first: the grant the Challenge was made under and the user's record as
+        # it was read then, for the late Hello's password.
+        self._challenged: PasswordGrant | None = None
+        self._record: UserRecord | None = None
         self._pair_keys: list[tuple[bytes, bytes]] = []
         self._transcript = b""
         self._suite: Suite | None = None
@@ -451,8 +508,24 @@ class ServerHandshake:
 
     def hello_steps(self, data: bytes, *, now: float, wall_ms: int) -> LoginSteps[bytes]:
         """:meth:`receive_hello` as steps: yields the user lookup, the password KDF and, on a
-        wrong password, the failure record."""
+        wrong password, the failure record. After a server-first Challenge it checks the
+        late Hello and returns ``b""`` (nothing to send)."""
+        if self._state is _ServerState.AWAIT_LATE_HELLO:
+            return self._counted(self._receive_late_hello(data, now, wall_ms))
         return self._counted(self._receive_hello(data, now, wall_ms))
+
+    def open_challenge(self, *, now: float, wall_ms: int) -> bytes:
+        """:meth:`challenge_first_steps` run in place: the server-first Challenge bytes."""
+        return run_inline(self.challenge_first_steps(now=now, wall_ms=wall_ms))
+
+    def challenge_first_steps(self, *, now: float, wall_ms: int) -> LoginSteps[bytes]:
+        """The server-first Challenge (docs/guard.md, "Server-first login"), before any
+        Hello, for the user of this handshake's password grant, which it consumes: yields
+        the user lookup and returns the Challenge bytes. Without a grant still valid at
+        ``now`` for the user's current verifier it raises ``no-grant``; a locked-out user
+        ``locked-out``. The Hello that follows must name that user and carry the password
+        the grant checked (:meth:`hello_steps`)."""
+        return self._counted(self._open_challenge(now, wall_ms))
 
     def proof_steps(
         self, data: bytes, *, now: float, wall_ms: int
@@ -526,6 +599,16 @@ class ServerHandshake:
             except VerificationError as wrong:
                 yield from self._record_failure(record, wall_ms)
                 raise wrong
+        encoded = self._new_challenge(record, chosen, now, wall_ms)
+        self._hello = hello
+        assert self._suite is not None
+        self._transcript = _transcript_hash(self._suite, hello, encoded, self._binding)
+        self._state = _ServerState.AWAIT_PROOF
+        return encoded
+
+    def _new_challenge(self, record: UserRecord, suite: str, now: float, wall_ms: int) -> bytes:
+        """Pick the pairs and make the Challenge (single use, ``challenge_ttl_s``)."""
+        config = self._server.config
         if len(record.pairs) < config.min_pairs:
             raise StateError("user has too few registered pairs", reason="too-few-pairs")
         # n is itself random within the configured bounds (PROTOCOL.md §6).
@@ -537,7 +620,7 @@ class ServerHandshake:
             remaining.pop(_random_below(len(remaining), random_bytes)) for _ in range(count)
         ]
         challenge = Challenge(
-            suite=chosen,
+            suite=suite,
             server_nonce=random_bytes(NONCE_SIZE),
             counter=record.counter,
             server_time_ms=wall_ms,
@@ -545,13 +628,73 @@ class ServerHandshake:
             entries=tuple(ChallengeEntry(p.label, p.salt) for p in chosen_pairs),
         )
         encoded = encode_challenge(challenge)
-        self._suite = get_suite(chosen)
-        self._hello, self._challenge = hello, challenge
+        self._suite = get_suite(suite)
+        self._challenge, self._challenge_bytes = challenge, encoded
         self._pair_keys = [(p.stored_key, p.server_key) for p in chosen_pairs]
-        self._transcript = _transcript_hash(self._suite, hello, encoded, self._binding)
         self._deadline = now + config.challenge_ttl_s
-        self._state = _ServerState.AWAIT_PROOF
         return encoded
+
+    def _open_challenge(self, now: float, wall_ms: int) -> LoginSteps[bytes]:
+        if self._state is not _ServerState.AWAIT_HELLO:
+            # One Challenge per handshake: a second one, or one after a Hello, is refused.
+            reason = "challenge-reused" if self._challenge is not None else "unexpected-message"
+            raise LocalProtocolError("the login already started", reason=reason)
+        self._state = _ServerState.FAILED
+        # Single use: whatever happens next, this grant makes no other Challenge or Hello.
+        grant, self._grant = self._grant, None
+        if grant is None or now > grant.expires_at:
+            raise StateError("no password grant for a server-first login", reason="no-grant")
+        record = yield from self._load(grant.user_id)
+        if record is None:
+            raise StateError("the granted user is gone", reason="unknown-user")
+        if is_locked(record, wall_ms):
+            raise VerificationError("user locked out", reason="locked-out")
+        if not grant.holds(record.user_id, record.password, now):
+            # The password changed since the brokered check: the grant is void.
+            raise StateError("the password grant is void", reason="no-grant")
+        # No Hello to choose from yet: our first suite; a client that does not offer it
+        # refuses (downgrade) and this server refuses a Hello without it.
+        encoded = self._new_challenge(record, self._server.config.suites[0], now, wall_ms)
+        self._challenged, self._record = grant, record
+        self._state = _ServerState.AWAIT_LATE_HELLO
+        return encoded
+
+    def _receive_late_hello(self, data: bytes, now: float, wall_ms: int) -> LoginSteps[bytes]:
+        self._state = _ServerState.FAILED
+        grant, self._challenged = self._challenged, None
+        record, self._record = self._record, None
+        assert grant is not None and record is not None
+        assert self._challenge is not None and self._suite is not None
+        if now > self._deadline:
+            raise VerificationError("challenge expired", reason="challenge-expired")
+        hello = decode_hello(data)
+        if hello.user_id != grant.user_id:
+            # The Challenge was made for the granted user's pairs and counter only.
+            raise VerificationError("hello names another user", reason="user-mismatch")
+        if self._challenge.suite not in hello.suites:
+            raise VerificationError("hello does not offer the suite", reason="suite-not-allowed")
+        # The record as read for the Challenge: lock-out and the grant (deadline, the
+        # verifier it matched) were checked then, as a Hello-first login checks them at
+        # its Hello, and the proof step reads the directory again; the Challenge's TTL
+        # bounds the rest. The password the grant checked: no second KDF.
+        verifier = record.password
+        if grant.matches(hello.password):
+            self.used_grant = True
+        else:
+            candidate = yield from self._kdf(
+                password_secret(hello.password), verifier.salt, verifier.kdf
+            )
+            try:
+                check_password_digest(verifier, candidate)
+            except VerificationError as wrong:
+                yield from self._record_failure(record, wall_ms)
+                raise wrong
+        self._hello = hello
+        self._transcript = _transcript_hash(
+            self._suite, hello, self._challenge_bytes, self._binding, _SERVER_FIRST_TRANSCRIPT
+        )
+        self._state = _ServerState.AWAIT_PROOF
+        return b""
 
     def _receive_proof(
         self, data: bytes, now: float, wall_ms: int
@@ -559,7 +702,10 @@ class ServerHandshake:
         if self._state is not _ServerState.AWAIT_PROOF:
             # A challenge set is single use: once answered (rightly or not), a second
             # proof for it is refused.
-            reason = "challenge-reused" if self._challenge is not None else "unexpected-message"
+            answered = self._challenge is not None and self._state is not (
+                _ServerState.AWAIT_LATE_HELLO
+            )
+            reason = "challenge-reused" if answered else "unexpected-message"
             raise VerificationError("no open challenge", reason=reason)
         self._state = _ServerState.FAILED
         assert self._hello is not None and self._challenge is not None

@@ -170,6 +170,10 @@ class StreamClosed(RemoteEvent):
 
 class _Phase(enum.Enum):
     AWAIT_HELLO = "await-hello"
+    # Server-first (docs/guard.md): the Challenge for the granted user is being made, then
+    # is out and the client's Hello is awaited.
+    CHALLENGE_WORK = "challenge-work"
+    AWAIT_LATE_HELLO = "await-late-hello"
     HELLO_WORK = "hello-work"
     AWAIT_PROOF = "await-proof"
     PROOF_WORK = "proof-work"
@@ -180,7 +184,9 @@ class _Phase(enum.Enum):
 
 # The one transition table of the server core (STYLE.md): a phase may only move to these.
 _TRANSITIONS: Mapping[_Phase, frozenset[_Phase]] = {
-    _Phase.AWAIT_HELLO: frozenset({_Phase.HELLO_WORK, _Phase.CLOSED}),
+    _Phase.AWAIT_HELLO: frozenset({_Phase.HELLO_WORK, _Phase.CHALLENGE_WORK, _Phase.CLOSED}),
+    _Phase.CHALLENGE_WORK: frozenset({_Phase.AWAIT_LATE_HELLO, _Phase.CLOSED}),
+    _Phase.AWAIT_LATE_HELLO: frozenset({_Phase.HELLO_WORK, _Phase.CLOSED}),
     _Phase.HELLO_WORK: frozenset({_Phase.AWAIT_PROOF, _Phase.CLOSED}),
     _Phase.AWAIT_PROOF: frozenset({_Phase.PROOF_WORK, _Phase.CLOSED}),
     _Phase.PROOF_WORK: frozenset({_Phase.OPEN, _Phase.CLOSED}),
@@ -188,7 +194,9 @@ _TRANSITIONS: Mapping[_Phase, frozenset[_Phase]] = {
     _Phase.CALLING: frozenset({_Phase.OPEN, _Phase.CLOSED}),
     _Phase.CLOSED: frozenset(),
 }
-_TAKES_RECORDS = frozenset({_Phase.AWAIT_HELLO, _Phase.AWAIT_PROOF, _Phase.OPEN})
+_TAKES_RECORDS = frozenset(
+    {_Phase.AWAIT_HELLO, _Phase.AWAIT_LATE_HELLO, _Phase.AWAIT_PROOF, _Phase.OPEN}
+)
 
 
 class RemoteServerCore:
@@ -203,6 +211,10 @@ class RemoteServerCore:
     :meth:`receive` is the same core driven in place (work items run inline, calls go to
     ``handler``, which must answer synchronously), for in-memory use and tests; it returns
     the record bodies to send and raises the peer's error.
+
+    :meth:`open_login` starts a server-first login (docs/guard.md, "Server-first login"):
+    the Challenge for the user of ``password_grant`` goes out before any record arrives,
+    and the client's Hello and Proof follow it.
     """
 
     def __init__(
@@ -252,6 +264,19 @@ class RemoteServerCore:
         return self._framer.max_body
 
     # -- adapter input ---------------------------------------------------------------------
+
+    def open_login(self, *, now: float, wall_ms: int) -> None:
+        """Send the server-first Challenge for the grant's user before the client says
+        anything (a brokered session's login stream, docs/guard.md); only before the first
+        record. Without a valid grant the login fails at once (``no-grant``: a Reject, then
+        :class:`StreamClosed`), so no Challenge leaves a stream that carries none."""
+        self._require_not_closed()
+        if self._phase is not _Phase.AWAIT_HELLO or self._inbox:
+            raise LocalProtocolError("the login already started", reason="unexpected-message")
+        self._move(_Phase.CHALLENGE_WORK)
+        self._steps = self._handshake.challenge_first_steps(now=now, wall_ms=wall_ms)
+        self._login_step(lambda started: started.send(None), now)
+        self._advance(now, wall_ms)
 
     def receive_data(self, data: bytes, *, now: float, wall_ms: int) -> None:
         """Bytes the peer sent, as they came off the stream."""
@@ -409,7 +434,7 @@ class RemoteServerCore:
         # One record at a time: the next waits until the previous one is answered.
         while self._inbox and self._phase in _TAKES_RECORDS:
             body = self._inbox.popleft()
-            if self._phase is _Phase.AWAIT_HELLO:
+            if self._phase in (_Phase.AWAIT_HELLO, _Phase.AWAIT_LATE_HELLO):
                 self._start_login(
                     self._handshake.hello_steps, _Phase.HELLO_WORK, body, now, wall_ms
                 )
@@ -459,9 +484,15 @@ class RemoteServerCore:
         self._events.append(WorkRequested(item))
 
     def _login_reply(self, value: object, now: float) -> None:
-        if self._phase is _Phase.HELLO_WORK:
+        if self._phase is _Phase.CHALLENGE_WORK:
             assert isinstance(value, bytes)
             self._outgoing.append(value)
+            self._move(_Phase.AWAIT_LATE_HELLO)
+            return
+        if self._phase is _Phase.HELLO_WORK:
+            assert isinstance(value, bytes)
+            if value:  # a late Hello (server-first) is answered by nothing
+                self._outgoing.append(value)
             self._move(_Phase.AWAIT_PROOF)
             return
         accept, result = cast(tuple[bytes, LoginResult], value)

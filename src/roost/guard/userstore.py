@@ -127,7 +127,9 @@ class PasswordGrant:
     when it names the same user, carries the same password (constant-time compare of the
     keyed hash), the user's stored verifier is still the one that matched (a password
     changed meanwhile voids it) and the deadline has not passed. Anything else takes the
-    normal path with the KDF; lock-out and the challenge codes apply either way.
+    normal path with the KDF; lock-out and the challenge codes apply either way. A
+    server-first login (docs/guard.md) spends it on its Challenge instead (``holds``, then
+    ``matches`` for the Hello that follows).
     """
 
     user_id: str
@@ -155,12 +157,20 @@ class PasswordGrant:
 
     def admits(self, user_id: str, verifier: PasswordVerifier, password: str, now: float) -> bool:
         """True when this Hello's user and password are the ones checked, still valid."""
-        tag = hmac.new(self.key, password_secret(password), hashlib.sha256).digest()
-        same_password = hmac.compare_digest(tag, self.tag)
+        same_password = self.matches(password)
+        return self.holds(user_id, verifier, now) and same_password
+
+    def holds(self, user_id: str, verifier: PasswordVerifier, now: float) -> bool:
+        """True while the grant stands for ``user_id`` whose stored verifier is still the
+        one that matched (a server-first login's Challenge is made only then)."""
         same_verifier = hmac.compare_digest(verifier.digest, self.digest)
-        return (
-            same_password and same_verifier and user_id == self.user_id and now <= self.expires_at
-        )
+        return same_verifier and user_id == self.user_id and now <= self.expires_at
+
+    def matches(self, password: str) -> bool:
+        """True when ``password`` is the one checked (constant-time compare of the keyed
+        hash); says nothing about the user, the verifier or the deadline."""
+        tag = hmac.new(self.key, password_secret(password), hashlib.sha256).digest()
+        return hmac.compare_digest(tag, self.tag)
 
 
 def client_keys_for_code(code: str, salt: bytes, kdf: KdfParams) -> tuple[bytes, bytes, bytes]:

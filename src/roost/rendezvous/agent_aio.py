@@ -15,7 +15,9 @@ is served as QUIC (``quic_serve`` with the hub certificate) over a ``SwitchingPa
 starts on the direct ``UdpPath`` or on a ``RelayPath`` (relay records on the session's
 present connection); a direct path found later takes over. Each stream of the session is a
 guard session of the hub's ``GuardServer`` (the same users, calls and Merkle log as the
-TCP remote entrance), bound to ``tls-server-end-point`` of the hub certificate.
+TCP remote entrance), bound to ``tls-server-end-point`` of the hub certificate; the first
+is the login stream the hub opens itself with the password grant (server-first login,
+docs/guard.md).
 
 Several punches at a time: each ``StartPunch`` gets its own ``PunchDriver``, and the mux
 hands every probe to the driver of the probe's session, so two owners connecting at once
@@ -78,7 +80,7 @@ from roost.rendezvous.punch import (
     PunchEvent,
     PunchFailed,
 )
-from roost.rendezvous.quic import QuicSession, quic_serve
+from roost.rendezvous.quic import QuicSession, QuicStream, quic_serve
 from roost.rendezvous.seal import open_request
 from roost.rendezvous.sessions import PathKind, StartPunch
 from roost.rendezvous.state import LinkState
@@ -577,12 +579,31 @@ class BrokerAgent:
             entry.path.add(path)
 
     async def _serve(self, entry: _Served, path: SwitchingPath) -> None:
+        # The grant goes to the login stream the hub opens itself on this session's QUIC
+        # connection (docs/guard.md, "Server-first login"), once; other streams get none.
+        grant, entry.grant = entry.grant, None
+
+        def open_login(stream: QuicStream) -> None:
+            entry.tasks.add(
+                self._spawn(
+                    self.guard.serve_stream(
+                        stream,
+                        stream,
+                        peer=entry.peer,
+                        channel_binding=self._binding,
+                        password_grant=grant,
+                        server_first=True,
+                    )
+                )
+            )
+
         try:
             session = await quic_serve(
                 path,
                 certificate_der=self.certificate_der,
                 private_key=self.private_key,
                 idle_timeout_s=self._quic_idle_timeout_s,
+                login=open_login if grant is not None else None,
             )
         except (RoostError, OSError) as exc:
             log.info("session %s: QUIC did not start: %s", entry.session, exc)
@@ -592,17 +613,10 @@ class BrokerAgent:
         try:
             while not session.closed:
                 reader, writer = await session.accept_stream()
-                # Only a stream of this QUIC connection, which only this session's issuer
-                # holds the keys of, may use the grant, and only the first one.
-                grant, entry.grant = entry.grant, None
                 entry.tasks.add(
                     self._spawn(
                         self.guard.serve_stream(
-                            reader,
-                            writer,
-                            peer=entry.peer,
-                            channel_binding=self._binding,
-                            password_grant=grant,
+                            reader, writer, peer=entry.peer, channel_binding=self._binding
                         )
                     )
                 )

@@ -37,6 +37,18 @@ aioquic does no path MTU discovery.
 A stream is exposed as the guard's ``ByteStreamReader``/``ByteStreamWriter``
 (``roost.guard.streams``): ``read(n)`` returns ``b""`` at the stream's end, ``close`` ends
 both directions.
+
+Server-first login (docs/guard.md, "Server-first login"; PROTOCOL.md section 6). A hub
+holding a brokered session's password grant serves with ``login=``: it prefers ALPN
+``roost/1-server-first`` to ``roost/1`` and opens the login stream itself (stream 1,
+the first server-initiated bidirectional stream, RFC 9000 section 2.1) before the client's
+first Initial arrives; what the guard writes on it is held until the client's ClientHello
+has chosen that ALPN and then leaves in the server's first flight as 0.5-RTT data (1-RTT
+packets sent before the handshake completes, RFC 9001 section 4.1.1). So the Challenge is
+on the client's side when its handshake completes, instead of a round trip after its
+Hello. A client that chose plain ``roost/1`` never sees the stream (it is ended unsent)
+and logs in on a stream of its own. The client offers both by default; once
+``server_first`` is true, ``login_stream()`` is the hub's stream, otherwise a new one.
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
     PingAcknowledged,
+    ProtocolNegotiated,
     StreamDataReceived,
     StreamReset,
 )
@@ -72,6 +85,7 @@ from roost.timer import CoreTimer
 
 __all__ = [
     "ALPN",
+    "SERVER_FIRST_ALPN",
     "QuicSession",
     "QuicStream",
     "quic_connect",
@@ -82,6 +96,10 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 ALPN = "roost/1"
+# roost/1 whose login the hub opens (see the module docstring).
+SERVER_FIRST_ALPN = "roost/1-server-first"
+# The hub's login stream: the first server-initiated bidirectional stream (RFC 9000 2.1).
+_LOGIN_STREAM_ID = 1
 # The one address aioquic sees for every path (see the module docstring).
 _PATH_ADDRESS = ("0.0.0.0", 0)
 # Application error code of a close after our certificate check refused the server.
@@ -138,6 +156,12 @@ class QuicStream:
         self._eof = True
         self._ready.set()
 
+    def _refuse(self) -> None:
+        # Never to be sent (the client did not choose a server-first login): reads end,
+        # writes raise, and closing sends nothing.
+        self._closing = True
+        self._end()
+
     async def read(self, n: int) -> bytes:
         """At most ``n`` bytes as they arrive; ``b""`` at the end of the stream."""
         while not self._inbox and not self._eof:
@@ -191,6 +215,7 @@ class QuicSession:
         configuration: QuicConfiguration,
         *,
         keepalive_s: float | None = None,
+        login: bool = False,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._configuration = configuration
@@ -211,6 +236,16 @@ class QuicSession:
         self._ping_uid = 0
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         self.server_certificate_der = b""
+        # The negotiated ALPN once the ClientHello was processed (None before).
+        self.alpn: str | None = None
+        # The hub's login stream (server-first), and its writes held until the ALPN is known.
+        self._login: QuicStream | None = None
+        self._login_taken = False
+        self._held: list[tuple[bytes, bool]] = []
+        if login and not self.is_client:
+            # Before the receiver is set: the path may already hold the client's Initial.
+            self._login = QuicStream(self, _LOGIN_STREAM_ID)
+            self._streams[_LOGIN_STREAM_ID] = self._login
         self.closed = False
         self.close_reason = ""
         self.bytes_sent = 0
@@ -262,7 +297,9 @@ class QuicSession:
     def _process_events(self) -> None:
         assert self._quic is not None
         while (event := self._quic.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
+            if isinstance(event, ProtocolNegotiated):
+                self._negotiated(event.alpn_protocol)
+            elif isinstance(event, HandshakeCompleted):
                 # aioquic keeps both knobs on the connection without a public setter.
                 if hasattr(self._quic, "_ack_delay"):
                     self._quic._ack_delay = _ACK_DELAY_S
@@ -285,6 +322,28 @@ class QuicSession:
                     waiter.set_result((self._loop.time() - sent_at) * 1000.0)
             elif isinstance(event, ConnectionTerminated):
                 self._terminate(event.reason_phrase or f"error {event.error_code}")
+
+    def _negotiated(self, alpn: str | None) -> None:
+        """The ClientHello chose ``alpn``: a server's login stream is released into this
+        flight or ended unsent; a client knows the hub's stream 1 is its login stream."""
+        self.alpn = alpn
+        login = self._login
+        if self.is_client:
+            if alpn == SERVER_FIRST_ALPN and login is None:
+                # Known before its first bytes, so the login may wait on it at once.
+                self._login = QuicStream(self, _LOGIN_STREAM_ID)
+                self._streams[_LOGIN_STREAM_ID] = self._login
+            return
+        if login is None:
+            return
+        held, self._held = self._held, []
+        if alpn != SERVER_FIRST_ALPN:
+            login._refuse()
+            return
+        assert self._quic is not None
+        for data, end in held:
+            # 0.5-RTT: the server holds its 1-RTT keys once its Finished is written.
+            self._quic.send_stream_data(_LOGIN_STREAM_ID, data, end_stream=end)
 
     def _fit_datagram_size(self) -> None:
         # Relay records carry up to MAX_RELAY_PAYLOAD bytes whatever the path MTU; a
@@ -346,8 +405,14 @@ class QuicSession:
     # ------------------------------------------------------------------ datagrams out
 
     def _send(self, stream_id: int, data: bytes, *, end: bool) -> None:
-        assert self._quic is not None
-        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        if self._quic is None or (not self.is_client and self.alpn is None):
+            # Only the server's login stream exists before the ClientHello chose the ALPN.
+            self._held.append((data, end))
+            return
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream=end)
+        except ValueError as exc:  # a stream aioquic does not (or no longer) know
+            raise ConnectionResetError(f"QUIC stream {stream_id}: {exc}") from exc
         self.transmit()
 
     def _reset(self, stream_id: int) -> None:
@@ -412,6 +477,30 @@ class QuicSession:
         stream = QuicStream(self, stream_id)
         self._streams[stream_id] = stream
         return stream, stream
+
+    @property
+    def server_first(self) -> bool:
+        """True when the ClientHello chose the server-first login (the hub opens it)."""
+        return self.alpn == SERVER_FIRST_ALPN
+
+    def open_login_stream(self) -> QuicStream:
+        """The server's login stream (server-first) of a session made with ``login=True``,
+        which exists before the client's first Initial: writes are held until the
+        ClientHello chose ``SERVER_FIRST_ALPN`` and then leave in the server's first flight
+        (or at once, when it was chosen already); with plain ``roost/1`` it ends unsent."""
+        if self.is_client or self._login is None or self._login_taken:
+            raise TransportError("a server session made with login=True has one login stream")
+        self._login_taken = True
+        return self._login
+
+    def login_stream(self) -> tuple[QuicStream, QuicStream]:
+        """The client's login stream: the hub's own (stream 1) once the handshake chose the
+        server-first login, whose Challenge then is the stream's first record; otherwise a
+        new stream, on which the client's Hello goes first."""
+        if self.is_client and self._login is not None and not self._login_taken:
+            self._login_taken = True
+            return self._login, self._login
+        return self.stream()
 
     async def accept_stream(self) -> tuple[QuicStream, QuicStream]:
         """The next stream the peer opened (server side); TransportError once closed.
@@ -481,10 +570,12 @@ class QuicSession:
         await asyncio.shield(self._terminated)
 
 
-def _configuration(*, is_client: bool, alpn: str, idle_timeout_s: float) -> QuicConfiguration:
+def _configuration(
+    *, is_client: bool, alpns: list[str], idle_timeout_s: float
+) -> QuicConfiguration:
     return QuicConfiguration(
         is_client=is_client,
-        alpn_protocols=[alpn],
+        alpn_protocols=alpns,
         idle_timeout=idle_timeout_s,
         verify_mode=ssl.CERT_NONE,
     )
@@ -507,17 +598,25 @@ async def quic_serve(
     idle_timeout_s: float = 60.0,
     timeout_s: float = 10.0,
     keepalive_s: float | None = None,
+    login: Callable[[QuicStream], object] | None = None,
 ) -> QuicSession:
     """Be the QUIC server on ``path`` with the hub's certificate and key; returns once the
-    handshake completed. TransportError("handshake-timeout") after ``timeout_s``."""
-    configuration = _configuration(is_client=False, alpn=alpn, idle_timeout_s=idle_timeout_s)
+    handshake completed. TransportError("handshake-timeout") after ``timeout_s``.
+
+    ``login`` offers the server-first login (module docstring): it is called at once, before
+    the client's first Initial, with the login stream (``open_login_stream``), and should
+    start the guard on it; the stream ends unsent if the client chose plain ``alpn``."""
+    alpns = [SERVER_FIRST_ALPN, alpn] if login is not None else [alpn]
+    configuration = _configuration(is_client=False, alpns=alpns, idle_timeout_s=idle_timeout_s)
     configuration.certificate = x509.load_der_x509_certificate(certificate_der)
     configuration.private_key = private_key
-    session = QuicSession(path, configuration, keepalive_s=keepalive_s)
+    session = QuicSession(path, configuration, keepalive_s=keepalive_s, login=login is not None)
     session.server_certificate_der = certificate_der
     try:
+        if login is not None:
+            login(session.open_login_stream())
         negotiated = await session.wait_handshake(timeout_s)
-        if negotiated != alpn:
+        if negotiated not in alpns:
             raise TransportError(f"ALPN {negotiated!r}", reason=Reason.BAD_ALPN)
     except BaseException as exc:
         # The peer learns the reason only (STYLE.md), never our message.
@@ -534,11 +633,15 @@ async def quic_connect(
     idle_timeout_s: float = 60.0,
     timeout_s: float = 10.0,
     keepalive_s: float | None = None,
+    server_first: bool = True,
 ) -> QuicSession:
     """Be the QUIC client on ``path``; returns once the handshake completed and
     ``verify_server`` accepted the server certificate (its VerificationError is raised
-    after the connection is closed)."""
-    configuration = _configuration(is_client=True, alpn=alpn, idle_timeout_s=idle_timeout_s)
+    after the connection is closed). ``server_first`` also offers the server-first login
+    (module docstring): ``session.server_first`` then says whether the hub took it, and
+    ``session.login_stream()`` is the stream to log in on either way."""
+    alpns = [SERVER_FIRST_ALPN, alpn] if server_first else [alpn]
+    configuration = _configuration(is_client=True, alpns=alpns, idle_timeout_s=idle_timeout_s)
     session = QuicSession(path, configuration, keepalive_s=keepalive_s)
     quic = session._quic
     assert quic is not None
@@ -546,7 +649,7 @@ async def quic_connect(
     session.transmit()
     try:
         negotiated = await session.wait_handshake(timeout_s)
-        if negotiated != alpn:
+        if negotiated not in alpns:
             raise TransportError(f"ALPN {negotiated!r}", reason=Reason.BAD_ALPN)
         certificate = _peer_certificate(quic)
         verify_server(certificate)

@@ -23,7 +23,7 @@ from roost.guard.merkle import inclusion_proof, leaf_hash, root_of
 from roost.guard.ratchet import chain_keys
 from roost.guard.session import GuardSession, Role, SessionLimits
 from roost.guard.suites import SUITES, get_suite, hkdf, mac_input
-from roost.guard.userstore import MemoryUserStore, make_user
+from roost.guard.userstore import MemoryUserStore, PasswordGrant, make_user
 
 from .helpers import FAST_KDF, FixedRandom
 
@@ -82,6 +82,25 @@ def build_golden(suite_name: str) -> dict[str, str]:
 
     proof_path = inclusion_proof(1, 2, lambda s, n: root_of(leaves[s : s + n]))
     receipt = Receipt(digests[1], 1, tuple(proof_path), checkpoint)
+    # The server-first login (docs/guard.md): a Challenge under a password grant before the
+    # Hello, drawn from the same stream after everything above.
+    record = store.load("alice")
+    assert record is not None
+    grant = PasswordGrant.issue(
+        "alice", record.password, "pw", now=0, ttl_s=20, random_bytes=random
+    )
+    first = server.handshake(channel_binding=b"cb", password_grant=grant)
+    first_client = LoginClient(
+        "alice", "pw", config=config, random_bytes=random, channel_binding=b"cb"
+    )
+    first_challenge = first.open_challenge(now=0, wall_ms=1_700_000_000_000)
+    first_labels = first_client.receive_challenge_first(first_challenge)
+    first_hello = first_client.hello()
+    assert first.receive_hello(first_hello, now=0, wall_ms=1_700_000_000_000) == b""
+    first_proof = first_client.answer([card.code_for(label) for label in first_labels])
+    first_accept, first_server = first.receive_proof(first_proof, now=0, wall_ms=1_700_000_000_000)
+    first_login = first_client.receive_result(first_accept)
+    assert first_login == first_server and first.used_grant
     return {
         "mac_input": mac_input(suite_name, "label", b"a", b"").hex(),
         "hello": hello.hex(),
@@ -96,6 +115,12 @@ def build_golden(suite_name: str) -> dict[str, str]:
         "frame1_reordered": frame1.hex(),
         "checkpoint": encode_checkpoint(checkpoint).hex(),
         "receipt": encode_receipt(receipt).hex(),
+        "server_first_challenge": first_challenge.hex(),
+        "server_first_hello": first_hello.hex(),
+        "server_first_proof": first_proof.hex(),
+        "server_first_accept": first_accept.hex(),
+        "server_first_session_id": first_login.session_id.hex(),
+        "server_first_root_key": first_login.root_key.hex(),
     }
 
 
