@@ -60,6 +60,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--ramp", type=float, default=20.0, help="seconds over which cameras start")
+    parser.add_argument(
+        "--retention-mb",
+        type=int,
+        default=0,
+        help="each hub's retention (default: room for every frame of the run, so that a frame"
+        " missing from the recordings is a loss, not an eviction)",
+    )
     # Internal: one load-generator worker.
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=1, help=argparse.SUPPRESS)
@@ -230,6 +237,12 @@ def main() -> None:
         home = base / "home"
         started = time.monotonic()
         make_home(home, 2, args.devices + 1, True, args.devices + 16, args.agent_fps)
+        retention_mb = args.retention_mb or _retention_for_run(args)
+        for i in (1, 2):
+            config = home / f"hub-{i}.toml"
+            config.write_text(
+                config.read_text().replace("retention_mb = 512", f"retention_mb = {retention_mb}")
+            )
         made_s = time.monotonic() - started
         try:
             processes = [hubs.start(home / f"hub-{i}.toml", base / f"hub-{i}.log") for i in (1, 2)]
@@ -334,7 +347,7 @@ def main() -> None:
                     worker.kill()
             hubs.kill_all()
         recorders = [Recorder(home / f"hub-{i}" / "recordings", 1 << 40) for i in (1, 2)]
-        sent = acked = stored = lost = duplicated = 0
+        sent = acked = stored = lost = duplicated = evicted = 0
         try:
             for identifier, camera in cameras.items():
                 seen: Counter[int] = Counter()
@@ -344,7 +357,14 @@ def main() -> None:
                 acked += camera["acked"]
                 stored += len(seen)
                 duplicated += sum(c - 1 for c in seen.values())
-                lost += sum(1 for seq in range(1, camera["acked"] + 1) if seq not in seen)
+                # A frame retention dropped is not a loss: it is missing at or below the
+                # highest seq a hub evicted for this camera (the default --retention-mb
+                # leaves room for every frame, so then nothing is evicted and this is exact).
+                marks = [recorder.evicted_through(identifier) or 0 for recorder in recorders]
+                missing = [s for s in range(1, camera["acked"] + 1) if s not in seen]
+                dropped = sum(1 for s in missing if s <= max(marks))
+                evicted += dropped
+                lost += len(missing) - dropped
         finally:
             for recorder in recorders:
                 recorder.close()
@@ -370,6 +390,13 @@ def main() -> None:
     table.add_row("device agent RSS (MB)", *_row(agent_rss))
     table.add_row("frames sent / acked / stored", f"{sent:,}", f"{acked:,}", f"{stored:,}", "")
     table.add_row("lost / duplicated / handovers", str(lost), str(duplicated), f"{handovers:,}", "")
+    table.add_row(
+        "retention per hub (MB) / frames evicted",
+        str(retention_mb),
+        f"{evicted:,}",
+        "",
+        "",
+    )
     print_result(
         {
             "benchmark": "soak",
@@ -382,6 +409,8 @@ def main() -> None:
             "frames_stored": stored,
             "frames_lost": lost,
             "frames_duplicated": duplicated,
+            "retention_mb_per_hub": retention_mb,
+            "frames_evicted": evicted,
             "handovers": handovers,
             "reconnects": sum(c["reconnects"] for c in cameras.values()),
             "camera_errors": dict(sum((Counter(c["errors"]) for c in cameras.values()), Counter())),
@@ -402,6 +431,13 @@ def main() -> None:
         },
         table,
     )
+
+
+def _retention_for_run(args: argparse.Namespace) -> int:
+    """Room on each hub for every frame of the run (either hub may get all of them), with
+    half again for the recorder's files and index."""
+    frames = args.devices * args.fps * (args.duration + args.ramp)
+    return max(512, int(frames * _PAYLOAD_SIZE * 1.5 / (1 << 20)) + 1)
 
 
 def _row(figures: dict[str, float]) -> tuple[str, str, str, str]:

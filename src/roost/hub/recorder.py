@@ -332,6 +332,14 @@ class Recorder:
         ]
         return _from_sql(max(candidates)) if candidates else None
 
+    def evicted_through(self, device_id: str) -> int | None:
+        """Highest sequence number retention dropped for the device (None: none dropped)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT through_seq FROM evicted WHERE device = ?", (device_id,)
+            ).fetchone()
+        return None if row is None else _from_sql(row[0])
+
     def seqs(self, device_id: str) -> list[int]:
         """Sequence numbers currently stored for the device, ascending."""
         with self._lock:
