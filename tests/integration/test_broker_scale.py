@@ -185,6 +185,13 @@ def test_routed_requests_take_the_node_link_not_redis(cluster: Cluster) -> None:
     for index in (1, 2):
         assert after[index]["published"] == before[index]["published"]
     assert after[1]["node_link"].startswith("127.0.0.1:")
+    # A relayed session too: its relay records go issuer → broker 2 → link → broker 1.
+    relayed = (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"]
+    summary = _summary(cluster.connect(2, "--frames", "2", "--no-punch"))
+    assert summary["path"] == "relay" and summary["frames"] == 2
+    assert (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"] == relayed + 1
+    last = cluster.fleet.shared(2)
+    assert last["link_sent"] > after[2]["link_sent"] and last["published"] == after[2]["published"]
 
 
 def _anchors(cluster: Cluster) -> list[Any]:
