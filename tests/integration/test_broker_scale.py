@@ -28,6 +28,8 @@ from roost.framing import encode_record
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context
 from roost.rendezvous.presence import (
+    Hop,
+    NodeMessage,
     PeerRecord,
     PresenceConfig,
     decode_peer,
@@ -233,6 +235,35 @@ def test_a_node_link_peer_without_a_broker_certificate_is_refused(cluster: Clust
         what="client-cert-required",
     )
     assert cluster.fleet.shared(1)["link_accepted"] == shared["link_accepted"]
+
+
+def test_a_broker_peer_must_name_this_instance_and_speak_only_for_itself(
+    cluster: Cluster,
+) -> None:
+    # With a broker's certificate: a hello for another epoch of broker 1 (an address read
+    # before a restart) is refused wrong-node; a link whose hello was right, then a message
+    # from another sender than the hello named, is ended wrong-node too.
+    shared = cluster.fleet.shared(1)
+    host, port = shared["node_link"].rsplit(":", 1)
+    broker = cluster.home.path / "broker"
+    context = client_context(_anchors(cluster), broker / "cert.pem", broker / "key.pem")
+    before = _rejected(cluster, 1, "wrong-node")
+    stale = hello("tester", 5, "b1", shared["epoch"] - 1)
+    good = hello("tester", 5, "b1", shared["epoch"])
+    forged = NodeMessage(Hop.OPEN, "b2", 5, 1, 1, b"127.0.0.1")
+    for frames in ([stale], [good, forged]):
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(b"".join(encode_record(frame.encode()) for frame in frames))
+            with contextlib.suppress(ssl.SSLError, OSError):
+                while tls.recv(4096):
+                    pass
+    wait_until(lambda: _rejected(cluster, 1, "wrong-node") == before + 2, 5, what="wrong-node")
+    after = cluster.fleet.shared(1)
+    assert after["link_accepted"] == shared["link_accepted"] + 1
+    assert after["hosted"] == shared["hosted"]
 
 
 def test_with_the_node_link_refused_a_request_falls_back_to_pubsub(cluster: Cluster) -> None:

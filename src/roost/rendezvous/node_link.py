@@ -430,6 +430,11 @@ class NodeLinks:
                     message = decode_node_message(body)
                     if message.kind is Hop.HELLO:
                         raise RemoteProtocolError("a second hello", reason=Reason.BAD_HELLO)
+                    if (message.sender, message.epoch) != (link.peer, link.epoch):
+                        # A link speaks for the instance its hello named, and no other.
+                        raise RemoteProtocolError(
+                            "node message from another instance", reason=Reason.WRONG_NODE
+                        )
                     self.counters.received += 1
                     self._on_message(message, link)
                 data = await reader.read(_READ_CHUNK)
