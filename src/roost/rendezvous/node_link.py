@@ -87,9 +87,11 @@ class LinkCounters:
 
 
 class NodeLink:
-    """One established link, outbound (we dialled ``peer``) or inbound."""
+    """One established link, outbound (we dialled ``peer``) or inbound. The messages of one
+    loop turn (an OPEN and its first record, a burst of relay records) leave in one write,
+    so one TLS record and one wake-up of the peer carry them."""
 
-    __slots__ = ("_counters", "_limit", "epoch", "outbound", "peer", "writer")
+    __slots__ = ("_counters", "_limit", "_queued", "epoch", "outbound", "peer", "writer")
 
     def __init__(
         self,
@@ -107,6 +109,7 @@ class NodeLink:
         self.outbound = outbound
         self._limit = limit
         self._counters = counters
+        self._queued: list[bytes] = []
 
     @property
     def up(self) -> bool:
@@ -122,9 +125,16 @@ class NodeLink:
             log.warning("node link to %s: peer stopped reading, closing it", self.peer)
             self.writer.close()
             return False
-        self.writer.write(encode_record(message.encode()))
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queued.append(encode_record(message.encode()))
         self._counters.sent += 1
         return True
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, []
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(queued))
 
     def close(self) -> None:
         self.writer.close()
