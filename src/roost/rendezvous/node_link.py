@@ -311,6 +311,8 @@ class NodeLinks:
                 await asyncio.sleep(self._backoff(0))
         finally:
             self._dialing.pop(node, None)
+            if node not in self._links:
+                self._demand.pop(node, None)
 
     def _backoff(self, attempt: int) -> float:
         return link_backoff(
