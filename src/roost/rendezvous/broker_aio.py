@@ -707,7 +707,8 @@ class BrokerDaemon:
         # The owner's core runs this channel from now on (its limits, idle timer and
         # sessions); ours forgets it, so its idle timer cannot cut a long relayed session.
         self.core.close_channel(channel, now)
-        if link is not None and link.send(opened):
+        # The connect follows the OPEN at once (the caller's _hop): one write for both.
+        if link is not None and link.send(opened, more=True):
             self._forwarded[channel] = forward
             return forward
         forward = (record.owner, record.epoch, None)
@@ -822,6 +823,7 @@ class BrokerDaemon:
                 writer.write(encode_record(message.payload))
             else:
                 writer.close()
+            return  # the core has no part in these: nothing for transmit() to flush
         self.transmit()
 
 

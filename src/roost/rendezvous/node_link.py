@@ -87,9 +87,9 @@ class LinkCounters:
 
 
 class NodeLink:
-    """One established link, outbound (we dialled ``peer``) or inbound. The messages of one
-    loop turn (an OPEN and its first record, a burst of relay records) leave in one write,
-    so one TLS record and one wake-up of the peer carry them."""
+    """One established link, outbound (we dialled ``peer``) or inbound. Each message
+    leaves at once, unless the caller says ``more`` follows at once (an OPEN and the
+    record it carries: one write, one TLS record, one wake-up of the peer)."""
 
     __slots__ = ("_counters", "_limit", "_queued", "epoch", "outbound", "peer", "writer")
 
@@ -115,9 +115,10 @@ class NodeLink:
     def up(self) -> bool:
         return not self.writer.is_closing()
 
-    def send(self, message: NodeMessage) -> bool:
-        """Queue one message; False when the link is closing (the channel ends with it).
-        A peer that stopped reading is cut off once ``link_buffer`` bytes wait."""
+    def send(self, message: NodeMessage, *, more: bool = False) -> bool:
+        """Send one message (with ``more``: hold it for the next one, or at the latest
+        until this loop turn ends); False when the link is closing (the channel ends with
+        it). A peer that stopped reading is cut off once ``link_buffer`` bytes wait."""
         if self.writer.is_closing():
             return False
         if self.writer.transport.get_write_buffer_size() > self._limit:
@@ -125,15 +126,22 @@ class NodeLink:
             log.warning("node link to %s: peer stopped reading, closing it", self.peer)
             self.writer.close()
             return False
-        if not self._queued:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._queued.append(encode_record(message.encode()))
         self._counters.sent += 1
+        frame = encode_record(message.encode())
+        if more:
+            if not self._queued:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._queued.append(frame)
+        elif self._queued:
+            self._queued.append(frame)
+            self._flush()
+        else:
+            self.writer.write(frame)
         return True
 
     def _flush(self) -> None:
         queued, self._queued = self._queued, []
-        if not self.writer.is_closing():
+        if queued and not self.writer.is_closing():
             self.writer.write(b"".join(queued))
 
     def close(self) -> None:
