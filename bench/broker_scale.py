@@ -1,8 +1,8 @@
 """Benchmark of the broker at scale: SO_REUSEPORT workers sharing a real Redis registry.
 
 Run as `.venv/bin/python bench/broker_scale.py`. It prints a table, then one JSON line with
-``reg_per_s_1``, ``reg_per_s_2``, ``scale_2``, ``redis_cmds_per_reg``, ``setup_owner_ms``,
-``setup_non_owner_ms``.
+``reg_per_s_1``, ``reg_per_s_2``, ``scale_2``, ``reg_per_cpu_s_1``, ``reg_per_cpu_s_2``,
+``cpu_efficiency_2``, ``redis_cmds_per_reg``, ``setup_owner_ms``, ``setup_non_owner_ms``.
 
 What is measured, on loopback (127.0.0.1) only (docs/broker-scale.md, "Sizing"):
 
@@ -20,8 +20,15 @@ What is measured, on loopback (127.0.0.1) only (docs/broker-scale.md, "Sizing"):
   sender takes a whole core (and the kernel's loopback delivery runs in its time), which
   on two cores leaves a second worker nothing: one worker is first measured unpaced, then
   both cases with the sender paced to `--overload` (1.3) times that rate per worker, and
-  `scale_2` compares the two paced figures. The
-  window; Redis runs on the same two cores.
+  `scale_2` compares the two paced figures (wall clock: on two cores shared with the
+  sender and Redis it cannot reach 2). Redis runs on the same two cores.
+- Registrations per broker CPU second, with 1 and with 2 workers: the same windows'
+  registrations divided by the CPU time (user + system, `/proc/PID/stat`) the worker
+  processes themselves spent in them, so the figure does not depend on how much of the two
+  cores the sender took. `cpu_efficiency_2` is the 2-worker figure over the 1-worker one:
+  1.0 means a second worker costs nothing per registration, so with a core of its own per
+  worker (the sender elsewhere) two workers would carry about `2 × cpu_efficiency_2` times
+  one worker's rate.
 - Redis commands per registration at steady state: the growth of every `calls` figure of
   Redis's INFO commandstats over the same window (our own INFO excluded), divided by the
   registrations in it.
@@ -30,7 +37,10 @@ What is measured, on loopback (127.0.0.1) only (docs/broker-scale.md, "Sizing"):
   registered at broker 1 answers RWAK by presenting its token on a new TLS connection and
   accepting the request; the issuer's time is from sending `lookup` on a connected TLS
   channel until `start` arrives, through broker 1 (owner) and through broker 2 (forwarded
-  over Redis pub/sub), interleaved, `--setups` times each; medians.
+  over the node link to broker 1, docs/broker-scale.md "Node link"; a warm-up request
+  through broker 2 opens the link first), interleaved, `--setups` times each; medians. The
+  JSON names how many of broker 2's forwarded requests went over the link
+  (`setup_link_sent`) and how many fell back to Redis pub/sub (`setup_link_fallbacks`).
 
 Everything is bounded in count and time; the brokers, Redis and the senders are stopped on
 every exit path.
@@ -41,8 +51,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import multiprocessing.connection
+import os
 import shutil
 import socket
 import ssl
@@ -50,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +266,29 @@ def _registrations(ports: list[int]) -> int:
     return sum(fetch_broker_status(HOST, port)["counters"]["registrations"] for port in ports)
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes have used (``/proc/PID/stat`` fields 14 and
+    15, read after the command name's closing parenthesis)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _CLOCK_TICKS
+
+
+def _worker_pids(broker: subprocess.Popen[bytes], log: Path) -> list[int]:
+    """The processes that serve: the supervisor's workers, or the one broker process."""
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"broker"' in line:
+            workers = json.loads(line).get("workers")
+            if workers:
+                return [int(worker["pid"]) for worker in workers]
+    return [broker.pid]
+
+
 def _measure_workers(
     args: argparse.Namespace,
     home: Path,
@@ -312,13 +348,15 @@ def _measure_workers(
             raise TimeoutError("sender did not prepare")
         conn.recv()
     ports = [api + i for i in range(workers)]
+    pids = _worker_pids(broker, log)
     # The warm-up pass went out before the preparation: every worker has adopted the
     # entries the kernel sends it.
     time.sleep(0.5)
-    totals = [0.0, 0.0, 0.0]
+    totals = [0.0, 0.0, 0.0, 0.0]
     by_command_before = server.calls_by_command()
     for _ in range(args.rounds):
         before, calls_before = _registrations(ports), server.calls()
+        cpu_before = _cpu_seconds(pids)
         started = time.perf_counter()
         for conn in senders:
             conn.send(("rreg", args.seconds, offered / len(senders)))
@@ -329,6 +367,7 @@ def _measure_workers(
         elapsed = time.perf_counter() - started
         time.sleep(0.2)  # the last datagrams in the sockets' buffers
         count = _registrations(ports) - before
+        totals[3] += _cpu_seconds(pids) - cpu_before
         totals[0] += count
         totals[1] += elapsed
         totals[2] += server.calls() - calls_before
@@ -346,6 +385,8 @@ def _measure_workers(
     stop_process(broker, grace=10.0)
     rate = totals[0] / totals[1]
     result[f"reg_per_s_{workers}"] = round(rate, 1)
+    result[f"reg_per_cpu_s_{workers}"] = round(totals[0] / max(totals[3], 1e-9), 1)
+    result[f"worker_cpu_s_{workers}"] = round(totals[3], 2)
     if workers == 2:
         result["redis_cmds_per_reg"] = round(totals[2] / max(totals[0], 1), 4)
     return rate
@@ -423,8 +464,14 @@ class _Target(asyncio.DatagramProtocol):
 
 
 async def _setups(
-    home: Path, files: tuple[Path, Path], brokers: dict[int, dict[str, int]], count: int
+    home: Path,
+    files: tuple[Path, Path],
+    brokers: dict[int, dict[str, int]],
+    count: int,
+    warmed: Callable[[], None],
 ) -> dict[int, list[float]]:
+    """``count`` timed setups through each broker, interleaved, after one untimed through
+    each (broker 2's opens its node link to broker 1); ``warmed`` runs between."""
     loop = asyncio.get_running_loop()
     target = _Target(home, files, (HOST, brokers[1]["tls"]))
     await target.enroll()
@@ -436,8 +483,11 @@ async def _setups(
     issuer_context = client_context(anchors)
     times: dict[int, list[float]] = {1: [], 2: []}
     candidate = (Candidate.of("198.51.100.9", 50000),)
-    for n in range(count * 2):
+    for n in range(-2, count * 2):
         via = 1 + n % 2
+        if n == 0:
+            await asyncio.sleep(0.2)  # the link broker 2 asked for at the warm-up
+            warmed()
         reader, writer = await asyncio.open_connection(
             HOST, brokers[via]["tls"], ssl=issuer_context
         )
@@ -456,7 +506,8 @@ async def _setups(
             assert isinstance(await _read_message(reader), control.Connecting)
             start = await _read_message(reader)
             assert isinstance(start, control.Start), start
-            times[via].append((time.perf_counter() - started) * 1000)
+            if n >= 0:
+                times[via].append((time.perf_counter() - started) * 1000)
         finally:
             writer.close()
         if n % 8 == 7:
@@ -520,7 +571,15 @@ def _measure_setup(
         wait_json_line(process, log, 30)
     import uvloop
 
-    times = uvloop.run(_setups(home, files[0], brokers, args.setups))
+    before: dict[str, Any] = {}
+
+    def warmed() -> None:
+        before.update(fetch_broker_status(HOST, brokers[2]["api"]).get("shared") or {})
+
+    times = uvloop.run(_setups(home, files[0], brokers, args.setups, warmed))
+    after = fetch_broker_status(HOST, brokers[2]["api"]).get("shared") or {}
+    for key in ("link_sent", "link_fallbacks", "forwarded"):
+        result[f"setup_{key}"] = int(after.get(key, 0)) - int(before.get(key, 0))
     result["setup_owner_ms"] = round(statistics.median(times[1]), 3)
     result["setup_non_owner_ms"] = round(statistics.median(times[2]), 3)
     result["setup_extra_ms"] = round(result["setup_non_owner_ms"] - result["setup_owner_ms"], 3)
@@ -544,7 +603,10 @@ def _table(result: dict[str, Any]) -> Table:
 
     row("registrations /s, 1 worker", "reg_per_s_1")
     row("registrations /s, 2 workers", "reg_per_s_2")
-    row("2 workers / 1", "scale_2", "{:.3f}", "≥ 1.7")
+    row("2 workers / 1 (wall clock)", "scale_2", "{:.3f}", "≥ 1.7")
+    row("registrations per worker CPU second, 1 worker", "reg_per_cpu_s_1")
+    row("registrations per worker CPU second, 2 workers", "reg_per_cpu_s_2")
+    row("CPU efficiency, 2 workers / 1", "cpu_efficiency_2", "{:.3f}", "≈ 1")
     row("Redis commands per registration", "redis_cmds_per_reg", "{:.4f}", "≤ 0.1")
     row("setup through the owner (ms, median)", "setup_owner_ms", "{:.2f}")
     row("setup through a non-owner (ms, median)", "setup_non_owner_ms", "{:.2f}")
@@ -595,6 +657,7 @@ def main() -> None:
                 # what the workers can take, which leaves the workers the CPU.
                 free = _measure_workers(args, home, server, files, 1, senders, result, cleanup, 0.0)
                 result["reg_per_s_1_unpaced"] = result["reg_per_s_1"]
+                result["reg_per_cpu_s_1_unpaced"] = result["reg_per_cpu_s_1"]
                 offered = free * args.overload
                 one = _measure_workers(
                     args, home, server, files, 1, senders, result, cleanup, offered
@@ -605,6 +668,9 @@ def main() -> None:
                 result["offered_per_s_1"] = round(offered, 1)
                 result["offered_per_s_2"] = round(2 * offered, 1)
                 result["scale_2"] = round(two / one, 3)
+                result["cpu_efficiency_2"] = round(
+                    result["reg_per_cpu_s_2"] / result["reg_per_cpu_s_1"], 3
+                )
             _measure_setup(args, home, server, files, result, cleanup)
             for item in cleanup:
                 _stop(item)

@@ -726,6 +726,8 @@ class BrokerConfig:
     # SO_REUSEPORT worker processes on this host (`roost broker run --workers N`).
     workers: int = 1
     reuse_port: bool = False
+    # The node link's listener (docs/broker-scale.md, "Node link"); None: pub/sub only.
+    node_link: tuple[str, int] | None = ("127.0.0.1", 0)
 
     @property
     def shared(self) -> bool:
@@ -779,7 +781,8 @@ def load_broker_config(path: Path) -> BrokerConfig:
 
 
 def _shared_registry(doc: _Table) -> dict[str, Any]:
-    """``registry``, ``node``, ``workers``, ``presence_every``, ``registry_prefix``."""
+    """``registry``, ``node``, ``workers``, ``presence_every``, ``registry_prefix``,
+    ``node_link``."""
     registry = doc.string("registry", "memory")
     if registry != "memory" and "://" not in registry:
         raise doc.error("registry", f"must be 'memory' or a redis URL, not {registry!r}")
@@ -794,7 +797,20 @@ def _shared_registry(doc: _Table) -> dict[str, Any]:
     if workers > 1 and registry == "memory":
         raise doc.error("workers", "several workers need a shared registry (redis://…)")
     node = doc.string("node", "") or None
-    return {"registry": registry, "node": node, "presence": presence, "workers": workers}
+    node_link: tuple[str, int] | None = None
+    if doc.string("node_link", "127.0.0.1:0") != "off":
+        node_link = doc.hostport("node_link", "127.0.0.1:0")
+        if node_link[0] in ("", "0.0.0.0", "::"):
+            raise doc.error(
+                "node_link", "is advertised to the other brokers: give this host's address"
+            )
+    return {
+        "registry": registry,
+        "node": node,
+        "presence": presence,
+        "workers": workers,
+        "node_link": node_link,
+    }
 
 
 # ------------------------------------------------------------------- admission (both)

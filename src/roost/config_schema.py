@@ -497,6 +497,15 @@ BROKER_SCHEMA = Schema(
                     _PRESENCE.prefix,
                     doc="Prefix of the shared registry's keys and channels.",
                 ),
+                Key(
+                    "node_link",
+                    Kind.STRING,
+                    "127.0.0.1:0",
+                    doc="HOST:PORT of the TLS link other broker processes route requests"
+                    " over (advertised in the registry; port 0: any free port, each worker"
+                    ' its own; a concrete host, not 0.0.0.0), or "off": Redis pub/sub only'
+                    " (docs/broker-scale.md).",
+                ),
             ),
         ),
         _ADMISSION_TABLE,

@@ -561,4 +561,25 @@ BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
         "Connections other processes forwarded here.",
         _shared(lambda shared: shared.hosted),
     ),
+    gauge(
+        "roost_broker_links_up",
+        "Node links to and from other broker processes open now.",
+        _shared(lambda shared: shared.links_up),
+    ),
+    counter(
+        "roost_broker_link_sent",
+        "Node messages sent over node links.",
+        _shared(lambda shared: shared.link_sent),
+    ),
+    counter(
+        "roost_broker_link_fallbacks",
+        "Forwarded connections routed over Redis pub/sub for want of a node link.",
+        _shared(lambda shared: shared.link_fallbacks),
+    ),
+    counter_by(
+        "roost_broker_link_failures",
+        "Node links that could not be opened or were cut, by reason.",
+        "reason",
+        _shared(lambda shared: shared.link_failures),
+    ),
 )

@@ -242,6 +242,11 @@ class Reason(enum.StrEnum):
     HELD_LIMIT = "held-limit"
     KEEPALIVE_TIMEOUT = "keepalive-timeout"
     NOT_BROKER = "not-broker"
+    # The node link between broker processes (docs/broker-scale.md, "Node link").
+    WRONG_NODE = "wrong-node"
+    NO_LINK = "no-link"
+    LINK_UNREACHABLE = "link-unreachable"
+    LINK_BACKLOG = "link-backlog"
     NO_CAMERA = "no-camera"
     # Camera sources and hub discovery (roost.device.sources, roost.dnssd).
     SOURCE_UNAVAILABLE = "source-unavailable"
@@ -472,6 +477,10 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.HELD_LIMIT: "the broker holds as many connections as it allows; UDP wake-ups remain",
     Reason.KEEPALIVE_TIMEOUT: "the broker did not answer a keepalive on the held connection",
     Reason.NOT_BROKER: "a peer that should be the broker presented another role",
+    Reason.WRONG_NODE: "a node-link hello for, or from, another broker instance than expected",
+    Reason.NO_LINK: "a broker process that advertises no node link (off, or its record lapsed)",
+    Reason.LINK_UNREACHABLE: "a node link that could not be opened (refused, timed out, TLS)",
+    Reason.LINK_BACKLOG: "a node link whose peer stopped reading (unsent bytes above the cap)",
     Reason.NO_CAMERA: "the hub has no connected camera to watch",
     Reason.SOURCE_UNAVAILABLE: "a camera source could not be opened (no file, refused, no device)",
     Reason.SOURCE_LOST: "a camera stream that was delivering broke or ended",

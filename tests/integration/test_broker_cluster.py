@@ -1,6 +1,7 @@
 """`SharedRegistry` against a real redis-server (and valkey-server where installed): the
-pipelined writes with their TTL, ordered node-to-node messages, one counted outage and the
-resync when Redis returns, and the URL forms (unix socket, Sentinel)."""
+pipelined writes with their TTL, the node-link address, ordered node-to-node messages, one
+counted outage and the resync when Redis returns, and the URL forms (unix socket,
+Sentinel)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from roost.errors import ConfigError
 from roost.rendezvous.broker_cluster import SharedRegistry, connect_redis
-from roost.rendezvous.presence import PresenceConfig, PresenceRecord
+from roost.rendezvous.presence import PeerRecord, PresenceConfig, PresenceRecord
 from tests.helpers.brokers import free_port
 from tests.helpers.redisserver import RedisServer, server_binaries
 from tests.helpers.waits import async_wait_until
@@ -78,6 +79,28 @@ async def test_writes_are_pipelined_with_their_ttl_and_read_back(server: RedisSe
         assert await shared.read("hcsp:absent") is None
     finally:
         await shared.stop()
+
+
+async def test_the_node_link_address_is_written_with_its_ttl_and_read_by_node(
+    server: RedisServer,
+) -> None:
+    shared = _registry(server.url, "b1", [], [])
+    other = _registry(server.url, "b2", [], [])
+    await shared.start()
+    await other.start()
+    try:
+        shared.write_peer(PeerRecord(41, "127.0.0.1", 7444), 30_000)
+        await async_wait_until(lambda: shared.counters.writes == 1, 5, what="write")
+        assert await other.read_peer("b1") == PeerRecord(41, "127.0.0.1", 7444)
+        assert await other.read_peer("b9") is None
+        ttl = int(server.command("PTTL", "roost:l:b1")[1:])
+        assert 25_000 < ttl <= 30_000
+        # A foreign value under the key is no address.
+        server.command("SET", "roost:l:b2", "junk")
+        assert await shared.read_peer("b2") is None
+    finally:
+        await shared.stop()
+        await other.stop()
 
 
 async def test_messages_reach_the_node_in_order_and_say_who_heard(server: RedisServer) -> None:

@@ -1,12 +1,18 @@
 """Several broker processes sharing a real Redis (or Valkey) registry, as real processes on
 loopback (docs/broker-scale.md): a connection request that enters on a process other than
-the target's owner, Redis restarted and stopped under a running home, and the owner killed.
+the target's owner (over the node link, and over Redis pub/sub when the link cannot be
+opened), a node-link peer that is not a broker, Redis restarted and stopped under a running
+home, the owner restarted (the routers reconnect) and killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -18,8 +24,19 @@ import pytest
 import redis
 
 from roost.cli.exitcodes import ExitCode
-from roost.rendezvous.presence import PresenceConfig, decode_presence
-from tests.helpers.brokers import BrokerFleet
+from roost.framing import encode_record
+from roost.pki.certs import certs_from_pem
+from roost.pki.tls import client_context
+from roost.rendezvous.presence import (
+    Hop,
+    NodeMessage,
+    PeerRecord,
+    PresenceConfig,
+    decode_peer,
+    decode_presence,
+    hello,
+)
+from tests.helpers.brokers import BrokerFleet, free_port
 from tests.helpers.home import LoopbackHome
 from tests.helpers.redisserver import RedisServer, server_binaries
 from tests.helpers.waits import scaled, wait_until
@@ -75,7 +92,7 @@ class Cluster:
         self.home.wait_for("camera streaming", lambda: self.home.devices_on(1), 30)
         self.wait_owner(1)
 
-    def owner(self) -> str | None:
+    def owner_record(self) -> tuple[str, int] | None:
         client = redis.Redis.from_url(self.redis.url, socket_timeout=2)
         try:
             value = client.get(PresenceConfig().presence_key(self.hub))
@@ -83,7 +100,14 @@ class Cluster:
             return None
         finally:
             client.close()
-        return None if value is None else decode_presence(value).owner
+        if value is None:
+            return None
+        record = decode_presence(value)
+        return record.owner, record.epoch
+
+    def owner(self) -> str | None:
+        found = self.owner_record()
+        return None if found is None else found[0]
 
     def wait_owner(self, index: int, seconds: float = 20) -> None:
         try:
@@ -148,6 +172,128 @@ def test_three_processes_a_relayed_session_through_the_third(cluster: Cluster) -
     assert cluster.fleet.shared(3)["forwarded"] >= 1
 
 
+def test_routed_requests_take_the_node_link_not_redis(cluster: Cluster) -> None:
+    # Broker 2 holds a node link to broker 1 once a request was routed there (the first
+    # may go over pub/sub while the link opens): then a routed request crosses no Redis
+    # pub/sub channel at all, its messages go over the link both ways.
+    _summary(cluster.connect(2, "--frames", "1"))
+    wait_until(lambda: cluster.fleet.shared(2)["links_up"] >= 1, 10, what="link up")
+    before = {i: cluster.fleet.shared(i) for i in (1, 2)}
+    summary = _summary(cluster.connect(2, "--frames", "2"))
+    assert summary["frames"] == 2
+    after = {i: cluster.fleet.shared(i) for i in (1, 2)}
+    assert after[2]["forwarded"] == before[2]["forwarded"] + 1
+    assert after[2]["link_sent"] > before[2]["link_sent"]
+    assert after[1]["link_received"] > before[1]["link_received"]
+    assert after[1]["link_sent"] > before[1]["link_sent"]  # the answers came back over it
+    assert after[2]["link_fallbacks"] == before[2]["link_fallbacks"]
+    for index in (1, 2):
+        assert after[index]["published"] == before[index]["published"]
+    assert after[1]["node_link"].startswith("127.0.0.1:")
+    # A relayed session too: its relay records go issuer → broker 2 → link → broker 1.
+    relayed = (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"]
+    summary = _summary(cluster.connect(2, "--frames", "2", "--no-punch"))
+    assert summary["path"] == "relay" and summary["frames"] == 2
+    assert (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"] == relayed + 1
+    last = cluster.fleet.shared(2)
+    assert last["link_sent"] > after[2]["link_sent"] and last["published"] == after[2]["published"]
+
+
+def _anchors(cluster: Cluster) -> list[Any]:
+    return certs_from_pem((cluster.home.path / "ca" / "gen-1" / "ca-cert.pem").read_bytes())
+
+
+def _rejected(cluster: Cluster, index: int, reason: str) -> int:
+    counters = (cluster.fleet.status(index) or {})["counters"]
+    return int(counters["connections_rejected"].get(reason, 0))
+
+
+def test_a_node_link_peer_without_a_broker_certificate_is_refused(cluster: Cluster) -> None:
+    # A hub's certificate chains to the same CA and carries clientAuth, so TLS completes;
+    # the broker then refuses it (not-broker) before reading a frame. Without any client
+    # certificate TLS itself refuses (client-cert-required). Both counted.
+    shared = cluster.fleet.shared(1)
+    host, port = shared["node_link"].rsplit(":", 1)
+    hub = cluster.home.path / "hub-1"
+    context = client_context(_anchors(cluster), hub / "cert.pem", hub / "key.pem")
+    not_broker = _rejected(cluster, 1, "not-broker")
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        tls.sendall(encode_record(hello("intruder", 1, "b1", shared["epoch"]).encode()))
+        with contextlib.suppress(ssl.SSLError, OSError):
+            assert tls.recv(4096) == b""
+    wait_until(lambda: _rejected(cluster, 1, "not-broker") == not_broker + 1, 5, what="not-broker")
+    required = _rejected(cluster, 1, "client-cert-required")
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        contextlib.suppress(ssl.SSLError, OSError),
+        client_context(_anchors(cluster)).wrap_socket(raw) as tls,
+    ):
+        tls.recv(4096)
+    wait_until(
+        lambda: _rejected(cluster, 1, "client-cert-required") == required + 1,
+        5,
+        what="client-cert-required",
+    )
+    assert cluster.fleet.shared(1)["link_accepted"] == shared["link_accepted"]
+
+
+def test_a_broker_peer_must_name_this_instance_and_speak_only_for_itself(
+    cluster: Cluster,
+) -> None:
+    # With a broker's certificate: a hello for another epoch of broker 1 (an address read
+    # before a restart) is refused wrong-node; a link whose hello was right, then a message
+    # from another sender than the hello named, is ended wrong-node too.
+    shared = cluster.fleet.shared(1)
+    host, port = shared["node_link"].rsplit(":", 1)
+    broker = cluster.home.path / "broker"
+    context = client_context(_anchors(cluster), broker / "cert.pem", broker / "key.pem")
+    before = _rejected(cluster, 1, "wrong-node")
+    stale = hello("tester", 5, "b1", shared["epoch"] - 1)
+    good = hello("tester", 5, "b1", shared["epoch"])
+    forged = NodeMessage(Hop.OPEN, "b2", 5, 1, 1, b"127.0.0.1")
+    for frames in ([stale], [good, forged]):
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(b"".join(encode_record(frame.encode()) for frame in frames))
+            with contextlib.suppress(ssl.SSLError, OSError):
+                while tls.recv(4096):
+                    pass
+    wait_until(lambda: _rejected(cluster, 1, "wrong-node") == before + 2, 5, what="wrong-node")
+    after = cluster.fleet.shared(1)
+    assert after["link_accepted"] == shared["link_accepted"] + 1
+    assert after["hosted"] == shared["hosted"]
+
+
+def test_with_the_node_link_refused_a_request_falls_back_to_pubsub(cluster: Cluster) -> None:
+    # Broker 3 starts again (no link yet); broker 1's advertised address is then replaced
+    # by a port nobody listens on, as a firewall that refuses it would leave it: broker 3
+    # cannot open the link, counts that, and routes the request over Redis pub/sub.
+    cluster.fleet.kill(3, signal.SIGTERM)
+    cluster.fleet.start(3)
+    client = redis.Redis.from_url(cluster.redis.url, socket_timeout=2)
+    key = PresenceConfig().peer_key("b1")
+    try:
+        # Right after broker 1 rewrote its address (every 10 s of a 30 s TTL), so it is not
+        # rewritten while the request runs.
+        wait_until(lambda: int(client.pttl(key)) > 29_000, 15, 0.01, what="fresh advert")
+        peer = decode_peer(client.get(key))
+        blocked = PeerRecord(peer.epoch, peer.host, free_port())
+        client.set(key, blocked.encode(), px=int(client.pttl(key)))
+        summary = _summary(cluster.connect(3, "--frames", "1"))
+    finally:
+        client.close()
+    assert summary["frames"] == 1
+    shared = cluster.fleet.shared(3)
+    assert shared["forwarded"] >= 1 and shared["published"] >= 2
+    assert shared["link_fallbacks"] >= 1
+    assert shared["link_failures"].get("link-unreachable", 0) >= 1
+
+
 def test_redis_restarted_mid_run_loses_no_live_registration(cluster: Cluster) -> None:
     resyncs = cluster.fleet.shared(1)["resyncs"]
     cluster.redis.restart()  # no persistence: it comes back empty
@@ -181,6 +327,37 @@ def test_redis_stopped_for_two_intervals_then_back(cluster: Cluster) -> None:
         assert shared["outage_s"] >= 1.0
     cluster.wait_owner(1, seconds=5)
     _summary(cluster.connect(3, "--frames", "1"))
+
+
+def test_an_owner_restart_makes_the_router_reconnect(cluster: Cluster) -> None:
+    # Broker 2 holds a link to broker 1. Broker 1 restarts: a new epoch and a new
+    # node-link port (port 0). The link ends; broker 2 dials again after its back-off,
+    # reads the new address and reaches the new instance (a hello naming the old epoch
+    # would be refused wrong-node, so an opened link is one to the new instance).
+    _summary(cluster.connect(2, "--frames", "1"))
+    wait_until(lambda: cluster.fleet.shared(2)["links_up"] >= 1, 10, what="link up")
+    opened = cluster.fleet.shared(2)["link_opened"]
+    old = cluster.fleet.shared(1)
+    cluster.fleet.kill(1, signal.SIGTERM)
+    cluster.fleet.start(1)
+    new = cluster.fleet.shared(1)
+    assert new["epoch"] != old["epoch"] and new["node_link"] != old["node_link"]
+    wait_until(
+        lambda: (
+            cluster.fleet.shared(2)["link_opened"] > opened
+            and cluster.fleet.shared(1)["link_accepted"] >= 1
+        ),
+        scaled(15),
+        what="router reconnected",
+    )
+    assert cluster.fleet.shared(2)["links_up"] >= 1
+    # The new instance serves the hub once its next registration made it adopt the entry.
+    wait_until(
+        lambda: cluster.owner_record() not in (None, ("b1", old["epoch"])),
+        scaled(5),
+        what="entry adopted",
+    )
+    _summary(cluster.connect(2, "--frames", "1"))
 
 
 def test_owner_killed_the_hub_rehomes_within_an_interval_plus_ttl(cluster: Cluster) -> None:

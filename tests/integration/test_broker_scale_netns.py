@@ -1,6 +1,7 @@
 """Brokers on two hosts sharing one Redis, the hub behind a NAT router (network namespaces,
 `tests/helpers/natlab.py`): the connection request enters on one broker host and the
-wake-up leaves from the other, the one whose socket the hub's NAT mapping points at."""
+wake-up leaves from the other, the one whose socket the hub's NAT mapping points at; once
+the node link between the two hosts is up, the routed request takes it."""
 
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def _home(base: Path) -> str:
                 lines += [
                     f'registry = "redis://{BROKER_IP}:{REDIS_PORT}/0"',
                     f'node = "host{index}"',
+                    # Advertised to the other host: this host's address, any free port.
+                    f'node_link = "{ip}:0"',
                 ]
             lines.append(line)
         (home / f"broker-{index}.toml").write_text("\n".join(lines) + "\n")
@@ -182,3 +185,15 @@ def test_request_enters_on_one_host_and_the_wake_up_leaves_from_the_other(
         assert after[1] > before[1] and after[2] == before[2]
         assert (status(2) or {})["shared"]["forwarded"] >= 1
         assert (status(1) or {})["shared"]["hosted"] >= 1
+        # Host 2 asked for a node link to host 1 at that request: the next one takes it,
+        # between the namespaces, with no Redis pub/sub message.
+        wait_until(lambda: (status(2) or {})["shared"]["links_up"] >= 1, 10, what="link")
+        linked = (status(2) or {})["shared"]
+        assert linked["node_link"].startswith(HOSTS[2])
+        argv[argv.index("--frames") + 1] = "1"
+        process = lab.run(lab.b.host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = process.communicate(timeout=scaled(60))
+        assert process.returncode == 0, f"{err.decode()}; {logs()}"
+        shared = (status(2) or {})["shared"]
+        assert shared["link_sent"] > linked["link_sent"]
+        assert shared["published"] == linked["published"]

@@ -137,18 +137,19 @@ def test_openssl_verify_accepts_every_issued_certificate(
 
 
 @pytest.mark.parametrize("generation", [1, 2])
-@pytest.mark.parametrize("role", [Role.HUB, Role.DEVICE], ids=lambda r: r.value)
-def test_openssl_accepts_hubs_and_devices_as_clients(
+@pytest.mark.parametrize("role", [Role.HUB, Role.DEVICE, Role.BROKER], ids=lambda r: r.value)
+def test_openssl_accepts_hubs_devices_and_brokers_as_clients(
     issued: Issued, role: Role, generation: int
 ) -> None:
-    # Section 1 table: hubs and devices carry both serverAuth and clientAuth.
+    # Section 1 table: hubs, devices and brokers (to each other, on the node link) carry
+    # both serverAuth and clientAuth.
     done = _verify(issued.ca_files[generation], issued.leaf(role, generation).path, "sslclient")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("role", [Role.DOWNLOAD, Role.BROKER], ids=lambda r: r.value)
-def test_openssl_refuses_servers_as_clients(issued: Issued, role: Role) -> None:
-    # Section 1 table: download servers and brokers are serverAuth only.
+@pytest.mark.parametrize("role", [Role.DOWNLOAD], ids=lambda r: r.value)
+def test_openssl_refuses_download_servers_as_clients(issued: Issued, role: Role) -> None:
+    # Section 1 table: download servers are serverAuth only.
     done = _verify(issued.ca_files[1], issued.leaf(role, 1).path, "sslclient")
     assert done.returncode != 0
     assert b"unsuitable certificate purpose" in done.stdout + done.stderr

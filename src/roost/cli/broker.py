@@ -120,13 +120,18 @@ def broker_run(
 def _worker_config(
     config: BrokerConfig, index: int, udp_port: int | None, tls_port: int | None
 ) -> BrokerConfig:
-    """Worker ``index`` of `--workers`: the shared ports, its own node name and API port."""
+    """Worker ``index`` of `--workers`: the shared ports, its own node name, API port and
+    node-link port (a configured port + index; port 0 stays any free port)."""
     node = config.node or f"{config.name}-{socket.gethostname()}"
     api = config.api
     if api is not None and api[1] != 0:
         api = (api[0], api[1] + index)
+    link = config.node_link
+    if link is not None and link[1] != 0:
+        link = (link[0], link[1] + index)
     return dataclasses.replace(
         config,
+        node_link=link,
         udp=(config.udp[0], udp_port if udp_port is not None else config.udp[1]),
         tls=(config.tls[0], tls_port if tls_port is not None else config.tls[1]),
         api=api,

@@ -155,8 +155,9 @@ class LeafRequest:
 
 
 def _eku(role: Role) -> list[x509.ObjectIdentifier]:
-    # PROTOCOL.md section 1 table: hubs and devices authenticate both ways.
-    if role in (Role.HUB, Role.DEVICE):
+    # PROTOCOL.md section 1 table: hubs and devices authenticate both ways, and so do
+    # brokers (to each other, on the node link between broker processes).
+    if role in (Role.HUB, Role.DEVICE, Role.BROKER):
         return [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     return [ExtendedKeyUsageOID.SERVER_AUTH]
 

@@ -13,11 +13,19 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.x509 import verification as xv
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from roost.errors import VerificationError
-from roost.pki.certs import identifier_of
+from roost.pki.certs import identifier_of, san_uris
+from roost.reasons import Reason
 
-__all__ = ["VerifiedNode", "validation_time", "verify_node", "verify_server_name"]
+__all__ = [
+    "VerifiedNode",
+    "validation_time",
+    "verify_broker_peer",
+    "verify_node",
+    "verify_server_name",
+]
 
 # Leaf, at most one intermediate, the anchor: our CAs have pathlen 0.
 MAX_CHAIN_DEPTH = 3
@@ -98,3 +106,35 @@ def verify_server_name(
             f"server certificate does not verify: {exc}", reason="chain"
         ) from exc
     return _anchor_of(chain)
+
+
+def verify_broker_peer(
+    leaf: x509.Certificate, anchors: Sequence[x509.Certificate], time_floor: dt.datetime
+) -> x509.Certificate:
+    """Verify the certificate of another broker process on the node link, either end
+    (docs/broker-scale.md, "Node link"); returns the anchor used.
+
+    A broker's certificate (section 1 table) carries serverAuth and clientAuth and no node
+    identifier; hubs and devices, which also chain to the CA, carry an ``hcsp:``/``ab:``
+    URI and are refused ``not-broker``, as is a download server's (serverAuth only). The
+    chain is checked with the client verifier, which needs clientAuth.
+    """
+    if any(uri.startswith(("hcsp:", "ab:")) for uri in san_uris(leaf)):
+        raise VerificationError("a node's certificate, not a broker's", reason=Reason.NOT_BROKER)
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = x509.ExtendedKeyUsage([])
+    wanted = {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    if not wanted <= set(eku):
+        raise VerificationError(
+            "not a broker certificate (serverAuth and clientAuth)", reason=Reason.NOT_BROKER
+        )
+    at = validation_time(time_floor, leaf)
+    try:
+        verified = _policy(anchors, at).build_client_verifier().verify(leaf, [])
+    except xv.VerificationError as exc:
+        raise VerificationError(
+            f"broker certificate does not verify: {exc}", reason=Reason.CHAIN
+        ) from exc
+    return _anchor_of(verified.chain)

@@ -318,6 +318,10 @@ class AgentCore:
         if was is LinkState.ENROLLING:
             self._enroll_at = None
         self._failures = 0
+        if key != self._key:
+            # A wake-up counter only has to grow under the key that tags it (section 5):
+            # another broker process counts from its own start, maybe below the last one.
+            self._last_wake = None
         self._key = key
         self.counters.enrollments += 1
         if interval_ms > 0:

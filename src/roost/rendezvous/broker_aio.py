@@ -13,6 +13,11 @@ presents its own and must chain to a trusted CA generation. Records are ``u32 le
 
 HTTP (aiohttp, its own address): ``GET /api/status`` is `BrokerStatus.to_json()`, ``GET
 /metrics`` the `roost.metrics.BROKER_METRICS` table over the same snapshot.
+
+With a shared registry (docs/broker-scale.md) a ``lookup``/``connect`` for a target owned by
+another process is forwarded there (``presence.route_target``), over the node link to that
+owner when one is up (`roost.rendezvous.node_link`, ``presence.choose_via``), else over
+Redis pub/sub (`roost.rendezvous.broker_cluster`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from roost.admission import Admission, Ticket, TlsListener
 from roost.clock import wall_ms_now
@@ -52,6 +58,7 @@ from roost.rendezvous.broker_cluster import SharedRegistry, connect_redis
 from roost.rendezvous.broker_events import CloseChannel, Refused
 from roost.rendezvous.broker_status import BrokerCountersView, BrokerStatus, SharedStatus
 from roost.rendezvous.control import MAX_CHANNEL_BODY
+from roost.rendezvous.node_link import NodeLink, NodeLinks
 from roost.rendezvous.presence import (
     Hop,
     NodeMessage,
@@ -71,8 +78,11 @@ _READ_CHUNK = 64 * 1024
 # The ops whose target may be owned by another process (docs/broker-scale.md, "Routing");
 # our encoder writes "op" first and compact, so a prefix test spares a JSON parse.
 _ROUTED_OPS = (b'{"op":"lookup"', b'{"op":"connect"')
+# A channel forwarded to its owner: the owner's node and epoch, and the node link its
+# messages take (None: Redis pub/sub). One path per channel, so its messages keep their order.
+_Forward = tuple[str, int, NodeLink | None]
 # _route's answer for a lookup served here from the shared presence.
-_ANSWERED = ("", -1)
+_ANSWERED: _Forward = ("", -1, None)
 
 
 # Datagrams read per readiness callback: one core flush and one timer check serve the whole
@@ -221,11 +231,15 @@ class BrokerDaemon:
             config.core, rng=rng, wake_counter_start=wall_ms_now() * 1000, presence=presence
         )
         self.shared: SharedRegistry | None = None
-        # Channels of this process forwarded to a target's owner: id → (node, epoch).
-        self._forwarded: dict[int, tuple[str, int]] = {}
-        # Channels other processes forwarded here: (origin, epoch, its id) ↔ our id.
+        # The direct links to the other processes (docs/broker-scale.md, "Node link").
+        self.links: NodeLinks | None = None
+        # Channels of this process forwarded to a target's owner: id → (node, epoch, link).
+        self._forwarded: dict[int, _Forward] = {}
+        # Channels other processes forwarded here: (origin, epoch, its id) ↔ our id, and
+        # the node link each came over (none: pub/sub), which its answers take back.
         self._hosted: dict[tuple[str, int, int], int] = {}
         self._hosted_ids: dict[int, tuple[str, int, int]] = {}
+        self._hosted_via: dict[int, NodeLink] = {}
         self._resolving: set[str] = set()
         # The presence a lookup on this channel read, for its connect (no second GET).
         self._looked_up: dict[int, PresenceRecord] = {}
@@ -243,6 +257,7 @@ class BrokerDaemon:
         self._timer: CoreTimer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -262,6 +277,7 @@ class BrokerDaemon:
                 on_resync=self._resync,
             )
             await self.shared.start()
+            await self._start_links()
         host, port = self.config.udp
         reuse = self.config.reuse_port or None
         with listening("broker (udp)", host, port):
@@ -292,7 +308,39 @@ class BrokerDaemon:
             extra={"event": "listening"},
         )
 
+    async def _start_links(self) -> None:
+        """The node link's listener, unless it is off or this broker's certificate predates
+        the broker profile's clientAuth (then every route goes over pub/sub)."""
+        if self.config.node_link is None or self.shared is None:
+            return
+        usages = _extended_key_usages(self.certificate)
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            log.warning(
+                "node link off: the broker certificate %s carries no clientAuth (issued before"
+                " brokers authenticated each other); issue a new one with --role broker."
+                " Requests are routed over Redis pub/sub meanwhile",
+                self.config.cert,
+            )
+            return
+        links = NodeLinks(
+            self.config.presence,
+            self.node,
+            self.epoch,
+            cert_file=self.config.cert,
+            key_file=self.config.key,
+            trust=self.trust,
+            shared=self.shared,
+            admission=self.admission,
+            on_message=self._on_hop,
+            on_closed=self._link_closed,
+        )
+        host, port = self.config.node_link
+        with listening("broker (node link)", host, port):
+            await links.start(host, port)
+        self.links = links
+
     async def stop(self) -> None:
+        self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
         if self._api is not None:
@@ -309,6 +357,8 @@ class BrokerDaemon:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
+        if self.links is not None:
+            await self.links.stop()
         if self.shared is not None:
             await self.shared.stop()
 
@@ -376,6 +426,8 @@ class BrokerDaemon:
     def trust_changed(self) -> None:
         """New anchors reach the TLS listener (a promotion or a fetched generation)."""
         self.tls.update(self.trust.state.anchors)
+        if self.links is not None:
+            self.links.trust_changed()
 
     def _verify(self, leaf: x509.Certificate) -> str:
         before = self.trust.state
@@ -447,7 +499,7 @@ class BrokerDaemon:
                     if forward is _ANSWERED:
                         continue
                     if forward is not None:
-                        self._hop(forward[0], Hop.RECORD, channel, rtt, body)
+                        self._hop(forward, Hop.RECORD, channel, rtt, body)
                     else:
                         self.core.receive_record(channel, body, _loop_now())
                 self.transmit()
@@ -461,7 +513,7 @@ class BrokerDaemon:
             self._looked_up.pop(channel, None)
             forwarded = self._forwarded.pop(channel, None)
             if forwarded is not None:
-                self._hop(forwarded[0], Hop.CLOSE, channel, 0, b"")
+                self._hop(forwarded, Hop.CLOSE, channel, 0, b"")
             self.core.close_channel(channel, _loop_now())
             self.transmit()
             writer.close()
@@ -531,7 +583,23 @@ class BrokerDaemon:
             adopted=self.adopted,
             forwarded=self.forwarded_total,
             hosted=self.hosted_total,
+            **self._link_status(),
         )
+
+    def _link_status(self) -> dict[str, Any]:
+        if self.links is None:
+            return {}
+        counters = self.links.counters
+        return {
+            "node_link": self.links.address,
+            "links_up": self.links.up,
+            "link_opened": counters.opened,
+            "link_accepted": counters.accepted,
+            "link_sent": counters.sent,
+            "link_received": counters.received,
+            "link_fallbacks": counters.fallbacks,
+            "link_failures": {k: v for k, v in counters.failures.items() if v},
+        }
 
     # ------------------------------------------------------------------ shared registry
 
@@ -560,6 +628,8 @@ class BrokerDaemon:
         can wake, i.e. held here or registered here within the last interval (an entry
         that moved to another process stops registering here)."""
         now = _loop_now()
+        if self.links is not None:
+            self.links.advertise()
         registry = self.core.registry
         recent = self.config.core.interval_s * 1.5
         for identifier in list(registry):
@@ -600,10 +670,11 @@ class BrokerDaemon:
         body: bytes,
         source: str,
         rtt: int,
-    ) -> tuple[str, int] | None:
+    ) -> _Forward | None:
         """Where a ``lookup``/``connect`` is served: None here, or the owner's (node,
-        epoch), the channel then opened there (``_owner_heard`` answers target-offline
-        if nobody received the OPEN)."""
+        epoch) and the node link to it (None: pub/sub), the channel then opened there
+        (over pub/sub, ``_owner_heard`` answers target-offline if nobody received the
+        OPEN)."""
         try:
             message = control.decode_control(body)
         except RoostError:
@@ -626,6 +697,9 @@ class BrokerDaemon:
             or route_target(False, record, self.node, self.epoch) is not Route.FORWARD
         ):
             return None
+        # The node link to the owner when one is up (else one is asked for, and this
+        # channel goes over pub/sub): presence.choose_via decides.
+        link = None if self.links is None else self.links.link_to(record.owner, record.epoch)
         if isinstance(message, control.Lookup) and record.certificate is not None:
             # Answered here from the presence (one round trip less through the owner);
             # the connect that follows on this channel goes to the owner.
@@ -633,21 +707,28 @@ class BrokerDaemon:
             self.core.answer_lookup(channel, target, record.certificate, now)
             return _ANSWERED
         opened = NodeMessage(Hop.OPEN, self.node, self.epoch, channel, rtt, source.encode())
-        heard = self.shared.publish(record.owner, opened.encode(), wait=True)
-        assert heard is not None
-        forward = (record.owner, record.epoch)
-        self._forwarded[channel] = forward
+        forward: _Forward = (record.owner, record.epoch, link)
         self.forwarded_total += 1
         # The owner's core runs this channel from now on (its limits, idle timer and
         # sessions); ours forgets it, so its idle timer cannot cut a long relayed session.
         self.core.close_channel(channel, now)
+        # The connect follows the OPEN at once (the caller's _hop): one write for both.
+        if link is not None and link.send(opened, more=True):
+            self._forwarded[channel] = forward
+            return forward
+        forward = (record.owner, record.epoch, None)
+        if self.links is not None:
+            self.links.counters.fallbacks += 1
+        heard = self.shared.publish(record.owner, opened.encode(), wait=True)
+        assert heard is not None
+        self._forwarded[channel] = forward
         # The records follow the OPEN in the same pipeline without waiting for it: a
         # forwarded request costs no extra round trip to Redis (docs/broker-scale.md).
         heard.add_done_callback(lambda done: self._owner_heard(done, channel, forward, source))
         return forward
 
     def _owner_heard(
-        self, done: asyncio.Future[int], channel: int, forward: tuple[str, int], source: str
+        self, done: asyncio.Future[int], channel: int, forward: _Forward, source: str
     ) -> None:
         if done.result() > 0 or self._forwarded.get(channel) != forward:
             return
@@ -663,42 +744,74 @@ class BrokerDaemon:
             error = control.Error(Reason.TARGET_OFFLINE, None)
             writer.write(encode_record(control.encode_control_message(error)))
 
-    def _hop(self, node: str, kind: Hop, channel: int, rtt: int, payload: bytes) -> None:
-        """Send one message of a channel this process forwards to ``node``."""
-        if self.shared is not None:
-            message = NodeMessage(kind, self.node, self.epoch, channel, rtt, payload)
+    def _hop(self, forward: _Forward, kind: Hop, channel: int, rtt: int, payload: bytes) -> None:
+        """Send one message of a channel this process forwards, the way its OPEN went (a
+        link that went down meanwhile ends the channel: ``_link_closed``)."""
+        message = NodeMessage(kind, self.node, self.epoch, channel, rtt, payload)
+        node, _, link = forward
+        if link is not None:
+            link.send(message)
+        elif self.shared is not None:
             self.shared.publish(node, message.encode())
 
     def _hop_back(self, local: int, kind: Hop, payload: bytes) -> None:
         """Send one message back to the origin of a channel hosted here."""
-        origin, _, channel = self._hosted_ids[local]
-        self._hop(origin, kind, channel, 0, payload)
+        origin, epoch, channel = self._hosted_ids[local]
+        self._hop((origin, epoch, self._hosted_via.get(local)), kind, channel, 0, payload)
 
     def _unhost(self, local: int) -> None:
         key = self._hosted_ids.pop(local, None)
+        self._hosted_via.pop(local, None)
         if key is not None:
             self._hosted.pop(key, None)
 
+    def _link_closed(self, link: NodeLink) -> None:
+        """A node link ended: so do the channels it carried (the issuer's own timeouts or
+        the target's report it, as when the owner of a hosted channel dies)."""
+        if self._stopping:
+            return
+        now = _loop_now()
+        for channel, forward in list(self._forwarded.items()):
+            if forward[2] is link:
+                del self._forwarded[channel]
+                writer = self._writers.get(channel)
+                if writer is not None:
+                    writer.close()
+        for local, via in list(self._hosted_via.items()):
+            if via is link:
+                self._unhost(local)
+                self.core.close_channel(local, now)
+        self.transmit()
+
     def _on_node_message(self, data: bytes) -> None:
-        """A message of a forwarded channel, from its origin or from its owner."""
+        """A message of a forwarded channel over Redis pub/sub."""
         try:
             message = decode_node_message(data)
         except RoostError:
             return
+        self._on_hop(message, None)
+
+    def _on_hop(self, message: NodeMessage, via: NodeLink | None) -> None:
+        """A message of a forwarded channel, from its origin or from its owner, over the
+        node link ``via`` or over pub/sub (None)."""
         now = _loop_now()
         key = (message.sender, message.epoch, message.channel)
+        if message.kind is Hop.HELLO:
+            return
         if message.kind is Hop.OPEN:
             local = self._next_channel
             self._next_channel += 1
             self._hosted[key] = local
             self._hosted_ids[local] = key
+            if via is not None:
+                self._hosted_via[local] = via
             self.hosted_total += 1
             source = message.payload.decode(errors="replace")[:64]
             self.core.open_channel(local, None, source, now)
             self.core.channel_rtt(local, message.rtt_ms)
         elif message.kind in (Hop.RECORD, Hop.CLOSE):
             hosted = self._hosted.get(key)
-            if hosted is None:
+            if hosted is None or self._hosted_via.get(hosted) is not via:
                 return
             if message.kind is Hop.CLOSE:
                 self._unhost(hosted)
@@ -709,17 +822,25 @@ class BrokerDaemon:
         else:
             forwarded = self._forwarded.get(message.channel)
             writer = self._writers.get(message.channel)
-            if forwarded != (message.sender, message.epoch) or writer is None:
+            if forwarded != (message.sender, message.epoch, via) or writer is None:
                 return
             if message.kind is Hop.BACK:
                 writer.write(encode_record(message.payload))
             else:
                 writer.close()
+            return  # the core has no part in these: nothing for transmit() to flush
         self.transmit()
 
 
 def _loop_now() -> float:
     return asyncio.get_running_loop().time()
+
+
+def _extended_key_usages(certificate: x509.Certificate) -> set[x509.ObjectIdentifier]:
+    try:
+        return set(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return set()
 
 
 # Linux's struct tcp_info: tcpi_rtt (microseconds) is the u32 at byte 68.

@@ -2,7 +2,8 @@
 
 One ``SharedRegistry`` per broker process. It owns the asyncio Redis client and three tasks:
 
-- the writer: presence values (``SET key value PX ttl``, one command per entry due) and
+- the writer: presence values (``SET key value PX ttl``, one command per entry due), the
+  process's node-link address (``PREFIX l:NODE``, docs/broker-scale.md "Node link") and
   node-to-node messages (``PUBLISH``) go out in ONE pipeline per loop turn, in the order
   they were queued, over one connection, so the messages of a forwarded channel keep their
   order;
@@ -40,7 +41,13 @@ from redis.exceptions import RedisError
 
 from roost.errors import ConfigError, RoostError
 from roost.reasons import Reason
-from roost.rendezvous.presence import PresenceConfig, PresenceRecord, decode_presence
+from roost.rendezvous.presence import (
+    PeerRecord,
+    PresenceConfig,
+    PresenceRecord,
+    decode_peer,
+    decode_presence,
+)
 
 __all__ = ["SharedCounters", "SharedRegistry", "connect_redis"]
 
@@ -223,10 +230,17 @@ class SharedRegistry:
 
     def write(self, identifier: str, record: PresenceRecord, ttl_ms: int) -> None:
         """Queue one entry's presence (the latest queued value of an entry wins)."""
+        self._write(self.config.presence_key(identifier), record.encode(), ttl_ms)
+
+    def write_peer(self, record: PeerRecord, ttl_ms: int) -> None:
+        """Queue this process's node-link address (docs/broker-scale.md, "Node link")."""
+        self._write(self.config.peer_key(self.node), record.encode(), ttl_ms)
+
+    def _write(self, key: str, value: bytes, ttl_ms: int) -> None:
         if not self._up:
             self.counters.dropped_writes += 1
             return
-        self._writes[identifier] = (record.encode(), ttl_ms)
+        self._writes[key] = (value, ttl_ms)
         self._wakeup.set()
 
     def publish(
@@ -256,8 +270,8 @@ class SharedRegistry:
             pipe = self.client.pipeline(transaction=False)
             for channel, payload, _ in publishes:
                 pipe.publish(channel, payload)
-            for identifier, (value, ttl_ms) in writes.items():
-                pipe.set(self.config.presence_key(identifier), value, px=ttl_ms)
+            for key, (value, ttl_ms) in writes.items():
+                pipe.set(key, value, px=ttl_ms)
             try:
                 results = await pipe.execute()
             except _DOWN as exc:
@@ -275,20 +289,32 @@ class SharedRegistry:
 
     async def read(self, identifier: str) -> PresenceRecord | None:
         """The entry's shared presence, None when absent, malformed or Redis is down."""
+        value = await self._read(self.config.presence_key(identifier))
+        try:
+            return None if value is None else decode_presence(value)
+        except RoostError:  # A foreign value under our prefix is ignored.
+            return None
+
+    async def read_peer(self, node: str) -> PeerRecord | None:
+        """``node``'s node-link address, None when it advertises none (or Redis is down)."""
+        value = await self._read(self.config.peer_key(node))
+        try:
+            return None if value is None else decode_peer(value)
+        except RoostError:
+            return None
+
+    async def _read(self, key: str) -> bytes | None:
         if not self._up:
             return None
         try:
-            value = await self.client.get(self.config.presence_key(identifier))
+            value = await self.client.get(key)
         except _DOWN as exc:
             self._outage(exc)
             return None
         self.counters.reads += 1
         if value is None:
             return None
-        try:
-            return decode_presence(value if isinstance(value, bytes) else value.encode())
-        except RoostError:  # A foreign value under our prefix is ignored.
-            return None
+        return value if isinstance(value, bytes) else str(value).encode()
 
     # ------------------------------------------------------------------ listener
 

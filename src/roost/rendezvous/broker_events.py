@@ -212,20 +212,43 @@ class PresenceConfig:
     max_resolving: int = 256
     # A forwarded channel whose owner does not answer within this is answered here.
     route_timeout_s: float = 2.0
+    # The node link (docs/broker-scale.md, "Node link"): the advertised address lives this
+    # long in Redis and is rewritten every third of it; a link that cannot be opened or
+    # went down is dialled again after link_first_s doubling up to link_cap_s (± 20 %),
+    # while routed channels asked for it within link_idle_s; at most max_links outbound
+    # links; one whose unsent bytes pass link_buffer (a peer that stopped reading) ends.
+    peer_ttl_s: float = 30.0
+    link_first_s: float = 0.1
+    link_cap_s: float = 5.0
+    link_idle_s: float = 60.0
+    max_links: int = 256
+    link_buffer: int = 8 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError("presence_every must be >= 1")
         if not self.prefix or len(self.prefix) > 64:
             raise ValueError("the key prefix must be 1-64 characters")
-        for name in ("jitter_allowance", "retry_s", "miss_retry_s", "route_timeout_s"):
+        for name in (
+            "jitter_allowance",
+            "retry_s",
+            "miss_retry_s",
+            "route_timeout_s",
+            "peer_ttl_s",
+            "link_first_s",
+            "link_cap_s",
+            "link_idle_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
-        if self.max_resolving < 1:
-            raise ValueError("max_resolving must be >= 1")
+        if self.max_resolving < 1 or self.max_links < 1 or self.link_buffer < 1:
+            raise ValueError("max_resolving, max_links and link_buffer must be >= 1")
 
     def presence_key(self, identifier: str) -> str:
         return f"{self.prefix}p:{identifier}"
 
     def node_channel(self, node: str) -> str:
         return f"{self.prefix}n:{node}"
+
+    def peer_key(self, node: str) -> str:
+        return f"{self.prefix}l:{node}"

@@ -9,7 +9,7 @@ cannot disagree (like `roost.hub.status`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from roost.status import TrustSummary, read_counts, read_float, read_int, read_object, read_str
@@ -80,16 +80,35 @@ class SharedStatus:
     adopted: int
     forwarded: int
     hosted: int
+    # The node link (docs/broker-scale.md, "Node link"): the advertised address ("" when
+    # off), links up now, outbound links opened, inbound accepted, node messages sent and
+    # received over links, channels routed over pub/sub for want of a link, and the
+    # failures to open or keep one by reason (refusals of inbound links are counted with
+    # the broker's connections_rejected).
+    node_link: str = ""
+    links_up: int = 0
+    link_opened: int = 0
+    link_accepted: int = 0
+    link_sent: int = 0
+    link_received: int = 0
+    link_fallbacks: int = 0
+    link_failures: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The status document's ``shared`` object."""
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+        doc: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            doc[item.name] = dict(value) if isinstance(value, Mapping) else value
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> SharedStatus:
         """Read the object `to_json` wrote; raises RemoteProtocolError if it is malformed."""
         values: dict[str, Any] = {"node": read_str(doc, "node"), "up": bool(doc.get("up"))}
         values["outage_s"] = read_float(doc, "outage_s")
+        values["node_link"] = read_str(doc, "node_link")
+        values["link_failures"] = read_counts(doc, "link_failures")
         for item in fields(cls):
             if item.name not in values:
                 values[item.name] = read_int(doc, item.name)

@@ -15,7 +15,11 @@ This module decides, without sockets or clocks:
   address, and on every k-th registration or keepalive, never per datagram), and how long
   the value lives in Redis (long enough to outlast k registrations with their jitter);
 - ``PresenceRecord``: the value's layout (``encode`` / ``decode_presence``);
-- ``route_target``: whether a ``lookup``/``connect`` is served here or by its owner.
+- ``route_target``: whether a ``lookup``/``connect`` is served here or by its owner;
+- ``choose_via``: whether a forwarded channel goes over the node link to its owner or over
+  Redis pub/sub, and whether a link to the owner should be (re)opened;
+- ``PeerRecord``: the node-link address a process advertises (``decode_peer``), the hello
+  that opens a link (``check_hello``) and the link's reconnect back-off (``link_backoff``).
 """
 
 from __future__ import annotations
@@ -29,19 +33,31 @@ from roost.rendezvous.broker_events import PresenceConfig
 from roost.rendezvous.messages import REGISTRATION_KEY_SIZE
 
 __all__ = [
+    "LINK_VERSION",
+    "PEER_VERSION",
     "PRESENCE_VERSION",
     "Hop",
     "NodeMessage",
+    "PeerRecord",
     "PresenceConfig",
     "PresencePolicy",
     "PresenceRecord",
     "Route",
+    "Via",
+    "check_hello",
+    "choose_via",
     "decode_node_message",
+    "decode_peer",
     "decode_presence",
+    "hello",
+    "link_backoff",
     "route_target",
 ]
 
 PRESENCE_VERSION = 1
+PEER_VERSION = 1
+# The node link's own version, carried in the hello's rtt_ms field.
+LINK_VERSION = 1
 _HEADER = 1 + 8 + 8 + REGISTRATION_KEY_SIZE + 1
 _MAX_NODE = 64
 _MAX_CERTIFICATE = 4096
@@ -165,6 +181,7 @@ class Hop(enum.IntEnum):
     CLOSE = 3  # origin → owner: the peer's connection closed
     BACK = 4  # owner → origin: one record body to write to the peer
     SHUT = 5  # owner → origin: close the peer's connection after its records
+    HELLO = 6  # node link only, first frame each way: who speaks, and to whom
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +234,94 @@ def decode_node_message(data: bytes) -> NodeMessage:
         int.from_bytes(data[end + 16 : end + 20], "big"),
         data[end + 20 :],
     )
+
+
+# ---------------------------------------------------------------------- the node link
+
+
+class Via(enum.Enum):
+    """How a forwarded channel's messages travel to the owner (docs/broker-scale.md,
+    "Node link")."""
+
+    LINK = "link"  # the persistent TLS connection to the owner's instance
+    PUBSUB = "pubsub"  # the owner's Redis channel (the fallback)
+
+
+def choose_via(link_epoch: int | None, owner_epoch: int) -> tuple[Via, bool]:
+    """``link_epoch``: the epoch of the owner's node-link peer when a link to that node is
+    up, else None. Returns the path for a channel opened now, and whether a link should be
+    (re)opened: none is up, or the one up leads to an older instance than the owner (the
+    owner restarted). A link to a NEWER instance than the presence names is not the
+    owner's: that channel goes over pub/sub, and the link stays (the presence catches up
+    at the entry's next registration)."""
+    if link_epoch == owner_epoch:
+        return Via.LINK, False
+    return Via.PUBSUB, link_epoch is None or link_epoch < owner_epoch
+
+
+def link_backoff(attempt: int, jitter: float, *, first_s: float, cap_s: float) -> float:
+    """Seconds before reconnect ``attempt`` (0 for the first after a link went down):
+    ``first_s`` doubled per attempt up to ``cap_s``, times ``jitter`` (0.8-1.2, drawn by
+    the adapter) so the routers of a restarted owner do not all dial it at once."""
+    return float(min(cap_s, first_s * 2.0 ** min(attempt, 30)) * jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """One process's node-link address, stored under ``PREFIX l:NODE`` with a TTL."""
+
+    epoch: int
+    host: str
+    port: int
+
+    def encode(self) -> bytes:
+        """``u8 version | u64 epoch | u16 port | u8 host_len | host``."""
+        host = self.host.encode()
+        if not 1 <= len(host) <= 255 or not 0 < self.port < 65536:
+            raise ValueError("a peer record needs a host and a port")
+        return b"".join(
+            (
+                bytes((PEER_VERSION,)),
+                self.epoch.to_bytes(8, "big"),
+                self.port.to_bytes(2, "big"),
+                bytes((len(host),)),
+                host,
+            )
+        )
+
+
+def decode_peer(data: bytes) -> PeerRecord:
+    """The inverse of ``PeerRecord.encode``; raises RemoteProtocolError("malformed")."""
+    if len(data) < 13 or data[0] != PEER_VERSION or len(data) != 12 + data[11]:
+        raise RemoteProtocolError("not a peer record", reason=Reason.MALFORMED)
+    port = int.from_bytes(data[9:11], "big")
+    try:
+        host = data[12:].decode()
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("bad peer host", reason=Reason.MALFORMED) from exc
+    if port == 0 or not host:
+        raise RemoteProtocolError("bad peer address", reason=Reason.MALFORMED)
+    return PeerRecord(int.from_bytes(data[1:9], "big"), host, port)
+
+
+def hello(node: str, epoch: int, peer: str, peer_epoch: int) -> NodeMessage:
+    """The first frame each way on a node link: ``node``/``epoch`` speak to the instance
+    ``peer``/``peer_epoch`` (its epoch in the channel field, its name as the payload, the
+    link version in rtt_ms)."""
+    return NodeMessage(Hop.HELLO, node, epoch, peer_epoch, LINK_VERSION, peer.encode())
+
+
+def check_hello(
+    message: NodeMessage, node: str, epoch: int, peer: tuple[str, int] | None = None
+) -> None:
+    """A received hello must be one, of our version, and name THIS instance (and, with
+    ``peer``, come from that node and epoch); raises RemoteProtocolError ``bad-hello``, or
+    ``wrong-node`` for a hello meant for another node or another instance of this one, or
+    from another than the one dialled (an address read before a restart)."""
+    if message.kind is not Hop.HELLO or message.rtt_ms != LINK_VERSION:
+        raise RemoteProtocolError("the node link opens with a hello", reason=Reason.BAD_HELLO)
+    wrong_peer = peer is not None and (message.sender, message.epoch) != peer
+    if message.payload != node.encode() or message.channel != epoch or wrong_peer:
+        raise RemoteProtocolError(
+            "node-link hello for another broker instance", reason=Reason.WRONG_NODE
+        )

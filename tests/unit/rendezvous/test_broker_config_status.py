@@ -11,6 +11,7 @@ from cryptography import x509
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from roost.cli.broker import _worker_config
 from roost.cli.home import make_home
 from roost.config import load_broker_config, load_hub_config
 from roost.errors import ConfigError, RemoteProtocolError
@@ -162,6 +163,21 @@ def test_shared_registry_keys_are_read(tmp_path: Path) -> None:
     config = load_broker_config(write(tmp_path, text))
     assert config.shared and config.node == "east-1" and config.workers == 2
     assert config.presence.every == 8 and config.presence.prefix == "home:"
+    assert config.node_link == ("127.0.0.1", 0)
+
+
+def test_the_node_link_address_is_read_and_must_be_advertisable(tmp_path: Path) -> None:
+    shared = MINIMAL + 'registry = "redis://127.0.0.1:6379/0"\n'
+    config = load_broker_config(write(tmp_path, shared + 'node_link = "10.0.0.11:7444"\n'))
+    assert config.node_link == ("10.0.0.11", 7444)
+    # Workers: a configured port + the worker's index; port 0 stays any free port.
+    assert _worker_config(config, 2, None, None).node_link == ("10.0.0.11", 7446)
+    config = load_broker_config(write(tmp_path, shared))
+    assert _worker_config(config, 1, None, None).node_link == ("127.0.0.1", 0)
+    assert load_broker_config(write(tmp_path, shared + 'node_link = "off"\n')).node_link is None
+    for bad in ('"0.0.0.0:7444"', '"[::]:0"', '"nowhere"', "7444"):
+        with pytest.raises(ConfigError, match="node_link"):
+            load_broker_config(write(tmp_path, shared + f"node_link = {bad}\n"))
 
 
 def test_a_hub_may_list_several_brokers(tmp_path: Path) -> None:
@@ -188,12 +204,24 @@ def test_shared_status_round_trips_and_feeds_metrics() -> None:
     shared = SharedStatus("b1", 7, True, 3, 2, 1, 1, 4, 1, 2.5, 1, 0, 1, 2, 3)
     status = dataclasses.replace(_status(), shared=shared)
     assert BrokerStatus.from_json(status.to_json()) == status
+    linked = dataclasses.replace(
+        shared,
+        node_link="127.0.0.1:7444",
+        links_up=2,
+        link_sent=9,
+        link_fallbacks=1,
+        link_failures={"link-unreachable": 3},
+    )
+    status = dataclasses.replace(_status(), shared=linked)
+    assert BrokerStatus.from_json(status.to_json()) == status
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(lambda: status, BROKER_METRICS))
     text = generate_latest(registry).decode()
     assert "roost_broker_shared_up 1.0" in text
     assert "roost_broker_shared_outages_total 1.0" in text
     assert "roost_broker_shared_forwarded_total 2.0" in text
+    assert "roost_broker_links_up 2.0" in text and "roost_broker_link_sent_total 9.0" in text
+    assert 'roost_broker_link_failures_total{reason="link-unreachable"} 3.0' in text
     plain = CollectorRegistry(auto_describe=False)
     plain.register(StatusCollector(_status, BROKER_METRICS))
     assert "roost_broker_shared" not in generate_latest(plain).decode()

@@ -327,6 +327,22 @@ def test_forged_and_replayed_wake_ups_are_ignored_and_counted() -> None:
     assert lab.agent.counters.ignored["truncated"] == 1
 
 
+def test_a_new_registration_key_starts_a_new_wake_counter_floor() -> None:
+    # Enrolled again (at another broker process, after a move): that process counts its
+    # wake-ups from its own start, which may be below the last counter accepted.
+    lab = _registered()
+    source = ("192.0.2.1", 3478)
+    lab.agent.datagram_received(lab.wake_datagram(1_000), source, lab.now)
+    assert isinstance(lab.agent.next_event(), OpenPresentConnection)
+    lab.agent.records_to_send()
+    key = bytes(range(100, 132))
+    lab.agent.enrolled(lab.agent.identifier, key, 0, lab.now)
+    lab.agent.datagram_received(lab.wake_datagram(5, key=key, token=bytes(16)), source, lab.now)
+    assert "counter-not-increasing" not in lab.agent.counters.ignored
+    opened = lab.agent.next_event()
+    assert isinstance(opened, OpenPresentConnection) and opened.token == bytes(16)
+
+
 def test_wake_up_before_enrollment_is_ignored() -> None:
     lab = Lab()
     lab.agent.datagram_received(lab.wake_datagram(1), ("192.0.2.1", 3478), lab.now)

@@ -1,5 +1,6 @@
 """The shared registry's pure side: when the core says presence is due, the Redis value's
-layout, node-to-node messages, adoption and the routing decision (docs/broker-scale.md)."""
+layout, node-to-node messages, adoption, the routing decision and the node link's path
+choice, address record, hello and back-off (docs/broker-scale.md)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,22 @@ from roost.rendezvous.broker import BrokerCore
 from roost.rendezvous.broker_events import BrokerCoreConfig
 from roost.rendezvous.messages import Registration, encode_registration
 from roost.rendezvous.presence import (
+    LINK_VERSION,
     Hop,
     NodeMessage,
+    PeerRecord,
     PresenceConfig,
     PresencePolicy,
     PresenceRecord,
     Route,
+    Via,
+    check_hello,
+    choose_via,
     decode_node_message,
+    decode_peer,
     decode_presence,
+    hello,
+    link_backoff,
     route_target,
 )
 from tests.unit.rendezvous.broker_harness import CERT, HUB, NAT_ADDR, Harness
@@ -157,12 +166,93 @@ def test_routing_forwards_only_to_another_live_process_instance() -> None:
     assert route_target(False, unreachable, "b1", 1) is Route.LOCAL
 
 
+def test_a_channel_takes_the_link_only_to_the_owners_own_instance() -> None:
+    # Up to that very instance: the link, nothing to open.
+    assert choose_via(7, 7) == (Via.LINK, False)
+    # None up: pub/sub for this channel, and a link asked for.
+    assert choose_via(None, 7) == (Via.PUBSUB, True)
+    # Up to an older instance: the owner restarted; pub/sub now, and the link renewed.
+    assert choose_via(6, 7) == (Via.PUBSUB, True)
+    # Up to a newer instance than the presence names (the presence lags a restart):
+    # pub/sub reaches the new instance too, and the link stays.
+    assert choose_via(8, 7) == (Via.PUBSUB, False)
+
+
+def test_the_link_back_off_doubles_to_its_cap_with_the_jitter() -> None:
+    delays = [link_backoff(n, 1.0, first_s=0.1, cap_s=5.0) for n in range(10)]
+    assert delays[:4] == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert max(delays) == 5.0 and delays[-1] == 5.0
+    assert link_backoff(2, 0.8, first_s=0.1, cap_s=5.0) == pytest.approx(0.32)
+    assert link_backoff(10**6, 1.2, first_s=0.1, cap_s=5.0) == pytest.approx(6.0)
+
+
+@given(
+    epoch=st.integers(0, 2**64 - 1),
+    host=st.text(min_size=1, max_size=60),
+    port=st.integers(1, 65535),
+)
+def test_peer_records_round_trip(epoch: int, host: str, port: int) -> None:
+    record = PeerRecord(epoch, host, port)
+    if len(host.encode()) > 255:
+        return
+    assert decode_peer(record.encode()) == record
+
+
+@given(st.binary(max_size=80))
+def test_peer_decoding_raises_only_protocol_errors(data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):
+        decode_peer(data)
+
+
+def test_peer_records_refuse_what_names_no_address() -> None:
+    for bad in (PeerRecord(1, "", 7444), PeerRecord(1, "h", 0)):
+        with pytest.raises(ValueError):
+            bad.encode()
+    good = PeerRecord(3, "10.0.0.11", 7444).encode()
+    for broken in (good[:-1], b"\x02" + good[1:], good + b"x", good[:9] + b"\x00\x00" + good[11:]):
+        with pytest.raises(RemoteProtocolError):
+            decode_peer(broken)
+
+
+def _reason(message: NodeMessage, node: str, epoch: int, peer: tuple[str, int] | None) -> str:
+    try:
+        check_hello(message, node, epoch, peer)
+    except RemoteProtocolError as caught:
+        return caught.reason
+    return "ok"
+
+
+def test_a_hello_must_name_this_very_instance() -> None:
+    # b2 (epoch 20) dials b1 (epoch 10); b1 answers with its own hello.
+    dialled = hello("b2", 20, "b1", 10)
+    assert decode_node_message(dialled.encode()) == dialled
+    assert dialled.kind is Hop.HELLO and dialled.rtt_ms == LINK_VERSION
+    assert _reason(dialled, "b1", 10, None) == "ok"
+    # An address read before b1 restarted (epoch 11 now), or meant for another node.
+    assert _reason(dialled, "b1", 11, None) == "wrong-node"
+    assert _reason(dialled, "b3", 10, None) == "wrong-node"
+    answer = hello("b1", 10, "b2", 20)
+    assert _reason(answer, "b2", 20, ("b1", 10)) == "ok"
+    # The answer of another instance than the one the dialler read the address of.
+    assert _reason(answer, "b2", 20, ("b1", 9)) == "wrong-node"
+    assert _reason(hello("b9", 10, "b2", 20), "b2", 20, ("b1", 10)) == "wrong-node"
+    # Not a hello, or another link version.
+    opened = NodeMessage(Hop.OPEN, "b2", 20, 10, LINK_VERSION, b"b1")
+    assert _reason(opened, "b1", 10, None) == "bad-hello"
+    newer = NodeMessage(Hop.HELLO, "b2", 20, 10, LINK_VERSION + 1, b"b1")
+    assert _reason(newer, "b1", 10, None) == "bad-hello"
+
+
 def test_presence_config_is_checked() -> None:
     with pytest.raises(ValueError):
         PresenceConfig(every=0)
     with pytest.raises(ValueError):
         PresenceConfig(prefix="")
     assert PresenceConfig(prefix="x:").presence_key(HUB) == f"x:p:{HUB}"
+    assert PresenceConfig(prefix="x:").peer_key("b1") == "x:l:b1"
+    for bad in ({"link_cap_s": 0.0}, {"max_links": 0}, {"peer_ttl_s": -1.0}):
+        with pytest.raises(ValueError):
+            PresenceConfig(**bad)  # type: ignore[arg-type]
     assert BrokerCoreConfig().ttl_s == 60.0
 
 
