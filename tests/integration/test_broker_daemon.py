@@ -85,11 +85,18 @@ class _Udp:
     async def ask(self, data: bytes, port: int, wait: float = 1.0) -> bytes | None:
         loop = asyncio.get_running_loop()
         await loop.sock_sendto(self.sock, data, (LOOPBACK, port))
-        try:
-            answer, _ = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 2048), scaled(wait))
-        except TimeoutError:
-            return None
-        return answer
+        # Only the broker's answer counts: on a machine where other homes run, a datagram
+        # from another process (an announcement sent to a port this socket happens to
+        # have) may arrive too.
+        deadline = loop.time() + scaled(wait)
+        while (left := deadline - loop.time()) > 0:
+            try:
+                answer, source = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 2048), left)
+            except TimeoutError:
+                return None
+            if source == (LOOPBACK, port):
+                return answer
+        return None
 
     def close(self) -> None:
         self.sock.close()
