@@ -90,6 +90,7 @@ class BrokerCore:
         rng: random.Random | None = None,
         *,
         wake_counter_start: int = 0,
+        wall_offset_s: float | None = None,
         presence: PresencePolicy | None = None,
     ) -> None:
         self.config = config
@@ -104,6 +105,12 @@ class BrokerCore:
         self.counters = BrokerCounters()
         self.rejections = RejectionCounter(config.log_interval_s, config.max_sources)
         self._wake_counter = wake_counter_start
+        # ``now`` plus this is wall time. When given, every RWAK counter is at least the wall
+        # clock in microseconds, so the counters of all broker processes sharing one registry
+        # rise together: an equipment that re-homes from a process started later to one
+        # started earlier (its key kept, docs/broker-scale.md) still takes the new owner's
+        # wake-ups, whose counters would otherwise be below its floor (section 5).
+        self._wall_offset_s = wall_offset_s
         self._udp_global = TokenBucket(config.global_udp_rate, config.global_udp_burst)
         self._udp_sources = SourceRateLimiter(
             config.udp_source_rate, config.udp_source_burst, config.max_sources
@@ -314,6 +321,10 @@ class BrokerCore:
         if key is None or session.udp_address is None:
             return
         self._wake_counter += 1
+        if self._wall_offset_s is not None:
+            self._wake_counter = max(
+                self._wake_counter, int((now + self._wall_offset_s) * 1_000_000)
+            )
         datagram = encode_wake(Wake(self._wake_counter, session.token), key)
         self._datagrams.append((datagram, session.udp_address))
         self.counters.wakes_sent += 1

@@ -226,9 +226,15 @@ class BrokerDaemon:
             if config.shared
             else None
         )
-        # Wall microseconds: RWAK counters keep rising across restarts (section 5).
+        # Wall microseconds: RWAK counters keep rising across restarts and are comparable
+        # between the processes of one registry (section 5).
+        wall_s = wall_ms_now() / 1000
         self.core = BrokerCore(
-            config.core, rng=rng, wake_counter_start=wall_ms_now() * 1000, presence=presence
+            config.core,
+            rng=rng,
+            wake_counter_start=int(wall_s * 1_000_000),
+            wall_offset_s=wall_s - time.monotonic(),
+            presence=presence,
         )
         self.shared: SharedRegistry | None = None
         # The direct links to the other processes (docs/broker-scale.md, "Node link").

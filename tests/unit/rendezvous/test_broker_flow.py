@@ -3,10 +3,13 @@ section 5 in memory, with real certificates, a real sealed password and relay re
 
 from __future__ import annotations
 
+import random
+
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.pki.certs import Role
 from roost.rendezvous import control, stun
+from roost.rendezvous.broker import BrokerCore
 from roost.rendezvous.messages import Candidate
 from roost.rendezvous.seal import SealedCredentials, open_request, seal_request
 from tests.helpers.pki import TestCA
@@ -110,3 +113,35 @@ def test_a_wrong_password_never_reaches_punching() -> None:
     h.send(present, "reject", session=connecting.session, reason=control.Reason.BAD_PASSWORD)
     assert h.took(issuer) == [control.Reject(connecting.session, control.Reason.BAD_PASSWORD)]
     assert h.core.counters.accepts == 0 and enrolled.key
+
+
+def test_wake_counters_follow_the_wall_clock_when_the_adapter_gives_it() -> None:
+    # Two processes of one registry started at different times must send RWAK counters an
+    # equipment accepts from either (section 5): with the wall offset, each counter is at
+    # least the wall clock in microseconds, whatever the process's starting counter was.
+    ca = TestCA()
+    hub = ca.issue(Role.HUB)
+    der = hub.cert.public_bytes(Encoding.DER)
+    h = Harness()
+    wall_offset_s = 1_800_000_000.0 - h.now
+    h.core = BrokerCore(
+        h.config, rng=random.Random(7), wake_counter_start=1000, wall_offset_s=wall_offset_s
+    )
+    (enrolled,) = h.send(h.channel(hub.identifier, source="203.0.113.7", cert=der), "enroll")
+    h.register(enrolled.key, 1, identifier=hub.identifier)
+    candidates = (Candidate.of(*ISSUER_UDP),)
+
+    def wake_counter() -> int:
+        issuer = h.channel(None, source="198.51.100.9")
+        sealed = seal_request(hub.cert.public_key(), hub.identifier, candidates, "owner", "pw")
+        h.datagrams.clear()
+        h.send(issuer, "connect", target=hub.identifier, candidates=candidates, sealed=sealed)
+        (counter, _token), *_ = h.wakes_to(NAT_ADDR, enrolled.key)
+        h.core.close_channel(issuer, h.now)
+        return counter
+
+    first = wake_counter()
+    assert first >= 1_800_000_000 * 1_000_000
+    h.advance(30.0)
+    second = wake_counter()
+    assert second >= first + 30 * 1_000_000
