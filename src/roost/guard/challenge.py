@@ -561,6 +561,24 @@ class ServerHandshake:
         )
         yield StoreAccess("record-failure", operation)
 
+    def _check_password(
+        self, record: UserRecord, hello: Hello, granted: bool, wall_ms: int
+    ) -> LoginSteps[None]:
+        """The Hello's password: admitted by the session's grant, else by the full KDF; a
+        wrong one is recorded towards lock-out."""
+        if granted:
+            self.used_grant = True
+            return
+        verifier = record.password
+        candidate = yield from self._kdf(
+            password_secret(hello.password), verifier.salt, verifier.kdf
+        )
+        try:
+            check_password_digest(verifier, candidate)
+        except VerificationError as wrong:
+            yield from self._record_failure(record, wall_ms)
+            raise wrong
+
     def _kdf(self, secret: bytes, salt: bytes, params: KdfParams) -> LoginSteps[bytes]:
         digest = yield PasswordKdf(secret, salt, params)
         return cast(bytes, digest)
@@ -586,19 +604,10 @@ class ServerHandshake:
             raise VerificationError("user locked out", reason="locked-out")
         verifier = record.password
         grant, self._grant = self._grant, None
-        if grant is not None and grant.admits(hello.user_id, verifier, hello.password, now):
-            # The same password for the same verifier passed the full KDF moments ago in
-            # this session's brokered request (PasswordGrant); the codes are still asked.
-            self.used_grant = True
-        else:
-            candidate = yield from self._kdf(
-                password_secret(hello.password), verifier.salt, verifier.kdf
-            )
-            try:
-                check_password_digest(verifier, candidate)
-            except VerificationError as wrong:
-                yield from self._record_failure(record, wall_ms)
-                raise wrong
+        # The same password for the same verifier passed the full KDF moments ago in this
+        # session's brokered request (PasswordGrant); the codes are still asked.
+        granted = grant is not None and grant.admits(hello.user_id, verifier, hello.password, now)
+        yield from self._check_password(record, hello, granted, wall_ms)
         encoded = self._new_challenge(record, chosen, now, wall_ms)
         self._hello = hello
         assert self._suite is not None
@@ -677,18 +686,7 @@ class ServerHandshake:
         # verifier it matched) were checked then, as a Hello-first login checks them at
         # its Hello, and the proof step reads the directory again; the Challenge's TTL
         # bounds the rest. The password the grant checked: no second KDF.
-        verifier = record.password
-        if grant.matches(hello.password):
-            self.used_grant = True
-        else:
-            candidate = yield from self._kdf(
-                password_secret(hello.password), verifier.salt, verifier.kdf
-            )
-            try:
-                check_password_digest(verifier, candidate)
-            except VerificationError as wrong:
-                yield from self._record_failure(record, wall_ms)
-                raise wrong
+        yield from self._check_password(record, hello, grant.matches(hello.password), wall_ms)
         self._hello = hello
         self._transcript = _transcript_hash(
             self._suite, hello, self._challenge_bytes, self._binding, _SERVER_FIRST_TRANSCRIPT

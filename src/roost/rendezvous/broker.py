@@ -561,20 +561,8 @@ class BrokerCore:
             raise RefusedError("no way to wake the target", reason=Reason.TARGET_OFFLINE)
         # The wake-up is the work a flood would buy: the global bucket goes last.
         self._wake_global.take(now)
-        session = SessionRecord(
-            self._new_session_id(),
-            self._new_token(),
-            message.target,
-            channel.id,
-            message.candidates,
-            message.sealed,
-        )
-        self._sessions[session.id] = session
+        session = self._open_session(channel, message)
         self._tokens[session.token] = session.id
-        channel.session = session.id
-        channel.issued = True
-        self.counters.connects += 1
-        self._send(channel.id, control.Connecting(session.id))
         if entry.held is not None:
             self._send(entry.held, control.WakePush(session.token))
             self.counters.wake_pushes += 1
@@ -592,6 +580,17 @@ class BrokerCore:
         connections"); the session is REQUESTED at once."""
         # The same global bucket as a wake-up: what a flood would buy is the hub's work.
         self._wake_global.take(now)
+        # No token is registered: nothing is presented for a pushed request.
+        session = self._open_session(channel, message)
+        self._advance(session, SessionInput.PUSH)
+        session.target_channel = holder
+        self._channels[holder].pushed.add(session.id)
+        self.counters.requests_pushed += 1
+        self._send(holder, control.Request(session.id, session.candidates, session.sealed))
+        self._arm_session(session, now + self.config.answer_timeout_s)
+
+    def _open_session(self, channel: ChannelRecord, message: control.Connect) -> SessionRecord:
+        """A new session for the issuer's ``connect``, answered ``connecting``."""
         session = SessionRecord(
             self._new_session_id(),
             self._new_token(),
@@ -600,18 +599,12 @@ class BrokerCore:
             message.candidates,
             message.sealed,
         )
-        # No token is registered: nothing is presented for a pushed request.
         self._sessions[session.id] = session
         channel.session = session.id
         channel.issued = True
         self.counters.connects += 1
         self._send(channel.id, control.Connecting(session.id))
-        self._advance(session, SessionInput.PUSH)
-        session.target_channel = holder
-        self._channels[holder].pushed.add(session.id)
-        self.counters.requests_pushed += 1
-        self._send(holder, control.Request(session.id, session.candidates, session.sealed))
-        self._arm_session(session, now + self.config.answer_timeout_s)
+        return session
 
     def _new_session_id(self) -> int:
         while True:
