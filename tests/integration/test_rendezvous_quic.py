@@ -277,16 +277,8 @@ async def test_the_guard_runs_unchanged_on_a_quic_stream(ca: TestCA, hub: Node) 
         reader, writer = client.stream()
         # The client sends first (the login hello), which makes the stream known to the
         # server, which then accepts it.
-        guard_client = await asyncio.wait_for(
-            GuardClient.over_stream(
-                reader,
-                writer,
-                channel_binding=tls_server_end_point(client.server_certificate_der),
-                user_id="owner",
-                password=PASSWORD,
-                answer=lambda labels: [card.code_for(x) for x in labels],
-            ),
-            TIMEOUT,
+        guard_client = await _owner_login(
+            client, reader, writer, lambda labels: [card.code_for(x) for x in labels]
         )
         echoed = await guard_client.call("echo", b"over", b"quic")
         assert echoed.ok and echoed.results == (b"over", b"quic")
@@ -323,16 +315,8 @@ async def test_a_wrong_channel_binding_fails_the_guard_login(ca: TestCA, hub: No
     try:
         reader, writer = client.stream()
         with pytest.raises((RemoteProtocolError, TransportError, VerificationError)):
-            await asyncio.wait_for(
-                GuardClient.over_stream(
-                    reader,
-                    writer,
-                    channel_binding=tls_server_end_point(client.server_certificate_der),
-                    user_id="owner",
-                    password=PASSWORD,
-                    answer=lambda labels: [card.code_for(x) for x in labels],
-                ),
-                TIMEOUT,
+            await _owner_login(
+                client, reader, writer, lambda labels: [card.code_for(x) for x in labels]
             )
         assert guard.counters.logins_ok == 0
     finally:
@@ -340,6 +324,32 @@ async def test_a_wrong_channel_binding_fails_the_guard_login(ca: TestCA, hub: No
         client.close()
         server.close()
         await guard.stop()
+
+
+async def _owner_login(
+    client: QuicSession,
+    reader: QuicStream,
+    writer: QuicStream,
+    answer: Callable[[tuple[str, ...]], list[str]],
+    *,
+    pipeline: bool = False,
+    server_first: bool = False,
+) -> GuardClient:
+    """The owner's guard login on one of the client's streams, bound to the certificate
+    the client saw (bounded by TIMEOUT)."""
+    return await asyncio.wait_for(
+        GuardClient.over_stream(
+            reader,
+            writer,
+            channel_binding=tls_server_end_point(client.server_certificate_der),
+            user_id="owner",
+            password=PASSWORD,
+            answer=answer,
+            pipeline=pipeline,
+            server_first=server_first,
+        ),
+        TIMEOUT,
+    )
 
 
 def _guard_with_owner() -> tuple[GuardServer, Callable[[tuple[str, ...]], list[str]]]:
@@ -456,18 +466,8 @@ async def test_a_server_first_login_over_quic(ca: TestCA, hub: Node, initial_wai
     try:
         assert client.server_first and server.server_first
         reader, writer = client.login_stream()
-        guard_client = await asyncio.wait_for(
-            GuardClient.over_stream(
-                reader,
-                writer,
-                channel_binding=tls_server_end_point(client.server_certificate_der),
-                user_id="owner",
-                password=PASSWORD,
-                answer=answer,
-                pipeline=True,
-                server_first=client.server_first,
-            ),
-            TIMEOUT,
+        guard_client = await _owner_login(
+            client, reader, writer, answer, pipeline=True, server_first=client.server_first
         )
         echoed = await guard_client.call("echo", b"server", b"first")
         assert echoed.ok and echoed.results == (b"server", b"first")
@@ -480,17 +480,7 @@ async def test_a_server_first_login_over_quic(ca: TestCA, hub: Node, initial_wai
             await guard.serve_stream(r, w, peer="quic", channel_binding=binding)
 
         tasks.append(asyncio.create_task(serve_next()))
-        second = await asyncio.wait_for(
-            GuardClient.over_stream(
-                second_reader,
-                second_writer,
-                channel_binding=tls_server_end_point(client.server_certificate_der),
-                user_id="owner",
-                password=PASSWORD,
-                answer=answer,
-            ),
-            TIMEOUT,
-        )
+        second = await _owner_login(client, second_reader, second_writer, answer)
         assert (await second.call("echo", b"again")).ok
         await guard_client.close()
         await second.close()
@@ -542,17 +532,7 @@ async def test_a_client_that_does_not_offer_it_logs_in_hello_first(ca: TestCA, h
 
         tasks.append(asyncio.create_task(serve_next()))
         reader, writer = client.login_stream()
-        guard_client = await asyncio.wait_for(
-            GuardClient.over_stream(
-                reader,
-                writer,
-                channel_binding=tls_server_end_point(client.server_certificate_der),
-                user_id="owner",
-                password=PASSWORD,
-                answer=answer,
-            ),
-            TIMEOUT,
-        )
+        guard_client = await _owner_login(client, reader, writer, answer)
         assert (await guard_client.call("echo", b"plain")).ok
         await guard_client.close()
         assert guard.counters.logins_ok == 1 and guard.counters.logins_granted == 0
