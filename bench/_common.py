@@ -80,6 +80,17 @@ class HubProcesses:
                 process.wait(5)
 
 
+def start_broker(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``roost broker run --config CONFIG`` as a child process, its output in LOG."""
+    with log.open("wb") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "roost", "broker", "run", "--config", str(config)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
 def bound_addresses(config: Path, process: subprocess.Popen[bytes] | None) -> HubRunState | None:
     """The ports hub `process` bound, from the run.json it writes; None before it has.
 

@@ -65,7 +65,15 @@ from _broker_load import issue_identities as _issue
 from _broker_load import rreg as _rreg
 from _broker_load import rreg_maker as _rreg_maker
 from _broker_load import wait_json_line as _wait_json_line
-from _common import cpu_seconds, load_average, machine_facts, print_result, state_dir, stop_process
+from _common import (
+    cpu_seconds,
+    load_average,
+    machine_facts,
+    print_result,
+    start_broker,
+    state_dir,
+    stop_process,
+)
 from roost.cli.home import free_loopback_ports, make_home
 from roost.config import load_broker_config
 from roost.pki.certs import certs_from_pem
@@ -456,13 +464,7 @@ def _run(args: argparse.Namespace, home: Path, result: dict[str, Any], cleanup: 
     assert config.api is not None
     api_host, api_port = config.api
     log = home / "broker.log"
-    with log.open("wb") as handle:
-        broker = subprocess.Popen(
-            [sys.executable, "-m", "roost", "broker", "run", "--config", str(config_path)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    broker = start_broker(config_path, log)
     cleanup.append(broker)
     _wait_json_line(broker, log, 20)
     udp_port, tls_port = config.udp[1], config.tls[1]

@@ -78,7 +78,14 @@ from _broker_load import (
     rreg_maker,
     wait_json_line,
 )
-from _common import load_average, machine_facts, print_result, state_dir, stop_process
+from _common import (
+    load_average,
+    machine_facts,
+    print_result,
+    start_broker,
+    state_dir,
+    stop_process,
+)
 from roost.cli.home import free_loopback_ports, make_home
 from roost.framing import RECORD_HEADER_SIZE, encode_record
 from roost.pki.certs import certs_from_pem
@@ -559,13 +566,7 @@ def _measure_setup(
         brokers[index] = {"udp": udp, "tls": tls, "api": api}
         assert tomllib.loads(path.read_text())["node"] == f"b{index}"
         log = home / f"broker-setup-{index}.log"
-        with log.open("wb") as handle:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "roost", "broker", "run", "--config", str(path)],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        process = start_broker(path, log)
         cleanup.append(process)
         processes.append(process)
         wait_json_line(process, log, 30)

@@ -28,7 +28,6 @@ import contextlib
 import os
 import resource
 import ssl
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,14 @@ from typing import Any
 from rich.table import Table
 
 from _broker_load import HOST, configure_limits, enroll, issue_identities, wait_json_line
-from _common import load_average, machine_facts, print_result, state_dir, stop_process
+from _common import (
+    load_average,
+    machine_facts,
+    print_result,
+    start_broker,
+    state_dir,
+    stop_process,
+)
 from roost.cli.home import make_home
 from roost.config import load_broker_config
 from roost.framing import RECORD_HEADER_SIZE, encode_record
@@ -134,13 +140,7 @@ async def _measure(args: argparse.Namespace, home: Path, result: dict[str, Any])
     files = issue_identities(home, args.hubs)
     result["issue_s"] = round(time.perf_counter() - started, 2)
     log = home / "broker.log"
-    with log.open("wb") as handle:
-        broker = subprocess.Popen(
-            [sys.executable, "-m", "roost", "broker", "run", "--config", str(config_path)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    broker = start_broker(config_path, log)
     stop = asyncio.Event()
     writers: list[asyncio.StreamWriter] = []
     try:
