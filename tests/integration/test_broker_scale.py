@@ -116,6 +116,18 @@ class Cluster:
             raise AssertionError(f"{failed}; {self.fleet.logs()}") from None
 
     def connect(self, via: int, *extra: str) -> subprocess.CompletedProcess[str]:
+        done = self._connect(via, *extra)
+        if done.returncode != 0:
+            hub = (self.home.hub_status(1) or {}).get("broker")
+            shared = {i: self.fleet.shared(i) if self.fleet.status(i) else None for i in (1, 2, 3)}
+            hub_log = (self.home.path / "hub-1.log").read_text(errors="replace")[-3000:]
+            done.stderr += (
+                f"owner record {self.owner_record()}; hub agent {hub}; shared {shared}; "
+                f"{self.fleet.logs()}; hub log {hub_log}"
+            )
+        return done
+
+    def _connect(self, via: int, *extra: str) -> subprocess.CompletedProcess[str]:
         return roost(
             "connect", self.hub,
             "--broker", self.fleet.tls(via), "--broker-udp", self.fleet.udp(via),

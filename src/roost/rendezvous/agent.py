@@ -160,6 +160,9 @@ class AgentCore:
         self._channels = itertools.count(1)
         self._enroll_channel: int | None = None
         self._held_channel: int | None = None
+        # The held connection whose ``enroll`` is unanswered: its answer replaces the key
+        # the broker checks (step 1), so that connection is not closed before it arrives.
+        self._held_enroll_channel: int | None = None
         self._enroll_at: float | None = None
         self._register_at: float | None = None
         self._ack_deadline: float | None = None
@@ -510,7 +513,7 @@ class AgentCore:
             hold and self._state in (LinkState.ENROLLING, LinkState.REGISTERING)
         ):
             # hold_connection: the one connection enrolls, then asks to be held.
-            self._held_channel = channel
+            self._held_channel = self._held_enroll_channel = channel
             self._events.append(OpenHeldConnection(channel, self._state is LinkState.HELD))
             self._keepalive_at = now + self._keepalive_period
             self._hold_at = None
@@ -566,6 +569,13 @@ class AgentCore:
             self._events.append(ReflexiveAddress(ack.observed))
         if self._state is LinkState.HELD:
             self._link(LinkInput.ACK)
+            if self._enrolling_on_held:
+                # UDP answered while the held connection's enrollment runs (a RACK from
+                # the broker this agent just left, or one that was only slow): the broker
+                # has replaced or is replacing the key there, so closing now would leave
+                # it checking a key this agent never learns, and every registration would
+                # be refused bad-tag. The answer closes the connection (_on_link_message).
+                return
             if self.config.hold_connection:
                 if self._held_channel is not None and not (self._holding or self._hold_pending):
                     # A fallback the broker would not hold: UDP does the work again.
@@ -574,6 +584,10 @@ class AgentCore:
                 return
             self._close_held()
             self._enroll_at = None
+
+    @property
+    def _enrolling_on_held(self) -> bool:
+        return self._held_channel is not None and self._held_enroll_channel == self._held_channel
 
     def _mapping_renewed(self) -> None:
         # Same public address, another port, same socket here: the NAT dropped the mapping
@@ -605,7 +619,21 @@ class AgentCore:
     def _on_link_message(self, channel: int, message: ControlMessage, now: float) -> None:
         if isinstance(message, Enrolled):
             before = self.counters.enrollments
+            answered_held = channel == self._held_enroll_channel
+            if answered_held:
+                self._held_enroll_channel = None
             self.enrolled(message.identifier, message.key, message.interval_ms, now)
+            if (
+                answered_held
+                and not self.config.hold_connection
+                and self._state is LinkState.REGISTERING
+                and channel == self._held_channel
+            ):
+                # A RACK came while this enrollment ran (_on_ack): UDP works, the
+                # fallback is done now that the new key is known.
+                self._close_held()
+                self._enroll_at = None
+                return
             if (
                 self.config.hold_connection
                 and channel == self._held_channel

@@ -360,3 +360,54 @@ def test_hold_timers_are_validated(config: dict[str, object]) -> None:
 
     with pytest.raises(ConfigError):
         AgentConfig(**config)  # type: ignore[arg-type]
+
+
+NEW_KEY = bytes(range(100, 100 + len(REGISTRATION_KEY)))
+
+
+def _fallen_back() -> tuple[AgentCore, int, list[int], float]:
+    """An agent whose registrations went unanswered until it opened its fallback
+    connection and sent ``enroll`` there (unanswered yet): the agent, that channel, the
+    counters it is still waiting on, and the time."""
+    agent = AgentCore(AgentConfig(hold_connection=False), HUB_ID, random.Random(5), counter_start=1)
+    agent.start(0.0)
+    for event in _events(agent):
+        channel = getattr(event, "channel", None)
+    assert channel is not None
+    agent.control_received(channel, Enrolled(HUB_ID, REGISTRATION_KEY, 20_000), 0.0)
+    _events(agent)
+    agent.records_to_send()
+    sent: list[int] = []
+    for _ in range(100):
+        when = agent.get_timer()
+        assert when is not None
+        agent.handle_timer(when)
+        for datagram in agent.datagrams_to_send():
+            registration = verify_registration(decode_registration(datagram), REGISTRATION_KEY)
+            sent.append(registration.counter)
+        fallback = [e for e in _events(agent) if isinstance(e, OpenHeldConnection) and e.fallback]
+        if fallback:
+            assert [body for _, body in agent.records_to_send()]  # the enroll
+            return agent, fallback[0].channel, sent, when
+    raise AssertionError("no fallback connection")
+
+
+def test_a_rack_during_the_fallbacks_enrollment_keeps_that_connection_until_its_answer() -> None:
+    # The broker process restarted: registrations went unanswered, so the agent opened its
+    # fallback connection (at the next broker of its list) and enrolled there. A RACK for
+    # an earlier registration then arrives (the restarted process answering late). The new
+    # enrollment replaces the key at the broker, so the agent keeps the connection until
+    # the answer and registers under the new key; closing it at the RACK left the broker
+    # checking a key the agent never learned (every registration refused bad-tag).
+    agent, fallback, sent, now = _fallen_back()
+    assert agent.state is LinkState.HELD
+    late = encode_ack(Ack(sent[-1], HUB_REFLEXIVE))
+    agent.datagram_received(late, ("192.0.2.1", 3478), now + 0.1)
+    assert agent.state is LinkState.REGISTERING
+    assert not [e for e in _events(agent) if isinstance(e, CloseConnection)]
+    assert agent.held_channel == fallback
+    agent.control_received(fallback, Enrolled(HUB_ID, NEW_KEY, 20_000), now + 0.2)
+    assert agent.enrolled_key == NEW_KEY
+    assert CloseConnection(fallback) in _events(agent) and agent.held_channel is None
+    (registration,) = agent.datagrams_to_send()
+    verify_registration(decode_registration(registration), NEW_KEY)
