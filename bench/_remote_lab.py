@@ -309,17 +309,27 @@ async def serve_hub2(home: Path, identifier: str, stop: threading.Event) -> dict
 
 
 def delay_inbound(lab: NatLab, side: Side, delay_ms: float) -> subprocess.Popen[bytes]:
-    """Hold every UDP and TCP packet the side's host receives for `delay_ms` (the lab's
-    NFQUEUE delayer, `tests.helpers.nfqdelay`, on the INPUT hook only).
+    """Hold every UDP and TCP packet that enters the side from the internet for `delay_ms`
+    (the lab's NFQUEUE delayer, `tests.helpers.nfqdelay`).
 
-    `NatLab.delay` also queues OUTPUT, which a TCP sender cannot bear: a packet held in
-    the sender's own OUTPUT hook still counts against its socket, and TCP Small Queues then
-    lets about a millisecond of data leave at a time (8 MB over 20 ms took 15 s at
-    0.54 MB/s; with the delay on INPUT only, 0.2 s). Twice the one-way delay on the way
-    in gives every path the same round trip as 10 ms each way on each host.
+    Behind a router the packets are held where they arrive, on the router's `wan` in the
+    raw table's PREROUTING hook, which runs before connection tracking: the router's NAT
+    sees each packet `delay_ms` after it was sent, as a NAT at the far end of an internet
+    path does. The delay then lies between the two NATs, so a probe sent at the common
+    start opens its own NAT at once and reaches the far NAT a one-way time later, after the
+    far side's own probe opened it (with the delay inside the hosts both probes met each
+    NAT at the same instant and raced). A public side has no router: its host holds what
+    it receives on INPUT.
+
+    Never on the sending side's OUTPUT hook (as `NatLab.delay` does): a packet held in the
+    sender's own stack still counts against its socket, and TCP Small Queues then lets
+    about a millisecond of data leave at a time (8 MB over 20 ms took 15 s at 0.54 MB/s;
+    held on the way in, 0.2 s). Twice the one-way delay on the way in gives every path the
+    same round trip as 10 ms each way.
     """
+    where = side.router or side.host
     delayer = lab.python(
-        side.host,
+        where,
         "tests.helpers.nfqdelay",
         "--queue",
         "0",
@@ -330,28 +340,13 @@ def delay_inbound(lab: NatLab, side: Side, delay_ms: float) -> subprocess.Popen[
     assert delayer.stdout is not None
     if delayer.stdout.readline().decode().strip() != "ready queue 0":
         raise RuntimeError("the NFQUEUE delayer did not start")
+    if side.router is not None:
+        hook = ["-t", "raw", "-A", "PREROUTING", "-i", "wan"]
+    else:
+        hook = ["-t", "mangle", "-A", "INPUT", "!", "-i", "lo"]
+    queue = ["-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]
     for protocol in ("udp", "tcp"):
-        lab.exec(
-            side.host,
-            [
-                "iptables",
-                "-w",
-                "-t",
-                "mangle",
-                "-A",
-                "INPUT",
-                "!",
-                "-i",
-                "lo",
-                "-p",
-                protocol,
-                "-j",
-                "NFQUEUE",
-                "--queue-num",
-                "0",
-                "--queue-bypass",
-            ],
-        )
+        lab.exec(where, ["iptables", "-w", *hook, "-p", protocol, *queue])
     return delayer
 
 

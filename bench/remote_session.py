@@ -8,9 +8,10 @@ pieces this benchmark adds around it are in `bench/_remote_lab.py`): `roost brok
 the inet bridge (198.18.0.1); `roost hub run` (hub-1) and `roost device run` (one camera)
 in side A's host namespace behind a port-restricted cone router; the issuer in side B's
 host namespace behind a port-restricted cone router too, so the punched path is direct.
-Each host holds every UDP and TCP packet it receives for 2 × `--delay-ms` with the lab's
-NFQUEUE delayer, on INPUT only (`_remote_lab.delay_inbound` says why not OUTPUT): a host
-to the broker is a 20 ms round trip, host to host, direct or relayed, 40 ms.
+Each router holds every UDP and TCP packet that reaches its `wan` from the internet for
+2 × `--delay-ms` with the lab's NFQUEUE delayer, before its connection tracking sees it
+(`_remote_lab.delay_inbound` says why there): a host to the broker is a 20 ms round trip,
+host to host, direct or relayed, 40 ms.
 
 Setup: `connect_via_broker` runs in process in side B's namespace (no process start-up
 counted), then the guard login over the QUIC stream and a `watch` of one frame, as
@@ -785,7 +786,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=10, help="setups per path")
-    parser.add_argument("--delay-ms", type=float, default=10.0, help="one way, per host")
+    parser.add_argument("--delay-ms", type=float, default=10.0, help="one way, per side")
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--echoes", type=int, default=20)
     parser.add_argument("--handshakes", type=int, default=5)

@@ -12,6 +12,15 @@ section 7.2.5.3.1), which is learned, probed at once and may become the direct p
 first address that answers one of our probes with our nonce wins; without one by the
 deadline the puncher fails and the session uses the broker's relay.
 
+A probe that arrives *from one of the candidates the broker listed* is the direct path at
+once, half a round trip before our own probe's answer would be: a datagram from that
+address reached us, so the peer's NAT has a mapping toward us, and our answer (sent at
+once) goes back through the hole our own probe opened. Accepting it needs no nonce: the
+candidates came through the broker, whose forwarding the hub verifies (section 5), and
+QUIC then authenticates whoever holds the address. A probe from an address nobody listed
+(peer-reflexive) only teaches the address; it becomes the path when it answers our nonce,
+so a spoofed source cannot steer the session to an address of its choosing.
+
 Attempts: ``attempts`` rounds (3 by default) spread evenly from ``start_at`` to the
 deadline, each probing every remote candidate and every learned address. Answering goes
 on in every state, so a side that already has its path still lets a late peer find it.
@@ -301,9 +310,15 @@ class Puncher:
             return
         if probe.kind is ProbeKind.PROBE:
             self._answer(probe, source)
+            if source in self._candidates:
+                self._found(source)
         elif probe.nonce != self.nonce:
             self._ignore(Reason.UNKNOWN_NONCE)
-        elif self._fire(_Trigger.ANSWERED):
+        else:
+            self._found(source)
+
+    def _found(self, source: Address) -> None:
+        if self._fire(_Trigger.ANSWERED):
             self.result = source
             self._attempt_times.clear()
             self._events.append(DirectPathFound(source))

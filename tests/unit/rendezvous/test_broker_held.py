@@ -77,8 +77,9 @@ def test_the_start_delay_uses_the_holding_connections_round_trip() -> None:
     h.send(held, "accept", session=session, candidates=())
     (to_hub,) = [m for m in h.took(held) if isinstance(m, control.Start)]
     (to_issuer,) = [m for m in h.took(issuer) if isinstance(m, control.Start)]
-    # common = 40 / 2 + 15 = 35 ms; each side waits it less half its own round trip.
-    assert (to_issuer.start_in_ms, to_hub.start_in_ms) == (25, 15)
+    # common = 40 / 2 + margin; each side waits it less half its own round trip.
+    common = 20 + BrokerCoreConfig().start_margin_ms
+    assert (to_issuer.start_in_ms, to_hub.start_in_ms) == (common - 10, common - 20)
 
 
 def test_several_sessions_share_one_holding_connection() -> None:

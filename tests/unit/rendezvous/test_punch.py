@@ -169,6 +169,33 @@ def test_a_probe_from_a_known_candidate_is_probed_back_at_once() -> None:
     assert b.probes_sent == 1  # the triggered check only: B's own round never ran
 
 
+def test_a_probe_from_a_listed_candidate_is_the_path_half_a_round_trip_early() -> None:
+    # B has not sent anything yet (its start is 1.5 s away) when A's probe arrives from a
+    # candidate the broker listed: B takes that address as its path on arrival, one
+    # crossing after A sent, without waiting for an answer to a probe of its own.
+    a, b = pair(b_start=1.5)
+    net = Net({A: a, B: b})
+    net.run(LATENCY)
+    assert (b.state, b.result) == (PunchState.DIRECT, A)
+    assert net.events[B] == [DirectPathFound(A)]
+    assert a.state is PunchState.PROBING  # A still waits for B's answer, one crossing more
+    net.run(2 * LATENCY)
+    assert (a.state, a.result) == (PunchState.DIRECT, B)
+
+
+def test_a_probe_from_an_unlisted_address_needs_our_nonce() -> None:
+    # A probe from an address nobody listed (spoofed, or peer-reflexive) is answered and
+    # learned, never taken as the path by itself: the path is where our nonce comes back.
+    a = Puncher(9, [B], 0.0, 3.0, rng=random.Random(3))
+    a.datagrams_to_send(0.0)
+    stranger: Address = ("192.0.2.77", 999)
+    a.receive(encode_probe(Probe(ProbeKind.PROBE, 9, b"s" * 8)), stranger, 0.1)
+    assert a.state is PunchState.PROBING and a.result is None
+    assert a.learned == [stranger]
+    a.receive(encode_probe(Probe(ProbeKind.ANSWER, 9, a.nonce)), stranger, 0.2)
+    assert a.result == stranger
+
+
 def test_peer_reflexive_address_is_learned_answered_and_wins() -> None:
     a, b = pair()
     net = Net({A: a, B: b}, nat=True)
