@@ -1,5 +1,5 @@
 """`python -m roost`: the same as the `roost` command."""
 
-from roost.cli.main import main
+from roost.cli.entry import main
 
 main()

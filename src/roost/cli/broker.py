@@ -64,7 +64,8 @@ def broker_run(
     verbose: bool,
 ) -> None:
     """Run the broker until SIGINT/SIGTERM (one per state folder; its workers share it)."""
-    from roost.cli.run import run_until_signalled, use_fast_loop
+    from roost.cli.daemons import run_until_signalled
+    from roost.cli.run import use_fast_loop
 
     configure_logging(log_level, log_format)
     config = load_broker_config(config_file)

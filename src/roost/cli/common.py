@@ -15,8 +15,7 @@ from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from roost.cli.exitcodes import ExitCode, exit_code_for
-from roost.errors import RoostError
+from roost.cli.exitcodes import ExitCode, failure_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -96,15 +95,7 @@ def _debugging() -> bool:
 def as_failure(error: Exception, roost_errors: ExitCode | None = None) -> Failure:
     """The one line and exit code (roost.cli.exitcodes) for an error that ended a command;
     ``roost_errors`` overrides the code of every Roost error (a documented contract)."""
-    code = exit_code_for(error)
-    if isinstance(error, RoostError):
-        message = f"{error} [{error.reason}]"
-        code = roost_errors if roost_errors is not None else code
-    elif code is ExitCode.INTERNAL:
-        hint = "" if _debugging() else " (run with --debug or ROOST_DEBUG=1 for the traceback)"
-        message = f"internal error: {type(error).__name__}: {error}{hint}"
-    else:
-        message = str(error)
+    message, code = failure_line(error, roost_errors, debugging=_debugging())
     return Failure(message, code)
 
 

@@ -24,7 +24,7 @@ from roost.errors import (
 )
 from roost.reasons import Reason
 
-__all__ = ["DESCRIPTIONS", "ExitCode", "epilog", "exit_code_for"]
+__all__ = ["DESCRIPTIONS", "ExitCode", "epilog", "exit_code_for", "failure_line"]
 
 
 class ExitCode(enum.IntEnum):
@@ -133,6 +133,21 @@ def exit_code_for(error: BaseException) -> ExitCode:
         # The system said why (address in use, disk full): not a bug, no better class.
         return ExitCode.FAILED
     return ExitCode.INTERNAL
+
+
+def failure_line(
+    error: Exception, roost_errors: ExitCode | None = None, *, debugging: bool = False
+) -> tuple[str, ExitCode]:
+    """The one line (after ``roost: ``) and the exit code for an error that ended a
+    command; ``roost_errors`` overrides the code of every Roost error (a documented
+    contract); ``debugging`` drops the hint that the traceback is one flag away."""
+    code = exit_code_for(error)
+    if isinstance(error, RoostError):
+        return f"{error} [{error.reason}]", roost_errors if roost_errors is not None else code
+    if code is ExitCode.INTERNAL:
+        hint = "" if debugging else " (run with --debug or ROOST_DEBUG=1 for the traceback)"
+        return f"internal error: {type(error).__name__}: {error}{hint}", code
+    return str(error), code
 
 
 def epilog() -> str:

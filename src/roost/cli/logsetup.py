@@ -21,8 +21,6 @@ import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-import click
-
 __all__ = ["LEVELS", "JsonFormatter", "configure_logging", "log_options"]
 
 P = ParamSpec("P")
@@ -90,6 +88,9 @@ def configure_logging(level: str = "info", fmt: str = "text", *, verbose: bool =
 
 def log_options(func: Callable[P, R]) -> Callable[P, R]:
     """``--log-level``, ``--log-format`` and the older ``-v`` (same as the default, info)."""
+    # Imported here: `roost device run` configures logging without click (roost.cli.daemons).
+    import click
+
     func = click.option(
         "--log-format",
         type=click.Choice(["text", "json"]),

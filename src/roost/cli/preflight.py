@@ -9,10 +9,10 @@ one line naming the file and the key instead of an ``SSLError`` from deep in a l
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -123,7 +123,10 @@ def lock_state_folder(directory: Path, what: str) -> StateLock:
     released when the command ends, however it ends, so the lock file is left empty and a
     refused or failed command leaves the folder as it found it."""
     lock = StateLock.acquire(directory, what)
-    ctx = click.get_current_context(silent=True)
+    # Under a click command its context releases the lock; `roost device run` runs
+    # without click (roost.cli.daemons) and releases it itself.
+    click = sys.modules.get("click")
+    ctx = None if click is None else click.get_current_context(silent=True)
     if ctx is not None:
         ctx.find_root().call_on_close(lock.release)
     return lock

@@ -8,9 +8,7 @@ import json
 import logging
 import os
 import random
-import signal
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,13 +16,11 @@ import click
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.common import RoostGroup, echo_json, fail_cleanly
+from roost.cli.daemons import follow_own_certificate, run_device, run_until_signalled
 from roost.cli.logsetup import configure_logging, log_options
 from roost.cli.names import home_names, label
 from roost.cli.preflight import check_identity, check_listeners, lock_state_folder
-from roost.clock import set_wall_offset_ms
 from roost.config import HubConfig, load_device_config, load_hub_config
-from roost.device.daemon import DeviceDaemon, read_own_certificate
-from roost.device.spool import FrameSpool
 from roost.errors import ConfigError, StateError, TransportError
 from roost.pki.certs import Role, certs_from_pem, key_from_pem
 from roost.pki.updater import TrustUpdater
@@ -51,7 +47,6 @@ __all__ = [
 if TYPE_CHECKING:
     from roost.hub.dashboard import Dashboard
 
-_POLL_EVERY = 60.0
 log = logging.getLogger("roost.cli")
 
 
@@ -94,64 +89,6 @@ def use_fast_loop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def run_until_signalled(
-    start: Callable[[], Awaitable[None]],
-    stop: Callable[[], Awaitable[None]],
-    poll: Callable[[float], Awaitable[object]],
-) -> None:
-    """Start, poll the trust store now and then, stop cleanly on SIGINT or SIGTERM."""
-    loop = asyncio.get_running_loop()
-    done = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    await start()
-    follower = _follow_test_clock()
-    try:
-        while not done.is_set():
-            await poll(loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), _POLL_EVERY)
-    finally:
-        if follower is not None:
-            follower.cancel()
-        await stop()
-
-
-_TEST_CLOCK_ENV = "ROOST_TEST_CLOCK_OFFSET_FILE"
-
-
-def _follow_test_clock() -> asyncio.Task[None] | None:
-    """With ROOST_TEST_CLOCK_OFFSET_FILE set, apply the wall-clock offset (integer ms) that
-    file holds, re-read four times a second: fault tests step a daemon's clock with it
-    (docs/testing.md, "Faults"). Unset, as in every real deployment, nothing runs."""
-    path = os.environ.get(_TEST_CLOCK_ENV)
-    if not path:
-        return None
-
-    async def follow() -> None:
-        applied: int | None = None
-        while True:
-            with contextlib.suppress(OSError, ValueError):
-                offset = int(Path(path).read_text().strip() or 0)
-                if offset != applied:
-                    set_wall_offset_ms(offset)
-                    logging.getLogger("roost.clock").warning(
-                        "test clock offset now %+d ms (%s)", offset, _TEST_CLOCK_ENV
-                    )
-                    applied = offset
-            await asyncio.sleep(0.25)
-
-    return asyncio.get_running_loop().create_task(follow())
-
-
-def _follow_own_certificate(trust: TrustUpdater, cert_file: Path) -> None:
-    """A node installed with a certificate of a generation its trust store does not hold
-    yet (after `roost ca roll --revoke-current`) fetches that generation before it starts,
-    instead of refusing its own certificate (docs/trust.md, "When to fetch")."""
-    leaf = certs_from_pem(cert_file.read_bytes())[0]
-    asyncio.run(trust.follow_own_certificate(leaf, time.monotonic()))
-
-
 @click.group(cls=RoostGroup)
 def hub() -> None:
     """The home hub: records cameras, announces itself, hands devices over."""
@@ -189,7 +126,7 @@ def hub_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -
         ]
     )
     trust = TrustUpdater(config.trust_dir)
-    _follow_own_certificate(trust, config.cert)
+    follow_own_certificate(trust, config.cert)
     recorder = Recorder(config.state_dir / "recordings", config.retention_bytes)
     daemon = build_hub_daemon(config, trust, recorder)
     runners = []
@@ -424,37 +361,8 @@ def device() -> None:
 @fail_cleanly
 def device_run(config_file: Path, log_level: str, log_format: str, verbose: bool) -> None:
     """Run a camera until SIGINT/SIGTERM (one per state folder)."""
-    configure_logging(log_level, log_format)
-    config = load_device_config(config_file)
-    check_identity(config.source, config.cert, config.key, Role.DEVICE)
-    # Two devices on one spool would replace each other's connection (docs/operating.md).
-    lock_state_folder(config.state_dir, "roost device run")
-    trust = TrustUpdater(config.trust_dir)
-    _follow_own_certificate(trust, config.cert)
-    spool = FrameSpool(
-        config.state_dir / "spool.sqlite3", config.max_buffer_frames, config.max_buffer_bytes
-    )
-    daemon = DeviceDaemon(config, trust, spool, read_own_certificate(config))
-
-    async def start() -> None:
-        await daemon.start()
-        echo_json({"device": daemon.identifier, "last_acked": spool.last_acked})
-        log.info(
-            "device %s (%s) ready: %s frames unacknowledged",
-            config.name,
-            daemon.identifier,
-            spool.buffered,
-            extra={"event": "ready"},
-        )
-
-    async def stop() -> None:
-        await daemon.stop()
-        spool.close()
-
-    # The default loop, not uvloop: a camera sends ten frames a second and hears a few
-    # announcements, and uvloop would add about 2 MB to an agent meant to stay small
-    # (docs/BENCHMARKS.md, "Soak and footprint").
-    asyncio.run(run_until_signalled(start, stop, trust.poll))
+    # The same function runs a plain `roost device run` without click (roost.cli.entry).
+    run_device(config_file, log_level, log_format, verbose)
 
 
 @device.command("status")
