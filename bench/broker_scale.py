@@ -41,6 +41,10 @@ What is measured, on loopback (127.0.0.1) only (docs/broker-scale.md, "Sizing"):
   through broker 2 opens the link first), interleaved, `--setups` times each; medians. The
   JSON names how many of broker 2's forwarded requests went over the link
   (`setup_link_sent`) and how many fell back to Redis pub/sub (`setup_link_fallbacks`).
+  Broker 2 answers a repeated lookup from its presence cache (`presence_cache_s`,
+  docs/broker-scale.md "Routing"; `setup_lookups_cached`), so the same setups are measured
+  again with `presence_cache_s = 0`, where every lookup reads Redis as a first request
+  does (the `*_cache_0` keys).
 
 Everything is bounded in count and time; the brokers, Redis and the senders are stopped on
 every exit path.
@@ -530,9 +534,16 @@ def _measure_setup(
     files: list[tuple[Path, Path]],
     result: dict[str, Any],
     cleanup: list[Any],
+    presence_cache_s: float | None = None,
 ) -> None:
+    """Timed setups through the owner and a non-owner; with ``presence_cache_s`` set
+    (0: every lookup reads Redis) the keys carry the suffix ``_cache_<value>``, else they
+    are the plain ``setup_*`` keys of the broker's default."""
     server.client.flushall()
     import tomllib
+
+    suffix = "" if presence_cache_s is None else f"_cache_{presence_cache_s:g}"
+    cache = {} if presence_cache_s is None else {"presence_cache_s": presence_cache_s}
 
     brokers: dict[int, dict[str, int]] = {}
     processes = []
@@ -547,6 +558,7 @@ def _measure_setup(
                 "udp": f"{HOST}:{udp}",
                 "tls": f"{HOST}:{tls}",
                 "api": f"{HOST}:{api}",
+                **cache,
                 # One target asked for again and again: its per-target bucket lifted.
                 "limits": {"target_rate": 1_000_000.0, "target_burst": 1_000_000.0},
             },
@@ -579,11 +591,11 @@ def _measure_setup(
 
     times = uvloop.run(_setups(home, files[0], brokers, args.setups, warmed))
     after = fetch_broker_status(HOST, brokers[2]["api"]).get("shared") or {}
-    for key in ("link_sent", "link_fallbacks", "forwarded"):
-        result[f"setup_{key}"] = int(after.get(key, 0)) - int(before.get(key, 0))
-    result["setup_owner_ms"] = round(statistics.median(times[1]), 3)
-    result["setup_non_owner_ms"] = round(statistics.median(times[2]), 3)
-    result["setup_extra_ms"] = round(result["setup_non_owner_ms"] - result["setup_owner_ms"], 3)
+    for key in ("link_sent", "link_fallbacks", "forwarded", "lookups_cached"):
+        result[f"setup_{key}{suffix}"] = int(after.get(key, 0)) - int(before.get(key, 0))
+    owner = result[f"setup_owner_ms{suffix}"] = round(statistics.median(times[1]), 3)
+    other = result[f"setup_non_owner_ms{suffix}"] = round(statistics.median(times[2]), 3)
+    result[f"setup_extra_ms{suffix}"] = round(other - owner, 3)
     result["setups_each"] = len(times[1])
     for process in processes:
         stop_process(process, grace=5.0)
@@ -612,6 +624,10 @@ def _table(result: dict[str, Any]) -> Table:
     row("setup through the owner (ms, median)", "setup_owner_ms", "{:.2f}")
     row("setup through a non-owner (ms, median)", "setup_non_owner_ms", "{:.2f}")
     row("extra for the non-owner (ms)", "setup_extra_ms", "{:.2f}", "≤ 1")
+    row("  lookups answered from the presence cache", "setup_lookups_cached", "{}")
+    row("setup through the owner, no cache (ms)", "setup_owner_ms_cache_0", "{:.2f}")
+    row("setup through a non-owner, no cache (ms)", "setup_non_owner_ms_cache_0", "{:.2f}")
+    row("extra for the non-owner, no cache (ms)", "setup_extra_ms_cache_0", "{:.2f}")
     return table
 
 
@@ -673,6 +689,8 @@ def main() -> None:
                     result["reg_per_cpu_s_2"] / result["reg_per_cpu_s_1"], 3
                 )
             _measure_setup(args, home, server, files, result, cleanup)
+            # The same with presence_cache_s = 0: each lookup reads Redis (a first request).
+            _measure_setup(args, home, server, files, result, cleanup, presence_cache_s=0)
             for item in cleanup:
                 _stop(item)
     finally:

@@ -498,6 +498,14 @@ BROKER_SCHEMA = Schema(
                     doc="Prefix of the shared registry's keys and channels.",
                 ),
                 Key(
+                    "presence_cache_s",
+                    Kind.NUMBER,
+                    _PRESENCE.lookup_cache_s,
+                    minimum=0,
+                    doc="How long a presence record read from the shared registry answers"
+                    " lookups without reading it again (0: read every time).",
+                ),
+                Key(
                     "node_link",
                     Kind.STRING,
                     "127.0.0.1:0",

@@ -557,6 +557,11 @@ BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
         _shared(lambda shared: shared.forwarded),
     ),
     counter(
+        "roost_broker_shared_lookups_cached",
+        "Lookups answered from a presence record read lately (presence_cache_s).",
+        _shared(lambda shared: shared.lookups_cached),
+    ),
+    counter(
         "roost_broker_shared_hosted",
         "Connections other processes forwarded here.",
         _shared(lambda shared: shared.hosted),

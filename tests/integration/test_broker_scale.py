@@ -22,11 +22,13 @@ from typing import Any
 
 import pytest
 import redis
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from roost.cli.exitcodes import ExitCode
-from roost.framing import encode_record
+from roost.framing import RecordFramer, encode_record
 from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context
+from roost.rendezvous import control
 from roost.rendezvous.presence import (
     Hop,
     NodeMessage,
@@ -172,6 +174,41 @@ def test_a_request_entering_on_a_non_owner_is_routed_and_carries_frames(cluster:
     assert owner["shared"]["hosted"] >= 1
     assert owner["counters"]["wakes_sent"] > before["counters"]["wakes_sent"]
     assert (cluster.fleet.status(2) or {})["counters"]["wakes_sent"] == 0
+
+
+def _lookup(cluster: Cluster, via: int) -> control.ControlMessage:
+    """One ``lookup`` for the hub on a fresh issuer connection to broker ``via``."""
+    host, port = cluster.fleet.tls(via).rsplit(":", 1)
+    framer = RecordFramer(1 << 20)
+    with (
+        socket.create_connection((host, int(port)), timeout=5) as raw,
+        client_context(_anchors(cluster)).wrap_socket(raw) as tls,
+    ):
+        tls.sendall(encode_record(control.encode_control_message(control.Lookup(cluster.hub))))
+        while True:
+            data = tls.recv(65536)
+            assert data, "the broker closed before answering the lookup"
+            bodies = framer.feed(data)
+            if bodies:
+                return control.decode_control(bodies[0])
+
+
+def test_a_repeated_lookup_on_a_non_owner_is_answered_from_its_presence_cache(
+    cluster: Cluster,
+) -> None:
+    # presence_cache_s (5 s, docs/broker-scale.md "Routing"): broker 2 answers a lookup
+    # for a target whose presence it read within that time without reading Redis first
+    # (the read for the connect that would follow runs alongside).
+    first = _lookup(cluster, 2)
+    before = cluster.fleet.shared(2)
+    second = _lookup(cluster, 2)
+    after = cluster.fleet.shared(2)
+    certificate = (cluster.home.path / "hub-1" / "cert.pem").read_bytes()
+    leaf = certs_from_pem(certificate)[0].public_bytes(Encoding.DER)
+    for answer in (first, second):
+        assert isinstance(answer, control.LookupResult) and answer.certificate == leaf
+    assert after["lookups_cached"] == before["lookups_cached"] + 1
+    wait_until(lambda: cluster.fleet.shared(2)["reads"] > before["reads"], 5, what="read")
 
 
 def test_three_processes_a_relayed_session_through_the_third(cluster: Cluster) -> None:

@@ -249,6 +249,12 @@ class BrokerDaemon:
         self._resolving: set[str] = set()
         # The presence a lookup on this channel read, for its connect (no second GET).
         self._looked_up: dict[int, PresenceRecord] = {}
+        # Presence records read lately, by target, with when they were read: a lookup for
+        # one of them is answered at once (docs/broker-scale.md, "Routing").
+        self._presence_cache: collections.OrderedDict[str, tuple[float, PresenceRecord]] = (
+            collections.OrderedDict()
+        )
+        self.lookups_cached = 0
         self.adopted = self.forwarded_total = self.hosted_total = 0
         self.connections_rejected: collections.Counter[str] = collections.Counter()
         # The TLS port and the API admit through one cap on unauthenticated connections
@@ -589,6 +595,7 @@ class BrokerDaemon:
             adopted=self.adopted,
             forwarded=self.forwarded_total,
             hosted=self.hosted_total,
+            lookups_cached=self.lookups_cached,
             **self._link_status(),
         )
 
@@ -695,9 +702,26 @@ class BrokerDaemon:
         )
         if route_target(reachable, None, self.node, self.epoch) is Route.LOCAL:
             return None
+        if isinstance(message, control.Lookup):
+            cached = self._cached_presence(target, now)
+            if (
+                cached is not None
+                and cached.certificate is not None
+                and route_target(False, cached, self.node, self.epoch) is Route.FORWARD
+            ):
+                # Answered from a record read within lookup_cache_s. The record this
+                # channel's connect goes by is read again meanwhile (the issuer verifies
+                # the certificate and seals the password before it sends the connect),
+                # so a target that moved to another process is still routed right.
+                self._looked_up[channel] = cached
+                self.core.answer_lookup(channel, target, cached.certificate, now)
+                self.lookups_cached += 1
+                self._spawn(self._read_for_connect(channel, target))
+                return _ANSWERED
         record = self._looked_up.pop(channel, None)
         if record is None or not isinstance(message, control.Connect):
             record = await self.shared.read(target)
+            self._remember_presence(target, record)
         if (
             record is None
             or route_target(False, record, self.node, self.epoch) is not Route.FORWARD
@@ -732,6 +756,39 @@ class BrokerDaemon:
         # forwarded request costs no extra round trip to Redis (docs/broker-scale.md).
         heard.add_done_callback(lambda done: self._owner_heard(done, channel, forward, source))
         return forward
+
+    def _cached_presence(self, target: str, now: float) -> PresenceRecord | None:
+        found = self._presence_cache.get(target)
+        if found is None:
+            return None
+        if now - found[0] >= self.config.presence.lookup_cache_s:
+            del self._presence_cache[target]
+            return None
+        return found[1]
+
+    def _remember_presence(self, target: str, record: PresenceRecord | None) -> None:
+        presence = self.config.presence
+        if presence.lookup_cache_s <= 0:
+            return
+        if record is None or record.certificate is None:
+            self._presence_cache.pop(target, None)
+            return
+        self._presence_cache[target] = (_loop_now(), record)
+        self._presence_cache.move_to_end(target)
+        while len(self._presence_cache) > presence.lookup_cache_entries:
+            self._presence_cache.popitem(last=False)
+
+    async def _read_for_connect(self, channel: int, target: str) -> None:
+        """The fresh presence for the connect of a lookup answered from the cache (the
+        connect takes the cached one if it comes before this read returns)."""
+        assert self.shared is not None
+        record = await self.shared.read(target)
+        self._remember_presence(target, record)
+        if channel in self._looked_up:
+            if record is None:
+                del self._looked_up[channel]
+            else:
+                self._looked_up[channel] = record
 
     def _owner_heard(
         self, done: asyncio.Future[int], channel: int, forward: _Forward, source: str

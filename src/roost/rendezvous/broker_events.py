@@ -226,8 +226,15 @@ class PresenceConfig:
     link_idle_s: float = 60.0
     max_links: int = 256
     link_buffer: int = 8 * 1024 * 1024
+    # A presence record this process read stays this long, so a lookup for the same
+    # target is answered without a Redis read (the read for its connect runs alongside);
+    # 0 reads every time. At most lookup_cache_entries records are kept.
+    lookup_cache_s: float = 5.0
+    lookup_cache_entries: int = 4096
 
     def __post_init__(self) -> None:
+        if self.lookup_cache_s < 0 or self.lookup_cache_entries < 1:
+            raise ValueError("presence_cache_s must be >= 0 and lookup_cache_entries >= 1")
         if self.every < 1:
             raise ValueError("presence_every must be >= 1")
         if not self.prefix or len(self.prefix) > 64:

@@ -80,6 +80,8 @@ class SharedStatus:
     adopted: int
     forwarded: int
     hosted: int
+    # Lookups answered from a presence record read within presence_cache_s.
+    lookups_cached: int = 0
     # The node link (docs/broker-scale.md, "Node link"): the advertised address ("" when
     # off), links up now, outbound links opened, inbound accepted, node messages sent and
     # received over links, channels routed over pub/sub for want of a link, and the
