@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 import functools
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
-from roost.cli.exitcodes import ExitCode, failure_line
+from roost.cli.exitcodes import ExitCode, debugging_requested, failure_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -89,7 +88,7 @@ def _debugging() -> bool:
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.find_root().meta.get(DEBUG_META):
         return True
-    return os.environ.get("ROOST_DEBUG", "") not in ("", "0")
+    return debugging_requested()
 
 
 def as_failure(error: Exception, roost_errors: ExitCode | None = None) -> Failure:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from roost.cli.exitcodes import ExitCode, failure_line
+from roost.cli.exitcodes import ExitCode, debugging_requested, failure_line
 from roost.cli.logsetup import LEVELS, configure_logging
 from roost.cli.preflight import check_identity, lock_state_folder
 from roost.clock import set_wall_offset_ms
@@ -201,7 +201,7 @@ def run_device_cleanly(arguments: DeviceRunArguments) -> int:
     """:func:`run_device`, ending the way every `roost` command ends: one line on standard
     error and the exit code of the error's class (roost.cli.exitcodes)."""
     assert arguments.config_file is not None
-    debugging = os.environ.get("ROOST_DEBUG", "") not in ("", "0")
+    debugging = debugging_requested()
     try:
         run_device(
             arguments.config_file, arguments.log_level, arguments.log_format, arguments.verbose

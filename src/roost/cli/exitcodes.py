@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 import socket
 from collections.abc import Mapping
 
@@ -24,7 +25,14 @@ from roost.errors import (
 )
 from roost.reasons import Reason
 
-__all__ = ["DESCRIPTIONS", "ExitCode", "epilog", "exit_code_for", "failure_line"]
+__all__ = [
+    "DESCRIPTIONS",
+    "ExitCode",
+    "debugging_requested",
+    "epilog",
+    "exit_code_for",
+    "failure_line",
+]
 
 
 class ExitCode(enum.IntEnum):
@@ -133,6 +141,11 @@ def exit_code_for(error: BaseException) -> ExitCode:
         # The system said why (address in use, disk full): not a bug, no better class.
         return ExitCode.FAILED
     return ExitCode.INTERNAL
+
+
+def debugging_requested() -> bool:
+    """ROOST_DEBUG is set (to anything but 0): a failing command prints its traceback."""
+    return os.environ.get("ROOST_DEBUG", "") not in ("", "0")
 
 
 def failure_line(
