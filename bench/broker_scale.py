@@ -35,16 +35,18 @@ What is measured, on loopback (127.0.0.1) only (docs/broker-scale.md, "Sizing"):
 - Connection setup through the owner and through a non-owner process: two broker processes
   on their own ports sharing Redis; a scripted target (identity 0, mutual TLS) enrolled and
   registered at broker 1 answers RWAK by presenting its token on a new TLS connection and
-  accepting the request; the issuer's time is from sending `lookup` on a connected TLS
-  channel until `start` arrives, through broker 1 (owner) and through broker 2 (forwarded
-  over the node link to broker 1, docs/broker-scale.md "Node link"; a warm-up request
-  through broker 2 opens the link first), interleaved, `--setups` times each; medians. The
-  JSON names how many of broker 2's forwarded requests went over the link
-  (`setup_link_sent`) and how many fell back to Redis pub/sub (`setup_link_fallbacks`).
-  Broker 2 answers a repeated lookup from its presence cache (`presence_cache_s`,
-  docs/broker-scale.md "Routing"; `setup_lookups_cached`), so the same setups are measured
-  again with `presence_cache_s = 0`, where every lookup reads Redis as a first request
-  does (the `*_cache_0` keys).
+  accepting the request. The target runs in a process of its own, as it runs on a host of
+  its own: in the issuer's process its handshake would wait for the issuer's reads. The
+  issuer's time is from sending `lookup` on a connected TLS channel until `start` arrives,
+  through broker 1 (owner) and through broker 2 (forwarded over the node link to broker 1,
+  docs/broker-scale.md "Node link"; a warm-up request through broker 2 opens the link
+  first), interleaved, `--setups` times each; medians. The JSON names how many of broker
+  2's forwarded requests went over the link (`setup_link_sent`), how many fell back to
+  Redis pub/sub (`setup_link_fallbacks`), and whether its link was the local socket of
+  processes on one host (`setup_link_opened_local`). The same setups are measured twice
+  more in the same run: with `presence_cache_s = 0`, where every lookup reads Redis as a
+  first request does (the `*_cache_0` keys), and with `node_link_local = false`, the link
+  over TLS as between two hosts (the `*_tls_link` keys).
 
 Everything is bounded in count and time; the brokers, Redis and the senders are stopped on
 every exit path.
@@ -96,6 +98,7 @@ from roost.pki.certs import certs_from_pem
 from roost.pki.tls import client_context
 from roost.rendezvous import control
 from roost.rendezvous.broker_aio import fetch_broker_status
+from roost.rendezvous.broker_events import PresenceConfig
 from roost.rendezvous.messages import (
     Candidate,
     Registration,
@@ -474,21 +477,65 @@ class _Target(asyncio.DatagramProtocol):
             writer.close()
 
 
-async def _setups(
+def _target_main(
+    conn: multiprocessing.connection.Connection,
     home: Path,
     files: tuple[Path, Path],
+    tls: tuple[str, int],
+    udp: tuple[str, int],
+) -> None:
+    """The target in a process of its own, as it is on a host of its own: it enrolls,
+    registers, sends its identifier, then registers again on each ``register`` and stops
+    on anything else."""
+    import uvloop
+
+    uvloop.run(_target_serve(conn, home, files, tls, udp))
+
+
+async def _target_serve(
+    conn: multiprocessing.connection.Connection,
+    home: Path,
+    files: tuple[Path, Path],
+    tls: tuple[str, int],
+    udp: tuple[str, int],
+) -> None:
+    loop = asyncio.get_running_loop()
+    target = _Target(home, files, tls)
+    await target.enroll()
+    await loop.create_datagram_endpoint(lambda: target, local_addr=(HOST, 0))
+    target.register(udp)
+    await asyncio.wait_for(target.acked.wait(), 10)
+    conn.send(target.identifier)
+    done = asyncio.Event()
+
+    def command() -> None:
+        try:
+            what = conn.recv()
+        except EOFError:
+            what = "stop"
+        if what == "register":
+            target.register(udp)
+        else:
+            done.set()
+
+    loop.add_reader(conn.fileno(), command)
+    try:
+        await done.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+async def _setups(
+    home: Path,
+    target: multiprocessing.connection.Connection,
+    identifier: str,
     brokers: dict[int, dict[str, int]],
     count: int,
     warmed: Callable[[], None],
 ) -> dict[int, list[float]]:
     """``count`` timed setups through each broker, interleaved, after one untimed through
-    each (broker 2's opens its node link to broker 1); ``warmed`` runs between."""
-    loop = asyncio.get_running_loop()
-    target = _Target(home, files, (HOST, brokers[1]["tls"]))
-    await target.enroll()
-    await loop.create_datagram_endpoint(lambda: target, local_addr=(HOST, 0))
-    target.register((HOST, brokers[1]["udp"]))
-    await asyncio.wait_for(target.acked.wait(), 10)
+    each (broker 2's opens its node link to broker 1); ``warmed`` runs between. The
+    target (registered at broker 1) runs in its own process (``_target_main``)."""
     await asyncio.sleep(0.3)  # the enrollment's presence write
     anchors = certs_from_pem((home / "ca" / "gen-1" / "ca-cert.pem").read_bytes())
     issuer_context = client_context(anchors)
@@ -504,13 +551,13 @@ async def _setups(
         )
         try:
             started = time.perf_counter()
-            await _send(writer, "lookup", target=target.identifier)
+            await _send(writer, "lookup", target=identifier)
             found = await _read_message(reader)
             assert isinstance(found, control.LookupResult), found
             await _send(
                 writer,
                 "connect",
-                target=target.identifier,
+                target=identifier,
                 candidates=candidate,
                 sealed=bytes(MIN_SEALED),
             )
@@ -522,7 +569,7 @@ async def _setups(
         finally:
             writer.close()
         if n % 8 == 7:
-            target.register((HOST, brokers[1]["udp"]))
+            target.send("register")
         await asyncio.sleep(0.02)
     return times
 
@@ -534,16 +581,23 @@ def _measure_setup(
     files: list[tuple[Path, Path]],
     result: dict[str, Any],
     cleanup: list[Any],
-    presence_cache_s: float | None = None,
+    suffix: str = "",
+    overrides: dict[str, Any] | None = None,
 ) -> None:
-    """Timed setups through the owner and a non-owner; with ``presence_cache_s`` set
-    (0: every lookup reads Redis) the keys carry the suffix ``_cache_<value>``, else they
-    are the plain ``setup_*`` keys of the broker's default."""
+    """Timed setups through the owner and a non-owner, the brokers at their defaults
+    (the plain ``setup_*`` keys) or with ``overrides`` of their broker.toml (the keys then
+    end in ``suffix``)."""
     server.client.flushall()
     import tomllib
 
-    suffix = "" if presence_cache_s is None else f"_cache_{presence_cache_s:g}"
-    cache = {} if presence_cache_s is None else {"presence_cache_s": presence_cache_s}
+    # configure_limits rewrites the home's broker.toml: the keys a variant changes are
+    # set back to their defaults first.
+    defaults = PresenceConfig()
+    cache = {
+        "presence_cache_s": defaults.lookup_cache_s,
+        "node_link_local": defaults.local_link,
+        **(overrides or {}),
+    }
 
     brokers: dict[int, dict[str, int]] = {}
     processes = []
@@ -589,10 +643,30 @@ def _measure_setup(
     def warmed() -> None:
         before.update(fetch_broker_status(HOST, brokers[2]["api"]).get("shared") or {})
 
-    times = uvloop.run(_setups(home, files[0], brokers, args.setups, warmed))
+    # Forked before this process runs an event loop.
+    context = multiprocessing.get_context("fork")
+    parent, child = context.Pipe()
+    target = context.Process(
+        target=_target_main,
+        args=(child, home, files[0], (HOST, brokers[1]["tls"]), (HOST, brokers[1]["udp"])),
+        daemon=True,
+    )
+    target.start()
+    cleanup.append(target)
+    try:
+        if not parent.poll(30):
+            raise TimeoutError("the target did not register in 30 s")
+        identifier = parent.recv()
+        times = uvloop.run(_setups(home, parent, identifier, brokers, args.setups, warmed))
+        parent.send("stop")
+        target.join(10)
+    finally:
+        _stop(target)
     after = fetch_broker_status(HOST, brokers[2]["api"]).get("shared") or {}
     for key in ("link_sent", "link_fallbacks", "forwarded", "lookups_cached"):
         result[f"setup_{key}{suffix}"] = int(after.get(key, 0)) - int(before.get(key, 0))
+    # Opened at the warm-up: the link the timed setups took was local, or TLS.
+    result[f"setup_link_opened_local{suffix}"] = int(after.get("link_opened_local", 0))
     owner = result[f"setup_owner_ms{suffix}"] = round(statistics.median(times[1]), 3)
     other = result[f"setup_non_owner_ms{suffix}"] = round(statistics.median(times[2]), 3)
     result[f"setup_extra_ms{suffix}"] = round(other - owner, 3)
@@ -628,6 +702,9 @@ def _table(result: dict[str, Any]) -> Table:
     row("setup through the owner, no cache (ms)", "setup_owner_ms_cache_0", "{:.2f}")
     row("setup through a non-owner, no cache (ms)", "setup_non_owner_ms_cache_0", "{:.2f}")
     row("extra for the non-owner, no cache (ms)", "setup_extra_ms_cache_0", "{:.2f}")
+    row("setup through the owner, TLS link (ms)", "setup_owner_ms_tls_link", "{:.2f}")
+    row("setup through a non-owner, TLS link (ms)", "setup_non_owner_ms_tls_link", "{:.2f}")
+    row("extra for the non-owner, TLS link (ms)", "setup_extra_ms_tls_link", "{:.2f}")
     return table
 
 
@@ -690,7 +767,20 @@ def main() -> None:
                 )
             _measure_setup(args, home, server, files, result, cleanup)
             # The same with presence_cache_s = 0: each lookup reads Redis (a first request).
-            _measure_setup(args, home, server, files, result, cleanup, presence_cache_s=0)
+            _measure_setup(
+                args, home, server, files, result, cleanup, "_cache_0", {"presence_cache_s": 0}
+            )
+            # And with the node link over TLS, as between hosts (node_link_local = false).
+            _measure_setup(
+                args,
+                home,
+                server,
+                files,
+                result,
+                cleanup,
+                "_tls_link",
+                {"node_link_local": False},
+            )
             for item in cleanup:
                 _stop(item)
     finally:

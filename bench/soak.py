@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -60,6 +61,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=30.0)
     parser.add_argument("--ramp", type=float, default=20.0, help="seconds over which cameras start")
+    parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        default=None,
+        help="copy the hubs' and the agent's logs here before the run's directory is removed",
+    )
     parser.add_argument(
         "--retention-mb",
         type=int,
@@ -200,12 +207,19 @@ async def _worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------- the conductor
 
 
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
+def _status_fields(pid: int, names: tuple[str, ...]) -> dict[str, int]:
+    """Fields of /proc/PID/status (kB for the memory ones, a count for ``Threads``)."""
+    found: dict[str, int] = dict.fromkeys(names, 0)
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            name, _, value = line.partition(":")
+            if name in found:
+                found[name] = int(value.split()[0])
+    return found
+
+
+def _rss_kb(pid: int) -> int:
+    return _status_fields(pid, ("VmRSS",))["VmRSS"]
 
 
 def _descriptors(pid: int) -> int:
@@ -313,6 +327,9 @@ def main() -> None:
                 "hub_fds": [],
                 "fds_total": [],
                 "agent_rss": [],
+                "agent_anon": [],
+                "agent_file": [],
+                "agent_threads": [],
             }
             times: list[float] = []
             t0 = time.monotonic()
@@ -330,9 +347,13 @@ def main() -> None:
                 descriptors = [_descriptors(p.pid) for p in processes]
                 samples["hub_fds"].append(max(descriptors))
                 samples["fds_total"].append(sum(descriptors))
-                samples["agent_rss"].append(
-                    _rss_kb(agent.pid) / 1024 if agent.poll() is None else 0
-                )
+                # The agent's RSS split into anonymous and file-backed pages, and its
+                # threads: a step in RSS then shows whether it is heap or a new thread.
+                fields = _status_fields(agent.pid, ("VmRSS", "RssAnon", "RssFile", "Threads"))
+                samples["agent_rss"].append(fields["VmRSS"] / 1024)
+                samples["agent_anon"].append(fields["RssAnon"] / 1024)
+                samples["agent_file"].append(fields["RssFile"] / 1024)
+                samples["agent_threads"].append(fields["Threads"])
                 time.sleep(args.sample_every)
             cameras: dict[str, dict[str, Any]] = {}
             for worker in workers:
@@ -346,6 +367,10 @@ def main() -> None:
                 if worker.poll() is None:
                     worker.kill()
             hubs.kill_all()
+            if args.keep_logs is not None:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for log in base.glob("*.log"):
+                    shutil.copy2(log, args.keep_logs / log.name)
         recorders = [Recorder(home / f"hub-{i}" / "recordings", 1 << 40) for i in (1, 2)]
         sent = acked = stored = lost = duplicated = evicted = 0
         try:
@@ -426,6 +451,9 @@ def main() -> None:
                 "hub_fds": samples["hub_fds"],
                 "fds_total": samples["fds_total"],
                 "agent_rss_mb": [round(v, 1) for v in samples["agent_rss"]],
+                "agent_rss_anon_mb": [round(v, 1) for v in samples["agent_anon"]],
+                "agent_rss_file_mb": [round(v, 1) for v in samples["agent_file"]],
+                "agent_threads": samples["agent_threads"],
             },
             "machine": machine_facts(),
         },

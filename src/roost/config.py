@@ -782,7 +782,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
 
 def _shared_registry(doc: _Table) -> dict[str, Any]:
     """``registry``, ``node``, ``workers``, ``presence_every``, ``registry_prefix``,
-    ``presence_cache_s``, ``node_link``."""
+    ``presence_cache_s``, ``node_link``, ``node_link_local``."""
     registry = doc.string("registry", "memory")
     if registry != "memory" and "://" not in registry:
         raise doc.error("registry", f"must be 'memory' or a redis URL, not {registry!r}")
@@ -791,6 +791,7 @@ def _shared_registry(doc: _Table) -> dict[str, Any]:
             every=doc.integer("presence_every", _PRESENCE.every, minimum=1),
             prefix=doc.string("registry_prefix", _PRESENCE.prefix),
             lookup_cache_s=doc.number("presence_cache_s", _PRESENCE.lookup_cache_s),
+            local_link=doc.boolean("node_link_local", _PRESENCE.local_link),
         )
     except ValueError as exc:
         raise doc.error("registry_prefix", str(exc)) from exc

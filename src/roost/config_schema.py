@@ -514,6 +514,14 @@ BROKER_SCHEMA = Schema(
                     ' its own; a concrete host, not 0.0.0.0), or "off": Redis pub/sub only'
                     " (docs/broker-scale.md).",
                 ),
+                Key(
+                    "node_link_local",
+                    Kind.BOOLEAN,
+                    _PRESENCE.local_link,
+                    doc="Link to broker processes on this host and network namespace over a"
+                    " local socket (the peer's user checked by the kernel) instead of TLS;"
+                    " false: TLS between every pair.",
+                ),
             ),
         ),
         _ADMISSION_TABLE,

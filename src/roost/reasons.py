@@ -247,6 +247,7 @@ class Reason(enum.StrEnum):
     NO_LINK = "no-link"
     LINK_UNREACHABLE = "link-unreachable"
     LINK_BACKLOG = "link-backlog"
+    FOREIGN_USER = "foreign-user"
     NO_CAMERA = "no-camera"
     # Camera sources and hub discovery (roost.device.sources, roost.dnssd).
     SOURCE_UNAVAILABLE = "source-unavailable"
@@ -481,6 +482,7 @@ DESCRIPTIONS: Mapping[Reason, str] = {
     Reason.NO_LINK: "a broker process that advertises no node link (off, or its record lapsed)",
     Reason.LINK_UNREACHABLE: "a node link that could not be opened (refused, timed out, TLS)",
     Reason.LINK_BACKLOG: "a node link whose peer stopped reading (unsent bytes above the cap)",
+    Reason.FOREIGN_USER: "a local node-link socket whose peer runs as another user (SO_PEERCRED)",
     Reason.NO_CAMERA: "the hub has no connected camera to watch",
     Reason.SOURCE_UNAVAILABLE: "a camera source could not be opened (no file, refused, no device)",
     Reason.SOURCE_LOST: "a camera stream that was delivering broke or ended",

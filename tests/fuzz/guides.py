@@ -29,4 +29,5 @@ GUIDES: dict[str, tuple[str, ...]] = {
         "roost.rendezvous.seal",
         "roost.rendezvous.messages",
     ),
+    "broker-shared": (*_SHARED, "roost.rendezvous.presence"),
 }

@@ -28,6 +28,7 @@ from roost.hcsp.documents import (
     encode_document,
 )
 from roost.rendezvous.messages import Candidate, encode_candidates
+from roost.rendezvous.presence import Hop, NodeMessage, PeerRecord, PresenceRecord, hello
 from tests.fuzz.targets import CORPUS, DEVICE_ID, FEATURES, HUB_ID, TARGETS
 from tests.unit.rendezvous.test_stun import (
     RFC5769_IPV4_RESPONSE,
@@ -160,6 +161,17 @@ def seeds() -> dict[str, list[bytes]]:
                 _hex(f"rendezvous/{name}.hex")
                 for name in ("stun-request", "stun-response-ipv4", "stun-response-ipv6")
             ),
+        ],
+        "broker-shared": [
+            b"\x00"
+            + PresenceRecord("b1-host-41", 1796237203699, 17, bytes(range(32)), None).encode(),
+            b"\x00" + PresenceRecord("b2", 5, 1 << 40, bytes(32), b"0\x82\x01\x00", False).encode(),
+            b"\x01" + hello("b2", 7, "b1", 1796237203699).encode(),
+            b"\x01" + NodeMessage(Hop.OPEN, "b2", 7, 3, 1, b"192.0.2.7").encode(),
+            b"\x01" + NodeMessage(Hop.RECORD, "b2", 7, 3, 1, control["connect"].encode()).encode(),
+            b"\x02" + PeerRecord(7, "10.0.0.11", 7444).encode(),
+            b"\x02"
+            + PeerRecord(7, "127.0.0.1", 40001, "roost-node-link/b1/7", "boot:net-1").encode(),
         ],
         "broker-control": [
             *(body.encode() for body in control.values()),

@@ -77,6 +77,7 @@ from roost.rendezvous.messages import (
     verify_registration,
     verify_wake,
 )
+from roost.rendezvous.presence import decode_node_message, decode_peer, decode_presence
 from roost.rendezvous.seal import open_request
 from roost.rendezvous.stun import (
     decode_stun,
@@ -463,3 +464,22 @@ def fuzz_broker_control(data: bytes) -> None:
         if isinstance(sealed, bytes) and candidates is not None:
             _decode(lambda d: open_request(TARGET_KEY, TARGET_ID, d, candidates), sealed)
     _decode(lambda d: open_request(TARGET_KEY, TARGET_ID, d, ISSUER_CANDIDATES), data)
+
+
+# The shared registry's values and the node link's frames: the first byte picks the
+# decoder (0 presence record, 1 node message, 2 node-link address), the rest is its input.
+_SHARED_DECODERS: tuple[Callable[[bytes], Any], ...] = (
+    decode_presence,
+    decode_node_message,
+    decode_peer,
+)
+
+
+@target("broker-shared", "presence records, node messages and node-link addresses (Redis, links)")
+def fuzz_broker_shared(data: bytes) -> None:
+    if not data:
+        return
+    decode = _SHARED_DECODERS[data[0] % len(_SHARED_DECODERS)]
+    value = _decode(decode, data[1:])
+    if value is not None:
+        _same(decode(value.encode()), value, "shared-registry value")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import signal
 import socket
 import ssl
@@ -239,6 +240,11 @@ def test_routed_requests_take_the_node_link_not_redis(cluster: Cluster) -> None:
     for index in (1, 2):
         assert after[index]["published"] == before[index]["published"]
     assert after[1]["node_link"].startswith("127.0.0.1:")
+    # Both processes run on this host, in this network namespace: the link is the local
+    # socket broker 1 advertises, not TLS over TCP.
+    assert after[2]["link_opened_local"] >= 1
+    advert = _advert(cluster, "b1")
+    assert advert.local and advert.machine
     # A relayed session too: its relay records go issuer → broker 2 → link → broker 1.
     relayed = (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"]
     summary = _summary(cluster.connect(2, "--frames", "2", "--no-punch"))
@@ -246,6 +252,56 @@ def test_routed_requests_take_the_node_link_not_redis(cluster: Cluster) -> None:
     assert (cluster.fleet.status(1) or {})["counters"]["relayed_sessions"] == relayed + 1
     last = cluster.fleet.shared(2)
     assert last["link_sent"] > after[2]["link_sent"] and last["published"] == after[2]["published"]
+
+
+def _advert(cluster: Cluster, node: str) -> PeerRecord:
+    client = redis.Redis.from_url(cluster.redis.url, socket_timeout=2)
+    try:
+        return decode_peer(client.get(PresenceConfig().peer_key(node)))
+    finally:
+        client.close()
+
+
+def _connect_as_nobody(name: str, frame: bytes) -> int:
+    """A client of the local node-link socket that runs as another user (nobody): a forked
+    child (the interpreter under /root is not nobody's to run) that connects, sends a
+    well-formed hello and reads until the broker closes; its exit status is 0 then, 1 when
+    it could not connect."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect("\0" + name)
+                # Closed by the broker: an end of stream, or a reset (it closed with our
+                # hello unread), whichever comes first.
+                with contextlib.suppress(ConnectionError):
+                    sock.sendall(frame)
+                    while sock.recv(4096):
+                        pass
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.getuid() != 0 and not os.environ.get("CI"), reason="needs root")
+def test_a_local_link_peer_of_another_user_is_refused(cluster: Cluster) -> None:
+    # The local socket has no TLS: the kernel names the peer's user (SO_PEERCRED), and a
+    # peer that is neither this user nor root is refused foreign-user before its hello is
+    # read, counted with the broker's refused connections.
+    shared = cluster.fleet.shared(1)
+    advert = _advert(cluster, "b1")
+    assert advert.local
+    before = _rejected(cluster, 1, "foreign-user")
+    frame = encode_record(hello("intruder", 1, "b1", shared["epoch"]).encode())
+    assert _connect_as_nobody(advert.local, frame) == 0
+    wait_until(lambda: _rejected(cluster, 1, "foreign-user") == before + 1, 5, what="foreign-user")
+    assert cluster.fleet.shared(1)["link_accepted"] == shared["link_accepted"]
 
 
 def _anchors(cluster: Cluster) -> list[Any]:

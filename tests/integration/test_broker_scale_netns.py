@@ -197,3 +197,5 @@ def test_request_enters_on_one_host_and_the_wake_up_leaves_from_the_other(
         shared = (status(2) or {})["shared"]
         assert shared["link_sent"] > linked["link_sent"]
         assert shared["published"] == linked["published"]
+        # Two hosts (network namespaces): TLS over TCP, never a local socket.
+        assert shared["link_opened"] >= 1 and shared["link_opened_local"] == 0

@@ -607,6 +607,7 @@ class BrokerDaemon:
             "node_link": self.links.address,
             "links_up": self.links.up,
             "link_opened": counters.opened,
+            "link_opened_local": counters.opened_local,
             "link_accepted": counters.accepted,
             "link_sent": counters.sent,
             "link_received": counters.received,

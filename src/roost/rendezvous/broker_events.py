@@ -231,6 +231,11 @@ class PresenceConfig:
     # 0 reads every time. At most lookup_cache_entries records are kept.
     lookup_cache_s: float = 5.0
     lookup_cache_entries: int = 4096
+    # Processes on one host and in one network namespace link over a local socket (an
+    # abstract Unix socket, the peer's user checked by the kernel's SO_PEERCRED) instead
+    # of TLS over TCP: each hop of a routed setup costs less (docs/broker-scale.md, "Node
+    # link"). False: TLS between every pair.
+    local_link: bool = True
 
     def __post_init__(self) -> None:
         if self.lookup_cache_s < 0 or self.lookup_cache_entries < 1:

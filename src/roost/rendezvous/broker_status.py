@@ -83,13 +83,15 @@ class SharedStatus:
     # Lookups answered from a presence record read within presence_cache_s.
     lookups_cached: int = 0
     # The node link (docs/broker-scale.md, "Node link"): the advertised address ("" when
-    # off), links up now, outbound links opened, inbound accepted, node messages sent and
+    # off), links up now, outbound links opened (of them over the local socket of a process
+    # on this host), inbound accepted, node messages sent and
     # received over links, channels routed over pub/sub for want of a link, and the
     # failures to open or keep one by reason (refusals of inbound links are counted with
     # the broker's connections_rejected).
     node_link: str = ""
     links_up: int = 0
     link_opened: int = 0
+    link_opened_local: int = 0
     link_accepted: int = 0
     link_sent: int = 0
     link_received: int = 0

@@ -23,6 +23,14 @@ one stream framer (``roost.framing``, ``u32 length | body``, PROTOCOL.md section
   while channels were routed to that node within ``link_idle_s``; each failure is counted
   by reason (``failures``) and logged once per episode.
 
+- Local socket: a process also listens on an abstract Unix socket (``local_link``, on by
+  default) and advertises its name with its ``machine`` (the boot id and network namespace,
+  ``machine_identity``). A dialler with the same machine dials that socket instead of TLS
+  over TCP: both ends check the other's user with the kernel's ``SO_PEERCRED`` (the same
+  user as this process, or root; else ``foreign-user``), which is who can read the broker's
+  key anyway; the hello follows as over TLS. When the socket cannot be reached the dialler
+  goes on to TLS in the same attempt.
+
 A link's messages go back the way they came: the owner answers a channel on the connection
 its OPEN arrived on. When a link ends, the channels it carried end with it (the daemon's
 ``on_closed``).
@@ -34,9 +42,11 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import random
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,13 +75,40 @@ from roost.rendezvous.presence import (
     link_backoff,
 )
 
-__all__ = ["LinkCounters", "NodeLink", "NodeLinks"]
+__all__ = ["LinkCounters", "NodeLink", "NodeLinks", "machine_identity"]
 
 log = logging.getLogger("roost.broker.link")
 _READ_CHUNK = 64 * 1024
 # A node message is a channel record body plus its header (presence.NodeMessage).
 MAX_LINK_BODY = MAX_CHANNEL_BODY + 256
 _WILDCARDS = ("", "0.0.0.0", "::")
+# struct ucred of SO_PEERCRED: pid, uid, gid.
+_UCRED = struct.Struct("=iII")
+
+
+def machine_identity() -> str:
+    """Where an abstract Unix socket can be reached from: this boot of this host and this
+    network namespace ("" when /proc does not say)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            boot_id = boot.read().strip()
+        namespace = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return ""
+    return f"{boot_id}:net-{namespace}"
+
+
+def _peer_user_allowed(sock: socket.socket | None) -> bool:
+    """The peer of a local socket runs as this process's user or as root."""
+    if sock is None or sock.family != socket.AF_UNIX:
+        return False
+    try:
+        _, uid, _ = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except OSError:
+        return False
+    return uid in (os.getuid(), 0)
 
 
 @dataclass(slots=True)
@@ -79,6 +116,7 @@ class LinkCounters:
     """The node links' totals (the broker status's ``shared.link_*`` fields)."""
 
     opened: int = 0  # outbound links established
+    opened_local: int = 0  # of them, over a local socket
     accepted: int = 0  # inbound links established
     sent: int = 0  # node messages sent over a link
     received: int = 0  # node messages received over a link
@@ -91,7 +129,16 @@ class NodeLink:
     leaves at once, unless the caller says ``more`` follows at once (an OPEN and the
     record it carries: one write, one TLS record, one wake-up of the peer)."""
 
-    __slots__ = ("_counters", "_limit", "_queued", "epoch", "outbound", "peer", "writer")
+    __slots__ = (
+        "_counters",
+        "_limit",
+        "_queued",
+        "epoch",
+        "local",
+        "outbound",
+        "peer",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -102,8 +149,10 @@ class NodeLink:
         outbound: bool,
         limit: int,
         counters: LinkCounters,
+        local: bool = False,
     ) -> None:
         self.peer = peer
+        self.local = local  # over a local socket (no TLS: the kernel vouched for the peer)
         self.epoch = epoch
         self.writer = writer
         self.outbound = outbound
@@ -180,6 +229,9 @@ class NodeLinks:
         self._rng = rng or random.Random()
         self._tls = ReloadableServerContext(cert_file, key_file, trust.state.anchors)
         self._server: TlsListener | None = None
+        self._local_server: asyncio.AbstractServer | None = None
+        self._local_name = ""
+        self._machine = machine_identity() if config.local_link else ""
         self._host = ""
         self._links: dict[str, NodeLink] = {}
         self._inbound: set[NodeLink] = set()
@@ -198,11 +250,28 @@ class NodeLinks:
         self._server = await self._admission.start_tls_server(
             self._serve, host, port, self._tls.outer, what="node link", limit=_READ_CHUNK
         )
+        if self._machine:
+            await self._start_local()
         self.advertise()
         self._spawn(self._advertising())
 
+    async def _start_local(self) -> None:
+        # An abstract name (leading NUL): no file to clean up, reachable only from this
+        # network namespace; unique per instance (the epoch).
+        name = f"roost-node-link/{self.node[:40]}/{self.epoch}"
+        try:
+            self._local_server = await asyncio.start_unix_server(
+                self._serve_local, "\0" + name, limit=_READ_CHUNK
+            )
+        except OSError as exc:
+            log.warning("node link: no local socket (%s); processes here link over TLS", exc)
+            return
+        self._local_name = name
+
     async def stop(self) -> None:
         self._closing = True
+        if self._local_server is not None:
+            self._local_server.close()
         if self._server is not None:
             self._server.close()
         for link in [*self._links.values(), *self._inbound]:
@@ -238,7 +307,8 @@ class NodeLinks:
     def advertise(self) -> None:
         """Queue this process's node-link address in Redis (also after a resync)."""
         if self._server is not None:
-            record = PeerRecord(self.epoch, self._host, self.port)
+            machine = self._machine if self._local_name else ""
+            record = PeerRecord(self.epoch, self._host, self.port, self._local_name, machine)
             self._shared.write_peer(record, round(self.config.peer_ttl_s * 1000))
 
     async def _advertising(self) -> None:
@@ -303,13 +373,14 @@ class NodeLinks:
                     continue
                 attempt, reported = 0, False
                 self.counters.opened += 1
+                local = link.local
+                self.counters.opened_local += local
                 self._links[node] = link
                 log.info(
-                    "node link to %s at %s:%s up",
+                    "node link to %s at %s up",
                     node,
-                    record.host,
-                    record.port,
-                    extra={"event": "node-link-up"},
+                    "its local socket" if local else f"{record.host}:{record.port}",
+                    extra={"event": "node-link-up", "local": local},
                 )
                 await self._pump(reader, link, framer, early, f"{record.host}")
                 if self._links.get(node) is link:
@@ -350,22 +421,65 @@ class NodeLinks:
     async def _dial(
         self, node: str, record: PeerRecord
     ) -> tuple[asyncio.StreamReader, NodeLink, RecordFramer, list[bytes]]:
+        timeout = self._admission.config.handshake_timeout_s
+        local = record.local_for(self._machine)
+        if local:
+            try:
+                return await self._link_up(node, record, await self._open_local(local), True)
+            except RoostError as exc:
+                # Counted, and TLS tried at once: the peer may have lost its socket.
+                self.counters.failures[exc.reason] += 1
+        where = f"{node} at {record.host}:{record.port}"
         state = self._trust.state
         context = client_context(state.anchors, self._cert_file, self._key_file)
-        timeout = self._admission.config.handshake_timeout_s
-        where = f"{node} at {record.host}:{record.port}"
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
+                opened = await asyncio.open_connection(
                     record.host, record.port, ssl=context, limit=_READ_CHUNK
                 )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             raise TransportError(
                 f"node link to {where}: {exc}", reason=Reason.LINK_UNREACHABLE
             ) from exc
+        return await self._link_up(node, record, opened, False)
+
+    async def _open_local(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # Connected here, not by the loop: uvloop cannot connect to an abstract name. A
+        # non-blocking connect to a Unix socket completes at once, or fails at once (no
+        # listener; EAGAIN: its backlog is full).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect("\0" + name)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=_READ_CHUNK)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(
+                f"node link socket {name}: {exc}", reason=Reason.LINK_UNREACHABLE
+            ) from exc
+        if not _peer_user_allowed(writer.get_extra_info("socket")):
+            writer.close()
+            raise TransportError(
+                f"node link socket {name} is served by another user", reason=Reason.FOREIGN_USER
+            )
+        return reader, writer
+
+    async def _link_up(
+        self,
+        node: str,
+        record: PeerRecord,
+        opened: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        local: bool,
+    ) -> tuple[asyncio.StreamReader, NodeLink, RecordFramer, list[bytes]]:
+        """The hello both ways on a connection just opened (TLS: the peer's certificate
+        checked first)."""
+        reader, writer = opened
+        timeout = self._admission.config.handshake_timeout_s
+        where = f"{node} at " + ("its local socket" if local else f"{record.host}:{record.port}")
         framer = RecordFramer(MAX_LINK_BODY, what="node link frame")
         try:
-            self._verify(writer.get_extra_info("ssl_object"))
+            if not local:
+                self._verify(writer.get_extra_info("ssl_object"))
             writer.write(encode_record(hello(self.node, self.epoch, node, record.epoch).encode()))
             async with asyncio.timeout(timeout):
                 bodies = await self._bodies(reader, framer)
@@ -383,7 +497,8 @@ class NodeLinks:
         except RoostError:
             writer.close()
             raise
-        _keepalive(writer)
+        if not local:
+            _keepalive(writer)
         link = NodeLink(
             node,
             record.epoch,
@@ -391,16 +506,46 @@ class NodeLinks:
             outbound=True,
             limit=self.config.link_buffer,
             counters=self.counters,
+            local=local,
         )
         return reader, link, framer, bodies[1:]
 
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
     ) -> None:
-        source = ticket.source
+        await self._accept(reader, writer, ticket.source, ticket.release, local=False)
+
+    async def _serve_local(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A link dialled to the local socket: the kernel names the peer's user."""
+        if self._closing:
+            writer.close()
+            return
+        try:
+            sock = writer.get_extra_info("socket")
+            if not _peer_user_allowed(sock):
+                self._admission.refuse(Reason.FOREIGN_USER, "local", "node link")
+                return
+            await self._accept(reader, writer, "local", lambda: None, local=True)
+        finally:
+            writer.close()
+
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        source: str,
+        release: Callable[[], None],
+        *,
+        local: bool,
+    ) -> None:
+        """The listening end of a link: the peer checked (TLS: its certificate), its hello
+        read and answered, then its messages until it ends."""
         framer = RecordFramer(MAX_LINK_BODY, what="node link frame")
         try:
-            self._verify(writer.get_extra_info("ssl_object"))
+            if not local:
+                self._verify(writer.get_extra_info("ssl_object"))
             async with asyncio.timeout(self._admission.config.handshake_timeout_s):
                 bodies = await self._bodies(reader, framer)
             first = decode_node_message(bodies[0])
@@ -417,8 +562,9 @@ class NodeLinks:
         writer.write(
             encode_record(hello(self.node, self.epoch, first.sender, first.epoch).encode())
         )
-        ticket.release()
-        _keepalive(writer)
+        release()
+        if not local:
+            _keepalive(writer)
         link = NodeLink(
             first.sender,
             first.epoch,
@@ -426,6 +572,7 @@ class NodeLinks:
             outbound=False,
             limit=self.config.link_buffer,
             counters=self.counters,
+            local=local,
         )
         self.counters.accepted += 1
         self._inbound.add(link)

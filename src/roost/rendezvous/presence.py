@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 PRESENCE_VERSION = 1
-PEER_VERSION = 1
+PEER_VERSION = 2
 # The node link's own version, carried in the hello's rtt_ms field.
 LINK_VERSION = 1
 _HEADER = 1 + 8 + 8 + REGISTRATION_KEY_SIZE + 1
@@ -268,17 +268,25 @@ def link_backoff(attempt: int, jitter: float, *, first_s: float, cap_s: float) -
 
 @dataclass(frozen=True, slots=True)
 class PeerRecord:
-    """One process's node-link address, stored under ``PREFIX l:NODE`` with a TTL."""
+    """One process's node-link address, stored under ``PREFIX l:NODE`` with a TTL: its TLS
+    ``host``/``port`` and, when it also listens on a local socket, that socket's abstract
+    name (``local``) and the host and network namespace it can be reached from
+    (``machine``: only a process with the same one dials it)."""
 
     epoch: int
     host: str
     port: int
+    local: str = ""
+    machine: str = ""
 
     def encode(self) -> bytes:
-        """``u8 version | u64 epoch | u16 port | u8 host_len | host``."""
-        host = self.host.encode()
+        """``u8 version=2 | u64 epoch | u16 port | u8 host_len | host | u8 local_len | local
+        | u8 machine_len | machine`` (version 1 ends after ``host``)."""
+        host, local, machine = self.host.encode(), self.local.encode(), self.machine.encode()
         if not 1 <= len(host) <= 255 or not 0 < self.port < 65536:
             raise ValueError("a peer record needs a host and a port")
+        if len(local) > 100 or len(machine) > 255 or bool(local) != bool(machine):
+            raise ValueError("a local socket needs its machine (and at most 100 bytes)")
         return b"".join(
             (
                 bytes((PEER_VERSION,)),
@@ -286,22 +294,45 @@ class PeerRecord:
                 self.port.to_bytes(2, "big"),
                 bytes((len(host),)),
                 host,
+                bytes((len(local),)),
+                local,
+                bytes((len(machine),)),
+                machine,
             )
         )
 
+    def local_for(self, machine: str) -> str:
+        """The local socket to dial from a process on ``machine`` ("" when there is none
+        or the peer lives on another host or namespace)."""
+        return self.local if self.local and self.machine == machine else ""
+
+
+def _peer_field(data: bytes, at: int) -> tuple[str, int]:
+    if at >= len(data) or at + 1 + data[at] > len(data):
+        raise RemoteProtocolError("peer record cut short", reason=Reason.MALFORMED)
+    end = at + 1 + data[at]
+    try:
+        return data[at + 1 : end].decode(), end
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("bad peer record text", reason=Reason.MALFORMED) from exc
+
 
 def decode_peer(data: bytes) -> PeerRecord:
-    """The inverse of ``PeerRecord.encode``; raises RemoteProtocolError("malformed")."""
-    if len(data) < 13 or data[0] != PEER_VERSION or len(data) != 12 + data[11]:
+    """The inverse of ``PeerRecord.encode`` (also version 1, from a process that has no
+    local socket); raises RemoteProtocolError("malformed")."""
+    if len(data) < 13 or data[0] not in (1, PEER_VERSION):
         raise RemoteProtocolError("not a peer record", reason=Reason.MALFORMED)
     port = int.from_bytes(data[9:11], "big")
-    try:
-        host = data[12:].decode()
-    except UnicodeDecodeError as exc:
-        raise RemoteProtocolError("bad peer host", reason=Reason.MALFORMED) from exc
-    if port == 0 or not host:
+    host, at = _peer_field(data, 11)
+    local = machine = ""
+    if data[0] == PEER_VERSION:
+        local, at = _peer_field(data, at)
+        machine, at = _peer_field(data, at)
+    if at != len(data):
+        raise RemoteProtocolError("bytes after the peer record", reason=Reason.MALFORMED)
+    if port == 0 or not host or bool(local) != bool(machine):
         raise RemoteProtocolError("bad peer address", reason=Reason.MALFORMED)
-    return PeerRecord(int.from_bytes(data[1:9], "big"), host, port)
+    return PeerRecord(int.from_bytes(data[1:9], "big"), host, port, local, machine)
 
 
 def hello(node: str, epoch: int, peer: str, peer_epoch: int) -> NodeMessage:

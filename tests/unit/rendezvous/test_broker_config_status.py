@@ -61,6 +61,7 @@ def test_written_limits_are_read(tmp_path: Path) -> None:
         "workers = 2\n",
         'registry = "redis://x"\npresence_every = 0\n',
         'registry = "redis://x"\nregistry_prefix = ""\n',
+        'registry = "redis://x"\nnode_link_local = "yes"\n',
     ],
 )
 def test_bad_values_are_config_errors_naming_the_file(tmp_path: Path, extra: str) -> None:
@@ -164,6 +165,10 @@ def test_shared_registry_keys_are_read(tmp_path: Path) -> None:
     assert config.shared and config.node == "east-1" and config.workers == 2
     assert config.presence.every == 8 and config.presence.prefix == "home:"
     assert config.node_link == ("127.0.0.1", 0)
+    # Processes of one host link over a local socket unless told otherwise.
+    assert config.presence.local_link
+    config = load_broker_config(write(tmp_path, text + "node_link_local = false\n"))
+    assert not config.presence.local_link
 
 
 def test_the_node_link_address_is_read_and_must_be_advertisable(tmp_path: Path) -> None:

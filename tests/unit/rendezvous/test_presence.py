@@ -190,12 +190,31 @@ def test_the_link_back_off_doubles_to_its_cap_with_the_jitter() -> None:
     epoch=st.integers(0, 2**64 - 1),
     host=st.text(min_size=1, max_size=60),
     port=st.integers(1, 65535),
+    local=st.one_of(
+        st.just(("", "")),
+        st.tuples(st.text(min_size=1, max_size=25), st.text(min_size=1, max_size=60)),
+    ),
 )
-def test_peer_records_round_trip(epoch: int, host: str, port: int) -> None:
-    record = PeerRecord(epoch, host, port)
-    if len(host.encode()) > 255:
+def test_peer_records_round_trip(epoch: int, host: str, port: int, local: tuple[str, str]) -> None:
+    record = PeerRecord(epoch, host, port, *local)
+    if len(host.encode()) > 255 or len(local[0].encode()) > 100:
         return
     assert decode_peer(record.encode()) == record
+
+
+def test_a_version_1_peer_record_still_decodes_without_a_local_socket() -> None:
+    # A process of the previous release advertises u8 1 | u64 epoch | u16 port | host.
+    old = b"\x01" + (7).to_bytes(8, "big") + (7444).to_bytes(2, "big") + b"\x09" + b"10.0.0.11"
+    assert decode_peer(old) == PeerRecord(7, "10.0.0.11", 7444)
+
+
+def test_the_local_socket_is_offered_only_to_the_same_machine() -> None:
+    record = PeerRecord(1, "127.0.0.1", 7444, "roost-link/b1/1", "boot-x:net-4026531840")
+    assert record.local_for("boot-x:net-4026531840") == "roost-link/b1/1"
+    # Another host (boot id) or another network namespace on the same host: TLS.
+    assert record.local_for("boot-y:net-4026531840") == ""
+    assert record.local_for("boot-x:net-4026532999") == ""
+    assert PeerRecord(1, "127.0.0.1", 7444).local_for("") == ""
 
 
 @given(st.binary(max_size=80))
@@ -205,11 +224,22 @@ def test_peer_decoding_raises_only_protocol_errors(data: bytes) -> None:
 
 
 def test_peer_records_refuse_what_names_no_address() -> None:
-    for bad in (PeerRecord(1, "", 7444), PeerRecord(1, "h", 0)):
+    for bad in (
+        PeerRecord(1, "", 7444),
+        PeerRecord(1, "h", 0),
+        PeerRecord(1, "h", 1, "local-without-machine"),
+        PeerRecord(1, "h", 1, "x" * 101, "m"),
+    ):
         with pytest.raises(ValueError):
             bad.encode()
-    good = PeerRecord(3, "10.0.0.11", 7444).encode()
-    for broken in (good[:-1], b"\x02" + good[1:], good + b"x", good[:9] + b"\x00\x00" + good[11:]):
+    good = PeerRecord(3, "10.0.0.11", 7444, "roost-link/b1/3", "boot:net").encode()
+    for broken in (
+        good[:-1],
+        b"\x03" + good[1:],
+        good + b"x",
+        good[:9] + b"\x00\x00" + good[11:],
+        PeerRecord(3, "10.0.0.11", 7444).encode()[:-2] + b"\x01m\x00",
+    ):
         with pytest.raises(RemoteProtocolError):
             decode_peer(broken)
 
