@@ -21,7 +21,12 @@ What is measured, on loopback (127.0.0.1) only (docs/broker-scale.md, "Sizing"):
   on two cores leaves a second worker nothing: one worker is first measured unpaced, then
   both cases with the sender paced to `--overload` (1.3) times that rate per worker, and
   `scale_2` compares the two paced figures (wall clock: on two cores shared with the
-  sender and Redis it cannot reach 2). Redis runs on the same two cores.
+  sender and Redis it cannot reach 2). Redis runs on the same two cores. The CPU the
+  sender and Redis take in the same windows is measured (`sender_cores_2`,
+  `redis_cores_2`: CPU seconds per second), and the machine's idle time (`idle_cores_2`,
+  /proc/stat); `scale_2_ceiling` is what two workers could reach on the cores they took
+  plus the idle ones, at the two workers' own rate per CPU second, against one worker:
+  the machine's limit for `scale_2` in this run.
 - Registrations per broker CPU second, with 1 and with 2 workers: the same windows'
   registrations divided by the CPU time (user + system, `/proc/PID/stat`) the worker
   processes themselves spent in them, so the figure does not depend on how much of the two
@@ -303,6 +308,13 @@ def _worker_pids(broker: subprocess.Popen[bytes], log: Path) -> list[int]:
     return [broker.pid]
 
 
+def _idle_seconds() -> float:
+    """Seconds every CPU of the machine spent idle (or waiting on I/O) since boot:
+    the first line of /proc/stat, in clock ticks."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def _measure_workers(
     args: argparse.Namespace,
     home: Path,
@@ -313,9 +325,11 @@ def _measure_workers(
     result: dict[str, Any],
     cleanup: list[Any],
     offered: float,
+    sender_pids: list[int],
 ) -> float:
     """The workers' registrations per second; ``offered`` > 0 paces the senders to that
-    total rate (0: as fast as they can)."""
+    total rate (0: as fast as they can). The CPU the senders and Redis took in the same
+    windows is recorded too (cores: CPU seconds per second of window)."""
     server.client.flushall()
     api = _api_ports(workers)
     config = configure_limits(
@@ -367,10 +381,13 @@ def _measure_workers(
     # entries the kernel sends it.
     time.sleep(0.5)
     totals = [0.0, 0.0, 0.0, 0.0]
+    others = {"sender": 0.0, "redis": 0.0, "idle": 0.0}
+    redis_pids = [server.process.pid]
     by_command_before = server.calls_by_command()
     for _ in range(args.rounds):
         before, calls_before = _registrations(ports), server.calls()
         cpu_before = _cpu_seconds(pids)
+        others_before = _cpu_seconds(sender_pids), _cpu_seconds(redis_pids), _idle_seconds()
         started = time.perf_counter()
         for conn in senders:
             conn.send(("rreg", args.seconds, offered / len(senders)))
@@ -379,7 +396,10 @@ def _measure_workers(
                 raise TimeoutError("sender")
             conn.recv()
         elapsed = time.perf_counter() - started
+        others["sender"] += _cpu_seconds(sender_pids) - others_before[0]
+        others["idle"] += _idle_seconds() - others_before[2]
         time.sleep(0.2)  # the last datagrams in the sockets' buffers
+        others["redis"] += _cpu_seconds(redis_pids) - others_before[1]
         count = _registrations(ports) - before
         totals[3] += _cpu_seconds(pids) - cpu_before
         totals[0] += count
@@ -401,6 +421,10 @@ def _measure_workers(
     result[f"reg_per_s_{workers}"] = round(rate, 1)
     result[f"reg_per_cpu_s_{workers}"] = round(totals[0] / max(totals[3], 1e-9), 1)
     result[f"worker_cpu_s_{workers}"] = round(totals[3], 2)
+    result[f"worker_cores_{workers}"] = round(totals[3] / totals[1], 3)
+    result[f"sender_cores_{workers}"] = round(others["sender"] / totals[1], 3)
+    result[f"redis_cores_{workers}"] = round(others["redis"] / totals[1], 3)
+    result[f"idle_cores_{workers}"] = round(others["idle"] / totals[1], 3)
     if workers == 2:
         result["redis_cmds_per_reg"] = round(totals[2] / max(totals[0], 1), 4)
     return rate
@@ -691,6 +715,11 @@ def _table(result: dict[str, Any]) -> Table:
     row("registrations /s, 1 worker", "reg_per_s_1")
     row("registrations /s, 2 workers", "reg_per_s_2")
     row("2 workers / 1 (wall clock)", "scale_2", "{:.3f}", "≥ 1.7")
+    row("  cores taken by the sender, 2 workers", "sender_cores_2", "{:.2f}")
+    row("  cores taken by Redis, 2 workers", "redis_cores_2", "{:.2f}")
+    row("  cores taken by the 2 workers", "worker_cores_2", "{:.2f}")
+    row("  cores idle meanwhile, 2 workers", "idle_cores_2", "{:.2f}")
+    row("  ceiling of 2 / 1 on the cores left (same run)", "scale_2_ceiling", "{:.3f}")
     row("registrations per worker CPU second, 1 worker", "reg_per_cpu_s_1")
     row("registrations per worker CPU second, 2 workers", "reg_per_cpu_s_2")
     row("CPU efficiency, 2 workers / 1", "cpu_efficiency_2", "{:.3f}", "≈ 1")
@@ -731,6 +760,7 @@ def main() -> None:
     cleanup: list[Any] = []
     context = multiprocessing.get_context("fork")
     senders = []
+    sender_pids: list[int] = []
     try:
         for _ in range(args.senders):
             parent, child = context.Pipe()
@@ -738,6 +768,7 @@ def main() -> None:
             process.start()
             cleanup.append(process)
             senders.append(parent)
+            sender_pids.append(int(process.pid or 0))
         with state_dir("roost-bench-broker-scale-") as base:
             make_home(base / "home", hubs=1, devices=0, loopback=True)
             home = base / "home"
@@ -749,15 +780,17 @@ def main() -> None:
                 # takes a whole core. So 1 worker is measured unpaced (it has a core of
                 # its own either way), then both cases again with the senders paced above
                 # what the workers can take, which leaves the workers the CPU.
-                free = _measure_workers(args, home, server, files, 1, senders, result, cleanup, 0.0)
+                free = _measure_workers(
+                    args, home, server, files, 1, senders, result, cleanup, 0.0, sender_pids
+                )
                 result["reg_per_s_1_unpaced"] = result["reg_per_s_1"]
                 result["reg_per_cpu_s_1_unpaced"] = result["reg_per_cpu_s_1"]
                 offered = free * args.overload
                 one = _measure_workers(
-                    args, home, server, files, 1, senders, result, cleanup, offered
+                    args, home, server, files, 1, senders, result, cleanup, offered, sender_pids
                 )
                 two = _measure_workers(
-                    args, home, server, files, 2, senders, result, cleanup, 2 * offered
+                    args, home, server, files, 2, senders, result, cleanup, 2 * offered, sender_pids
                 )
                 result["offered_per_s_1"] = round(offered, 1)
                 result["offered_per_s_2"] = round(2 * offered, 1)
@@ -765,6 +798,13 @@ def main() -> None:
                 result["cpu_efficiency_2"] = round(
                     result["reg_per_cpu_s_2"] / result["reg_per_cpu_s_1"], 3
                 )
+                # The machine's own limit for the 2-worker case: the cores the workers took
+                # plus those left idle, at the 2 workers' measured rate per CPU second,
+                # against one worker's rate. scale_2 near it means the cores ran out (the
+                # sender, Redis, anything else running), not the workers' scaling.
+                left = result["worker_cores_2"] + result["idle_cores_2"]
+                result["cores_left_for_workers_2"] = round(left, 3)
+                result["scale_2_ceiling"] = round(left * result["reg_per_cpu_s_2"] / one, 3)
             _measure_setup(args, home, server, files, result, cleanup)
             # The same with presence_cache_s = 0: each lookup reads Redis (a first request).
             _measure_setup(
