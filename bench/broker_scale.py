@@ -513,40 +513,33 @@ def _target_main(
     on anything else."""
     import uvloop
 
-    uvloop.run(_target_serve(conn, home, files, tls, udp))
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        target = _Target(home, files, tls)
+        await target.enroll()
+        await loop.create_datagram_endpoint(lambda: target, local_addr=(HOST, 0))
+        target.register(udp)
+        await asyncio.wait_for(target.acked.wait(), 10)
+        conn.send(target.identifier)
+        done = asyncio.Event()
 
+        def command() -> None:
+            try:
+                what = conn.recv()
+            except EOFError:
+                what = "stop"
+            if what == "register":
+                target.register(udp)
+            else:
+                done.set()
 
-async def _target_serve(
-    conn: multiprocessing.connection.Connection,
-    home: Path,
-    files: tuple[Path, Path],
-    tls: tuple[str, int],
-    udp: tuple[str, int],
-) -> None:
-    loop = asyncio.get_running_loop()
-    target = _Target(home, files, tls)
-    await target.enroll()
-    await loop.create_datagram_endpoint(lambda: target, local_addr=(HOST, 0))
-    target.register(udp)
-    await asyncio.wait_for(target.acked.wait(), 10)
-    conn.send(target.identifier)
-    done = asyncio.Event()
-
-    def command() -> None:
+        loop.add_reader(conn.fileno(), command)
         try:
-            what = conn.recv()
-        except EOFError:
-            what = "stop"
-        if what == "register":
-            target.register(udp)
-        else:
-            done.set()
+            await done.wait()
+        finally:
+            loop.remove_reader(conn.fileno())
 
-    loop.add_reader(conn.fileno(), command)
-    try:
-        await done.wait()
-    finally:
-        loop.remove_reader(conn.fileno())
+    uvloop.run(serve())
 
 
 async def _setups(
