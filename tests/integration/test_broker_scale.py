@@ -522,6 +522,13 @@ def test_reuseport_workers_share_the_ports_and_survive_a_killed_worker(tmp_path:
         )
         first = owner()
         assert first is not None
+        # Each worker listens on a local node-link socket of its own, reachable from the
+        # other (same host, same network namespace).
+        nodes = [first[0][:-1] + str(index) for index in (0, 1)]
+        adverts = [decode_peer(client.get(PresenceConfig().peer_key(node))) for node in nodes]
+        assert all(advert.local for advert in adverts)
+        assert adverts[0].local != adverts[1].local
+        assert adverts[0].local_for(adverts[1].machine) == adverts[0].local
         killed = int(first[0][-1])
         subprocess.run(["kill", "-9", str(workers[killed]["pid"])], check=True)
         wait_until(

@@ -257,8 +257,9 @@ class NodeLinks:
 
     async def _start_local(self) -> None:
         # An abstract name (leading NUL): no file to clean up, reachable only from this
-        # network namespace; unique per instance (the epoch).
-        name = f"roost-node-link/{self.node[:40]}/{self.epoch}"
+        # network namespace; unique per instance (the process and its epoch, even when
+        # long node names of several workers share their first 48 characters).
+        name = f"roost-node-link/{self.node[:48]}/{os.getpid()}/{self.epoch}"
         try:
             self._local_server = await asyncio.start_unix_server(
                 self._serve_local, "\0" + name, limit=_READ_CHUNK
