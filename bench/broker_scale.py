@@ -798,32 +798,14 @@ def main() -> None:
                 left = result["worker_cores_2"] + result["idle_cores_2"]
                 result["cores_left_for_workers_2"] = round(left, 3)
                 result["scale_2_ceiling"] = round(left * result["reg_per_cpu_s_2"] / one, 3)
-            # The plain setup_* keys: the local node link (node_link_local = true).
-            _measure_setup(
-                args, home, server, files, result, cleanup, "", {"node_link_local": True}
-            )
-            # The same with presence_cache_s = 0: each lookup reads Redis (a first request).
-            _measure_setup(
-                args,
-                home,
-                server,
-                files,
-                result,
-                cleanup,
-                "_cache_0",
-                {"presence_cache_s": 0, "node_link_local": True},
-            )
-            # And with the node link over TLS, as between hosts (node_link_local = false).
-            _measure_setup(
-                args,
-                home,
-                server,
-                files,
-                result,
-                cleanup,
-                "_tls_link",
-                {"node_link_local": False},
-            )
+            # The plain setup_* keys: the local node link; then the same with every lookup
+            # reading Redis (a first request), and with the link over TLS, as between hosts.
+            for suffix, overrides in (
+                ("", {"node_link_local": True}),
+                ("_cache_0", {"presence_cache_s": 0, "node_link_local": True}),
+                ("_tls_link", {"node_link_local": False}),
+            ):
+                _measure_setup(args, home, server, files, result, cleanup, suffix, overrides)
             for item in cleanup:
                 _stop(item)
     finally:

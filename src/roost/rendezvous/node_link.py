@@ -520,12 +520,10 @@ class NodeLinks:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """A link dialled to the local socket: the kernel names the peer's user."""
-        if self._closing:
-            writer.close()
-            return
         try:
-            sock = writer.get_extra_info("socket")
-            if not _peer_user_allowed(sock):
+            if self._closing:
+                return
+            if not _peer_user_allowed(writer.get_extra_info("socket")):
                 self._admission.refuse(Reason.FOREIGN_USER, "local", "node link")
                 return
             await self._accept(reader, writer, "local", lambda: None, local=True)
