@@ -68,6 +68,13 @@ def _arguments() -> argparse.Namespace:
         help="copy the hubs' and the agent's logs here before the run's directory is removed",
     )
     parser.add_argument(
+        "--smaps-every",
+        type=float,
+        default=0.0,
+        help="with --keep-logs: copy the agent's /proc/PID/smaps and its sockets (ss -tnp)"
+        " into DIR/smaps/ every this many seconds, to see which mapping a step comes from",
+    )
+    parser.add_argument(
         "--retention-mb",
         type=int,
         default=0,
@@ -226,6 +233,19 @@ def _descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _snapshot_mappings(pid: int, directory: Path, at_s: float) -> None:
+    """The agent's mappings and its TCP sockets at ``at_s`` seconds into the run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        # Read, not copied: procfs files report size 0, which sendfile-based copies trust.
+        (directory / f"{at_s:07.0f}.smaps").write_bytes(Path(f"/proc/{pid}/smaps").read_bytes())
+    sockets = subprocess.run(
+        ["ss", "-tnpi", "state", "all"], capture_output=True, text=True, check=False
+    ).stdout
+    mine = [line for line in sockets.splitlines() if f"pid={pid}," in line]
+    (directory / f"{at_s:07.0f}.ss").write_text("\n".join(mine) + "\n")
+
+
 def _flat(samples: list[float], warm_index: int) -> dict[str, float]:
     after = samples[warm_index:] or samples[-1:]
     tail = after[-max(1, len(after) // 5) :]
@@ -333,6 +353,7 @@ def main() -> None:
             }
             times: list[float] = []
             t0 = time.monotonic()
+            next_snapshot = 0.0
 
             # With --devices 0 only the agent streams (its own hour-long footprint run):
             # sample for --duration then.
@@ -354,6 +375,9 @@ def main() -> None:
                 samples["agent_anon"].append(fields["RssAnon"] / 1024)
                 samples["agent_file"].append(fields["RssFile"] / 1024)
                 samples["agent_threads"].append(fields["Threads"])
+                if args.smaps_every and args.keep_logs and times[-1] >= next_snapshot:
+                    _snapshot_mappings(agent.pid, args.keep_logs / "smaps", times[-1])
+                    next_snapshot = times[-1] + args.smaps_every
                 time.sleep(args.sample_every)
             cameras: dict[str, dict[str, Any]] = {}
             for worker in workers:

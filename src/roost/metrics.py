@@ -562,6 +562,16 @@ BROKER_METRICS: tuple[MetricRow[BrokerStatus], ...] = (
         _shared(lambda shared: shared.lookups_cached),
     ),
     counter(
+        "roost_broker_shared_hops_dropped",
+        "Node messages for no channel forwarded or hosted here, dropped.",
+        _shared(lambda shared: shared.hops_dropped),
+    ),
+    counter(
+        "roost_broker_shared_forwarded_to_successor",
+        "Forwarded connections answered by the restarted successor of their owner.",
+        _shared(lambda shared: shared.forwarded_to_successor),
+    ),
+    counter(
         "roost_broker_shared_hosted",
         "Connections other processes forwarded here.",
         _shared(lambda shared: shared.hosted),

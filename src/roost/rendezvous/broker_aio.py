@@ -255,6 +255,10 @@ class BrokerDaemon:
             collections.OrderedDict()
         )
         self.lookups_cached = 0
+        # Node messages for no channel forwarded or hosted here (closed meanwhile, or from
+        # another path or instance), and forwarded channels answered by the owner's
+        # restarted successor (``_on_hop``).
+        self.hops_dropped = self.forwarded_to_successor = 0
         self.adopted = self.forwarded_total = self.hosted_total = 0
         self.connections_rejected: collections.Counter[str] = collections.Counter()
         # The TLS port and the API admit through one cap on unauthenticated connections
@@ -596,6 +600,8 @@ class BrokerDaemon:
             forwarded=self.forwarded_total,
             hosted=self.hosted_total,
             lookups_cached=self.lookups_cached,
+            hops_dropped=self.hops_dropped,
+            forwarded_to_successor=self.forwarded_to_successor,
             **self._link_status(),
         )
 
@@ -876,6 +882,7 @@ class BrokerDaemon:
         elif message.kind in (Hop.RECORD, Hop.CLOSE):
             hosted = self._hosted.get(key)
             if hosted is None or self._hosted_via.get(hosted) is not via:
+                self.hops_dropped += 1
                 return
             if message.kind is Hop.CLOSE:
                 self._unhost(hosted)
@@ -886,8 +893,19 @@ class BrokerDaemon:
         else:
             forwarded = self._forwarded.get(message.channel)
             writer = self._writers.get(message.channel)
-            if forwarded != (message.sender, message.epoch, via) or writer is None:
+            if forwarded is None or writer is None:
+                self.hops_dropped += 1
                 return
+            node, epoch, link = forwarded
+            if message.sender != node or via is not link or message.epoch < epoch:
+                self.hops_dropped += 1
+                return
+            if message.epoch > epoch:
+                # Pub/sub reaches a node, not an instance: an OPEN addressed by a presence
+                # record read before the owner restarted is hosted by its successor, and
+                # the answer carries the successor's epoch. The channel keeps to it.
+                self._forwarded[message.channel] = (node, message.epoch, None)
+                self.forwarded_to_successor += 1
             if message.kind is Hop.BACK:
                 writer.write(encode_record(message.payload))
             else:

@@ -234,9 +234,8 @@ class PresenceConfig:
     # Processes on one host and in one network namespace link over a local socket (an
     # abstract Unix socket, the peer's user checked by the kernel's SO_PEERCRED) instead
     # of TLS over TCP: each hop of a routed setup costs less (docs/broker-scale.md, "Node
-    # link"). Off by default until an owner restart under load is understood with it
-    # (docs/NOTES.md): TLS between every pair.
-    local_link: bool = False
+    # link"). False: TLS between every pair.
+    local_link: bool = True
 
     def __post_init__(self) -> None:
         if self.lookup_cache_s < 0 or self.lookup_cache_entries < 1:

@@ -82,6 +82,11 @@ class SharedStatus:
     hosted: int
     # Lookups answered from a presence record read within presence_cache_s.
     lookups_cached: int = 0
+    # Node messages dropped for naming no channel forwarded or hosted here (it closed
+    # meanwhile, or the message came by another path or from another instance), and
+    # forwarded channels whose answer came from the owner's restarted successor.
+    hops_dropped: int = 0
+    forwarded_to_successor: int = 0
     # The node link (docs/broker-scale.md, "Node link"): the advertised address ("" when
     # off), links up now, outbound links opened (of them over the local socket of a process
     # on this host), inbound accepted, node messages sent and

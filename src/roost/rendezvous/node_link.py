@@ -23,7 +23,7 @@ one stream framer (``roost.framing``, ``u32 length | body``, PROTOCOL.md section
   while channels were routed to that node within ``link_idle_s``; each failure is counted
   by reason (``failures``) and logged once per episode.
 
-- Local socket: a process also listens on an abstract Unix socket (``local_link``, off by
+- Local socket: a process also listens on an abstract Unix socket (``local_link``, on by
   default) and advertises its name with its ``machine`` (the boot id and network namespace,
   ``machine_identity``). A dialler with the same machine dials that socket instead of TLS
   over TCP: both ends check the other's user with the kernel's ``SO_PEERCRED`` (the same

@@ -165,10 +165,10 @@ def test_shared_registry_keys_are_read(tmp_path: Path) -> None:
     assert config.shared and config.node == "east-1" and config.workers == 2
     assert config.presence.every == 8 and config.presence.prefix == "home:"
     assert config.node_link == ("127.0.0.1", 0)
-    # The local socket between processes of one host is off unless asked for.
-    assert not config.presence.local_link
-    config = load_broker_config(write(tmp_path, text + "node_link_local = true\n"))
+    # The local socket between processes of one host is on unless turned off.
     assert config.presence.local_link
+    config = load_broker_config(write(tmp_path, text + "node_link_local = false\n"))
+    assert not config.presence.local_link
 
 
 def test_the_node_link_address_is_read_and_must_be_advertisable(tmp_path: Path) -> None:
