@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import ssl
 import subprocess
 import time
@@ -129,12 +130,16 @@ async def enroll(
     return enrolled
 
 
-def wait_json_line(process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_json_line(process: subprocess.Popen[bytes], log: Path, timeout: float) -> dict[str, Any]:
+    """The broker's start line (its bound ports: a configured port 0 is any free one, so
+    nothing races the broker for a port picked before it started)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"broker exited: {log.read_text()[-2000:]}")
-        if b'"broker"' in log.read_bytes():
-            return
+        for line in log.read_bytes().splitlines():
+            if line.startswith(b"{") and b'"broker"' in line:
+                started: dict[str, Any] = json.loads(line)
+                return started
         time.sleep(0.05)
     raise TimeoutError("the broker did not start")

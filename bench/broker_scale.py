@@ -267,20 +267,6 @@ class _Redis:
 # ------------------------------------------------------------------ registrations
 
 
-def _api_ports(count: int) -> int:
-    """A port P with P .. P+count-1 free (worker i serves its API on P + i)."""
-    for _ in range(50):
-        (port,) = free_loopback_ports(1, socket.SOCK_STREAM)
-        try:
-            for offset in range(count):
-                with socket.socket() as probe:
-                    probe.bind((HOST, port + offset))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no run of free ports")
-
-
 def _registrations(ports: list[int]) -> int:
     return sum(fetch_broker_status(HOST, port)["counters"]["registrations"] for port in ports)
 
@@ -331,9 +317,9 @@ def _measure_workers(
     total rate (0: as fast as they can). The CPU the senders and Redis took in the same
     windows is recorded too (cores: CPU seconds per second of window)."""
     server.client.flushall()
-    api = _api_ports(workers)
+    # Port 0: each worker's API on a free port of its own, read from the start line.
     config = configure_limits(
-        home, {"registry": server.url, "api": f"{HOST}:{api}", "interval_s": 20.0}
+        home, {"registry": server.url, "api": f"{HOST}:0", "interval_s": 20.0}
     )
     log = home / f"broker-{workers}.log"
     with log.open("wb") as handle:
@@ -354,7 +340,7 @@ def _measure_workers(
             stdin=subprocess.DEVNULL,
         )
     cleanup.append(broker)
-    wait_json_line(broker, log, 30)
+    started = wait_json_line(broker, log, 30)
     import tomllib
 
     doc = tomllib.loads(config.read_text())
@@ -375,7 +361,7 @@ def _measure_workers(
         if not conn.poll(120):
             raise TimeoutError("sender did not prepare")
         conn.recv()
-    ports = [api + i for i in range(workers)]
+    ports = [int(worker["api"][1]) for worker in started.get("workers", [started])]
     pids = _worker_pids(broker, log)
     # The warm-up pass went out before the preparation: every worker has adopted the
     # entries the kernel sends it.
@@ -619,16 +605,15 @@ def _measure_setup(
     brokers: dict[int, dict[str, int]] = {}
     processes = []
     for index in (1, 2):
-        udp, tls = free_loopback_ports(1, socket.SOCK_DGRAM)[0], free_loopback_ports(1)[0]
-        (api,) = free_loopback_ports(1)
         config = configure_limits(
             home,
             {
                 "registry": server.url,
                 "node": f"b{index}",
-                "udp": f"{HOST}:{udp}",
-                "tls": f"{HOST}:{tls}",
-                "api": f"{HOST}:{api}",
+                # Port 0: bound by the broker itself, read from its start line.
+                "udp": f"{HOST}:0",
+                "tls": f"{HOST}:0",
+                "api": f"{HOST}:0",
                 **cache,
                 # One target asked for again and again: its per-target bucket lifted.
                 "limits": {"target_rate": 1_000_000.0, "target_burst": 1_000_000.0},
@@ -646,13 +631,13 @@ def _measure_setup(
             text = text.replace(f'state_dir = "{state}"', f'state_dir = "{copy.name}"', 1)
             assert tomllib.loads(text)["state_dir"] == copy.name
         path.write_text(text)
-        brokers[index] = {"udp": udp, "tls": tls, "api": api}
         assert tomllib.loads(path.read_text())["node"] == f"b{index}"
         log = home / f"broker-setup-{index}.log"
         process = start_broker(path, log)
         cleanup.append(process)
         processes.append(process)
-        wait_json_line(process, log, 30)
+        started = wait_json_line(process, log, 30)
+        brokers[index] = {key: int(started[key][1]) for key in ("udp", "tls", "api")}
     import uvloop
 
     before: dict[str, Any] = {}
